@@ -1,0 +1,29 @@
+//! Sluice's shared vocabulary. Light on purpose: the scheduler and the CLI build on it without
+//! pulling in DataFusion or the Kafka client.
+
+pub mod config;
+pub mod plan;
+pub mod settings;
+pub mod split;
+
+pub use plan::{ShuffleKind, StageInput, StageOutput, StageSpec};
+pub use settings::{JobSettings, Trigger};
+pub use split::SourceSplit;
+
+/// A micro-batch number; batch 0 is a job's first.
+pub type BatchId = u64;
+/// A job's id (a UUID string).
+pub type JobId = String;
+/// An executor's id (a UUID string, new for every executor process).
+pub type ExecutorId = String;
+
+/// Name of the pseudo-column every source row carries: the id of the batch that read it.
+pub const BATCH_COLUMN: &str = "_batch";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

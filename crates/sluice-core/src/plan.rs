@@ -1,0 +1,36 @@
+//! The streaming plan's shape as the scheduler sees it: a chain of stages cut at shuffles.
+//! The operators inside a stage are the SQL crate's business; executors rebuild them from the
+//! job's SQL, so only this outline travels to the scheduler.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShuffleKind {
+    /// Rows go to partition hash(keys) % n (GROUP BY).
+    Hash,
+    /// Rows go to the partition whose key range holds them; ranges come from a sample (ORDER BY).
+    Range,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StageInput {
+    /// One task per source split of the batch.
+    Source,
+    /// One task per shuffle partition, reading every map output of the previous stage.
+    Shuffle(ShuffleKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StageOutput {
+    Shuffle { kind: ShuffleKind, partitions: u32 },
+    Sink,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageSpec {
+    pub id: u32,
+    pub input: StageInput,
+    pub output: StageOutput,
+    /// Human description of the operators, for logs and `sluice status`.
+    pub describe: String,
+}

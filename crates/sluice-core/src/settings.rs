@@ -1,0 +1,183 @@
+//! Job settings: the `SET 'key' = 'value';` statements of a job file.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingError {
+    #[error("unknown setting '{key}'; valid settings: {}", KNOWN.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "))]
+    Unknown { key: String },
+    #[error("setting '{key}' = '{value}' is invalid: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Every setting a job may `SET`, with what it means (the README's reference repeats these).
+pub const KNOWN: &[(&str, &str)] = &[
+    ("name", "a human name for the job (default: the SQL file's name)"),
+    (
+        "trigger",
+        "'<duration>' such as '1s' or '500ms' (processing-time interval; '0' = as fast as possible, the default), 'once' or 'available_now'",
+    ),
+    ("partitions", "number of shuffle partitions (default 4)"),
+    (
+        "task.max_attempts",
+        "attempts per task before the batch fails (default 4)",
+    ),
+    (
+        "task.backoff",
+        "delay before a task's first retry, doubled for each further one (default '200ms')",
+    ),
+    (
+        "sluice.test.fail_task",
+        "test only: '<stage>:<partition>' fails that task's first attempt in every batch",
+    ),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Start a batch every interval (immediately after the previous one if it overran).
+    ProcessingTime(Duration),
+    /// One batch with all available input, then finish.
+    Once,
+    /// All input available at start, in as many batches as rate limits need, then finish.
+    AvailableNow,
+}
+
+impl Trigger {
+    pub fn is_bounded(&self) -> bool {
+        !matches!(self, Trigger::ProcessingTime(_))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSettings {
+    pub name: Option<String>,
+    pub trigger: Trigger,
+    pub partitions: u32,
+    pub task_max_attempts: u32,
+    pub task_backoff: Duration,
+    pub test_fail_task: Option<(u32, u32)>,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            name: None,
+            trigger: Trigger::ProcessingTime(Duration::ZERO),
+            partitions: 4,
+            task_max_attempts: 4,
+            task_backoff: Duration::from_millis(200),
+            test_fail_task: None,
+        }
+    }
+}
+
+impl JobSettings {
+    pub fn from_map(map: &BTreeMap<String, String>) -> Result<Self, SettingError> {
+        let mut s = JobSettings::default();
+        for (key, value) in map {
+            let invalid = |reason: &str| SettingError::Invalid {
+                key: key.clone(),
+                value: value.clone(),
+                reason: reason.to_string(),
+            };
+            match key.as_str() {
+                "name" => s.name = Some(value.clone()),
+                "trigger" => s.trigger = parse_trigger(value).map_err(|r| invalid(&r))?,
+                "partitions" => {
+                    s.partitions = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=4096).contains(n))
+                        .ok_or_else(|| invalid("expected a whole number from 1 to 4096"))?
+                }
+                "task.max_attempts" => {
+                    s.task_max_attempts = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or_else(|| invalid("expected a whole number from 1 to 100"))?
+                }
+                "task.backoff" => s.task_backoff = parse_duration(value).map_err(|r| invalid(&r))?,
+                "sluice.test.fail_task" => {
+                    let (stage, part) = value
+                        .split_once(':')
+                        .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                        .ok_or_else(|| invalid("expected '<stage>:<partition>'"))?;
+                    s.test_fail_task = Some((stage, part));
+                }
+                _ => return Err(SettingError::Unknown { key: key.clone() }),
+            }
+        }
+        Ok(s)
+    }
+}
+
+fn parse_trigger(value: &str) -> Result<Trigger, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "once" => Ok(Trigger::Once),
+        "available_now" | "availablenow" => Ok(Trigger::AvailableNow),
+        other => parse_duration(other).map(Trigger::ProcessingTime),
+    }
+}
+
+/// Parses '250ms', '1s', '1.5s', '2m', '1h' or a bare number of milliseconds ('0').
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim().to_ascii_lowercase();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration such as '500ms', '1s' or '2m', got '{value}'"))?;
+    let secs = match unit.trim() {
+        "" | "ms" => n / 1000.0,
+        "s" | "sec" | "second" | "seconds" => n,
+        "m" | "min" | "minute" | "minutes" => n * 60.0,
+        "h" | "hour" | "hours" => n * 3600.0,
+        u => return Err(format!("unknown duration unit '{u}' (use ms, s, m or h)")),
+    };
+    if !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("duration '{value}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_triggers_and_partitions() {
+        let s = JobSettings::from_map(&map(&[("trigger", "1s"), ("partitions", "8")])).unwrap();
+        assert_eq!(s.trigger, Trigger::ProcessingTime(Duration::from_secs(1)));
+        assert_eq!(s.partitions, 8);
+        let s = JobSettings::from_map(&map(&[("trigger", "available_now")])).unwrap();
+        assert_eq!(s.trigger, Trigger::AvailableNow);
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn unknown_and_invalid_settings_are_named() {
+        let err = JobSettings::from_map(&map(&[("trigerr", "1s")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("'trigerr'") && msg.contains("trigger"), "{msg}");
+        let err = JobSettings::from_map(&map(&[("partitions", "zero")])).unwrap_err();
+        assert!(err.to_string().contains("partitions"), "{err}");
+        let err = JobSettings::from_map(&map(&[("trigger", "5 parsecs")])).unwrap_err();
+        assert!(err.to_string().contains("unknown duration unit"), "{err}");
+    }
+}

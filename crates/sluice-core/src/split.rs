@@ -1,0 +1,23 @@
+//! Exact, replayable descriptions of one source task's input. They are logged in the batch's
+//! write-ahead offsets entry before any task runs, so a rerun reads exactly the same rows.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceSplit {
+    /// One whole file of a `files` source.
+    File { uri: String, size: u64 },
+    /// Rows `[start, end)` of a `datagen` source.
+    Datagen { start: u64, end: u64 },
+}
+
+impl SourceSplit {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("split serializes")
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}

@@ -1,0 +1,218 @@
+//! One running batch: its stages, each stage's tasks, and where each map output lives.
+
+use sluice_core::{BatchId, ExecutorId, JobId, ShuffleKind, StageInput, StageOutput, StageSpec};
+
+/// What the driver hands the scheduler to run one batch.
+#[derive(Debug, Clone)]
+pub struct BatchSubmission {
+    pub job_id: JobId,
+    pub batch_id: BatchId,
+    pub stages: Vec<StageSpec>,
+    /// JSON source split per stage-0 task.
+    pub splits: Vec<String>,
+    pub max_task_attempts: u32,
+    pub task_backoff_ms: u64,
+}
+
+/// What a successful task reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskOutput {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub key_sample: Vec<Vec<u8>>,
+    pub console: Vec<u8>,
+}
+
+/// The outcome of a batch whose every task succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub tasks: u32,
+    /// Task launches beyond the first of each task (retries and recomputations).
+    pub tasks_rerun: u32,
+    /// Console-sink rows (Arrow IPC) of each final-stage partition, in partition order.
+    pub console: Vec<Vec<u8>>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TaskState {
+    /// Not runnable yet (inputs missing) or not needed now.
+    Idle,
+    Pending {
+        not_before_ms: u64,
+        avoid: Option<ExecutorId>,
+    },
+    Running {
+        attempt: u32,
+        executor: ExecutorId,
+    },
+    Done {
+        executor: ExecutorId,
+        stage_attempt: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TaskRun {
+    pub state: TaskState,
+    /// Launches so far; the next launch uses this number as its task attempt.
+    pub launches: u32,
+    /// Failures of the task itself (not executor loss), bounded by max_task_attempts.
+    pub failures: u32,
+    pub output: Option<TaskOutput>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct StageRun {
+    pub spec: StageSpec,
+    pub attempt: u32,
+    pub tasks: Vec<TaskRun>,
+    /// Range boundaries for the next stage, computed once from every map task's key sample.
+    pub range_bounds: Option<Vec<Vec<u8>>>,
+}
+
+impl StageRun {
+    pub fn all_done(&self) -> bool {
+        self.tasks
+            .iter()
+            .all(|t| matches!(t.state, TaskState::Done { .. }))
+    }
+
+    pub fn writes_shuffle(&self) -> bool {
+        matches!(self.spec.output, StageOutput::Shuffle { .. })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct BatchRun {
+    pub sub: BatchSubmission,
+    pub stages: Vec<StageRun>,
+    pub started_ms: u64,
+}
+
+impl BatchRun {
+    pub fn new(sub: BatchSubmission, now_ms: u64) -> Self {
+        let mut stages = Vec::with_capacity(sub.stages.len());
+        let mut prev_partitions = sub.splits.len() as u32;
+        for spec in &sub.stages {
+            let n = match spec.input {
+                StageInput::Source => sub.splits.len() as u32,
+                StageInput::Shuffle(_) => prev_partitions,
+            };
+            if let StageOutput::Shuffle { partitions, .. } = spec.output {
+                prev_partitions = partitions;
+            }
+            stages.push(StageRun {
+                spec: spec.clone(),
+                attempt: 0,
+                tasks: (0..n)
+                    .map(|_| TaskRun {
+                        state: TaskState::Idle,
+                        launches: 0,
+                        failures: 0,
+                        output: None,
+                    })
+                    .collect(),
+                range_bounds: None,
+            });
+        }
+        BatchRun {
+            sub,
+            stages,
+            started_ms: now_ms,
+        }
+    }
+
+    /// Whether stage `s` can run: stage 0 always; later stages once every map output of the
+    /// stage before exists (and, for a range shuffle, its boundaries are known).
+    pub fn inputs_ready(&self, s: usize) -> bool {
+        if s == 0 {
+            return true;
+        }
+        let prev = &self.stages[s - 1];
+        let range = matches!(
+            prev.spec.output,
+            StageOutput::Shuffle {
+                kind: ShuffleKind::Range,
+                ..
+            }
+        );
+        prev.all_done() && (!range || prev.range_bounds.is_some())
+    }
+
+    /// Whether stage `s`'s outputs are still wanted: the last stage until it is done, a map
+    /// stage while any task of the next stage still has to run.
+    pub fn needed(&self, s: usize) -> bool {
+        match self.stages.get(s + 1) {
+            None => !self.stages[s].all_done(),
+            Some(next) => !next.all_done(),
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.stages.last().is_none_or(StageRun::all_done)
+    }
+
+    pub fn report(&self, now_ms: u64) -> BatchReport {
+        let first = self.stages.first();
+        let last = self.stages.last();
+        let outputs = |s: Option<&StageRun>| {
+            s.into_iter()
+                .flat_map(|s| s.tasks.iter())
+                .filter_map(|t| t.output.as_ref())
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let tasks: u32 = self.stages.iter().map(|s| s.tasks.len() as u32).sum();
+        let launches: u32 = self
+            .stages
+            .iter()
+            .flat_map(|s| s.tasks.iter())
+            .map(|t| t.launches)
+            .sum();
+        BatchReport {
+            rows_in: outputs(first).iter().map(|o| o.rows_in).sum(),
+            rows_out: outputs(last).iter().map(|o| o.rows_out).sum(),
+            tasks,
+            tasks_rerun: launches.saturating_sub(tasks),
+            console: outputs(last)
+                .into_iter()
+                .map(|o| o.console)
+                .filter(|c| !c.is_empty())
+                .collect(),
+            duration_ms: now_ms.saturating_sub(self.started_ms),
+        }
+    }
+}
+
+/// Picks `partitions - 1` boundaries from the sorted samples so that each range gets about the
+/// same number of sampled keys. Keys are arrow-row encoded, so byte order is sort order.
+pub(crate) fn range_bounds(mut samples: Vec<Vec<u8>>, partitions: u32) -> Vec<Vec<u8>> {
+    samples.sort();
+    if samples.is_empty() || partitions <= 1 {
+        return Vec::new();
+    }
+    let n = samples.len();
+    let mut bounds: Vec<Vec<u8>> = (1..partitions as usize)
+        .map(|i| samples[(i * n / partitions as usize).min(n - 1)].clone())
+        .collect();
+    bounds.dedup();
+    bounds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_bounds_split_samples_evenly_and_dedup() {
+        let samples: Vec<Vec<u8>> = (0u8..100).rev().map(|i| vec![i]).collect();
+        let b = range_bounds(samples, 4);
+        assert_eq!(b, vec![vec![25], vec![50], vec![75]]);
+        let same: Vec<Vec<u8>> = (0..10).map(|_| vec![7]).collect();
+        assert_eq!(range_bounds(same, 4), vec![vec![7]]);
+        assert!(range_bounds(Vec::new(), 4).is_empty());
+    }
+}

@@ -1,0 +1,15 @@
+//! The scheduler: a plain state machine. The driver feeds it [`Event`]s (an executor came or went,
+//! a batch was submitted, a task finished, time passed) and carries out the [`Action`]s it returns
+//! (launch this task there, this batch is done). Nothing here does I/O, so unit tests drive it
+//! through whole failure stories without a network.
+//!
+//! A batch is a chain of stages (see [`sluice_core::plan`]). Stage 0 has one task per source
+//! split; later stages have one task per shuffle partition and start when every map output of
+//! the stage before is available. Lost map outputs (their executor died, or a reducer could not
+//! fetch them) are recomputed from lineage: the map task runs again, with a new stage attempt.
+
+mod batch;
+mod scheduler;
+
+pub use batch::{BatchReport, BatchSubmission, TaskOutput};
+pub use scheduler::{Action, Event, MapOutputLocation, Scheduler, TaskKey, TaskLaunch};

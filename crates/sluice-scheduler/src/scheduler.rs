@@ -1,0 +1,495 @@
+//! Executors, running batches, and the single `handle` entry point.
+
+use crate::batch::{BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskState, range_bounds};
+use sluice_core::{BatchId, ExecutorId, JobId, StageInput, StageOutput};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One attempt of one task. Every launch and every result carries it; a result whose key does
+/// not match what the scheduler is waiting for is stale and ignored.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskKey {
+    pub job_id: JobId,
+    pub batch_id: BatchId,
+    pub stage_id: u32,
+    pub stage_attempt: u32,
+    pub partition: u32,
+    pub task_attempt: u32,
+}
+
+/// Where one map partition's shuffle output can be fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapOutputLocation {
+    pub map_partition: u32,
+    pub stage_attempt: u32,
+    pub executor_id: ExecutorId,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskLaunch {
+    pub key: TaskKey,
+    /// Source split (JSON) for a stage-0 task.
+    pub split: Option<String>,
+    /// Map outputs to fetch, for a stage that reads a shuffle.
+    pub inputs: Vec<MapOutputLocation>,
+    pub range_bounds: Vec<Vec<u8>>,
+    /// Partitions of the shuffle this task writes (0 when it writes the sink).
+    pub output_partitions: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    ExecutorRegistered {
+        id: ExecutorId,
+        address: String,
+        slots: u32,
+    },
+    ExecutorLost {
+        id: ExecutorId,
+        reason: String,
+    },
+    SubmitBatch(BatchSubmission),
+    TaskSucceeded {
+        key: TaskKey,
+        executor: ExecutorId,
+        output: TaskOutput,
+    },
+    TaskFailed {
+        key: TaskKey,
+        executor: ExecutorId,
+        error: String,
+        /// Retrying cannot help (bad input, invalid plan).
+        fatal: bool,
+        /// A shuffle block could not be fetched: (map partition, executor that should have it).
+        fetch_failure: Option<(u32, ExecutorId)>,
+    },
+    CancelJob {
+        job_id: JobId,
+    },
+    /// Time passed: pending retries whose backoff elapsed may launch.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Launch {
+        executor: ExecutorId,
+        task: TaskLaunch,
+    },
+    BatchDone {
+        job_id: JobId,
+        batch_id: BatchId,
+        report: BatchReport,
+    },
+    BatchFailed {
+        job_id: JobId,
+        batch_id: BatchId,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct ExecutorState {
+    address: String,
+    slots: u32,
+    running: BTreeSet<TaskKey>,
+}
+
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    executors: BTreeMap<ExecutorId, ExecutorState>,
+    /// Executors declared dead: anything they send later is ignored.
+    dead: BTreeSet<ExecutorId>,
+    /// One running batch per job (batches of a job run one at a time).
+    batches: BTreeMap<JobId, BatchRun>,
+}
+
+impl Scheduler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn alive_executors(&self) -> usize {
+        self.executors.len()
+    }
+
+    pub fn is_alive(&self, id: &str) -> bool {
+        self.executors.contains_key(id)
+    }
+
+    pub fn running_tasks(&self) -> usize {
+        self.executors.values().map(|e| e.running.len()).sum()
+    }
+
+    /// The earliest time a pending task may launch, so the driver knows when to send a Tick.
+    pub fn next_wakeup_ms(&self) -> Option<u64> {
+        self.batches
+            .values()
+            .flat_map(|b| b.stages.iter())
+            .flat_map(|s| s.tasks.iter())
+            .filter_map(|t| match t.state {
+                TaskState::Pending { not_before_ms, .. } => Some(not_before_ms),
+                _ => None,
+            })
+            .min()
+    }
+
+    pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match event {
+            Event::ExecutorRegistered { id, address, slots } => {
+                self.dead.remove(&id);
+                self.executors.insert(
+                    id,
+                    ExecutorState {
+                        address,
+                        slots: slots.max(1),
+                        running: BTreeSet::new(),
+                    },
+                );
+            }
+            Event::ExecutorLost { id, reason } => self.executor_lost(&id, &reason),
+            Event::SubmitBatch(sub) => {
+                let job = sub.job_id.clone();
+                self.batches.insert(job, BatchRun::new(sub, now_ms));
+            }
+            Event::TaskSucceeded {
+                key,
+                executor,
+                output,
+            } => self.task_succeeded(key, executor, output),
+            Event::TaskFailed {
+                key,
+                executor,
+                error,
+                fatal,
+                fetch_failure,
+            } => {
+                if let Some(a) =
+                    self.task_failed(key, executor, error, fatal, fetch_failure, now_ms)
+                {
+                    actions.push(a);
+                }
+            }
+            Event::CancelJob { job_id } => {
+                self.batches.remove(&job_id);
+            }
+            Event::Tick => {}
+        }
+        self.finish_batches(now_ms, &mut actions);
+        self.refresh(now_ms);
+        self.dispatch(now_ms, &mut actions);
+        actions
+    }
+
+    fn executor_lost(&mut self, id: &str, reason: &str) {
+        if self.executors.remove(id).is_none() {
+            return;
+        }
+        tracing::warn!(executor = id, reason, "executor lost");
+        self.dead.insert(id.to_string());
+        for batch in self.batches.values_mut() {
+            for stage in &mut batch.stages {
+                let writes_shuffle = stage.writes_shuffle();
+                let mut lost_output = false;
+                for task in &mut stage.tasks {
+                    match &task.state {
+                        TaskState::Running { executor, .. } if executor == id => {
+                            task.state = TaskState::Idle;
+                        }
+                        // Sink output is durable; only shuffle outputs die with their executor.
+                        TaskState::Done { executor, .. } if writes_shuffle && executor == id => {
+                            task.state = TaskState::Idle;
+                            lost_output = true;
+                        }
+                        _ => {}
+                    }
+                }
+                if lost_output {
+                    stage.attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Finds the batch and task a result is about, if it is the attempt we are waiting for.
+    fn current_task(&mut self, key: &TaskKey, executor: &str) -> Option<(&mut BatchRun, usize)> {
+        let batch = self.batches.get_mut(&key.job_id)?;
+        if batch.sub.batch_id != key.batch_id {
+            return None;
+        }
+        let s = key.stage_id as usize;
+        let stage = batch.stages.get(s)?;
+        if stage.attempt != key.stage_attempt {
+            return None;
+        }
+        let task = stage.tasks.get(key.partition as usize)?;
+        match &task.state {
+            TaskState::Running {
+                attempt,
+                executor: e,
+            } if *attempt == key.task_attempt && e == executor => Some((batch, s)),
+            _ => None,
+        }
+    }
+
+    fn release_slot(&mut self, key: &TaskKey, executor: &str) -> bool {
+        if self.dead.contains(executor) {
+            tracing::debug!(?key, executor, "ignoring result from a dead executor");
+            return false;
+        }
+        if let Some(e) = self.executors.get_mut(executor) {
+            e.running.remove(key);
+        }
+        true
+    }
+
+    fn task_succeeded(&mut self, key: TaskKey, executor: ExecutorId, output: TaskOutput) {
+        if !self.release_slot(&key, &executor) {
+            return;
+        }
+        let Some((batch, s)) = self.current_task(&key, &executor) else {
+            tracing::debug!(?key, "ignoring stale task result");
+            return;
+        };
+        let stage_attempt = batch.stages[s].attempt;
+        let task = &mut batch.stages[s].tasks[key.partition as usize];
+        task.state = TaskState::Done {
+            executor,
+            stage_attempt,
+        };
+        task.output = Some(output);
+        let stage = &mut batch.stages[s];
+        if let StageOutput::Shuffle {
+            kind: sluice_core::ShuffleKind::Range,
+            partitions,
+        } = stage.spec.output
+            && stage.range_bounds.is_none()
+            && stage.all_done()
+        {
+            let samples = stage
+                .tasks
+                .iter()
+                .filter_map(|t| t.output.as_ref())
+                .flat_map(|o| o.key_sample.iter().cloned())
+                .collect();
+            stage.range_bounds = Some(range_bounds(samples, partitions));
+        }
+    }
+
+    fn task_failed(
+        &mut self,
+        key: TaskKey,
+        executor: ExecutorId,
+        error: String,
+        fatal: bool,
+        fetch_failure: Option<(u32, ExecutorId)>,
+        now_ms: u64,
+    ) -> Option<Action> {
+        if !self.release_slot(&key, &executor) {
+            return None;
+        }
+        if let Some((_, lost_on)) = &fetch_failure {
+            // The reducer could not read a map output: treat that executor's outputs as lost
+            // and put the reducer back to wait for their recomputation.
+            tracing::warn!(?key, executor = %lost_on, "shuffle fetch failed: {error}");
+            let (batch, s) = self.current_task(&key, &executor)?;
+            batch.stages[s].tasks[key.partition as usize].state = TaskState::Idle;
+            let lost_on = lost_on.clone();
+            if s > 0 {
+                let prev = &mut batch.stages[s - 1];
+                let mut lost = false;
+                for t in &mut prev.tasks {
+                    if matches!(&t.state, TaskState::Done { executor, .. } if *executor == lost_on)
+                    {
+                        t.state = TaskState::Idle;
+                        lost = true;
+                    }
+                }
+                if lost {
+                    prev.attempt += 1;
+                }
+            }
+            return None;
+        }
+        let (batch, s) = self.current_task(&key, &executor)?;
+        let (job_id, batch_id) = (batch.sub.job_id.clone(), batch.sub.batch_id);
+        let task = &mut batch.stages[s].tasks[key.partition as usize];
+        task.failures += 1;
+        if fatal || task.failures >= batch.sub.max_task_attempts {
+            let why = if fatal {
+                String::new()
+            } else {
+                format!(" (failed {} times)", task.failures)
+            };
+            self.batches.remove(&job_id);
+            return Some(Action::BatchFailed {
+                job_id,
+                batch_id,
+                error: format!(
+                    "task {}.{} of batch {batch_id}{why}: {error}",
+                    key.stage_id, key.partition
+                ),
+            });
+        }
+        let backoff = batch.sub.task_backoff_ms << (task.failures - 1).min(16);
+        tracing::warn!(?key, executor, "task failed, retrying in {backoff} ms: {error}");
+        task.state = TaskState::Pending {
+            not_before_ms: now_ms + backoff,
+            avoid: Some(executor),
+        };
+        None
+    }
+
+    fn finish_batches(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let done: Vec<JobId> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| b.is_complete())
+            .map(|(j, _)| j.clone())
+            .collect();
+        for job in done {
+            let b = self.batches.remove(&job).expect("present");
+            actions.push(Action::BatchDone {
+                job_id: job,
+                batch_id: b.sub.batch_id,
+                report: b.report(now_ms),
+            });
+        }
+    }
+
+    /// Makes idle tasks pending where their inputs exist and their output is still needed.
+    fn refresh(&mut self, now_ms: u64) {
+        for batch in self.batches.values_mut() {
+            for s in 0..batch.stages.len() {
+                if !batch.needed(s) || !batch.inputs_ready(s) {
+                    continue;
+                }
+                for task in &mut batch.stages[s].tasks {
+                    if task.state == TaskState::Idle {
+                        task.state = TaskState::Pending {
+                            not_before_ms: now_ms,
+                            avoid: None,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        for batch in self.batches.values_mut() {
+            for s in 0..batch.stages.len() {
+                for p in 0..batch.stages[s].tasks.len() {
+                    let TaskState::Pending {
+                        not_before_ms,
+                        avoid,
+                    } = &batch.stages[s].tasks[p].state
+                    else {
+                        continue;
+                    };
+                    if *not_before_ms > now_ms {
+                        continue;
+                    }
+                    let Some(executor) = pick_executor(&self.executors, avoid.as_deref()) else {
+                        return;
+                    };
+                    let launch = build_launch(batch, s, p, &self.executors);
+                    let task = &mut batch.stages[s].tasks[p];
+                    task.launches += 1;
+                    task.state = TaskState::Running {
+                        attempt: launch.key.task_attempt,
+                        executor: executor.clone(),
+                    };
+                    self.executors
+                        .get_mut(&executor)
+                        .expect("picked")
+                        .running
+                        .insert(launch.key.clone());
+                    actions.push(Action::Launch {
+                        executor,
+                        task: launch,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The address an executor serves shuffle blocks on.
+    pub fn executor_address(&self, id: &str) -> Option<&str> {
+        self.executors.get(id).map(|e| e.address.as_str())
+    }
+}
+
+/// The executor with the most free slots, avoiding `avoid` when another one has room.
+fn pick_executor(
+    executors: &BTreeMap<ExecutorId, ExecutorState>,
+    avoid: Option<&str>,
+) -> Option<ExecutorId> {
+    let free = |e: &ExecutorState| e.slots as usize - e.running.len().min(e.slots as usize);
+    let best = |skip: Option<&str>| {
+        executors
+            .iter()
+            .filter(|(id, e)| free(e) > 0 && Some(id.as_str()) != skip)
+            .max_by_key(|(id, e)| (free(e), std::cmp::Reverse((*id).clone())))
+            .map(|(id, _)| id.clone())
+    };
+    best(avoid).or_else(|| best(None))
+}
+
+fn build_launch(
+    batch: &BatchRun,
+    s: usize,
+    p: usize,
+    executors: &BTreeMap<ExecutorId, ExecutorState>,
+) -> TaskLaunch {
+    let stage = &batch.stages[s];
+    let key = TaskKey {
+        job_id: batch.sub.job_id.clone(),
+        batch_id: batch.sub.batch_id,
+        stage_id: s as u32,
+        stage_attempt: stage.attempt,
+        partition: p as u32,
+        task_attempt: stage.tasks[p].launches,
+    };
+    let (inputs, range_bounds) = match stage.spec.input {
+        StageInput::Source => (Vec::new(), Vec::new()),
+        StageInput::Shuffle(_) => {
+            let prev = &batch.stages[s - 1];
+            let inputs = prev
+                .tasks
+                .iter()
+                .enumerate()
+                .filter_map(|(m, t)| match &t.state {
+                    TaskState::Done {
+                        executor,
+                        stage_attempt,
+                    } => Some(MapOutputLocation {
+                        map_partition: m as u32,
+                        stage_attempt: *stage_attempt,
+                        executor_id: executor.clone(),
+                        address: executors
+                            .get(executor)
+                            .map(|e| e.address.clone())
+                            .unwrap_or_default(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            (inputs, prev.range_bounds.clone().unwrap_or_default())
+        }
+    };
+    TaskLaunch {
+        key,
+        split: matches!(stage.spec.input, StageInput::Source).then(|| batch.sub.splits[p].clone()),
+        inputs,
+        range_bounds,
+        output_partitions: match stage.spec.output {
+            StageOutput::Shuffle { partitions, .. } => partitions,
+            StageOutput::Sink => 0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

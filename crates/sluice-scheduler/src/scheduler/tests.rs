@@ -1,0 +1,297 @@
+//! The scheduler driven through failure stories, with no network.
+
+use super::*;
+use sluice_core::{ShuffleKind, StageSpec};
+
+const JOB: &str = "job-1";
+
+fn stages(kind: Option<ShuffleKind>, partitions: u32) -> Vec<StageSpec> {
+    match kind {
+        None => vec![StageSpec {
+            id: 0,
+            input: StageInput::Source,
+            output: StageOutput::Sink,
+            describe: "scan -> sink".into(),
+        }],
+        Some(kind) => vec![
+            StageSpec {
+                id: 0,
+                input: StageInput::Source,
+                output: StageOutput::Shuffle { kind, partitions },
+                describe: "scan".into(),
+            },
+            StageSpec {
+                id: 1,
+                input: StageInput::Shuffle(kind),
+                output: StageOutput::Sink,
+                describe: "aggregate -> sink".into(),
+            },
+        ],
+    }
+}
+
+fn submit(splits: usize, kind: Option<ShuffleKind>, partitions: u32) -> Event {
+    Event::SubmitBatch(BatchSubmission {
+        job_id: JOB.into(),
+        batch_id: 7,
+        stages: stages(kind, partitions),
+        splits: (0..splits).map(|i| format!("split-{i}")).collect(),
+        max_task_attempts: 3,
+        task_backoff_ms: 100,
+    })
+}
+
+fn register(s: &mut Scheduler, id: &str, slots: u32) -> Vec<Action> {
+    s.handle(
+        Event::ExecutorRegistered {
+            id: id.into(),
+            address: format!("http://{id}"),
+            slots,
+        },
+        0,
+    )
+}
+
+type Launched = (String, TaskLaunch);
+
+fn launches(actions: &[Action]) -> Vec<Launched> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Launch { executor, task } => Some((executor.clone(), task.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn succeed(s: &mut Scheduler, (executor, task): &Launched, now: u64) -> Vec<Action> {
+    let p = task.key.partition as u8;
+    s.handle(
+        Event::TaskSucceeded {
+            key: task.key.clone(),
+            executor: executor.clone(),
+            output: TaskOutput {
+                rows_in: 10,
+                rows_out: 5,
+                key_sample: vec![vec![p * 10], vec![p * 10 + 5]],
+                console: Vec::new(),
+            },
+        },
+        now,
+    )
+}
+
+fn fail(s: &mut Scheduler, (executor, task): &Launched, fatal: bool, now: u64) -> Vec<Action> {
+    s.handle(
+        Event::TaskFailed {
+            key: task.key.clone(),
+            executor: executor.clone(),
+            error: "boom".into(),
+            fatal,
+            fetch_failure: None,
+        },
+        now,
+    )
+}
+
+fn done(actions: &[Action]) -> Option<&BatchReport> {
+    actions.iter().find_map(|a| match a {
+        Action::BatchDone { report, .. } => Some(report),
+        _ => None,
+    })
+}
+
+#[test]
+fn single_stage_batch_runs_every_split_within_slots() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 1);
+    register(&mut s, "b", 1);
+    let first = launches(&s.handle(submit(3, None, 4), 0));
+    assert_eq!(first.len(), 2, "two slots, two launches");
+    let execs: BTreeSet<_> = first.iter().map(|(e, _)| e.clone()).collect();
+    assert_eq!(execs.len(), 2, "spread over both executors");
+    assert_eq!(first[0].1.split.as_deref(), Some("split-0"));
+    let third = launches(&succeed(&mut s, &first[0], 5));
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].1.key.partition, 2);
+    assert!(done(&succeed(&mut s, &first[1], 6)).is_none());
+    let actions = succeed(&mut s, &third[0], 9);
+    let report = done(&actions).expect("batch done");
+    assert_eq!(
+        (report.rows_in, report.rows_out, report.tasks, report.tasks_rerun),
+        (30, 15, 3, 0)
+    );
+    assert_eq!(report.duration_ms, 9);
+}
+
+#[test]
+fn reducers_start_after_all_maps_and_get_every_location() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 4);
+    register(&mut s, "b", 4);
+    let maps = launches(&s.handle(submit(2, Some(ShuffleKind::Hash), 3), 0));
+    assert_eq!(maps.len(), 2);
+    assert!(
+        launches(&succeed(&mut s, &maps[0], 1)).is_empty(),
+        "one map still running"
+    );
+    let reduces = launches(&succeed(&mut s, &maps[1], 2));
+    assert_eq!(reduces.len(), 3);
+    for (_, r) in &reduces {
+        assert_eq!(r.key.stage_id, 1);
+        let locs: Vec<_> = r
+            .inputs
+            .iter()
+            .map(|l| (l.map_partition, l.executor_id.clone(), l.address.clone()))
+            .collect();
+        assert_eq!(
+            locs,
+            vec![
+                (0, maps[0].0.clone(), format!("http://{}", maps[0].0)),
+                (1, maps[1].0.clone(), format!("http://{}", maps[1].0)),
+            ]
+        );
+        assert_eq!(r.output_partitions, 0);
+    }
+    assert_eq!(maps[0].1.output_partitions, 3);
+    let mut last = Vec::new();
+    for r in &reduces {
+        last = succeed(&mut s, r, 3);
+    }
+    assert_eq!(done(&last).expect("done").tasks, 5);
+}
+
+#[test]
+fn failed_task_retries_after_backoff_on_another_executor_then_fails_the_batch() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 1);
+    register(&mut s, "b", 1);
+    let first = launches(&s.handle(submit(1, None, 1), 0));
+    assert!(
+        launches(&fail(&mut s, &first[0], false, 10)).is_empty(),
+        "backoff not elapsed"
+    );
+    assert_eq!(s.next_wakeup_ms(), Some(110));
+    let retry = launches(&s.handle(Event::Tick, 110));
+    assert_eq!(retry.len(), 1);
+    assert_ne!(retry[0].0, first[0].0, "retried on the other executor");
+    assert_eq!(retry[0].1.key.task_attempt, 1);
+    // Second failure: backoff doubles.
+    assert!(launches(&fail(&mut s, &retry[0], false, 120)).is_empty());
+    assert_eq!(s.next_wakeup_ms(), Some(320));
+    let third = launches(&s.handle(Event::Tick, 320));
+    let actions = fail(&mut s, &third[0], false, 330);
+    let err = actions.iter().find_map(|a| match a {
+        Action::BatchFailed { error, .. } => Some(error.clone()),
+        _ => None,
+    });
+    let err = err.expect("batch failed");
+    assert!(err.contains("(failed 3 times): boom"), "{err}");
+}
+
+#[test]
+fn fatal_error_fails_at_once() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 1);
+    let first = launches(&s.handle(submit(1, None, 1), 0));
+    let actions = fail(&mut s, &first[0], true, 1);
+    assert!(matches!(actions[0], Action::BatchFailed { .. }));
+}
+
+#[test]
+fn lost_executor_map_outputs_are_recomputed_on_survivors() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 2);
+    register(&mut s, "b", 2);
+    let maps = launches(&s.handle(submit(2, Some(ShuffleKind::Hash), 2), 0));
+    let on_a: Vec<_> = maps.iter().filter(|(e, _)| e == "a").collect();
+    assert_eq!(on_a.len(), 1);
+    succeed(&mut s, &maps[0], 1);
+    let reduces = launches(&succeed(&mut s, &maps[1], 2));
+    assert_eq!(reduces.len(), 2);
+    // "a" dies while reducers run: its map output and its running reducer are gone.
+    let lost = Event::ExecutorLost {
+        id: "a".into(),
+        reason: "stream closed".into(),
+    };
+    let after = launches(&s.handle(lost, 3));
+    let rerun_maps: Vec<_> = after.iter().filter(|(_, t)| t.key.stage_id == 0).collect();
+    assert_eq!(rerun_maps.len(), 1, "only the lost map partition reruns");
+    assert_eq!(rerun_maps[0].0, "b");
+    assert_eq!(rerun_maps[0].1.key.stage_attempt, 1);
+    assert_eq!(rerun_maps[0].1.key.partition, on_a[0].1.key.partition);
+    // A late result from the dead executor is ignored.
+    let reduce_on_a = reduces.iter().find(|(e, _)| e == "a").unwrap();
+    assert!(succeed(&mut s, reduce_on_a, 4).is_empty());
+    // The reducer on b may finish; the one lost with a waits for the recomputed map output.
+    let reduce_on_b = reduces.iter().find(|(e, _)| e == "b").unwrap();
+    assert!(done(&succeed(&mut s, reduce_on_b, 5)).is_none());
+    let again = launches(&succeed(&mut s, rerun_maps[0], 6));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1.key.partition, reduce_on_a.1.key.partition);
+    assert!(again[0].1.inputs.iter().all(|l| l.executor_id == "b"));
+    let report = done(&succeed(&mut s, &again[0], 7)).cloned().expect("done");
+    assert_eq!(report.tasks_rerun, 2);
+}
+
+#[test]
+fn fetch_failure_recomputes_that_map_output() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 2);
+    register(&mut s, "b", 2);
+    let maps = launches(&s.handle(submit(2, Some(ShuffleKind::Hash), 1), 0));
+    succeed(&mut s, &maps[0], 1);
+    let reduces = launches(&succeed(&mut s, &maps[1], 2));
+    let (e, t) = &reduces[0];
+    let actions = s.handle(
+        Event::TaskFailed {
+            key: t.key.clone(),
+            executor: e.clone(),
+            error: "connection refused".into(),
+            fatal: false,
+            fetch_failure: Some((0, maps[0].0.clone())),
+        },
+        3,
+    );
+    let rerun = launches(&actions);
+    assert_eq!(rerun.len(), 1);
+    assert_eq!(
+        (rerun[0].1.key.stage_id, rerun[0].1.key.stage_attempt),
+        (0, 1)
+    );
+}
+
+#[test]
+fn range_bounds_come_from_map_samples() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 4);
+    let maps = launches(&s.handle(submit(2, Some(ShuffleKind::Range), 2), 0));
+    succeed(&mut s, &maps[0], 1);
+    let reduces = launches(&succeed(&mut s, &maps[1], 2));
+    assert_eq!(reduces.len(), 2);
+    // samples [0, 5] and [10, 15]; two partitions -> one boundary at the median.
+    assert_eq!(reduces[0].1.range_bounds, vec![vec![10]]);
+}
+
+#[test]
+fn tasks_wait_for_an_executor() {
+    let mut s = Scheduler::new();
+    assert!(launches(&s.handle(submit(2, None, 1), 0)).is_empty());
+    let l = launches(&register(&mut s, "late", 2));
+    assert_eq!(l.len(), 2);
+}
+
+#[test]
+fn cancelled_job_launches_nothing_more() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 1);
+    let first = launches(&s.handle(submit(2, None, 1), 0));
+    s.handle(
+        Event::CancelJob {
+            job_id: JOB.into(),
+        },
+        1,
+    );
+    assert!(succeed(&mut s, &first[0], 2).is_empty());
+    assert_eq!(s.running_tasks(), 0);
+}
