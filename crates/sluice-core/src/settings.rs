@@ -17,7 +17,10 @@ pub enum SettingError {
 
 /// Every setting a job may `SET`, with what it means (the README's reference repeats these).
 pub const KNOWN: &[(&str, &str)] = &[
-    ("name", "a human name for the job (default: the SQL file's name)"),
+    (
+        "name",
+        "a human name for the job (default: the SQL file's name)",
+    ),
     (
         "trigger",
         "'<duration>' such as '1s' or '500ms' (processing-time interval; '0' = as fast as possible, the default), 'once' or 'available_now'",
@@ -102,7 +105,9 @@ impl JobSettings {
                         .filter(|n| (1..=100).contains(n))
                         .ok_or_else(|| invalid("expected a whole number from 1 to 100"))?
                 }
-                "task.backoff" => s.task_backoff = parse_duration(value).map_err(|r| invalid(&r))?,
+                "task.backoff" => {
+                    s.task_backoff = parse_duration(value).map_err(|r| invalid(&r))?
+                }
                 "sluice.test.fail_task" => {
                     let (stage, part) = value
                         .split_once(':')
@@ -174,7 +179,10 @@ mod tests {
     fn unknown_and_invalid_settings_are_named() {
         let err = JobSettings::from_map(&map(&[("trigerr", "1s")])).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("'trigerr'") && msg.contains("trigger"), "{msg}");
+        assert!(
+            msg.contains("'trigerr'") && msg.contains("trigger"),
+            "{msg}"
+        );
         let err = JobSettings::from_map(&map(&[("partitions", "zero")])).unwrap_err();
         assert!(err.to_string().contains("partitions"), "{err}");
         let err = JobSettings::from_map(&map(&[("trigger", "5 parsecs")])).unwrap_err();

@@ -333,7 +333,11 @@ impl Scheduler {
             });
         }
         let backoff = batch.sub.task_backoff_ms << (task.failures - 1).min(16);
-        tracing::warn!(?key, executor, "task failed, retrying in {backoff} ms: {error}");
+        tracing::warn!(
+            ?key,
+            executor,
+            "task failed, retrying in {backoff} ms: {error}"
+        );
         task.state = TaskState::Pending {
             not_before_ms: now_ms + backoff,
             avoid: Some(executor),

@@ -118,7 +118,12 @@ fn single_stage_batch_runs_every_split_within_slots() {
     let actions = succeed(&mut s, &third[0], 9);
     let report = done(&actions).expect("batch done");
     assert_eq!(
-        (report.rows_in, report.rows_out, report.tasks, report.tasks_rerun),
+        (
+            report.rows_in,
+            report.rows_out,
+            report.tasks,
+            report.tasks_rerun
+        ),
         (30, 15, 3, 0)
     );
     assert_eq!(report.duration_ms, 9);
@@ -286,12 +291,7 @@ fn cancelled_job_launches_nothing_more() {
     let mut s = Scheduler::new();
     register(&mut s, "a", 1);
     let first = launches(&s.handle(submit(2, None, 1), 0));
-    s.handle(
-        Event::CancelJob {
-            job_id: JOB.into(),
-        },
-        1,
-    );
+    s.handle(Event::CancelJob { job_id: JOB.into() }, 1);
     assert!(succeed(&mut s, &first[0], 2).is_empty());
     assert_eq!(s.running_tasks(), 0);
 }

@@ -1,0 +1,130 @@
+//! Sources: planned on the driver (exact splits for a batch), read on the executors.
+
+use crate::datagen::DatagenSource;
+use crate::files::FilesSource;
+use crate::options::SOURCES;
+use crate::{Result, TableSpec};
+use arrow::array::{ArrayRef, Int64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use sluice_core::{BATCH_COLUMN, BatchId, SourceSplit, Trigger};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// What the driver knows when it plans a batch's input.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanContext {
+    pub now_ms: u64,
+    pub job_start_ms: u64,
+    pub trigger: Trigger,
+    /// Split count for sources that can split freely (the job's `partitions`).
+    pub default_splits: u32,
+}
+
+/// How far a source has been read: rebuilt on restart by replaying the offsets log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceProgress {
+    Files { seen: BTreeSet<String> },
+    Datagen { next_row: u64 },
+}
+
+impl SourceProgress {
+    /// Records that `splits` were (or will be) read by a logged batch.
+    pub fn advance(&mut self, splits: &[SourceSplit]) {
+        for split in splits {
+            match (&mut *self, split) {
+                (SourceProgress::Files { seen }, SourceSplit::File { uri, .. }) => {
+                    seen.insert(uri.clone());
+                }
+                (SourceProgress::Datagen { next_row }, SourceSplit::Datagen { end, .. }) => {
+                    *next_row = (*next_row).max(*end);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A batch's planned input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub splits: Vec<SourceSplit>,
+    /// The source will never have more input (a bounded datagen that is used up).
+    pub exhausted: bool,
+}
+
+#[derive(Debug)]
+pub enum Source {
+    Files(FilesSource),
+    Datagen(DatagenSource),
+}
+
+impl Source {
+    pub fn from_spec(spec: &TableSpec) -> Result<Source> {
+        match spec.connector()? {
+            "files" => Ok(Source::Files(FilesSource::new(spec)?)),
+            "datagen" => Ok(Source::Datagen(DatagenSource::new(spec)?)),
+            other => Err(spec.error(format!(
+                "unknown source connector '{other}'; valid source connectors: {}",
+                SOURCES.join(", ")
+            ))),
+        }
+    }
+
+    pub fn new_progress(&self) -> SourceProgress {
+        match self {
+            Source::Files(_) => SourceProgress::Files {
+                seen: BTreeSet::new(),
+            },
+            Source::Datagen(_) => SourceProgress::Datagen { next_row: 0 },
+        }
+    }
+
+    pub async fn plan(&self, progress: &SourceProgress, ctx: &PlanContext) -> Result<Planned> {
+        match (self, progress) {
+            (Source::Files(f), SourceProgress::Files { seen }) => f.plan(seen, ctx).await,
+            (Source::Datagen(d), SourceProgress::Datagen { next_row }) => {
+                Ok(d.plan(*next_row, ctx))
+            }
+            _ => unreachable!("progress kind follows the source kind"),
+        }
+    }
+
+    /// Reads one split, with the `_batch` pseudo-column appended.
+    pub async fn read(&self, split: &SourceSplit, batch_id: BatchId) -> Result<Vec<RecordBatch>> {
+        let batches = match (self, split) {
+            (Source::Files(f), SourceSplit::File { uri, .. }) => f.read(uri).await?,
+            (Source::Datagen(d), SourceSplit::Datagen { start, end }) => d.read(*start, *end)?,
+            (_, other) => {
+                return Err(crate::ConnectorError::Read(format!(
+                    "split {other:?} does not belong to this source"
+                )));
+            }
+        };
+        batches
+            .into_iter()
+            .map(|b| with_batch_column(b, batch_id))
+            .collect()
+    }
+}
+
+/// The schema a source's rows have in SQL: the declared columns plus `_batch`.
+pub fn source_schema(declared: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = declared
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(BATCH_COLUMN, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+fn with_batch_column(batch: RecordBatch, batch_id: BatchId) -> Result<RecordBatch> {
+    let schema = source_schema(&batch.schema());
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(Arc::new(Int64Array::from_value(
+        batch_id as i64,
+        batch.num_rows(),
+    )));
+    RecordBatch::try_new(schema, columns).map_err(|e| crate::ConnectorError::Read(e.to_string()))
+}
