@@ -1,1 +1,252 @@
-//! wip
+//! A job's checkpoint: the only module that reads or writes the offsets and commits logs.
+//!
+//! Layout under the job's checkpoint prefix (see docs/architecture.md):
+//!   metadata            job id, SQL text, plan fingerprint, format version
+//!   offsets/<batch>     write-ahead input description of the batch, written before any task
+//!   commits/<batch>     the batch is done (every task succeeded, the sink committed)
+//!
+//! Every file is a checksummed envelope; log entries are created with `PutMode::Create`, so a
+//! second writer of the same batch fails instead of overwriting (fencing).
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sluice_core::{BatchId, SourceSplit};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{file}: {source}")]
+    Store {
+        file: String,
+        source: object_store::Error,
+    },
+    #[error("{file} is corrupted: {reason}")]
+    Corrupted { file: String, reason: String },
+    #[error("{file} already exists: fenced by another driver writing the same job")]
+    Fenced { file: String },
+}
+
+pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMetadata {
+    pub job_id: String,
+    pub name: String,
+    pub sql: String,
+    /// Where the SQL came from (a file name), for messages.
+    pub origin: String,
+    pub submitted_at_ms: u64,
+    pub plan_fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetsEntry {
+    pub batch_id: BatchId,
+    pub planned_at_ms: u64,
+    /// Input splits per source table, in task order.
+    pub sources: BTreeMap<String, Vec<SourceSplit>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitEntry {
+    pub batch_id: BatchId,
+    pub committed_at_ms: u64,
+    pub rows_in: u64,
+    pub rows_out: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    format: u32,
+    crc32: u32,
+    body: String,
+}
+
+/// One job's checkpoint directory.
+#[derive(Clone, Debug)]
+pub struct JobCheckpoint {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    uri: String,
+}
+
+impl JobCheckpoint {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: Path, uri: String) -> Self {
+        JobCheckpoint { store, prefix, uri }
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn path(&self, rel: &str) -> Path {
+        Path::from_iter(self.prefix.parts().chain(Path::from(rel).parts()))
+    }
+
+    fn name(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.uri.trim_end_matches('/'))
+    }
+
+    pub async fn write_metadata(&self, meta: &JobMetadata) -> Result<()> {
+        self.create("metadata", meta).await
+    }
+
+    pub async fn read_metadata(&self) -> Result<Option<JobMetadata>> {
+        self.read("metadata").await
+    }
+
+    /// The write-ahead entry: must exist before any task of the batch runs.
+    pub async fn write_offsets(&self, entry: &OffsetsEntry) -> Result<()> {
+        self.create(&format!("offsets/{}", entry.batch_id), entry).await
+    }
+
+    pub async fn read_offsets(&self, batch: BatchId) -> Result<Option<OffsetsEntry>> {
+        self.read(&format!("offsets/{batch}")).await
+    }
+
+    pub async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
+        self.create(&format!("commits/{}", entry.batch_id), entry).await
+    }
+
+    pub async fn read_commit(&self, batch: BatchId) -> Result<Option<CommitEntry>> {
+        self.read(&format!("commits/{batch}")).await
+    }
+
+    /// Batch ids present in a log ("offsets" or "commits"), ascending.
+    pub async fn batches(&self, log: &str) -> Result<Vec<BatchId>> {
+        let prefix = self.path(log);
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| CheckpointError::Store { file: self.name(log), source })?;
+        let mut ids: Vec<BatchId> = listed
+            .iter()
+            .filter_map(|m| m.location.filename()?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    async fn create<T: Serialize>(&self, rel: &str, value: &T) -> Result<()> {
+        let body = serde_json::to_string(value).expect("checkpoint entries serialize");
+        let env = Envelope {
+            format: FORMAT_VERSION,
+            crc32: crc32fast::hash(body.as_bytes()),
+            body,
+        };
+        let bytes = serde_json::to_vec_pretty(&env).expect("envelope serializes");
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(rel), PutPayload::from(Bytes::from(bytes)), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(CheckpointError::Fenced { file: self.name(rel) })
+            }
+            Err(source) => Err(CheckpointError::Store { file: self.name(rel), source }),
+        }
+    }
+
+    async fn read<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
+        let file = self.name(rel);
+        let bytes = match self.store.get(&self.path(rel)).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(|source| CheckpointError::Store { file: file.clone(), source })?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => return Err(CheckpointError::Store { file, source }),
+        };
+        let corrupted = |reason: String| CheckpointError::Corrupted { file: file.clone(), reason };
+        let env: Envelope = serde_json::from_slice(&bytes)
+            .map_err(|e| corrupted(format!("not a checkpoint envelope ({e})")))?;
+        if env.format > FORMAT_VERSION {
+            return Err(corrupted(format!(
+                "format version {} is newer than this Sluice ({FORMAT_VERSION})",
+                env.format
+            )));
+        }
+        if crc32fast::hash(env.body.as_bytes()) != env.crc32 {
+            return Err(corrupted("checksum mismatch".into()));
+        }
+        serde_json::from_str(&env.body)
+            .map(Some)
+            .map_err(|e| corrupted(format!("unexpected content ({e})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::local::LocalFileSystem;
+
+    fn checkpoint(dir: &std::path::Path) -> JobCheckpoint {
+        JobCheckpoint::new(
+            Arc::new(LocalFileSystem::new()),
+            Path::from_absolute_path(dir).unwrap(),
+            format!("file://{}", dir.display()),
+        )
+    }
+
+    fn offsets(batch: BatchId) -> OffsetsEntry {
+        OffsetsEntry {
+            batch_id: batch,
+            planned_at_ms: 5,
+            sources: [("clicks".to_string(), vec![SourceSplit::Datagen { start: 0, end: 10 }])]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn logs_round_trip_and_list_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = checkpoint(dir.path());
+        for b in [0, 2, 10, 1] {
+            cp.write_offsets(&offsets(b)).await.unwrap();
+        }
+        assert_eq!(cp.batches("offsets").await.unwrap(), vec![0, 1, 2, 10]);
+        assert_eq!(cp.read_offsets(10).await.unwrap(), Some(offsets(10)));
+        assert_eq!(cp.read_offsets(11).await.unwrap(), None);
+        assert!(cp.batches("commits").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn second_writer_of_a_batch_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = checkpoint(dir.path());
+        cp.write_offsets(&offsets(0)).await.unwrap();
+        let err = cp.write_offsets(&offsets(0)).await.unwrap_err();
+        assert!(matches!(err, CheckpointError::Fenced { .. }), "{err}");
+        assert!(err.to_string().contains("offsets/0"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn corruption_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = checkpoint(dir.path());
+        cp.write_offsets(&offsets(0)).await.unwrap();
+        let file = dir.path().join("offsets/0");
+        let text = std::fs::read_to_string(&file).unwrap().replace("\\\"end\\\":10", "\\\"end\\\":11");
+        std::fs::write(&file, text).unwrap();
+        let err = cp.read_offsets(0).await.unwrap_err().to_string();
+        assert!(err.contains("offsets/0 is corrupted: checksum mismatch"), "{err}");
+        std::fs::write(&file, "{\"format\":1").unwrap();
+        let err = cp.read_offsets(0).await.unwrap_err().to_string();
+        assert!(err.contains("offsets/0 is corrupted"), "{err}");
+    }
+}
