@@ -104,7 +104,8 @@ impl JobCheckpoint {
 
     /// The write-ahead entry: must exist before any task of the batch runs.
     pub async fn write_offsets(&self, entry: &OffsetsEntry) -> Result<()> {
-        self.create(&format!("offsets/{}", entry.batch_id), entry).await
+        self.create(&format!("offsets/{}", entry.batch_id), entry)
+            .await
     }
 
     pub async fn read_offsets(&self, batch: BatchId) -> Result<Option<OffsetsEntry>> {
@@ -112,7 +113,8 @@ impl JobCheckpoint {
     }
 
     pub async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
-        self.create(&format!("commits/{}", entry.batch_id), entry).await
+        self.create(&format!("commits/{}", entry.batch_id), entry)
+            .await
     }
 
     pub async fn read_commit(&self, batch: BatchId) -> Result<Option<CommitEntry>> {
@@ -122,12 +124,15 @@ impl JobCheckpoint {
     /// Batch ids present in a log ("offsets" or "commits"), ascending.
     pub async fn batches(&self, log: &str) -> Result<Vec<BatchId>> {
         let prefix = self.path(log);
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|source| CheckpointError::Store { file: self.name(log), source })?;
+        let listed: Vec<_> =
+            self.store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| CheckpointError::Store {
+                    file: self.name(log),
+                    source,
+                })?;
         let mut ids: Vec<BatchId> = listed
             .iter()
             .filter_map(|m| m.location.filename()?.parse().ok())
@@ -154,24 +159,30 @@ impl JobCheckpoint {
             .await
         {
             Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                Err(CheckpointError::Fenced { file: self.name(rel) })
-            }
-            Err(source) => Err(CheckpointError::Store { file: self.name(rel), source }),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(CheckpointError::Fenced {
+                file: self.name(rel),
+            }),
+            Err(source) => Err(CheckpointError::Store {
+                file: self.name(rel),
+                source,
+            }),
         }
     }
 
     async fn read<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
         let file = self.name(rel);
         let bytes = match self.store.get(&self.path(rel)).await {
-            Ok(r) => r
-                .bytes()
-                .await
-                .map_err(|source| CheckpointError::Store { file: file.clone(), source })?,
+            Ok(r) => r.bytes().await.map_err(|source| CheckpointError::Store {
+                file: file.clone(),
+                source,
+            })?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(source) => return Err(CheckpointError::Store { file, source }),
         };
-        let corrupted = |reason: String| CheckpointError::Corrupted { file: file.clone(), reason };
+        let corrupted = |reason: String| CheckpointError::Corrupted {
+            file: file.clone(),
+            reason,
+        };
         let env: Envelope = serde_json::from_slice(&bytes)
             .map_err(|e| corrupted(format!("not a checkpoint envelope ({e})")))?;
         if env.format > FORMAT_VERSION {
@@ -206,9 +217,12 @@ mod tests {
         OffsetsEntry {
             batch_id: batch,
             planned_at_ms: 5,
-            sources: [("clicks".to_string(), vec![SourceSplit::Datagen { start: 0, end: 10 }])]
-                .into_iter()
-                .collect(),
+            sources: [(
+                "clicks".to_string(),
+                vec![SourceSplit::Datagen { start: 0, end: 10 }],
+            )]
+            .into_iter()
+            .collect(),
         }
     }
 
@@ -241,10 +255,15 @@ mod tests {
         let cp = checkpoint(dir.path());
         cp.write_offsets(&offsets(0)).await.unwrap();
         let file = dir.path().join("offsets/0");
-        let text = std::fs::read_to_string(&file).unwrap().replace("\\\"end\\\":10", "\\\"end\\\":11");
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("\\\"end\\\":10", "\\\"end\\\":11");
         std::fs::write(&file, text).unwrap();
         let err = cp.read_offsets(0).await.unwrap_err().to_string();
-        assert!(err.contains("offsets/0 is corrupted: checksum mismatch"), "{err}");
+        assert!(
+            err.contains("offsets/0 is corrupted: checksum mismatch"),
+            "{err}"
+        );
         std::fs::write(&file, "{\"format\":1").unwrap();
         let err = cp.read_offsets(0).await.unwrap_err().to_string();
         assert!(err.contains("offsets/0 is corrupted"), "{err}");

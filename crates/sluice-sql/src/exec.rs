@@ -1,0 +1,190 @@
+//! Running one stage's operators on an executor, and partitioning its output for the shuffle.
+
+use crate::SqlError;
+use crate::plan::{CompiledJob, FragmentOutput};
+use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::{SortOptions, concat_batches, take_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use sluice_connectors::{ipc_batches, ipc_bytes};
+use std::sync::Arc;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Keys sampled per map task to choose range boundaries.
+const SAMPLE_PER_TASK: usize = 128;
+
+/// A map task's output, kept by its executor until the batch is done.
+pub enum MapOutput {
+    /// One Arrow IPC block per reduce partition.
+    Hash { blocks: Vec<Vec<u8>> },
+    /// All rows plus their sort keys; split by range when reducers fetch (the boundaries are
+    /// only known once every map task has reported its sample).
+    Range(RangeKeys),
+}
+
+pub struct RangeKeys {
+    pub batch: RecordBatch,
+    /// arrow-row encoded sort keys: byte order is the ORDER BY order.
+    pub keys: Vec<Vec<u8>>,
+}
+
+pub enum StageOutputData {
+    Map {
+        output: MapOutput,
+        sample: Vec<Vec<u8>>,
+        rows: u64,
+    },
+    Sink {
+        batches: Vec<RecordBatch>,
+        rows: u64,
+    },
+}
+
+impl MapOutput {
+    /// The Arrow IPC block for one reduce partition.
+    pub fn block(&self, reduce: u32, bounds: &[Vec<u8>]) -> Result<Vec<u8>, SqlError> {
+        match self {
+            MapOutput::Hash { blocks } => blocks
+                .get(reduce as usize)
+                .cloned()
+                .ok_or_else(|| SqlError::Exec(format!("no shuffle partition {reduce}"))),
+            MapOutput::Range(r) => {
+                let idx: UInt32Array = r
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, k)| {
+                        bounds.partition_point(|b| b.as_slice() <= k.as_slice()) == reduce as usize
+                    })
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                let part = take_record_batch(&r.batch, &idx)?;
+                Ok(ipc_bytes(&[part], r.batch.schema())?)
+            }
+        }
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            MapOutput::Hash { blocks } => blocks.iter().map(Vec::len).sum(),
+            MapOutput::Range(r) => {
+                r.batch.get_array_memory_size() + r.keys.iter().map(Vec::len).sum::<usize>()
+            }
+        }
+    }
+}
+
+impl CompiledJob {
+    /// Decodes fetched shuffle blocks into the stage's input rows.
+    pub fn shuffle_input(
+        &self,
+        stage: usize,
+        blocks: &[Vec<u8>],
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let schema = self.fragments[stage].leaf_schema.clone();
+        let mut out = Vec::new();
+        for block in blocks {
+            for b in ipc_batches(block)? {
+                if b.num_rows() > 0 {
+                    out.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs stage `stage` over `input` and shapes its output for the shuffle or the sink.
+    pub async fn run_stage(
+        &self,
+        stage: usize,
+        input: Vec<RecordBatch>,
+    ) -> Result<StageOutputData, SqlError> {
+        let plan = self.bind_input(stage, input)?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        Ok(match &self.fragments[stage].output {
+            FragmentOutput::Sink => StageOutputData::Sink { batches, rows },
+            FragmentOutput::Hash { keys, partitions } => StageOutputData::Map {
+                output: hash_partition(&batches, keys, *partitions, &schema)?,
+                sample: Vec::new(),
+                rows,
+            },
+            FragmentOutput::Range { keys, .. } => {
+                let batch = concat_batches(&schema, &batches)?;
+                let keys = encode_keys(&batch, keys)?;
+                let step = (keys.len() / SAMPLE_PER_TASK).max(1);
+                let sample = keys.iter().step_by(step).cloned().collect();
+                StageOutputData::Map {
+                    output: MapOutput::Range(RangeKeys { batch, keys }),
+                    sample,
+                    rows,
+                }
+            }
+        })
+    }
+}
+
+fn evaluate(
+    batch: &RecordBatch,
+    exprs: &[Arc<dyn PhysicalExpr>],
+) -> Result<Vec<ArrayRef>, SqlError> {
+    exprs
+        .iter()
+        .map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?))
+        .collect()
+}
+
+fn hash_partition(
+    batches: &[RecordBatch],
+    keys: &[Arc<dyn PhysicalExpr>],
+    partitions: u32,
+    schema: &SchemaRef,
+) -> Result<MapOutput, SqlError> {
+    let n = partitions as usize;
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+    for batch in batches {
+        let arrays = evaluate(batch, keys)?;
+        let converter = RowConverter::new(
+            arrays
+                .iter()
+                .map(|a| SortField::new(a.data_type().clone()))
+                .collect(),
+        )?;
+        let rows = converter.convert_columns(&arrays)?;
+        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (i, row) in rows.iter().enumerate() {
+            indices[(xxh3_64(row.as_ref()) % partitions as u64) as usize].push(i as u32);
+        }
+        for (p, idx) in indices.into_iter().enumerate() {
+            if !idx.is_empty() {
+                parts[p].push(take_record_batch(batch, &UInt32Array::from(idx))?);
+            }
+        }
+    }
+    let blocks = parts
+        .iter()
+        .map(|p| ipc_bytes(p, schema.clone()))
+        .collect::<Result<_, _>>()?;
+    Ok(MapOutput::Hash { blocks })
+}
+
+fn encode_keys(
+    batch: &RecordBatch,
+    keys: &[(Arc<dyn PhysicalExpr>, SortOptions)],
+) -> Result<Vec<Vec<u8>>, SqlError> {
+    let exprs: Vec<_> = keys.iter().map(|(e, _)| e.clone()).collect();
+    let arrays = evaluate(batch, &exprs)?;
+    let converter = RowConverter::new(
+        arrays
+            .iter()
+            .zip(keys)
+            .map(|(a, (_, o))| SortField::new_with_options(a.data_type().clone(), *o))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(&arrays)?;
+    Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+}

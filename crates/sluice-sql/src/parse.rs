@@ -1,0 +1,425 @@
+//! The job file: `SET` settings, `CREATE TABLE ... WITH (...)` declarations and one
+//! `INSERT INTO sink SELECT ...`. Tokenized once with sqlparser so that every error can name the
+//! file's own line and column; the SELECT goes to DataFusion as a parsed query.
+
+use crate::SqlError;
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::sql::sqlparser::ast::Query;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer};
+use sluice_connectors::TableSpec;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct TableDecl {
+    pub spec: TableSpec,
+    pub line: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct InsertDecl {
+    pub target: String,
+    pub query: Box<Query>,
+    pub line: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFile {
+    pub settings: BTreeMap<String, String>,
+    pub tables: Vec<TableDecl>,
+    pub insert: Option<InsertDecl>,
+}
+
+/// A cursor over one statement's tokens.
+struct Stmt<'a> {
+    origin: &'a str,
+    tokens: &'a [TokenWithSpan],
+    pos: usize,
+}
+
+impl<'a> Stmt<'a> {
+    fn peek(&self) -> Option<&'a TokenWithSpan> {
+        self.tokens.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<&'a TokenWithSpan> {
+        let t = self.tokens.get(self.pos);
+        self.pos += 1;
+        t
+    }
+
+    /// An error at the current token (or the statement's last one).
+    fn error(&self, message: impl Into<String>) -> SqlError {
+        let t = self
+            .tokens
+            .get(self.pos)
+            .or(self.tokens.last())
+            .expect("statements are not empty");
+        SqlError::Syntax {
+            origin: self.origin.to_string(),
+            line: t.span.start.line,
+            column: t.span.start.column,
+            message: message.into(),
+        }
+    }
+
+    fn keyword(&mut self, kw: Keyword) -> bool {
+        match self.peek().map(|t| &t.token) {
+            Some(Token::Word(w)) if w.keyword == kw => {
+                self.pos += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn expect_keyword(&mut self, kw: Keyword) -> Result<(), SqlError> {
+        if self.keyword(kw) {
+            Ok(())
+        } else {
+            Err(self.error(format!("expected {kw:?}, found {}", self.found())))
+        }
+    }
+
+    fn expect(&mut self, token: Token) -> Result<(), SqlError> {
+        if self.peek().map(|t| &t.token) == Some(&token) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.error(format!("expected '{token}', found {}", self.found())))
+        }
+    }
+
+    fn found(&self) -> String {
+        self.peek()
+            .map(|t| format!("'{}'", t.token))
+            .unwrap_or_else(|| "end of statement".into())
+    }
+
+    /// An identifier, a quoted identifier or a string literal (option keys may be any of these).
+    fn name(&mut self, what: &str) -> Result<String, SqlError> {
+        match self.peek().map(|t| &t.token) {
+            Some(Token::Word(w)) => {
+                self.pos += 1;
+                let mut name = w.value.clone();
+                // Dotted keys such as bootstrap.servers, written bare.
+                while let (Some(Token::Period), Some(Token::Word(next))) = (
+                    self.tokens.get(self.pos).map(|t| &t.token),
+                    self.tokens.get(self.pos + 1).map(|t| &t.token),
+                ) {
+                    name = format!("{name}.{}", next.value);
+                    self.pos += 2;
+                }
+                Ok(name)
+            }
+            Some(Token::SingleQuotedString(s)) | Some(Token::DoubleQuotedString(s)) => {
+                self.pos += 1;
+                Ok(s.clone())
+            }
+            _ => Err(self.error(format!("expected {what}, found {}", self.found()))),
+        }
+    }
+
+    /// A literal value: string, number or bare word.
+    fn value(&mut self, what: &str) -> Result<String, SqlError> {
+        match self.peek().map(|t| &t.token) {
+            Some(Token::SingleQuotedString(s)) | Some(Token::DoubleQuotedString(s)) => {
+                self.pos += 1;
+                Ok(s.clone())
+            }
+            Some(Token::Number(n, _)) => {
+                self.pos += 1;
+                Ok(n.clone())
+            }
+            Some(Token::Word(w)) => {
+                self.pos += 1;
+                Ok(w.value.clone())
+            }
+            _ => Err(self.error(format!("expected {what}, found {}", self.found()))),
+        }
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.tokens.len()
+    }
+}
+
+pub fn parse_job(sql: &str, origin: &str) -> Result<JobFile, SqlError> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::Syntax {
+            origin: origin.to_string(),
+            line: e.location.line,
+            column: e.location.column,
+            message: e.message,
+        })?;
+    let tokens: Vec<TokenWithSpan> = tokens
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+        .collect();
+    let mut job = JobFile::default();
+    for stmt_tokens in tokens.split(|t| t.token == Token::SemiColon) {
+        if stmt_tokens.is_empty() {
+            continue;
+        }
+        let mut s = Stmt {
+            origin,
+            tokens: stmt_tokens,
+            pos: 0,
+        };
+        let line = stmt_tokens[0].span.start.line;
+        if s.keyword(Keyword::SET) {
+            let key = s.name("a setting name")?;
+            if !s.keyword(Keyword::TO) {
+                s.expect(Token::Eq)?;
+            }
+            let value = s.value("a value")?;
+            if !s.at_end() {
+                return Err(s.error(format!("unexpected {} after SET", s.found())));
+            }
+            job.settings.insert(key, value);
+        } else if s.keyword(Keyword::CREATE) {
+            let decl = parse_create_table(&mut s, line)?;
+            if job.tables.iter().any(|t| t.spec.name == decl.spec.name) {
+                return Err(SqlError::Syntax {
+                    origin: origin.to_string(),
+                    line,
+                    column: stmt_tokens[0].span.start.column,
+                    message: format!("table '{}' is declared twice", decl.spec.name),
+                });
+            }
+            job.tables.push(decl);
+        } else if s.keyword(Keyword::INSERT) {
+            if job.insert.is_some() {
+                return Err(s.error("a job has exactly one INSERT INTO statement"));
+            }
+            s.expect_keyword(Keyword::INTO)?;
+            let target = s.name("the sink table's name")?;
+            let mut rest = stmt_tokens[s.pos..].to_vec();
+            if rest.is_empty() {
+                return Err(s.error("expected a SELECT after INSERT INTO"));
+            }
+            // An explicit end, so "unexpected end" errors carry a position too.
+            let end = stmt_tokens[stmt_tokens.len() - 1].span.end;
+            rest.push(TokenWithSpan::new(Token::EOF, Span::new(end, end)));
+            let mut parser = Parser::new(&dialect).with_tokens_with_locations(rest);
+            let query = parser.parse_query().map_err(|e| SqlError::Parse {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?;
+            let rest = parser.peek_token();
+            if rest.token != Token::EOF {
+                return Err(SqlError::Syntax {
+                    origin: origin.to_string(),
+                    line: rest.span.start.line,
+                    column: rest.span.start.column,
+                    message: format!("unexpected '{}' after the query", rest.token),
+                });
+            }
+            job.insert = Some(InsertDecl {
+                target,
+                query,
+                line,
+            });
+        } else {
+            return Err(s.error(format!(
+                "expected SET, CREATE TABLE or INSERT INTO, found {}",
+                s.found()
+            )));
+        }
+    }
+    Ok(job)
+}
+
+fn parse_create_table(s: &mut Stmt<'_>, line: u64) -> Result<TableDecl, SqlError> {
+    s.expect_keyword(Keyword::TABLE)?;
+    let name = s.name("a table name")?;
+    let mut fields = Vec::new();
+    if s.peek().map(|t| &t.token) == Some(&Token::LParen) {
+        s.next();
+        loop {
+            let col = s.name("a column name")?;
+            let type_start = s.pos;
+            let mut depth = 0;
+            let mut words = Vec::new();
+            while let Some(t) = s.peek() {
+                match &t.token {
+                    Token::Comma | Token::RParen if depth == 0 => break,
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    _ => {}
+                }
+                words.push(t.token.to_string());
+                s.next();
+            }
+            // "BIGINT NOT NULL": the constraint words follow the type.
+            let not_null = words.windows(2).position(|w| {
+                w[0].eq_ignore_ascii_case("NOT") && w[1].eq_ignore_ascii_case("NULL")
+            });
+            let nullable = not_null.is_none();
+            let type_words = &words[..not_null.unwrap_or(words.len())];
+            let type_text = type_words
+                .join(" ")
+                .replace(" ( ", "(")
+                .replace("( ", "(")
+                .replace(" )", ")")
+                .replace(" , ", ",")
+                .replace(" ,", ",");
+            let data_type = sql_type(&type_text).ok_or_else(|| {
+                let at = Stmt {
+                    origin: s.origin,
+                    tokens: s.tokens,
+                    pos: type_start,
+                };
+                at.error(format!(
+                    "unknown type '{type_text}' for column '{col}'; valid types: BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT, REAL, DECIMAL(p,s), TEXT, VARCHAR, STRING, BOOLEAN, TIMESTAMP, DATE"
+                ))
+            })?;
+            fields.push(Field::new(col, data_type, nullable));
+            match s.next().map(|t| &t.token) {
+                Some(Token::Comma) => continue,
+                Some(Token::RParen) => break,
+                _ => return Err(s.error("expected ',' or ')' in the column list")),
+            }
+        }
+    }
+    let mut options = BTreeMap::new();
+    if s.keyword(Keyword::WITH) {
+        s.expect(Token::LParen)?;
+        loop {
+            let key = s.name("an option name")?;
+            s.expect(Token::Eq)?;
+            let value = s.value("an option value")?;
+            options.insert(key, value);
+            match s.next().map(|t| &t.token) {
+                Some(Token::Comma) => continue,
+                Some(Token::RParen) => break,
+                _ => {
+                    s.pos -= 1;
+                    return Err(s.error(format!(
+                        "expected ',' or ')' in WITH options, found {}",
+                        s.found()
+                    )));
+                }
+            }
+        }
+    }
+    if !s.at_end() {
+        return Err(s.error(format!("unexpected {} after CREATE TABLE", s.found())));
+    }
+    if !options.contains_key("connector") {
+        return Err(SqlError::Syntax {
+            origin: s.origin.to_string(),
+            line,
+            column: 1,
+            message: format!("table '{name}' needs WITH (connector = '...')"),
+        });
+    }
+    Ok(TableDecl {
+        spec: TableSpec {
+            name,
+            schema: Arc::new(Schema::new(fields)),
+            options,
+        },
+        line,
+    })
+}
+
+/// Maps a SQL column type to Arrow, as DataFusion does for the common types.
+fn sql_type(text: &str) -> Option<DataType> {
+    let t = text.trim().to_ascii_uppercase();
+    let (base, args) = match t.split_once('(') {
+        Some((b, a)) => (
+            b.trim().to_string(),
+            Some(a.trim_end_matches(')').to_string()),
+        ),
+        None => (t.clone(), None),
+    };
+    Some(match base.as_str() {
+        "BIGINT" | "INT8" | "LONG" => DataType::Int64,
+        "INT" | "INTEGER" | "INT4" => DataType::Int32,
+        "SMALLINT" | "INT2" => DataType::Int16,
+        "TINYINT" => DataType::Int8,
+        "DOUBLE" | "DOUBLE PRECISION" | "FLOAT8" => DataType::Float64,
+        "FLOAT" | "REAL" | "FLOAT4" => DataType::Float32,
+        "TEXT" | "VARCHAR" | "STRING" | "CHAR" | "CHARACTER VARYING" => DataType::Utf8,
+        "BOOLEAN" | "BOOL" => DataType::Boolean,
+        "TIMESTAMP" => DataType::Timestamp(TimeUnit::Nanosecond, None),
+        "DATE" => DataType::Date32,
+        "DECIMAL" | "NUMERIC" => {
+            let (p, s) = match args {
+                Some(a) => {
+                    let mut it = a.split(',').map(|x| x.trim().parse::<u8>());
+                    let p = it.next()?.ok()?;
+                    let s = it.next().map(|x| x.ok()).unwrap_or(Some(0))?;
+                    (p, s as i8)
+                }
+                None => (38, 10),
+            };
+            DataType::Decimal128(p, s)
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOB: &str = "-- a job\nSET 'trigger' = '1s';\nSET partitions = 4;\nCREATE TABLE clicks (user_id BIGINT, page TEXT, ts TIMESTAMP)\n  WITH (connector = 'files', 'path' = 'file:///data/in', format = 'jsonl', bootstrap.servers = 'x');\nCREATE TABLE page_counts (batch BIGINT NOT NULL, page VARCHAR(20), n DECIMAL(10,2))\n  WITH (connector = 'console');\nINSERT INTO page_counts SELECT _batch, page, count(*) FROM clicks GROUP BY _batch, page;\n";
+
+    #[test]
+    fn parses_settings_tables_and_insert() {
+        let job = parse_job(JOB, "job.sql").unwrap();
+        assert_eq!(job.settings["trigger"], "1s");
+        assert_eq!(job.settings["partitions"], "4");
+        let clicks = &job.tables[0].spec;
+        assert_eq!(clicks.name, "clicks");
+        assert_eq!(clicks.options["path"], "file:///data/in");
+        assert_eq!(clicks.options["bootstrap.servers"], "x");
+        assert_eq!(
+            clicks.schema.field(2).data_type(),
+            &DataType::Timestamp(TimeUnit::Nanosecond, None)
+        );
+        let out = &job.tables[1].spec;
+        assert!(!out.schema.field(0).is_nullable());
+        assert_eq!(out.schema.field(0).data_type(), &DataType::Int64);
+        assert_eq!(out.schema.field(1).data_type(), &DataType::Utf8);
+        assert_eq!(
+            out.schema.field(2).data_type(),
+            &DataType::Decimal128(10, 2)
+        );
+        assert_eq!(job.tables[1].line, 6);
+        let insert = job.insert.unwrap();
+        assert_eq!(insert.target, "page_counts");
+        assert_eq!(insert.line, 8);
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let err = parse_job(
+            "SET a = 1;\nCREATE TABLE t (x BIGNUM) WITH (connector = 'console');",
+            "j.sql",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("j.sql:2:19: unknown type 'BIGNUM'"),
+            "{err}"
+        );
+        let err = parse_job("\n\nINSERT INTO t SELECT a FROM t WHERE;", "j.sql")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Line: 3"), "{err}");
+        let err = parse_job("SELECT 1;", "j.sql").unwrap_err().to_string();
+        assert!(err.starts_with("j.sql:1:1: expected SET"), "{err}");
+        let err = parse_job("CREATE TABLE t (x INT) WITH (connector 'a');", "j.sql")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("j.sql:1:40: expected '='"), "{err}");
+    }
+}

@@ -1,0 +1,468 @@
+//! Planning: DataFusion turns the SELECT into an optimized logical plan, which is cut into
+//! stages at every operator that needs rows of one key together: an Aggregate (hash shuffle on
+//! its group keys) and a Sort (range shuffle on its sort keys). Each stage is a [`Fragment`]: a
+//! logical plan whose leaf is either the source scan or a scan of the fetched shuffle rows.
+
+use crate::SqlError;
+use crate::parse::{JobFile, parse_job};
+use arrow::compute::SortOptions;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::MemTable;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchemaRef};
+use datafusion::datasource::{empty::EmptyTable, provider_as_source};
+use datafusion::logical_expr::{
+    Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, Sort, TableScan, cast, col,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use sluice_connectors::{Sink, Source, TableSpec, source_schema};
+use sluice_core::{BATCH_COLUMN, JobSettings, ShuffleKind, StageInput, StageOutput, StageSpec};
+use std::sync::Arc;
+
+/// The scan that stands for a stage's shuffled input rows.
+const SHUFFLE_TABLE: &str = "__shuffle";
+
+pub enum FragmentOutput {
+    Sink,
+    Hash {
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        partitions: u32,
+    },
+    Range {
+        keys: Vec<(Arc<dyn PhysicalExpr>, SortOptions)>,
+        partitions: u32,
+    },
+}
+
+/// One stage's operators.
+pub struct Fragment {
+    pub plan: LogicalPlan,
+    /// Name of the leaf scan that the stage's input replaces.
+    pub leaf_table: String,
+    /// Schema of the input rows the leaf scan expects.
+    pub leaf_schema: SchemaRef,
+    pub input: StageInput,
+    pub output: FragmentOutput,
+    pub describe: String,
+}
+
+/// A job file, checked and planned.
+pub struct CompiledJob {
+    pub job: JobFile,
+    pub settings: JobSettings,
+    pub source_table: String,
+    pub source: Source,
+    pub sink_table: String,
+    pub sink: Sink,
+    pub fragments: Vec<Fragment>,
+    pub(crate) ctx: SessionContext,
+}
+
+impl CompiledJob {
+    pub async fn compile(sql: &str, origin: &str) -> Result<CompiledJob, SqlError> {
+        let job = parse_job(sql, origin)?;
+        let settings = JobSettings::from_map(&job.settings)?;
+        let insert = job.insert.clone().ok_or_else(|| SqlError::Parse {
+            origin: origin.into(),
+            message: "the job has no INSERT INTO <sink> SELECT ... statement".into(),
+        })?;
+        let plan_err = |message: String| SqlError::Plan {
+            origin: origin.into(),
+            line: insert.line,
+            message,
+        };
+        let sink_decl = job
+            .tables
+            .iter()
+            .find(|t| t.spec.name == insert.target)
+            .ok_or_else(|| {
+                plan_err(format!(
+                    "INSERT INTO '{}': no such table; declared tables: {}",
+                    insert.target,
+                    table_names(&job)
+                ))
+            })?;
+        let sink = Sink::from_spec(&sink_decl.spec)?;
+
+        let config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_batch_size(8192)
+            .with_information_schema(false);
+        let ctx = SessionContext::new_with_config(config);
+        // Every other table is a candidate source; the query decides which one it reads.
+        let mut sources = Vec::new();
+        for t in job.tables.iter().filter(|t| t.spec.name != insert.target) {
+            let schema = source_schema(&t.spec.schema);
+            ctx.register_table(&t.spec.name, Arc::new(EmptyTable::new(schema)))?;
+            sources.push(t.spec.clone());
+        }
+        let statement = DFStatement::Statement(Box::new(Statement::Query(insert.query.clone())));
+        let state = ctx.state();
+        let query = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| plan_err(e.to_string()))?;
+        let query = conform_to_sink(query, &sink_decl.spec).map_err(plan_err)?;
+        let optimized = state
+            .optimize(&query)
+            .map_err(|e| plan_err(e.to_string()))?;
+
+        let scanned = scanned_tables(&optimized);
+        let source_spec: &TableSpec = match scanned.as_slice() {
+            [one] => sources
+                .iter()
+                .find(|s| &s.name == one)
+                .ok_or_else(|| plan_err(format!("'{one}' is the sink table; it cannot be read")))?,
+            [] => return Err(plan_err("the SELECT reads no source table".into())),
+            many => {
+                return Err(plan_err(format!(
+                    "the SELECT reads {} tables ({}); joins and unions of sources are not supported yet",
+                    many.len(),
+                    many.join(", ")
+                )));
+            }
+        };
+        let source = Source::from_spec(source_spec)?;
+
+        let mut cutter = Cutter {
+            ctx: &ctx,
+            source_table: source_spec.name.clone(),
+            source_schema: source_schema(&source_spec.schema),
+            partitions: settings.partitions,
+            fragments: Vec::new(),
+        };
+        let last = cutter.cut(optimized).map_err(plan_err)?;
+        cutter.push(last, None).map_err(plan_err)?;
+        let fragments = cutter.fragments;
+        Ok(CompiledJob {
+            source_table: source_spec.name.clone(),
+            source,
+            sink_table: sink_decl.spec.name.clone(),
+            sink,
+            fragments,
+            settings,
+            job,
+            ctx,
+        })
+    }
+
+    /// The outline the scheduler needs.
+    pub fn stage_specs(&self) -> Vec<StageSpec> {
+        self.fragments
+            .iter()
+            .enumerate()
+            .map(|(i, f)| StageSpec {
+                id: i as u32,
+                input: f.input,
+                output: match &f.output {
+                    FragmentOutput::Sink => StageOutput::Sink,
+                    FragmentOutput::Hash { partitions, .. } => StageOutput::Shuffle {
+                        kind: ShuffleKind::Hash,
+                        partitions: *partitions,
+                    },
+                    FragmentOutput::Range { partitions, .. } => StageOutput::Shuffle {
+                        kind: ShuffleKind::Range,
+                        partitions: *partitions,
+                    },
+                },
+                describe: f.describe.clone(),
+            })
+            .collect()
+    }
+
+    /// The job's name: the `name` setting, else the file name without its extension.
+    pub fn name(&self, origin: &str) -> String {
+        self.settings.name.clone().unwrap_or_else(|| {
+            std::path::Path::new(origin)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| origin.to_string())
+        })
+    }
+
+    /// Builds the logical plan of `stage` reading `input` (all of it in memory).
+    pub(crate) fn bind_input(
+        &self,
+        stage: usize,
+        input: Vec<arrow::record_batch::RecordBatch>,
+    ) -> Result<LogicalPlan, SqlError> {
+        let f = &self.fragments[stage];
+        let table = Arc::new(MemTable::try_new(f.leaf_schema.clone(), vec![input])?);
+        let plan = f
+            .plan
+            .clone()
+            .transform_up(|node| match &node {
+                LogicalPlan::TableScan(scan) if scan.table_name.table() == f.leaf_table => {
+                    let bound = TableScan::try_new(
+                        scan.table_name.clone(),
+                        provider_as_source(table.clone()),
+                        scan.projection.clone(),
+                        scan.filters.clone(),
+                        scan.fetch,
+                    )?;
+                    Ok(datafusion::common::tree_node::Transformed::yes(
+                        LogicalPlan::TableScan(bound),
+                    ))
+                }
+                _ => Ok(datafusion::common::tree_node::Transformed::no(node)),
+            })?
+            .data;
+        Ok(plan)
+    }
+}
+
+fn table_names(job: &JobFile) -> String {
+    job.tables
+        .iter()
+        .map(|t| t.spec.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// INSERT INTO semantics: columns match the sink's by position and take its names and types.
+fn conform_to_sink(query: LogicalPlan, sink: &TableSpec) -> Result<LogicalPlan, String> {
+    if sink.schema.fields().is_empty() {
+        return Ok(query);
+    }
+    let have = query.schema().fields().len();
+    let want = sink.schema.fields().len();
+    if have != want {
+        return Err(format!(
+            "INSERT INTO '{}' expects {want} columns ({}) but the SELECT produces {have}",
+            sink.name,
+            sink.schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let exprs: Vec<Expr> = sink
+        .schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let c = Expr::Column(Column::from(query.schema().qualified_field(i)));
+            let from = query.schema().field(i).data_type();
+            let e = if from == f.data_type() {
+                c
+            } else {
+                cast(c, f.data_type().clone())
+            };
+            e.alias(f.name())
+        })
+        .collect();
+    LogicalPlanBuilder::from(query)
+        .project(exprs)
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())
+}
+
+fn scanned_tables(plan: &LogicalPlan) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let name = scan.table_name.table().to_string();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    names
+}
+
+struct Cutter<'a> {
+    ctx: &'a SessionContext,
+    source_table: String,
+    source_schema: SchemaRef,
+    partitions: u32,
+    fragments: Vec<Fragment>,
+}
+
+enum Cut {
+    Hash(Vec<Expr>),
+    Range(Vec<datafusion::logical_expr::SortExpr>),
+}
+
+impl Cutter<'_> {
+    /// Rewrites `plan` into the current (topmost) stage, pushing finished lower stages.
+    fn cut(&mut self, plan: LogicalPlan) -> Result<LogicalPlan, String> {
+        match plan {
+            LogicalPlan::Aggregate(agg) => {
+                if agg.group_expr.is_empty() || !agg.group_expr.iter().any(is_batch_column) {
+                    return Err(format!(
+                        "GROUP BY without {BATCH_COLUMN} is a running aggregation across batches, which is not supported yet; add {BATCH_COLUMN} to the GROUP BY for per-batch results"
+                    ));
+                }
+                let child = self.cut(Arc::unwrap_or_clone(agg.input))?;
+                let leaf = self.push(child, Some(Cut::Hash(agg.group_expr.clone())))?;
+                Aggregate::try_new(Arc::new(leaf), agg.group_expr, agg.aggr_expr)
+                    .map(LogicalPlan::Aggregate)
+                    .map_err(|e| e.to_string())
+            }
+            LogicalPlan::Sort(sort) => {
+                if sort.fetch.is_some() {
+                    return Err("ORDER BY ... LIMIT is not supported in streaming jobs yet".into());
+                }
+                let child = self.cut(Arc::unwrap_or_clone(sort.input))?;
+                let leaf = self.push(child, Some(Cut::Range(sort.expr.clone())))?;
+                Ok(LogicalPlan::Sort(Sort {
+                    expr: sort.expr,
+                    input: Arc::new(leaf),
+                    fetch: None,
+                }))
+            }
+            LogicalPlan::TableScan(ref scan) => {
+                if scan.table_name.table() == self.source_table {
+                    Ok(plan)
+                } else {
+                    Err(format!("unexpected scan of '{}'", scan.table_name))
+                }
+            }
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Unnest(_) => {
+                let inputs = plan
+                    .inputs()
+                    .into_iter()
+                    .map(|p| self.cut(p.clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                plan.with_new_exprs(plan.expressions(), inputs)
+                    .map_err(|e| e.to_string())
+            }
+            LogicalPlan::Limit(_) => Err("LIMIT is not supported in streaming jobs yet".into()),
+            LogicalPlan::Join(_) => Err("joins are not supported in streaming jobs yet".into()),
+            LogicalPlan::Window(_) => {
+                Err("window functions are not supported in streaming jobs yet".into())
+            }
+            other => Err(format!(
+                "{} is not supported in streaming jobs yet",
+                other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or("this operator")
+            )),
+        }
+    }
+
+    /// Ends the current stage with `plan`, writing a shuffle (`cut`) or the sink (`None`).
+    /// Returns the leaf that reads this stage's output in the next stage.
+    fn push(&mut self, plan: LogicalPlan, cut: Option<Cut>) -> Result<LogicalPlan, String> {
+        let input = match self.fragments.last().map(|f| &f.output) {
+            None => StageInput::Source,
+            Some(FragmentOutput::Range { .. }) => StageInput::Shuffle(ShuffleKind::Range),
+            Some(_) => StageInput::Shuffle(ShuffleKind::Hash),
+        };
+        let (leaf_table, leaf_schema) = match input {
+            StageInput::Source => (self.source_table.clone(), self.source_schema.clone()),
+            StageInput::Shuffle(_) => (
+                SHUFFLE_TABLE.to_string(),
+                flat_schema(
+                    self.fragments
+                        .last()
+                        .map(|f| f.plan.schema())
+                        .expect("previous stage"),
+                ),
+            ),
+        };
+        let schema = plan.schema().clone();
+        let physical = |e: &Expr| {
+            self.ctx
+                .create_physical_expr(e.clone(), &schema)
+                .map_err(|e| e.to_string())
+        };
+        let (output, suffix) = match cut {
+            None => (FragmentOutput::Sink, "sink".to_string()),
+            Some(Cut::Hash(keys)) => (
+                FragmentOutput::Hash {
+                    keys: keys.iter().map(physical).collect::<Result<_, _>>()?,
+                    partitions: self.partitions,
+                },
+                "hash shuffle".to_string(),
+            ),
+            Some(Cut::Range(sort)) => (
+                FragmentOutput::Range {
+                    keys: sort
+                        .iter()
+                        .map(|s| {
+                            Ok((
+                                physical(&s.expr)?,
+                                SortOptions {
+                                    descending: !s.asc,
+                                    nulls_first: s.nulls_first,
+                                },
+                            ))
+                        })
+                        .collect::<Result<_, String>>()?,
+                    partitions: self.partitions,
+                },
+                "range shuffle".to_string(),
+            ),
+        };
+        let mut steps = Vec::new();
+        let _ = plan.apply(|n| {
+            steps.push(n.display().to_string());
+            Ok(TreeNodeRecursion::Continue)
+        });
+        steps.reverse();
+        steps.push(suffix);
+        self.fragments.push(Fragment {
+            leaf_table,
+            leaf_schema,
+            input,
+            output,
+            describe: steps.join(" -> "),
+            plan,
+        });
+        shuffle_leaf(&schema).map_err(|e| e.to_string())
+    }
+}
+
+fn is_batch_column(e: &Expr) -> bool {
+    match e {
+        Expr::Column(c) => c.name == BATCH_COLUMN,
+        Expr::Alias(a) => is_batch_column(&a.expr),
+        _ => false,
+    }
+}
+
+/// A stage's output schema with plain positional names, for the shuffle scan's table.
+fn flat_schema(schema: &DFSchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable()))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A scan of shuffled rows, renamed back to exactly `schema` (qualifiers included), so the
+/// operators above it plan as if nothing had been cut.
+fn shuffle_leaf(schema: &DFSchemaRef) -> datafusion::error::Result<LogicalPlan> {
+    let flat = flat_schema(schema);
+    let scan = LogicalPlanBuilder::scan(
+        SHUFFLE_TABLE,
+        provider_as_source(Arc::new(EmptyTable::new(flat))),
+        None,
+    )?;
+    let exprs: Vec<Expr> = schema
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            col(Column::new(Some(SHUFFLE_TABLE), format!("c{i}")))
+                .alias_qualified(q.cloned(), f.name())
+        })
+        .collect();
+    scan.project(exprs)?.build()
+}
