@@ -1,1 +1,241 @@
-fn main() {}
+//! `sluice`: submit, list, inspect and stop jobs; `sluice local` runs a whole cluster here.
+
+mod local;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use sluice_proto::jobs_client::JobsClient;
+use sluice_proto::{GetRequest, JobStatus, ListRequest, StopRequest, SubmitRequest};
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser, Serialize)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: exactly-once micro-batch stream processing"
+)]
+struct Cli {
+    /// Driver URL (default http://127.0.0.1:7070; also SLUICE_DRIVER or the config file)
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    driver: Option<String>,
+    /// TOML config file (also SLUICE_CONFIG)
+    #[arg(long, global = true, env = "SLUICE_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submit a job file; prints the job id
+    Submit { file: PathBuf },
+    /// List jobs
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job's state and recent batches
+    Status {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a job (its running batch is abandoned and rerun if the job is resumed)
+    Stop { job: String },
+    /// Run a driver and executors on this machine, submit a job, and show its progress
+    Local(local::LocalArgs),
+    /// Run a driver in this process (what `sluice-driver` does)
+    #[command(hide = true)]
+    Driver(sluice_driver::DriverArgs),
+    /// Run an executor in this process (what `sluice-executor` does)
+    #[command(hide = true)]
+    Executor(sluice_executor::ExecutorArgs),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(default)]
+struct CliConfig {
+    driver: String,
+}
+
+impl Default for CliConfig {
+    fn default() -> Self {
+        CliConfig {
+            driver: "http://127.0.0.1:7070".into(),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config: CliConfig = sluice_core::config::load(cli.config.as_deref(), &cli)?;
+    let Some(command) = cli.command else {
+        bail!("no command given; try `sluice local` or `sluice --help`");
+    };
+    match command {
+        Command::Driver(args) => {
+            sluice_driver::init_logging();
+            sluice_driver::run(sluice_driver::DriverConfig::load(&args)?).await
+        }
+        Command::Executor(args) => {
+            sluice_executor::init_logging();
+            sluice_executor::run(sluice_executor::ExecutorConfig::load(&args)?).await
+        }
+        Command::Local(args) => local::run(args).await,
+        Command::Submit { file } => {
+            let sql = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read job file {}", file.display()))?;
+            let id = submit(&config.driver, sql, file.display().to_string()).await?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Jobs { json } => {
+            let jobs = connect(&config.driver)
+                .await?
+                .list(ListRequest {})
+                .await?
+                .into_inner()
+                .jobs;
+            if json {
+                let all: Vec<_> = jobs.iter().map(status_json).collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!(
+                    "{:<36}  {:<24}  {:<9}  {:>8}  {:>12}",
+                    "JOB", "NAME", "STATE", "BATCHES", "ROWS IN"
+                );
+                for j in jobs {
+                    println!(
+                        "{:<36}  {:<24}  {:<9}  {:>8}  {:>12}",
+                        j.job_id, j.name, j.state, j.batches_committed, j.rows_in
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Status { job, json } => {
+            let s = connect(&config.driver)
+                .await?
+                .get(GetRequest { job_id: job })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+            } else {
+                print_status(&s);
+            }
+            Ok(())
+        }
+        Command::Stop { job } => {
+            let r = connect(&config.driver)
+                .await?
+                .stop(StopRequest {
+                    job_id: job.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{job}: {}", r.state);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn connect(driver: &str) -> anyhow::Result<JobsClient<Channel>> {
+    JobsClient::connect(driver.to_string())
+        .await
+        .map(|c| c.max_decoding_message_size(64 * 1024 * 1024))
+        .map_err(|e| anyhow::anyhow!("cannot reach the driver at {driver}: {e}"))
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+pub(crate) async fn submit(driver: &str, sql: String, origin: String) -> anyhow::Result<String> {
+    let r = connect(driver)
+        .await?
+        .submit(SubmitRequest { sql, origin })
+        .await
+        .map_err(status_error)?;
+    Ok(r.into_inner().job_id)
+}
+
+pub(crate) fn rows_per_second(rows: u64, ms: u64) -> u64 {
+    if ms == 0 {
+        rows * 1000
+    } else {
+        rows * 1000 / ms
+    }
+}
+
+fn status_json(s: &JobStatus) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": s.job_id,
+        "name": s.name,
+        "state": s.state,
+        "error": s.error,
+        "executors": s.executors,
+        "batches_committed": s.batches_committed,
+        "rows_in": s.rows_in,
+        "rows_out": s.rows_out,
+        "submitted_at_ms": s.submitted_at_ms,
+        "recent_batches": s.recent_batches.iter().map(|b| serde_json::json!({
+            "batch_id": b.batch_id,
+            "rows_in": b.rows_in,
+            "rows_out": b.rows_out,
+            "duration_ms": b.duration_ms,
+            "rows_per_second": rows_per_second(b.rows_in, b.duration_ms),
+            "tasks": b.tasks,
+            "tasks_rerun": b.tasks_retried,
+            "committed_at_ms": b.committed_at_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_status(s: &JobStatus) {
+    println!("job        {}", s.job_id);
+    println!("name       {}", s.name);
+    println!("state      {}", s.state);
+    if !s.error.is_empty() {
+        println!("error      {}", s.error);
+    }
+    println!("executors  {}", s.executors);
+    println!(
+        "batches    {} committed, {} rows in, {} rows out",
+        s.batches_committed, s.rows_in, s.rows_out
+    );
+    if !s.recent_batches.is_empty() {
+        println!();
+        println!(
+            "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}",
+            "BATCH", "ROWS IN", "ROWS OUT", "MS", "ROWS/S", "TASKS", "RERUN"
+        );
+        for b in &s.recent_batches {
+            println!(
+                "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}",
+                b.batch_id,
+                b.rows_in,
+                b.rows_out,
+                b.duration_ms,
+                rows_per_second(b.rows_in, b.duration_ms),
+                b.tasks,
+                b.tasks_retried
+            );
+        }
+    }
+}

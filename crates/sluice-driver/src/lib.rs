@@ -1,1 +1,108 @@
-//! wip
+//! The driver: accepts jobs, runs each job's batch loop ([`runner`]), and schedules tasks on
+//! executors through the scheduler's event loop ([`core`]).
+
+pub mod core;
+pub mod jobs;
+pub mod runner;
+pub mod services;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sluice_core::settings::parse_duration;
+use sluice_proto::driver_server::DriverServer;
+use sluice_proto::jobs_server::JobsServer;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use sluice_core::init_logging;
+
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// `sluice-driver` command line; every flag may also come from the config file or SLUICE_*.
+#[derive(Debug, clap::Parser, Serialize)]
+#[command(
+    name = "sluice-driver",
+    version,
+    about = "Sluice driver: plans batches and schedules tasks"
+)]
+pub struct DriverArgs {
+    /// Address for executors and the CLI, e.g. 127.0.0.1:7070
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Where jobs and their checkpoints live: a path or file:// URI
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// An executor silent this long is declared lost (e.g. '5s')
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<String>,
+    /// TOML config file (also SLUICE_CONFIG)
+    #[arg(long, env = "SLUICE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DriverConfig {
+    pub listen: String,
+    pub state: String,
+    pub heartbeat_timeout: String,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            listen: "127.0.0.1:7070".into(),
+            state: "sluice-state".into(),
+            heartbeat_timeout: "5s".into(),
+        }
+    }
+}
+
+impl DriverConfig {
+    pub fn load(args: &DriverArgs) -> anyhow::Result<Self> {
+        let c: DriverConfig = sluice_core::config::load(args.config.as_deref(), args)?;
+        c.heartbeat_timeout()?;
+        Ok(c)
+    }
+
+    pub fn heartbeat_timeout(&self) -> anyhow::Result<Duration> {
+        parse_duration(&self.heartbeat_timeout)
+            .map_err(|e| anyhow::anyhow!("configuration: heartbeat_timeout: {e}"))
+    }
+}
+
+/// Runs the driver until the process is stopped.
+pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
+    let state = sluice_connectors::store::open(&config.state)?;
+    let timeout = config.heartbeat_timeout()?;
+    let heartbeat_interval = (timeout / 5).max(Duration::from_millis(50));
+    let core = core::start(core::CoreConfig {
+        heartbeat_interval,
+        heartbeat_timeout: timeout,
+    });
+    let registry = jobs::Registry::new(core.clone(), state.clone());
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, state = %state.uri, "driver started");
+    let driver = DriverServer::new(services::DriverService {
+        core,
+        heartbeat_interval,
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let jobs = JobsServer::new(services::JobsService { registry })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(driver)
+        .add_service(jobs)
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await?;
+    Ok(())
+}

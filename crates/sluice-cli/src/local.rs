@@ -1,0 +1,242 @@
+//! `sluice local`: a driver and N executors as child processes on loopback, one job, live
+//! progress, and a clean shutdown on Ctrl-C or when the job ends.
+
+use anyhow::{Context, bail};
+use sluice_proto::GetRequest;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// The job `sluice local` runs when given no file.
+const EXAMPLE_JOB: &str = include_str!("../../../examples/datagen_page_counts.sql");
+
+#[derive(Debug, clap::Args)]
+pub struct LocalArgs {
+    /// Job file to run (default: a built-in example over generated clicks)
+    file: Option<PathBuf>,
+    /// Executor processes to start
+    #[arg(long, default_value_t = 2)]
+    executors: u32,
+    /// Task slots per executor
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
+    /// Directory for job state and process logs (default: a new temporary directory)
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+struct Cluster {
+    children: Vec<(String, Child)>,
+}
+
+impl Cluster {
+    fn spawn(&mut self, name: &str, args: &[String], log: &Path) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the sluice executable")?;
+        let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; it makes the child die with this process even on
+        // SIGKILL, so a killed `sluice local` never leaves a cluster behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        for (_, child) in &self.children {
+            if let Some(pid) = child.id() {
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+        for (name, child) in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(3), child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("{name} did not exit on SIGTERM; killing it");
+                let _ = child.kill().await;
+            }
+        }
+        self.children.clear();
+    }
+
+    /// A child that exited on its own (a crash) makes the local cluster useless.
+    fn crashed(&mut self) -> Option<String> {
+        self.children
+            .iter_mut()
+            .find_map(|(name, c)| match c.try_wait() {
+                Ok(Some(status)) => Some(format!("{name} exited ({status})")),
+                _ => None,
+            })
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    let (sql, origin) = match &args.file {
+        Some(f) => (
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read job file {}", f.display()))?,
+            f.display().to_string(),
+        ),
+        None => (
+            EXAMPLE_JOB.to_string(),
+            "examples/datagen_page_counts.sql".to_string(),
+        ),
+    };
+    if args.executors == 0 {
+        bail!("--executors must be at least 1");
+    }
+    let state = match &args.state {
+        Some(s) => s.clone(),
+        None => std::env::temp_dir().join(format!("sluice-local-{}", std::process::id())),
+    };
+    let logs = state.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let port = free_port()?;
+    let driver = format!("http://127.0.0.1:{port}");
+    let mut cluster = Cluster {
+        children: Vec::new(),
+    };
+    cluster.spawn(
+        "driver",
+        &[
+            "driver".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--state".into(),
+            state.join("state").display().to_string(),
+        ],
+        &logs.join("driver.log"),
+    )?;
+    for i in 0..args.executors {
+        cluster.spawn(
+            &format!("executor {i}"),
+            &[
+                "executor".into(),
+                "--driver".into(),
+                driver.clone(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--slots".into(),
+                args.slots.to_string(),
+            ],
+            &logs.join(format!("executor-{i}.log")),
+        )?;
+    }
+    println!(
+        "sluice local: driver {driver}, {} executors; state and logs in {}",
+        args.executors,
+        state.display()
+    );
+    let result = tokio::select! {
+        r = drive(&mut cluster, &driver, sql, origin) => r,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\ninterrupted: stopping the cluster");
+            Ok(())
+        }
+    };
+    cluster.shutdown().await;
+    result
+}
+
+async fn drive(
+    cluster: &mut Cluster,
+    driver: &str,
+    sql: String,
+    origin: String,
+) -> anyhow::Result<()> {
+    let mut client = None;
+    for _ in 0..100 {
+        if let Some(crash) = cluster.crashed() {
+            bail!("{crash} before the cluster was up; see the logs");
+        }
+        if let Ok(c) = crate::connect(driver).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = client.context("the driver did not come up within 10 s; see the logs")?;
+    let job_id = crate::submit(driver, sql, origin).await?;
+    println!("job {job_id} submitted");
+    let mut shown: Option<u64> = None;
+    let mut last_state = String::new();
+    loop {
+        if let Some(crash) = cluster.crashed() {
+            bail!("{crash}; see the logs");
+        }
+        let s = client
+            .get(GetRequest {
+                job_id: job_id.clone(),
+            })
+            .await?
+            .into_inner();
+        let last_shown = shown;
+        for b in s
+            .recent_batches
+            .iter()
+            .filter(|b| last_shown.is_none_or(|n| b.batch_id > n))
+        {
+            println!(
+                "batch {:>5} | {:>10} rows in | {:>8} rows out | {:>6} ms | {:>10} rows/s{}",
+                b.batch_id,
+                b.rows_in,
+                b.rows_out,
+                b.duration_ms,
+                crate::rows_per_second(b.rows_in, b.duration_ms),
+                if b.tasks_retried > 0 {
+                    format!(" | {} tasks rerun", b.tasks_retried)
+                } else {
+                    String::new()
+                }
+            );
+            if !b.console.is_empty() {
+                println!("{}", b.console.trim_end());
+            }
+            shown = Some(b.batch_id);
+        }
+        if s.state != last_state {
+            if s.state == "waiting" {
+                println!("waiting: {}", s.error);
+            }
+            last_state = s.state.clone();
+        }
+        match s.state.as_str() {
+            "finished" => {
+                println!(
+                    "job finished: {} batches, {} rows in, {} rows out",
+                    s.batches_committed, s.rows_in, s.rows_out
+                );
+                return Ok(());
+            }
+            "failed" => bail!("job failed: {}", s.error),
+            "stopped" => {
+                println!("job stopped");
+                return Ok(());
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,323 @@
+//! The scheduler's event loop: the one task that owns the [`Scheduler`]. Executor streams, job
+//! runners and timers send it messages; it feeds them to the state machine and carries out the
+//! actions (send a launch down an executor's stream, answer a job runner).
+
+use sluice_proto::driver_message::Kind as DriverKind;
+use sluice_proto::{DriverMessage, LaunchTask, ReleaseShuffle, TaskResult};
+use sluice_scheduler::{
+    Action, BatchReport, BatchSubmission, Event, Scheduler, TaskKey, TaskOutput,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+pub type Outbound = mpsc::Sender<Result<DriverMessage, Status>>;
+
+pub enum CoreMsg {
+    Register {
+        id: String,
+        address: String,
+        slots: u32,
+        outbound: Outbound,
+    },
+    Heartbeat {
+        id: String,
+    },
+    Result {
+        executor: String,
+        result: TaskResult,
+    },
+    Lost {
+        id: String,
+        reason: String,
+    },
+    Submit {
+        sub: BatchSubmission,
+        sql: Arc<str>,
+        reply: oneshot::Sender<Result<BatchReport, String>>,
+    },
+    Cancel {
+        job_id: String,
+    },
+}
+
+/// A cheap handle to the event loop.
+#[derive(Clone)]
+pub struct CoreHandle {
+    tx: mpsc::Sender<CoreMsg>,
+    alive: Arc<AtomicUsize>,
+}
+
+impl CoreHandle {
+    pub async fn send(&self, msg: CoreMsg) {
+        // The loop lives as long as the process; a closed channel means we are shutting down.
+        let _ = self.tx.send(msg).await;
+    }
+
+    /// Runs one batch to completion (or failure) on the cluster.
+    pub async fn run_batch(
+        &self,
+        sub: BatchSubmission,
+        sql: Arc<str>,
+    ) -> Result<BatchReport, String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreMsg::Submit { sub, sql, reply }).await;
+        rx.await
+            .map_err(|_| "driver is shutting down".to_string())?
+    }
+
+    pub fn alive_executors(&self) -> usize {
+        self.alive.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CoreConfig {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+struct Conn {
+    outbound: Outbound,
+    last_seen: Instant,
+}
+
+pub fn start(config: CoreConfig) -> CoreHandle {
+    let (tx, rx) = mpsc::channel(4096);
+    let alive = Arc::new(AtomicUsize::new(0));
+    let core = Core {
+        scheduler: Scheduler::new(),
+        conns: HashMap::new(),
+        waiting: HashMap::new(),
+        sql: HashMap::new(),
+        started: Instant::now(),
+        alive: alive.clone(),
+        config,
+    };
+    tokio::spawn(core.run(rx));
+    CoreHandle { tx, alive }
+}
+
+struct Core {
+    scheduler: Scheduler,
+    conns: HashMap<String, Conn>,
+    waiting: HashMap<String, oneshot::Sender<Result<BatchReport, String>>>,
+    sql: HashMap<String, Arc<str>>,
+    started: Instant,
+    alive: Arc<AtomicUsize>,
+    config: CoreConfig,
+}
+
+impl Core {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<CoreMsg>) {
+        let mut liveness = tokio::time::interval(
+            self.config
+                .heartbeat_interval
+                .min(Duration::from_millis(250)),
+        );
+        loop {
+            let wake = self
+                .scheduler
+                .next_wakeup_ms()
+                .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())))
+                .unwrap_or(Duration::from_secs(3600));
+            let events = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.on_message(msg),
+                    None => return,
+                },
+                _ = tokio::time::sleep(wake) => vec![Event::Tick],
+                _ = liveness.tick() => self.expired(),
+            };
+            for event in events {
+                let now = self.now_ms();
+                let actions = self.scheduler.handle(event, now);
+                self.apply(actions).await;
+            }
+            self.alive
+                .store(self.scheduler.alive_executors(), Ordering::Relaxed);
+        }
+    }
+
+    fn on_message(&mut self, msg: CoreMsg) -> Vec<Event> {
+        match msg {
+            CoreMsg::Register {
+                id,
+                address,
+                slots,
+                outbound,
+            } => {
+                tracing::info!(executor = %id, %address, slots, "executor registered");
+                self.conns.insert(
+                    id.clone(),
+                    Conn {
+                        outbound,
+                        last_seen: Instant::now(),
+                    },
+                );
+                vec![Event::ExecutorRegistered { id, address, slots }]
+            }
+            CoreMsg::Heartbeat { id } => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.last_seen = Instant::now();
+                }
+                vec![]
+            }
+            CoreMsg::Result { executor, result } => {
+                if let Some(c) = self.conns.get_mut(&executor) {
+                    c.last_seen = Instant::now();
+                }
+                vec![result_event(executor, result)]
+            }
+            CoreMsg::Lost { id, reason } => {
+                self.conns.remove(&id);
+                vec![Event::ExecutorLost { id, reason }]
+            }
+            CoreMsg::Submit { sub, sql, reply } => {
+                tracing::info!(job = %sub.job_id, batch = sub.batch_id, splits = sub.splits.len(), "batch submitted");
+                self.sql.insert(sub.job_id.clone(), sql);
+                self.waiting.insert(sub.job_id.clone(), reply);
+                vec![Event::SubmitBatch(sub)]
+            }
+            CoreMsg::Cancel { job_id } => {
+                self.waiting.remove(&job_id);
+                vec![Event::CancelJob { job_id }]
+            }
+        }
+    }
+
+    /// Executors whose heartbeats stopped (a hung or partitioned process).
+    fn expired(&mut self) -> Vec<Event> {
+        let timeout = self.config.heartbeat_timeout;
+        let dead: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_seen.elapsed() > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        dead.into_iter()
+            .map(|id| {
+                self.conns.remove(&id);
+                Event::ExecutorLost {
+                    id,
+                    reason: format!("no heartbeat for {} ms", timeout.as_millis()),
+                }
+            })
+            .collect()
+    }
+
+    async fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Launch { executor, task } => {
+                    let Some(conn) = self.conns.get(&executor) else {
+                        continue;
+                    };
+                    let sql = self.sql.get(&task.key.job_id).cloned().unwrap_or_default();
+                    let msg = DriverMessage {
+                        kind: Some(DriverKind::Launch(LaunchTask {
+                            key: Some(to_proto_key(&task.key)),
+                            sql: sql.to_string(),
+                            source_split: task.split.unwrap_or_default(),
+                            inputs: task
+                                .inputs
+                                .into_iter()
+                                .map(|l| sluice_proto::MapOutputLocation {
+                                    map_partition: l.map_partition,
+                                    stage_attempt: l.stage_attempt,
+                                    executor_id: l.executor_id,
+                                    address: l.address,
+                                })
+                                .collect(),
+                            range_bounds: task.range_bounds,
+                            output_partitions: task.output_partitions,
+                        })),
+                    };
+                    if conn.outbound.send(Ok(msg)).await.is_err() {
+                        // The stream is gone; its reader reports the loss and the task reruns.
+                        tracing::warn!(%executor, "launch failed: executor stream closed");
+                    }
+                }
+                Action::BatchDone {
+                    job_id,
+                    batch_id,
+                    report,
+                } => {
+                    tracing::info!(job = %job_id, batch = batch_id, rows_in = report.rows_in, ms = report.duration_ms, rerun = report.tasks_rerun, "batch tasks done");
+                    if let Some(reply) = self.waiting.remove(&job_id) {
+                        let _ = reply.send(Ok(report));
+                    }
+                    let release = DriverMessage {
+                        kind: Some(DriverKind::Release(ReleaseShuffle {
+                            job_id: job_id.clone(),
+                            up_to_batch: batch_id,
+                        })),
+                    };
+                    for conn in self.conns.values() {
+                        let _ = conn.outbound.try_send(Ok(release.clone()));
+                    }
+                }
+                Action::BatchFailed {
+                    job_id,
+                    batch_id,
+                    error,
+                } => {
+                    tracing::error!(job = %job_id, batch = batch_id, "batch failed: {error}");
+                    if let Some(reply) = self.waiting.remove(&job_id) {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn to_proto_key(k: &TaskKey) -> sluice_proto::TaskKey {
+    sluice_proto::TaskKey {
+        job_id: k.job_id.clone(),
+        batch_id: k.batch_id,
+        stage_id: k.stage_id,
+        stage_attempt: k.stage_attempt,
+        partition: k.partition,
+        task_attempt: k.task_attempt,
+    }
+}
+
+fn result_event(executor: String, r: TaskResult) -> Event {
+    let k = r.key.unwrap_or_default();
+    let key = TaskKey {
+        job_id: k.job_id,
+        batch_id: k.batch_id,
+        stage_id: k.stage_id,
+        stage_attempt: k.stage_attempt,
+        partition: k.partition,
+        task_attempt: k.task_attempt,
+    };
+    if r.ok {
+        Event::TaskSucceeded {
+            key,
+            executor,
+            output: TaskOutput {
+                rows_in: r.rows_in,
+                rows_out: r.rows_out,
+                key_sample: r.key_sample,
+                console: r.console,
+            },
+        }
+    } else {
+        Event::TaskFailed {
+            key,
+            executor,
+            error: r.error,
+            fatal: r.fatal,
+            fetch_failure: r.fetch_failure.map(|f| (f.map_partition, f.executor_id)),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The job catalog: submitted jobs, their live status, and their runners.
+
+use crate::core::CoreHandle;
+use crate::runner::JobRunner;
+use sluice_checkpoint::{JobCheckpoint, JobMetadata};
+use sluice_connectors::store::Location;
+use sluice_core::now_ms;
+use sluice_proto::JobStatus;
+use sluice_sql::CompiledJob;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Batches kept in a job's status for `sluice status` and `sluice local`.
+const RECENT_BATCHES: usize = 50;
+
+pub mod state {
+    pub const RUNNING: &str = "running";
+    pub const WAITING: &str = "waiting";
+    pub const FINISHED: &str = "finished";
+    pub const FAILED: &str = "failed";
+    pub const STOPPED: &str = "stopped";
+}
+
+struct JobEntry {
+    status: JobStatus,
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    jobs: Arc<Mutex<BTreeMap<String, JobEntry>>>,
+    core: CoreHandle,
+    state: Location,
+}
+
+impl Registry {
+    pub fn new(core: CoreHandle, state: Location) -> Self {
+        Registry {
+            jobs: Arc::default(),
+            core,
+            state,
+        }
+    }
+
+    /// Checks and plans the SQL, records the job in the catalog and starts its runner.
+    pub async fn submit(&self, sql: String, origin: String) -> Result<String, String> {
+        let compiled = CompiledJob::compile(&sql, &origin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let job_id = uuid::Uuid::new_v4().to_string();
+        let name = compiled.name(&origin);
+        let checkpoint = JobCheckpoint::new(
+            self.state.store.clone(),
+            self.state.child(&format!("jobs/{job_id}")),
+            format!("{}/jobs/{job_id}", self.state.uri.trim_end_matches('/')),
+        );
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{:?}", compiled.stage_specs()).hash(&mut h);
+        let submitted_at_ms = now_ms();
+        checkpoint
+            .write_metadata(&JobMetadata {
+                job_id: job_id.clone(),
+                name: name.clone(),
+                sql: sql.clone(),
+                origin,
+                submitted_at_ms,
+                plan_fingerprint: format!("{:016x}", h.finish()),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        self.jobs.lock().unwrap().insert(
+            job_id.clone(),
+            JobEntry {
+                status: JobStatus {
+                    job_id: job_id.clone(),
+                    name: name.clone(),
+                    state: state::RUNNING.into(),
+                    submitted_at_ms,
+                    ..Default::default()
+                },
+                stop: stop_tx,
+            },
+        );
+        tracing::info!(job = %job_id, %name, stages = compiled.fragments.len(), "job submitted");
+        let runner = JobRunner {
+            job_id: job_id.clone(),
+            sql: Arc::from(sql.as_str()),
+            job: compiled,
+            checkpoint,
+            core: self.core.clone(),
+            registry: self.clone(),
+            stop: stop_rx,
+        };
+        tokio::spawn(runner.run());
+        Ok(job_id)
+    }
+
+    pub fn update(&self, job_id: &str, f: impl FnOnce(&mut JobStatus)) {
+        if let Some(e) = self.jobs.lock().unwrap().get_mut(job_id) {
+            f(&mut e.status);
+            let n = e.status.recent_batches.len();
+            if n > RECENT_BATCHES {
+                e.status.recent_batches.drain(..n - RECENT_BATCHES);
+            }
+        }
+    }
+
+    fn view(&self, status: &JobStatus) -> JobStatus {
+        let mut s = status.clone();
+        s.executors = self.core.alive_executors() as u32;
+        if s.state == state::RUNNING && s.executors == 0 {
+            s.state = state::WAITING.into();
+            if s.error.is_empty() {
+                s.error = "no executors registered; waiting for one".into();
+            }
+        }
+        s
+    }
+
+    pub fn list(&self) -> Vec<JobStatus> {
+        let jobs = self.jobs.lock().unwrap();
+        jobs.values()
+            .map(|e| {
+                let mut s = self.view(&e.status);
+                s.recent_batches.clear();
+                s
+            })
+            .collect()
+    }
+
+    pub fn get(&self, job_id: &str) -> Option<JobStatus> {
+        let jobs = self.jobs.lock().unwrap();
+        jobs.get(job_id).map(|e| self.view(&e.status))
+    }
+
+    /// Asks a job to stop; returns its state (already final jobs stay as they are).
+    pub async fn stop(&self, job_id: &str) -> Option<String> {
+        let rx = {
+            let jobs = self.jobs.lock().unwrap();
+            let e = jobs.get(job_id)?;
+            if e.status.state != state::RUNNING {
+                return Some(e.status.state.clone());
+            }
+            let _ = e.stop.send(true);
+            e.stop.subscribe()
+        };
+        drop(rx);
+        // The runner notices within one trigger tick; report what it ends up as.
+        for _ in 0..100 {
+            if let Some(s) = self.get(job_id)
+                && s.state != state::RUNNING
+                && s.state != state::WAITING
+            {
+                return Some(s.state);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Some(state::STOPPED.into())
+    }
+}

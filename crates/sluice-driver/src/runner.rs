@@ -1,0 +1,263 @@
+//! One job's batch loop: trigger -> plan the input -> write-ahead offsets -> run the stages on
+//! the cluster -> commit the sink -> write the commit. This file is the place to follow a batch
+//! from start to end.
+
+use crate::core::{CoreHandle, CoreMsg};
+use crate::jobs::{Registry, state};
+use sluice_checkpoint::{CommitEntry, JobCheckpoint, OffsetsEntry};
+use sluice_connectors::{PlanContext, SinkKind, SourceProgress, render_console};
+use sluice_core::{BatchId, Trigger, now_ms};
+use sluice_proto::BatchStatus;
+use sluice_scheduler::{BatchReport, BatchSubmission};
+use sluice_sql::CompiledJob;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How often an idle job with an as-fast-as-possible trigger looks for new input.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+pub struct JobRunner {
+    pub job_id: String,
+    pub sql: Arc<str>,
+    pub job: CompiledJob,
+    pub checkpoint: JobCheckpoint,
+    pub core: CoreHandle,
+    pub registry: Registry,
+    pub stop: watch::Receiver<bool>,
+}
+
+enum End {
+    Finished,
+    Stopped,
+}
+
+impl JobRunner {
+    pub async fn run(mut self) {
+        let outcome = self.run_batches().await;
+        let (st, error) = match outcome {
+            Ok(End::Finished) => (state::FINISHED, String::new()),
+            Ok(End::Stopped) => (state::STOPPED, String::new()),
+            Err(e) => (state::FAILED, e),
+        };
+        if error.is_empty() {
+            tracing::info!(job = %self.job_id, "job {st}");
+        } else {
+            tracing::error!(job = %self.job_id, "job failed: {error}");
+        }
+        self.registry.update(&self.job_id, |s| {
+            s.state = st.into();
+            s.error = error;
+        });
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn run_batches(&mut self) -> Result<End, String> {
+        let trigger = self.job.settings.trigger;
+        let job_start_ms = now_ms();
+        let (mut progress, mut next_batch, mut pending) = self.recover().await?;
+        let interval = match trigger {
+            Trigger::ProcessingTime(d) => d,
+            _ => Duration::ZERO,
+        };
+        let mut next_trigger = Instant::now();
+        loop {
+            if self.stopped() {
+                return Ok(End::Stopped);
+            }
+            let (entry, exhausted) = match pending.take() {
+                // A batch logged but never committed: rerun it with exactly its logged input.
+                Some(entry) => (entry, false),
+                None => {
+                    if !self.sleep_until(next_trigger).await {
+                        return Ok(End::Stopped);
+                    }
+                    let ctx = PlanContext {
+                        now_ms: now_ms(),
+                        job_start_ms,
+                        trigger,
+                        default_splits: self.job.settings.partitions,
+                    };
+                    let planned = self
+                        .job
+                        .source
+                        .plan(&progress, &ctx)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let tick = Instant::now();
+                    next_trigger = (next_trigger + interval).max(tick);
+                    if planned.splits.is_empty() {
+                        if planned.exhausted || trigger.is_bounded() {
+                            return Ok(End::Finished);
+                        }
+                        if interval.is_zero() {
+                            next_trigger = tick + IDLE_POLL;
+                        }
+                        continue;
+                    }
+                    let entry = OffsetsEntry {
+                        batch_id: next_batch,
+                        planned_at_ms: ctx.now_ms,
+                        sources: [(self.job.source_table.clone(), planned.splits)]
+                            .into_iter()
+                            .collect(),
+                    };
+                    // Write-ahead: the batch's input is fixed before any task runs.
+                    self.checkpoint
+                        .write_offsets(&entry)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    progress.advance(&entry.sources[&self.job.source_table]);
+                    (entry, planned.exhausted)
+                }
+            };
+            let batch_id = entry.batch_id;
+            let Some(report) = self.run_batch(&entry).await? else {
+                return Ok(End::Stopped);
+            };
+            self.commit(batch_id, &report).await?;
+            next_batch = batch_id + 1;
+            if trigger == Trigger::Once || exhausted {
+                return Ok(End::Finished);
+            }
+        }
+    }
+
+    /// Rebuilds the source's progress from the offsets log and finds the batch to run next.
+    async fn recover(&self) -> Result<(SourceProgress, BatchId, Option<OffsetsEntry>), String> {
+        let cp = &self.checkpoint;
+        let logged = cp.batches("offsets").await.map_err(|e| e.to_string())?;
+        let mut progress = self.job.source.new_progress();
+        let mut last = None;
+        for b in &logged {
+            let entry = cp
+                .read_offsets(*b)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("offsets/{b} vanished while recovering"))?;
+            if let Some(splits) = entry.sources.get(&self.job.source_table) {
+                progress.advance(splits);
+            }
+            last = Some(entry);
+        }
+        match last {
+            None => Ok((progress, 0, None)),
+            Some(entry) => {
+                let committed = cp
+                    .read_commit(entry.batch_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if committed.is_some() {
+                    Ok((progress, entry.batch_id + 1, None))
+                } else {
+                    tracing::info!(job = %self.job_id, batch = entry.batch_id, "rerunning uncommitted batch");
+                    Ok((progress, entry.batch_id, Some(entry)))
+                }
+            }
+        }
+    }
+
+    /// Sleeps until `at`; false when the job was stopped meanwhile.
+    async fn sleep_until(&mut self, at: Instant) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => !self.stopped(),
+            _ = stop_requested(&mut self.stop) => false,
+        }
+    }
+
+    /// Runs the batch's stages on the cluster; `None` when the job was stopped meanwhile.
+    async fn run_batch(&mut self, entry: &OffsetsEntry) -> Result<Option<BatchReport>, String> {
+        let splits = entry
+            .sources
+            .get(&self.job.source_table)
+            .cloned()
+            .unwrap_or_default();
+        let sub = BatchSubmission {
+            job_id: self.job_id.clone(),
+            batch_id: entry.batch_id,
+            stages: self.job.stage_specs(),
+            splits: splits.iter().map(|s| s.to_json()).collect(),
+            max_task_attempts: self.job.settings.task_max_attempts,
+            task_backoff_ms: self.job.settings.task_backoff.as_millis() as u64,
+        };
+        let core = self.core.clone();
+        let sql = self.sql.clone();
+        let run = core.run_batch(sub, sql);
+        tokio::select! {
+            r = run => r.map(Some).map_err(|e| format!("batch {} failed: {e}", entry.batch_id)),
+            _ = stop_requested(&mut self.stop) => {
+                self.core.send(CoreMsg::Cancel { job_id: self.job_id.clone() }).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes the batch visible (sink commit) and then durable as done (commit log).
+    async fn commit(&self, batch_id: BatchId, report: &BatchReport) -> Result<(), String> {
+        self.job
+            .sink
+            .commit(batch_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let committed_at_ms = now_ms();
+        self.checkpoint
+            .write_commit(&CommitEntry {
+                batch_id,
+                committed_at_ms,
+                rows_in: report.rows_in,
+                rows_out: report.rows_out,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let console = match self.job.sink.kind {
+            SinkKind::Console { num_rows } => {
+                let text = render_console(
+                    &self.job.sink_table,
+                    batch_id,
+                    report.rows_out,
+                    &report.console,
+                    num_rows,
+                );
+                println!("{text}");
+                text
+            }
+            _ => String::new(),
+        };
+        tracing::info!(
+            job = %self.job_id,
+            batch = batch_id,
+            rows_in = report.rows_in,
+            rows_out = report.rows_out,
+            duration_ms = report.duration_ms,
+            tasks = report.tasks,
+            tasks_rerun = report.tasks_rerun,
+            "batch committed"
+        );
+        self.registry.update(&self.job_id, |s| {
+            s.batches_committed += 1;
+            s.rows_in += report.rows_in;
+            s.rows_out += report.rows_out;
+            s.recent_batches.push(BatchStatus {
+                batch_id,
+                rows_in: report.rows_in,
+                rows_out: report.rows_out,
+                duration_ms: report.duration_ms,
+                tasks: report.tasks,
+                tasks_retried: report.tasks_rerun,
+                console,
+                committed_at_ms,
+            });
+        });
+        Ok(())
+    }
+}
+
+/// Resolves once the job is asked to stop.
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns must not live across an await: drop it here.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}

@@ -1,0 +1,139 @@
+//! The driver's gRPC services: executors attach here, the CLI manages jobs here.
+
+use crate::core::{CoreHandle, CoreMsg};
+use crate::jobs::Registry;
+use sluice_proto::driver_message::Kind as DriverKind;
+use sluice_proto::executor_message::Kind as ExecKind;
+use sluice_proto::{
+    DriverMessage, ExecutorMessage, GetRequest, JobStatus, ListRequest, ListResponse, Registered,
+    StopRequest, StopResponse, SubmitRequest, SubmitResponse,
+};
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct DriverService {
+    pub core: CoreHandle,
+    pub heartbeat_interval: Duration,
+}
+
+type DriverStream = Pin<Box<dyn futures::Stream<Item = Result<DriverMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl sluice_proto::driver_server::Driver for DriverService {
+    type AttachStream = DriverStream;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<ExecutorMessage>>,
+    ) -> Result<Response<DriverStream>, Status> {
+        let mut inbound = request.into_inner();
+        let register = match inbound.message().await? {
+            Some(ExecutorMessage {
+                kind: Some(ExecKind::Register(r)),
+            }) => r,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be Register",
+                ));
+            }
+        };
+        if register.executor_id.is_empty() || register.shuffle_address.is_empty() {
+            return Err(Status::invalid_argument(
+                "Register needs executor_id and shuffle_address",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        tx.send(Ok(DriverMessage {
+            kind: Some(DriverKind::Registered(Registered {
+                heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+            })),
+        }))
+        .await
+        .map_err(|_| Status::internal("stream closed"))?;
+        let id = register.executor_id.clone();
+        self.core
+            .send(CoreMsg::Register {
+                id: id.clone(),
+                address: register.shuffle_address,
+                slots: register.slots,
+                outbound: tx,
+            })
+            .await;
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => match msg.kind {
+                        Some(ExecKind::Heartbeat(_)) => {
+                            core.send(CoreMsg::Heartbeat { id: id.clone() }).await
+                        }
+                        Some(ExecKind::Result(result)) => {
+                            core.send(CoreMsg::Result {
+                                executor: id.clone(),
+                                result,
+                            })
+                            .await
+                        }
+                        Some(ExecKind::Register(_)) | None => {}
+                    },
+                    Ok(None) => break "control stream closed".to_string(),
+                    Err(e) => break format!("control stream failed: {}", e.message()),
+                }
+            };
+            core.send(CoreMsg::Lost { id, reason }).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+pub struct JobsService {
+    pub registry: Registry,
+}
+
+#[tonic::async_trait]
+impl sluice_proto::jobs_server::Jobs for JobsService {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let r = request.into_inner();
+        let origin = if r.origin.is_empty() {
+            "job.sql".to_string()
+        } else {
+            r.origin
+        };
+        let job_id = self
+            .registry
+            .submit(r.sql, origin)
+            .await
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(SubmitResponse { job_id }))
+    }
+
+    async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        Ok(Response::new(ListResponse {
+            jobs: self.registry.list(),
+        }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<JobStatus>, Status> {
+        let id = request.into_inner().job_id;
+        self.registry
+            .get(&id)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no job '{id}'")))
+    }
+
+    async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
+        let id = request.into_inner().job_id;
+        let state = self
+            .registry
+            .stop(&id)
+            .await
+            .ok_or_else(|| Status::not_found(format!("no job '{id}'")))?;
+        Ok(Response::new(StopResponse { state }))
+    }
+}

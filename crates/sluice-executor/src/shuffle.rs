@@ -1,0 +1,141 @@
+//! This executor's map outputs, the service that serves them to peers, and the client that
+//! fetches other executors' blocks.
+
+use crate::{Executor, MAX_MESSAGE_BYTES};
+use sluice_proto::shuffle_client::ShuffleClient;
+use sluice_proto::{FetchChunk, FetchRequest};
+use sluice_sql::MapOutput;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// (job, batch, stage, stage attempt, map partition)
+pub type OutputKey = (String, u64, u32, u32, u32);
+
+#[derive(Default)]
+pub struct ShuffleStore {
+    outputs: Mutex<HashMap<OutputKey, Arc<MapOutput>>>,
+    clients: Mutex<HashMap<String, ShuffleClient<Channel>>>,
+}
+
+impl ShuffleStore {
+    pub fn put(&self, key: OutputKey, output: MapOutput) {
+        self.outputs.lock().unwrap().insert(key, Arc::new(output));
+    }
+
+    pub fn get(&self, key: &OutputKey) -> Option<Arc<MapOutput>> {
+        self.outputs.lock().unwrap().get(key).cloned()
+    }
+
+    /// Drops a job's outputs of batches up to `up_to_batch` (they are committed).
+    pub fn release(&self, job_id: &str, up_to_batch: u64) {
+        self.outputs
+            .lock()
+            .unwrap()
+            .retain(|k, _| !(k.0 == job_id && k.1 <= up_to_batch));
+    }
+
+    pub fn clear(&self) {
+        self.outputs.lock().unwrap().clear();
+    }
+
+    pub fn client(&self, address: &str) -> Result<ShuffleClient<Channel>, String> {
+        let mut clients = self.clients.lock().unwrap();
+        if let Some(c) = clients.get(address) {
+            return Ok(c.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(address.to_string())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .connect_lazy();
+        let client = ShuffleClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        clients.insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Forgets a peer's connection after a failure, so the next fetch dials again.
+    pub fn forget(&self, address: &str) {
+        self.clients.lock().unwrap().remove(address);
+    }
+}
+
+pub struct ShuffleService {
+    pub executor: Arc<Executor>,
+}
+
+type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<FetchChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl sluice_proto::shuffle_server::Shuffle for ShuffleService {
+    type FetchStream = ChunkStream;
+
+    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<ChunkStream>, Status> {
+        let r = request.into_inner();
+        let key = (
+            r.job_id,
+            r.batch_id,
+            r.stage_id,
+            r.stage_attempt,
+            r.map_partition,
+        );
+        let output = self.executor.store.get(&key).ok_or_else(|| {
+            Status::not_found(format!("no shuffle output for {key:?} on this executor"))
+        })?;
+        let block =
+            tokio::task::spawn_blocking(move || output.block(r.reduce_partition, &r.range_bounds))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(e.to_string()))?;
+        let chunks: Vec<Result<FetchChunk, Status>> = block
+            .chunks(CHUNK_BYTES)
+            .map(|c| Ok(FetchChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+}
+
+/// Reads one block from a peer (or from this executor's own store).
+pub async fn fetch_block(
+    executor: &Executor,
+    self_id: &str,
+    owner: &str,
+    address: &str,
+    request: FetchRequest,
+) -> Result<Vec<u8>, String> {
+    if owner == self_id {
+        let key = (
+            request.job_id.clone(),
+            request.batch_id,
+            request.stage_id,
+            request.stage_attempt,
+            request.map_partition,
+        );
+        let output = executor
+            .store
+            .get(&key)
+            .ok_or_else(|| format!("local shuffle output {key:?} is gone"))?;
+        return output
+            .block(request.reduce_partition, &request.range_bounds)
+            .map_err(|e| e.to_string());
+    }
+    let mut client = executor.store.client(address)?;
+    let result = async {
+        let mut stream = client.fetch(request).await?.into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            data.extend_from_slice(&chunk.data);
+        }
+        Ok::<_, Status>(data)
+    }
+    .await;
+    result.map_err(|s| {
+        executor.store.forget(address);
+        format!("fetch from {address}: {}", s.message())
+    })
+}

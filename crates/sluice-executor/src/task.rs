@@ -1,0 +1,208 @@
+//! Running one task: read its input (a source split or shuffle blocks), run the stage's
+//! operators, and keep the output as a map output or write it to the sink.
+
+use crate::Executor;
+use crate::shuffle::fetch_block;
+use futures::future::join_all;
+use sluice_core::{SourceSplit, StageInput};
+use sluice_proto::{FetchFailure, FetchRequest, LaunchTask, TaskKey, TaskResult};
+use sluice_sql::{CompiledJob, StageOutputData};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+use tokio::sync::{Mutex, Semaphore};
+
+pub struct TaskRunner {
+    slots: Semaphore,
+    running: AtomicUsize,
+    /// Jobs compiled from their SQL, by job id: planning is deterministic, so every executor
+    /// arrives at the driver's stages.
+    jobs: Mutex<HashMap<String, Arc<CompiledJob>>>,
+}
+
+/// A task failure and whether retrying could help.
+struct Failure {
+    error: String,
+    fatal: bool,
+    fetch: Option<FetchFailure>,
+}
+
+impl Failure {
+    fn retryable(error: impl Into<String>) -> Self {
+        Failure {
+            error: error.into(),
+            fatal: false,
+            fetch: None,
+        }
+    }
+}
+
+impl TaskRunner {
+    pub fn new(slots: u32) -> Self {
+        TaskRunner {
+            slots: Semaphore::new(slots as usize),
+            running: AtomicUsize::new(0),
+            jobs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    pub async fn run(&self, executor: &Executor, self_id: &str, launch: LaunchTask) -> TaskResult {
+        let _permit = self.slots.acquire().await.expect("semaphore open");
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let key = launch.key.clone().unwrap_or_default();
+        let outcome = self.execute(executor, self_id, &key, launch).await;
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match outcome {
+            Ok(mut r) => {
+                r.duration_ms = duration_ms;
+                tracing::debug!(?key, duration_ms, "task succeeded");
+                r
+            }
+            Err(f) => {
+                tracing::warn!(?key, "task failed: {}", f.error);
+                TaskResult {
+                    key: Some(key),
+                    ok: false,
+                    error: f.error,
+                    fatal: f.fatal,
+                    fetch_failure: f.fetch,
+                    duration_ms,
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    async fn job(&self, job_id: &str, sql: &str) -> Result<Arc<CompiledJob>, Failure> {
+        let mut jobs = self.jobs.lock().await;
+        if let Some(j) = jobs.get(job_id) {
+            return Ok(j.clone());
+        }
+        let job = CompiledJob::compile(sql, job_id)
+            .await
+            .map_err(|e| Failure {
+                error: format!("cannot plan job: {e}"),
+                fatal: true,
+                fetch: None,
+            })?;
+        let job = Arc::new(job);
+        jobs.insert(job_id.to_string(), job.clone());
+        Ok(job)
+    }
+
+    async fn execute(
+        &self,
+        executor: &Executor,
+        self_id: &str,
+        key: &TaskKey,
+        launch: LaunchTask,
+    ) -> Result<TaskResult, Failure> {
+        let job = self.job(&key.job_id, &launch.sql).await?;
+        let stage = key.stage_id as usize;
+        let fragment = job
+            .fragments
+            .get(stage)
+            .ok_or_else(|| Failure::retryable(format!("job has no stage {stage}")))?;
+        if job.settings.test_fail_task == Some((key.stage_id, key.partition))
+            && key.task_attempt == 0
+        {
+            return Err(Failure::retryable(
+                "injected failure (sluice.test.fail_task)",
+            ));
+        }
+        let input = match fragment.input {
+            StageInput::Source => {
+                let split = SourceSplit::from_json(&launch.source_split)
+                    .map_err(|e| Failure::retryable(format!("bad source split: {e}")))?;
+                job.source
+                    .read(&split, key.batch_id)
+                    .await
+                    .map_err(|e| Failure {
+                        fatal: e.is_fatal(),
+                        error: e.to_string(),
+                        fetch: None,
+                    })?
+            }
+            StageInput::Shuffle(_) => {
+                let fetches = launch.inputs.iter().map(|loc| {
+                    let request = FetchRequest {
+                        job_id: key.job_id.clone(),
+                        batch_id: key.batch_id,
+                        stage_id: key.stage_id - 1,
+                        stage_attempt: loc.stage_attempt,
+                        map_partition: loc.map_partition,
+                        reduce_partition: key.partition,
+                        num_partitions: 0,
+                        range_bounds: launch.range_bounds.clone(),
+                    };
+                    async move {
+                        fetch_block(executor, self_id, &loc.executor_id, &loc.address, request)
+                            .await
+                            .map_err(|e| Failure {
+                                error: e,
+                                fatal: false,
+                                fetch: Some(FetchFailure {
+                                    map_partition: loc.map_partition,
+                                    executor_id: loc.executor_id.clone(),
+                                }),
+                            })
+                    }
+                });
+                let blocks = join_all(fetches)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?;
+                job.shuffle_input(stage, &blocks)
+                    .map_err(|e| Failure::retryable(e.to_string()))?
+            }
+        };
+        let rows_in: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
+        let output = job
+            .run_stage(stage, input)
+            .await
+            .map_err(|e| Failure::retryable(e.to_string()))?;
+        let mut result = TaskResult {
+            key: Some(key.clone()),
+            ok: true,
+            rows_in,
+            ..Default::default()
+        };
+        match output {
+            StageOutputData::Map {
+                output,
+                sample,
+                rows,
+            } => {
+                executor.store.put(
+                    (
+                        key.job_id.clone(),
+                        key.batch_id,
+                        key.stage_id,
+                        key.stage_attempt,
+                        key.partition,
+                    ),
+                    output,
+                );
+                result.rows_out = rows;
+                result.key_sample = sample;
+            }
+            StageOutputData::Sink { batches, rows } => {
+                let written = job
+                    .sink
+                    .write(key.batch_id, key.partition, &batches)
+                    .await
+                    .map_err(|e| Failure::retryable(e.to_string()))?;
+                result.rows_out = rows;
+                result.console = written.console;
+            }
+        }
+        Ok(result)
+    }
+}
