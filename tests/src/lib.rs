@@ -1,1 +1,284 @@
-//! wip
+//! A small harness for multi-process tests: it starts the real `sluice-driver`,
+//! `sluice-executor` and `sluice` binaries on loopback ports, kills them for real, and makes sure
+//! every child is gone when the test ends, pass or fail.
+//!
+//! The binaries come from the same target directory as the test (`cargo xtask ci` builds them
+//! first; by hand: `cargo build --bins && cargo test -p sluice-cluster-tests`).
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// target/<profile>/, where cargo puts the binaries next to the test's deps/ directory.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    for bin in ["sluice", "sluice-driver", "sluice-executor"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: run `cargo build --bins` first (cargo xtask ci does)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child that dies with the test process, even when the test runner is killed.
+fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env("SLUICE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    bins: PathBuf,
+    driver: Option<Child>,
+    executors: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    /// An empty cluster in a fresh temporary directory (nothing started yet).
+    pub fn new() -> Cluster {
+        Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            port: free_port(),
+            bins: bin_dir(),
+            driver: None,
+            executors: Vec::new(),
+        }
+    }
+
+    /// A driver and `executors` executors, ready to take jobs.
+    pub fn start(executors: usize) -> Cluster {
+        let mut c = Cluster::new();
+        c.start_driver();
+        for _ in 0..executors {
+            c.add_executor();
+        }
+        c.wait_for_driver();
+        c
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn start_driver(&mut self) {
+        let args = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.port),
+            "--state".into(),
+            self.path("state").display().to_string(),
+        ];
+        let log = self.path("driver.log");
+        self.driver = Some(spawn(&self.bins.join("sluice-driver"), &args, &log));
+    }
+
+    /// Starts one more executor; returns its index.
+    pub fn add_executor(&mut self) -> usize {
+        let i = self.executors.len();
+        let args = vec![
+            "--driver".into(),
+            self.url(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--slots".into(),
+            "2".into(),
+        ];
+        let log = self.path(&format!("executor-{i}.log"));
+        self.executors
+            .push(Some(spawn(&self.bins.join("sluice-executor"), &args, &log)));
+        i
+    }
+
+    pub fn kill_executor(&mut self, i: usize) {
+        if let Some(mut c) = self.executors[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn wait_for_driver(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.sluice(&["jobs"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("driver did not come up; log:\n{}", self.log("driver.log"));
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this cluster's driver.
+    pub fn sluice(&self, args: &[&str]) -> Output {
+        Command::new(self.bins.join("sluice"))
+            .args(args)
+            .arg("--driver")
+            .arg(self.url())
+            .output()
+            .expect("run sluice")
+    }
+
+    /// Writes `sql` to a file and submits it; returns the job id.
+    pub fn submit(&self, sql: &str) -> anyhow::Result<String> {
+        let file = self.path(&format!("job-{}.sql", free_port()));
+        std::fs::write(&file, sql)?;
+        let out = self.sluice(&["submit", file.to_str().unwrap()]);
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    pub fn status(&self, job: &str) -> anyhow::Result<Value> {
+        let out = self.sluice(&["status", job, "--json"]);
+        if !out.status.success() {
+            bail!("status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("status json")
+    }
+
+    /// Polls until the job is in one of `states`; fails with the driver log otherwise.
+    pub fn wait_for(&self, job: &str, states: &[&str], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(s) = self.status(job) {
+                if states.contains(&s["state"].as_str().unwrap_or_default()) {
+                    return s;
+                }
+                last = s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "job {job} not in {states:?} after {timeout:?}; last status {last}\ndriver log:\n{}",
+            self.log("driver.log")
+        );
+    }
+
+    /// Polls until `check` holds on the job's status.
+    pub fn wait_until(
+        &self,
+        job: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(s) = self.status(job)
+                && check(&s)
+            {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "condition not met for job {job}; driver log:\n{}",
+            self.log("driver.log")
+        );
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::new()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self
+            .executors
+            .iter_mut()
+            .chain(std::iter::once(&mut self.driver))
+        {
+            if let Some(mut child) = c.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Rows of every committed batch (a `_SUCCESS` marker) under a files-sink directory, as JSON
+/// objects, keyed by batch id, with each batch's part files read in partition order.
+pub fn committed_jsonl(dir: &Path) -> std::collections::BTreeMap<u64, Vec<Value>> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(batch) = name
+            .strip_prefix("batch=")
+            .and_then(|b| b.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if !e.path().join("_SUCCESS").exists() {
+            continue;
+        }
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(e.path())
+            .unwrap()
+            .flatten()
+            .map(|p| p.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("part-")
+            })
+            .collect();
+        parts.sort();
+        let rows = parts
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str::<Value>(l).expect("jsonl row"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.insert(batch, rows);
+    }
+    out
+}
