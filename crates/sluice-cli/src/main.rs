@@ -176,11 +176,7 @@ pub(crate) async fn submit(driver: &str, sql: String, origin: String) -> anyhow:
 }
 
 pub(crate) fn rows_per_second(rows: u64, ms: u64) -> u64 {
-    if ms == 0 {
-        rows * 1000
-    } else {
-        rows * 1000 / ms
-    }
+    (rows * 1000).checked_div(ms).unwrap_or(rows * 1000)
 }
 
 fn status_json(s: &JobStatus) -> serde_json::Value {
