@@ -68,10 +68,15 @@ pub struct Cluster {
 impl Cluster {
     /// An empty cluster in a fresh temporary directory (nothing started yet).
     pub fn new() -> Cluster {
+        Cluster::with_bins(bin_dir())
+    }
+
+    /// Like [`Cluster::new`], with the binaries from `bins` (e.g. target/release).
+    pub fn with_bins(bins: PathBuf) -> Cluster {
         Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
-            bins: bin_dir(),
+            bins,
             driver: None,
             executors: Vec::new(),
         }
@@ -79,7 +84,11 @@ impl Cluster {
 
     /// A driver and `executors` executors, ready to take jobs.
     pub fn start(executors: usize) -> Cluster {
-        let mut c = Cluster::new();
+        Cluster::start_with(Cluster::new(), executors)
+    }
+
+    /// Starts a driver and `executors` executors in `c`.
+    pub fn start_with(mut c: Cluster, executors: usize) -> Cluster {
         c.start_driver();
         for _ in 0..executors {
             c.add_executor();

@@ -292,7 +292,7 @@ fn bad_jobs_are_refused_with_clear_errors_and_the_driver_stays_up() {
     // A CLI pointed at no driver says so and exits non-zero.
     let mut nowhere = Cluster::new();
     nowhere.port = sluice_cluster_tests::free_port();
-    let out = nowhere.sluice(&["jobs"]);
+    let out = nowhere.sluice(&["submit", "/dev/null"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the driver"));
 }
@@ -317,5 +317,166 @@ fn executors_started_before_the_driver_register_once_it_is_up() {
     assert!(
         c.log("executor-0.log").contains("not reachable"),
         "the executor said it was retrying"
+    );
+}
+
+#[test]
+fn two_jobs_run_side_by_side_with_csv_in_and_csv_out() {
+    let c = Cluster::start(3);
+    write_inputs(&c.path("in"), 0..FILES);
+    // A second input of the same rows as CSV.
+    let csv_dir = c.path("csv");
+    std::fs::create_dir_all(&csv_dir).unwrap();
+    for i in 0..10 {
+        let mut text = String::from("user_id,page,ts\n");
+        for (u, p) in rows_of(i) {
+            text.push_str(&format!("{u},{p},2025-01-01T00:00:00\n"));
+        }
+        std::fs::write(csv_dir.join(format!("in-{i:03}.csv")), text).unwrap();
+    }
+    let first = job(
+        &c,
+        "SET 'trigger' = 'available_now';",
+        "batch BIGINT, page TEXT, n BIGINT",
+        COUNT_QUERY,
+    );
+    let second = format!(
+        "SET 'trigger' = 'once';
+CREATE TABLE clicks (user_id BIGINT, page TEXT, ts TIMESTAMP)
+  WITH (connector = 'files', path = '{}', format = 'csv');
+CREATE TABLE totals (page TEXT, users BIGINT, best BIGINT)
+  WITH (connector = 'files', path = 'file://{}', format = 'csv');
+INSERT INTO totals SELECT upper(page), count(DISTINCT user_id), max(user_id) FROM clicks GROUP BY _batch, page;
+",
+        csv_dir.display(),
+        c.path("totals").display()
+    );
+    let a = c.submit(&first).unwrap();
+    let b = c.submit(&second).unwrap();
+    for id in [&a, &b] {
+        let s = c.wait_for(id, &["finished", "failed"], LONG);
+        assert_eq!(s["state"], "finished", "{s}");
+    }
+    assert_eq!(
+        counts_from(&committed_jsonl(&c.path("out"))),
+        expected_counts(FILES)
+    );
+    // 'once' ignores max_files_per_batch and the CSV input is all one batch.
+    let dir = c.path("totals/batch=0");
+    assert!(dir.join("_SUCCESS").exists());
+    let mut got = BTreeMap::new();
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if !e.file_name().to_string_lossy().ends_with(".csv") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("page,users,best"),
+            "header from the sink's columns"
+        );
+        for l in lines {
+            let f: Vec<&str> = l.split(',').collect();
+            got.insert(
+                f[0].to_string(),
+                (f[1].parse::<u64>().unwrap(), f[2].parse::<i64>().unwrap()),
+            );
+        }
+    }
+    let mut want: BTreeMap<String, (std::collections::BTreeSet<i64>, i64)> = BTreeMap::new();
+    for i in 0..10 {
+        for (u, p) in rows_of(i) {
+            let e = want
+                .entry(p.to_uppercase())
+                .or_insert((Default::default(), i64::MIN));
+            e.0.insert(u);
+            e.1 = e.1.max(u);
+        }
+    }
+    let want: BTreeMap<String, (u64, i64)> = want
+        .into_iter()
+        .map(|(k, (s, m))| (k, (s.len() as u64, m)))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn processes_take_settings_from_a_config_file_and_the_environment() {
+    let c = Cluster::new();
+    let bins = sluice_cluster_tests::bin_dir();
+    let conf = c.path("driver.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate = \"{}\"\n",
+            c.port,
+            c.path("state").display()
+        ),
+    )
+    .unwrap();
+    let mut children = Vec::new();
+    children.push(
+        std::process::Command::new(bins.join("sluice-driver"))
+            .args(["--config", conf.to_str().unwrap()])
+            .stderr(std::fs::File::create(c.path("driver.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    children.push(
+        std::process::Command::new(bins.join("sluice-executor"))
+            .env("SLUICE_DRIVER", c.url())
+            .env("SLUICE_SLOTS", "3")
+            .stderr(std::fs::File::create(c.path("executor.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let sql = c.path("job.sql");
+    std::fs::write(&sql, "SET 'trigger' = 'once';\nCREATE TABLE g (k BIGINT) WITH (connector = 'datagen', total_rows = '100');\nCREATE TABLE o WITH (connector = 'blackhole');\nINSERT INTO o SELECT k FROM g;\n").unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bins.join("sluice"))
+            .args(args)
+            .env("SLUICE_DRIVER", c.url())
+            .output()
+            .unwrap()
+    };
+    let mut id = String::new();
+    for _ in 0..100 {
+        let out = cli(&["submit", sql.to_str().unwrap()]);
+        if out.status.success() {
+            id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut finished = false;
+    for _ in 0..200 {
+        if id.is_empty() {
+            break;
+        }
+        let s: Value =
+            serde_json::from_slice(&cli(&["status", &id, "--json"]).stdout).unwrap_or(Value::Null);
+        if s["state"] == "finished" && s["rows_in"] == 100 {
+            finished = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for mut ch in children {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+    assert!(
+        !id.is_empty(),
+        "driver reachable at the config file's address"
+    );
+    assert!(finished, "driver log:\n{}", c.log("driver.log"));
+    assert!(
+        c.path(&format!("state/jobs/{id}/commits/0")).exists(),
+        "state dir from the config file"
+    );
+    assert!(
+        c.log("driver.log").contains("slots=3"),
+        "executor slots from SLUICE_SLOTS"
     );
 }

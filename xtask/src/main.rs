@@ -1,1 +1,232 @@
-fn main() {}
+//! `cargo xtask ci`: everything CI checks, from a fresh clone.
+//! `cargo xtask bench`: throughput and batch latency of a real local cluster.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use sluice_cluster_tests::Cluster;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Args {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the tests need, check formatting and lints, build, run every test
+    Ci,
+    /// Measure a datagen -> filter -> per-batch GROUP BY -> blackhole job on a local cluster
+    Bench {
+        /// Rows for the throughput run
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    std::env::set_current_dir(&root)?;
+    match Args::parse().command {
+        Task::Ci => ci(),
+        Task::Bench { rows } => bench(&root, rows),
+    }
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("==> cargo {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(env!("CARGO")).args(args).status()?;
+    eprintln!("    ({:.0} s)", started.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn ci() -> anyhow::Result<()> {
+    let started = Instant::now();
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The cluster tests start these binaries.
+    cargo(&["build", "--workspace", "--bins"])?;
+    let (passed, failed) = run_tests()?;
+    eprintln!("ci took {:.0} s", started.elapsed().as_secs_f64());
+    println!("ci: {passed} passed, {failed} failed");
+    if failed > 0 || passed == 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// Runs every test, echoing cargo's output and adding up its "test result" lines.
+fn run_tests() -> anyhow::Result<(u64, u64)> {
+    eprintln!("==> cargo test --workspace --all-targets");
+    let mut child = Command::new(env!("CARGO"))
+        .args(["test", "--workspace", "--all-targets"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        failed = 1;
+    }
+    Ok((passed, failed))
+}
+
+const BENCH_SOURCE: &str = "CREATE TABLE clicks (user_id BIGINT, page TEXT, amount DOUBLE)
+  WITH (connector = 'datagen', rows_per_second = 'RATE', total_rows = 'TOTAL', seed = '1', splits = '4',
+        'fields.user_id.max' = '100000', 'fields.amount.max' = '500',
+        'fields.page.values' = 'p00,p01,p02,p03,p04,p05,p06,p07,p08,p09,p10,p11,p12,p13,p14,p15,p16,p17,p18,p19');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink
+SELECT _batch, page, count(*), sum(amount), max(user_id)
+FROM clicks WHERE user_id % 10 <> 0
+GROUP BY _batch, page;
+";
+
+fn bench_job(settings: &str, rate: u64, total: u64) -> String {
+    format!(
+        "{settings}\n{}",
+        BENCH_SOURCE
+            .replace("RATE", &rate.to_string())
+            .replace("TOTAL", &total.to_string())
+    )
+}
+
+fn run_job(bins: &Path, sql: &str) -> anyhow::Result<Value> {
+    let c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
+    let id = c.submit(sql)?;
+    let status = c.wait_for(&id, &["finished", "failed"], Duration::from_secs(900));
+    if status["state"] != "finished" {
+        bail!("bench job failed: {}", status["error"]);
+    }
+    Ok(status)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
+    cargo(&["build", "--release", "--bins"])?;
+    let bins: PathBuf = root.join("target/release");
+
+    // Throughput: big batches (available_now caps each batch at rows_per_second rows).
+    let status = run_job(
+        &bins,
+        &bench_job(
+            "SET 'trigger' = 'available_now';\nSET 'partitions' = '4';",
+            2_000_000,
+            rows,
+        ),
+    )?;
+    let batches = status["recent_batches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let first_start = batches
+        .first()
+        .map(|b| {
+            b["committed_at_ms"].as_u64().unwrap_or(0) - b["duration_ms"].as_u64().unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let last_commit = batches
+        .last()
+        .and_then(|b| b["committed_at_ms"].as_u64())
+        .unwrap_or(0);
+    let wall_ms = last_commit.saturating_sub(first_start).max(1);
+    let rows_in = status["rows_in"].as_u64().unwrap_or(0);
+    let throughput = rows_in * 1000 / wall_ms;
+
+    // Latency: small batches every 100 ms.
+    let status = run_job(
+        &bins,
+        &bench_job(
+            "SET 'trigger' = '100ms';\nSET 'partitions' = '4';",
+            10_000,
+            50_000,
+        ),
+    )?;
+    let mut durations: Vec<u64> = status["recent_batches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b["duration_ms"].as_u64())
+        .collect();
+    durations.sort_unstable();
+    let (p50, p99) = (percentile(&durations, 0.5), percentile(&durations, 0.99));
+
+    println!();
+    println!("{:<44} {:>14}", "measure", "value");
+    println!("{:<44} {:>14}", "throughput: rows", rows_in);
+    println!("{:<44} {:>14}", "throughput: wall time (ms)", wall_ms);
+    println!("{:<44} {:>14}", "throughput: rows/s end to end", throughput);
+    println!(
+        "{:<44} {:>14}",
+        "small batches (~1000 rows): count",
+        durations.len()
+    );
+    println!(
+        "{:<44} {:>14}",
+        "small batches: p50 batch duration (ms)", p50
+    );
+    println!(
+        "{:<44} {:>14}",
+        "small batches: p99 batch duration (ms)", p99
+    );
+
+    let results = json!({
+        "job": "datagen -> filter -> per-batch GROUP BY (4 partitions) -> blackhole; 1 driver + 2 executors x 2 slots",
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "throughput": { "rows": rows_in, "wall_ms": wall_ms, "rows_per_second": throughput },
+        "small_batches": { "trigger_ms": 100, "rows_per_batch": 1000, "batches": durations.len(), "p50_ms": p50, "p99_ms": p99 },
+    });
+    std::fs::create_dir_all(root.join("bench"))?;
+    std::fs::write(
+        root.join("bench/results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!("\nwrote bench/results.json");
+    Ok(())
+}

@@ -199,7 +199,7 @@ async fn session(
                     let tx = tx.clone();
                     let id = id.to_string();
                     tokio::spawn(async move {
-                        let result = executor.tasks.run(&executor, &id, launch).await;
+                        let result = task::TaskRunner::run(executor, id, launch).await;
                         let _ = tx
                             .send(ExecutorMessage {
                                 kind: Some(ExecKind::Result(result)),

@@ -14,6 +14,9 @@ use std::time::Instant;
 use tokio::sync::{Mutex, Semaphore};
 
 pub struct TaskRunner {
+    /// Tasks run on their own runtime so that CPU-heavy operators never delay heartbeats,
+    /// launches or shuffle serving on the control runtime.
+    runtime: Option<tokio::runtime::Runtime>,
     slots: Semaphore,
     running: AtomicUsize,
     /// Jobs compiled from their SQL, by job id: planning is deterministic, so every executor
@@ -40,7 +43,14 @@ impl Failure {
 
 impl TaskRunner {
     pub fn new(slots: u32) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(slots as usize)
+            .thread_name("sluice-task")
+            .enable_all()
+            .build()
+            .expect("task runtime");
         TaskRunner {
+            runtime: Some(runtime),
             slots: Semaphore::new(slots as usize),
             running: AtomicUsize::new(0),
             jobs: Mutex::new(HashMap::new()),
@@ -51,13 +61,19 @@ impl TaskRunner {
         self.running.load(Ordering::Relaxed)
     }
 
-    pub async fn run(&self, executor: &Executor, self_id: &str, launch: LaunchTask) -> TaskResult {
-        let _permit = self.slots.acquire().await.expect("semaphore open");
-        self.running.fetch_add(1, Ordering::Relaxed);
+    pub async fn run(executor: Arc<Executor>, self_id: String, launch: LaunchTask) -> TaskResult {
+        let this = &executor.tasks;
+        let _permit = this.slots.acquire().await.expect("semaphore open");
+        this.running.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let key = launch.key.clone().unwrap_or_default();
-        let outcome = self.execute(executor, self_id, &key, launch).await;
-        self.running.fetch_sub(1, Ordering::Relaxed);
+        let handle = this.runtime.as_ref().expect("runtime").handle().clone();
+        let (exec, k) = (executor.clone(), key.clone());
+        let outcome = handle
+            .spawn(async move { exec.tasks.execute(&exec, &self_id, &k, launch).await })
+            .await
+            .unwrap_or_else(|e| Err(Failure::retryable(format!("task panicked: {e}"))));
+        this.running.fetch_sub(1, Ordering::Relaxed);
         let duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(mut r) => {
@@ -204,5 +220,14 @@ impl TaskRunner {
             }
         }
         Ok(result)
+    }
+}
+
+impl Drop for TaskRunner {
+    fn drop(&mut self) {
+        // Dropping a runtime from async code panics; let its threads wind down on their own.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
