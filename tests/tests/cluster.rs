@@ -415,22 +415,19 @@ fn processes_take_settings_from_a_config_file_and_the_environment() {
         ),
     )
     .unwrap();
-    let mut children = Vec::new();
-    children.push(
+    let children = vec![
         std::process::Command::new(bins.join("sluice-driver"))
             .args(["--config", conf.to_str().unwrap()])
             .stderr(std::fs::File::create(c.path("driver.log")).unwrap())
             .spawn()
             .unwrap(),
-    );
-    children.push(
         std::process::Command::new(bins.join("sluice-executor"))
             .env("SLUICE_DRIVER", c.url())
             .env("SLUICE_SLOTS", "3")
             .stderr(std::fs::File::create(c.path("executor.log")).unwrap())
             .spawn()
             .unwrap(),
-    );
+    ];
     let sql = c.path("job.sql");
     std::fs::write(&sql, "SET 'trigger' = 'once';\nCREATE TABLE g (k BIGINT) WITH (connector = 'datagen', total_rows = '100');\nCREATE TABLE o WITH (connector = 'blackhole');\nINSERT INTO o SELECT k FROM g;\n").unwrap();
     let cli = |args: &[&str]| {

@@ -5,6 +5,7 @@ mod shuffle;
 mod task;
 
 use anyhow::Context;
+use backon::BackoffBuilder;
 use serde::{Deserialize, Serialize};
 use shuffle::{ShuffleService, ShuffleStore};
 use sluice_proto::driver_client::DriverClient;
@@ -118,22 +119,27 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     });
     tracing::info!(%shuffle_address, driver = %config.driver, slots = config.slots, "executor started");
 
-    let mut backoff = Duration::from_millis(100);
+    let reconnect = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let mut delays = reconnect.build();
     loop {
         let id = uuid::Uuid::new_v4().to_string();
         match session(&config, &id, &shuffle_address, &executor).await {
             Ok(()) => {
                 tracing::warn!(executor = %id, "driver closed the connection; reconnecting");
-                backoff = Duration::from_millis(100);
+                delays = reconnect.build();
             }
             Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(
                     "driver at {} not reachable ({e:#}); retrying in {} ms",
                     config.driver,
-                    backoff.as_millis()
+                    delay.as_millis()
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(delay).await;
             }
         }
         // Outputs of a session the driver no longer knows are useless.
