@@ -38,11 +38,12 @@ pub fn free_port() -> u16 {
 }
 
 /// A child that dies with the test process, even when the test runner is killed.
-fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
+fn spawn(bin: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .env("SLUICE_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
@@ -60,6 +61,8 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Extra flags for the driver (set before `start_driver`).
+    pub driver_args: Vec<String>,
     bins: PathBuf,
     driver: Option<Child>,
     executors: Vec<Option<Child>>,
@@ -76,6 +79,7 @@ impl Cluster {
         Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
+            driver_args: Vec::new(),
             bins,
             driver: None,
             executors: Vec::new(),
@@ -106,18 +110,24 @@ impl Cluster {
     }
 
     pub fn start_driver(&mut self) {
-        let args = vec![
+        let mut args = vec![
             "--listen".into(),
             format!("127.0.0.1:{}", self.port),
             "--state".into(),
             self.path("state").display().to_string(),
         ];
+        args.extend(self.driver_args.iter().cloned());
         let log = self.path("driver.log");
-        self.driver = Some(spawn(&self.bins.join("sluice-driver"), &args, &log));
+        self.driver = Some(spawn(&self.bins.join("sluice-driver"), &args, &log, &[]));
     }
 
     /// Starts one more executor; returns its index.
     pub fn add_executor(&mut self) -> usize {
+        self.add_executor_with_env(&[])
+    }
+
+    /// Starts one more executor with extra environment variables; returns its index.
+    pub fn add_executor_with_env(&mut self, env: &[(&str, &str)]) -> usize {
         let i = self.executors.len();
         let args = vec![
             "--driver".into(),
@@ -128,9 +138,41 @@ impl Cluster {
             "2".into(),
         ];
         let log = self.path(&format!("executor-{i}.log"));
-        self.executors
-            .push(Some(spawn(&self.bins.join("sluice-executor"), &args, &log)));
+        self.executors.push(Some(spawn(
+            &self.bins.join("sluice-executor"),
+            &args,
+            &log,
+            env,
+        )));
         i
+    }
+
+    /// Sends a signal (SIGSTOP, SIGCONT, ...) to executor `i`.
+    pub fn signal_executor(&self, i: usize, signal: i32) {
+        if let Some(c) = &self.executors[i] {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
+
+    /// Waits until the log file `name` has `count` lines containing every one of `needles`.
+    pub fn wait_for_log(&self, name: &str, needles: &[&str], count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let log = self.log(name);
+            let n = log
+                .lines()
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
+                .count();
+            if n >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{name} never had {count} lines with {needles:?}:\n{}",
+            self.log(name)
+        );
     }
 
     pub fn kill_executor(&mut self, i: usize) {

@@ -206,7 +206,11 @@ async fn drive(
                 b.duration_ms,
                 crate::rows_per_second(b.rows_in, b.duration_ms),
                 if b.tasks_retried > 0 {
-                    format!(" | {} tasks rerun", b.tasks_retried)
+                    format!(
+                        " | {} tasks rerun: {}",
+                        b.tasks_retried,
+                        crate::rerun_reasons(b)
+                    )
                 } else {
                     String::new()
                 }

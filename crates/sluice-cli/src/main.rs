@@ -175,6 +175,25 @@ pub(crate) async fn submit(driver: &str, sql: String, origin: String) -> anyhow:
     Ok(r.into_inner().job_id)
 }
 
+/// "executor lost 3, fetch failed 1; recovered in 412 ms", or "" when nothing reran.
+pub(crate) fn rerun_reasons(b: &sluice_proto::BatchStatus) -> String {
+    let mut why = Vec::new();
+    for (n, what) in [
+        (b.rerun_executor_lost, "executor lost"),
+        (b.rerun_fetch_failed, "fetch failed"),
+        (b.rerun_task_failed, "task failed"),
+    ] {
+        if n > 0 {
+            why.push(format!("{what} {n}"));
+        }
+    }
+    let mut text = why.join(", ");
+    if b.recovery_ms > 0 {
+        text.push_str(&format!("; recovered in {} ms", b.recovery_ms));
+    }
+    text
+}
+
 pub(crate) fn rows_per_second(rows: u64, ms: u64) -> u64 {
     (rows * 1000).checked_div(ms).unwrap_or(rows * 1000)
 }
@@ -186,6 +205,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
         "state": s.state,
         "error": s.error,
         "executors": s.executors,
+        "excluded_executors": s.excluded_executors,
         "batches_committed": s.batches_committed,
         "rows_in": s.rows_in,
         "rows_out": s.rows_out,
@@ -198,6 +218,12 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
             "rows_per_second": rows_per_second(b.rows_in, b.duration_ms),
             "tasks": b.tasks,
             "tasks_rerun": b.tasks_retried,
+            "rerun": {
+                "task_failed": b.rerun_task_failed,
+                "executor_lost": b.rerun_executor_lost,
+                "fetch_failed": b.rerun_fetch_failed,
+            },
+            "recovery_ms": b.recovery_ms,
             "committed_at_ms": b.committed_at_ms,
         })).collect::<Vec<_>>(),
     })
@@ -211,6 +237,12 @@ fn print_status(s: &JobStatus) {
         println!("error      {}", s.error);
     }
     println!("executors  {}", s.executors);
+    if !s.excluded_executors.is_empty() {
+        println!(
+            "excluded   {} (failing tasks)",
+            s.excluded_executors.join(", ")
+        );
+    }
     println!(
         "batches    {} committed, {} rows in, {} rows out",
         s.batches_committed, s.rows_in, s.rows_out
@@ -218,19 +250,20 @@ fn print_status(s: &JobStatus) {
     if !s.recent_batches.is_empty() {
         println!();
         println!(
-            "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}",
+            "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}  WHY",
             "BATCH", "ROWS IN", "ROWS OUT", "MS", "ROWS/S", "TASKS", "RERUN"
         );
         for b in &s.recent_batches {
             println!(
-                "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}",
+                "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}  {}",
                 b.batch_id,
                 b.rows_in,
                 b.rows_out,
                 b.duration_ms,
                 rows_per_second(b.rows_in, b.duration_ms),
                 b.tasks,
-                b.tasks_retried
+                b.tasks_retried,
+                rerun_reasons(b)
             );
         }
     }

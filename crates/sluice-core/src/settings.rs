@@ -35,8 +35,20 @@ pub const KNOWN: &[(&str, &str)] = &[
         "delay before a task's first retry, doubled for each further one (default '200ms')",
     ),
     (
+        "stage.max_attempts",
+        "times a stage may lose its map outputs (executor lost, fetch failed) before the batch fails (default 4)",
+    ),
+    (
         "sluice.test.fail_task",
         "test only: '<stage>:<partition>' fails that task's first attempt in every batch",
+    ),
+    (
+        "sluice.test.delay_task",
+        "test only: '<stage>:<ms>' delays the first attempt of that stage's tasks before they read input",
+    ),
+    (
+        "sluice.test.delay_after_input",
+        "test only: '<stage>:<ms>' delays the first attempt of that stage's tasks after they read input",
     ),
 ];
 
@@ -63,7 +75,11 @@ pub struct JobSettings {
     pub partitions: u32,
     pub task_max_attempts: u32,
     pub task_backoff: Duration,
+    pub stage_max_attempts: u32,
     pub test_fail_task: Option<(u32, u32)>,
+    /// (stage, delay) before / after a first attempt reads its input.
+    pub test_delay_task: Option<(u32, Duration)>,
+    pub test_delay_after_input: Option<(u32, Duration)>,
 }
 
 impl Default for JobSettings {
@@ -74,7 +90,10 @@ impl Default for JobSettings {
             partitions: 4,
             task_max_attempts: 4,
             task_backoff: Duration::from_millis(200),
+            stage_max_attempts: 4,
             test_fail_task: None,
+            test_delay_task: None,
+            test_delay_after_input: None,
         }
     }
 }
@@ -107,6 +126,24 @@ impl JobSettings {
                 }
                 "task.backoff" => {
                     s.task_backoff = parse_duration(value).map_err(|r| invalid(&r))?
+                }
+                "stage.max_attempts" => {
+                    s.stage_max_attempts = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or_else(|| invalid("expected a whole number from 1 to 100"))?
+                }
+                "sluice.test.delay_task" | "sluice.test.delay_after_input" => {
+                    let parsed = value
+                        .split_once(':')
+                        .and_then(|(a, b)| Some((a.trim().parse().ok()?, parse_duration(b).ok()?)))
+                        .ok_or_else(|| invalid("expected '<stage>:<duration>'"))?;
+                    if key == "sluice.test.delay_task" {
+                        s.test_delay_task = Some(parsed);
+                    } else {
+                        s.test_delay_after_input = Some(parsed);
+                    }
                 }
                 "sluice.test.fail_task" => {
                     let (stage, part) = value

@@ -5,9 +5,9 @@
 use sluice_proto::driver_message::Kind as DriverKind;
 use sluice_proto::{DriverMessage, LaunchTask, ReleaseShuffle, TaskResult};
 use sluice_scheduler::{
-    Action, BatchReport, BatchSubmission, Event, Scheduler, TaskKey, TaskOutput,
+    Action, BatchReport, BatchSubmission, Event, Scheduler, SchedulerConfig, TaskKey, TaskOutput,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -49,6 +49,7 @@ pub enum CoreMsg {
 pub struct CoreHandle {
     tx: mpsc::Sender<CoreMsg>,
     alive: Arc<AtomicUsize>,
+    excluded: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl CoreHandle {
@@ -72,12 +73,17 @@ impl CoreHandle {
     pub fn alive_executors(&self) -> usize {
         self.alive.load(Ordering::Relaxed)
     }
+
+    pub fn excluded_executors(&self) -> Vec<String> {
+        self.excluded.lock().unwrap().clone()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct CoreConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    pub scheduler: SchedulerConfig,
 }
 
 struct Conn {
@@ -88,8 +94,11 @@ struct Conn {
 pub fn start(config: CoreConfig) -> CoreHandle {
     let (tx, rx) = mpsc::channel(4096);
     let alive = Arc::new(AtomicUsize::new(0));
+    let excluded = Arc::new(std::sync::Mutex::new(Vec::new()));
     let core = Core {
-        scheduler: Scheduler::new(),
+        scheduler: Scheduler::with_config(config.scheduler),
+        stages_started: HashSet::new(),
+        excluded: excluded.clone(),
         conns: HashMap::new(),
         waiting: HashMap::new(),
         sql: HashMap::new(),
@@ -98,11 +107,18 @@ pub fn start(config: CoreConfig) -> CoreHandle {
         config,
     };
     tokio::spawn(core.run(rx));
-    CoreHandle { tx, alive }
+    CoreHandle {
+        tx,
+        alive,
+        excluded,
+    }
 }
 
 struct Core {
     scheduler: Scheduler,
+    /// (job, batch, stage, stage attempt) already announced in the log.
+    stages_started: HashSet<(String, u64, u32, u32)>,
+    excluded: Arc<std::sync::Mutex<Vec<String>>>,
     conns: HashMap<String, Conn>,
     waiting: HashMap<String, oneshot::Sender<Result<BatchReport, String>>>,
     sql: HashMap<String, Arc<str>>,
@@ -143,6 +159,7 @@ impl Core {
             }
             self.alive
                 .store(self.scheduler.alive_executors(), Ordering::Relaxed);
+            *self.excluded.lock().unwrap() = self.scheduler.excluded_executors(self.now_ms());
         }
     }
 
@@ -220,6 +237,17 @@ impl Core {
                     let Some(conn) = self.conns.get(&executor) else {
                         continue;
                     };
+                    let k = &task.key;
+                    let stage = (k.job_id.clone(), k.batch_id, k.stage_id, k.stage_attempt);
+                    if self.stages_started.insert(stage) {
+                        tracing::info!(
+                            job = %k.job_id,
+                            batch = k.batch_id,
+                            stage = k.stage_id,
+                            stage_attempt = k.stage_attempt,
+                            "stage started"
+                        );
+                    }
                     let sql = self.sql.get(&task.key.job_id).cloned().unwrap_or_default();
                     let msg = DriverMessage {
                         kind: Some(DriverKind::Launch(LaunchTask {
@@ -250,6 +278,7 @@ impl Core {
                     batch_id,
                     report,
                 } => {
+                    self.stages_started.retain(|s| s.0 != job_id);
                     tracing::info!(job = %job_id, batch = batch_id, rows_in = report.rows_in, ms = report.duration_ms, rerun = report.tasks_rerun, "batch tasks done");
                     if let Some(reply) = self.waiting.remove(&job_id) {
                         let _ = reply.send(Ok(report));
@@ -269,6 +298,7 @@ impl Core {
                     batch_id,
                     error,
                 } => {
+                    self.stages_started.retain(|s| s.0 != job_id);
                     tracing::error!(job = %job_id, batch = batch_id, "batch failed: {error}");
                     if let Some(reply) = self.waiting.remove(&job_id) {
                         let _ = reply.send(Err(error));

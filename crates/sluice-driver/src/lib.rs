@@ -39,6 +39,14 @@ pub struct DriverArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout: Option<String>,
+    /// Consecutive task failures after which an executor gets no tasks for a while
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exclude_after_failures: Option<u32>,
+    /// How long such an executor is excluded (e.g. '30s')
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exclude_for: Option<String>,
     /// TOML config file (also SLUICE_CONFIG)
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip)]
@@ -51,6 +59,8 @@ pub struct DriverConfig {
     pub listen: String,
     pub state: String,
     pub heartbeat_timeout: String,
+    pub exclude_after_failures: u32,
+    pub exclude_for: String,
 }
 
 impl Default for DriverConfig {
@@ -59,6 +69,8 @@ impl Default for DriverConfig {
             listen: "127.0.0.1:7070".into(),
             state: "sluice-state".into(),
             heartbeat_timeout: "5s".into(),
+            exclude_after_failures: 3,
+            exclude_for: "30s".into(),
         }
     }
 }
@@ -67,7 +79,13 @@ impl DriverConfig {
     pub fn load(args: &DriverArgs) -> anyhow::Result<Self> {
         let c: DriverConfig = sluice_core::config::load(args.config.as_deref(), args)?;
         c.heartbeat_timeout()?;
+        c.exclude_for()?;
         Ok(c)
+    }
+
+    pub fn exclude_for(&self) -> anyhow::Result<Duration> {
+        parse_duration(&self.exclude_for)
+            .map_err(|e| anyhow::anyhow!("configuration: exclude_for: {e}"))
     }
 
     pub fn heartbeat_timeout(&self) -> anyhow::Result<Duration> {
@@ -84,6 +102,10 @@ pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
     let core = core::start(core::CoreConfig {
         heartbeat_interval,
         heartbeat_timeout: timeout,
+        scheduler: sluice_scheduler::SchedulerConfig {
+            exclude_after_failures: config.exclude_after_failures,
+            exclude_for_ms: config.exclude_for()?.as_millis() as u64,
+        },
     });
     let registry = jobs::Registry::new(core.clone(), state.clone());
     let listener = tokio::net::TcpListener::bind(&config.listen)

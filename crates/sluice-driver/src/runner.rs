@@ -183,6 +183,7 @@ impl JobRunner {
             splits: splits.iter().map(|s| s.to_json()).collect(),
             max_task_attempts: self.job.settings.task_max_attempts,
             task_backoff_ms: self.job.settings.task_backoff.as_millis() as u64,
+            max_stage_attempts: self.job.settings.stage_max_attempts,
         };
         let core = self.core.clone();
         let sql = self.sql.clone();
@@ -235,6 +236,10 @@ impl JobRunner {
             duration_ms = report.duration_ms,
             tasks = report.tasks,
             tasks_rerun = report.tasks_rerun,
+            rerun_executor_lost = report.rerun.executor_lost,
+            rerun_fetch_failed = report.rerun.fetch_failed,
+            rerun_task_failed = report.rerun.task_failed,
+            recovery_ms = report.recovery_ms,
             "batch committed"
         );
         self.registry.update(&self.job_id, |s| {
@@ -250,6 +255,10 @@ impl JobRunner {
                 tasks_retried: report.tasks_rerun,
                 console,
                 committed_at_ms,
+                rerun_task_failed: report.rerun.task_failed,
+                rerun_executor_lost: report.rerun.executor_lost,
+                rerun_fetch_failed: report.rerun.fetch_failed,
+                recovery_ms: report.recovery_ms,
             });
         });
         Ok(())

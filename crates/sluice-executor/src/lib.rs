@@ -59,6 +59,8 @@ pub struct ExecutorConfig {
     pub listen: String,
     pub advertise_host: Option<String>,
     pub slots: u32,
+    /// Test only (SLUICE_TEST_FAIL_TASKS=true): every task fails, as on a broken host.
+    pub test_fail_tasks: bool,
 }
 
 impl Default for ExecutorConfig {
@@ -68,6 +70,7 @@ impl Default for ExecutorConfig {
             listen: "127.0.0.1:0".into(),
             advertise_host: None,
             slots: 2,
+            test_fail_tasks: false,
         }
     }
 }
@@ -100,7 +103,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     let shuffle_address = format!("http://{host}:{}", local.port());
     let executor = Arc::new(Executor {
         store: ShuffleStore::default(),
-        tasks: task::TaskRunner::new(config.slots),
+        tasks: task::TaskRunner::new(config.slots, config.test_fail_tasks),
     });
     let service = ShuffleServer::new(ShuffleService {
         executor: executor.clone(),

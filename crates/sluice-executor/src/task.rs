@@ -19,6 +19,8 @@ pub struct TaskRunner {
     runtime: Option<tokio::runtime::Runtime>,
     slots: Semaphore,
     running: AtomicUsize,
+    /// Test only: every task fails (a flaky executor).
+    fail_all: bool,
     /// Jobs compiled from their SQL, by job id: planning is deterministic, so every executor
     /// arrives at the driver's stages.
     jobs: Mutex<HashMap<String, Arc<CompiledJob>>>,
@@ -42,7 +44,7 @@ impl Failure {
 }
 
 impl TaskRunner {
-    pub fn new(slots: u32) -> Self {
+    pub fn new(slots: u32, fail_all: bool) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(slots as usize)
             .thread_name("sluice-task")
@@ -53,6 +55,7 @@ impl TaskRunner {
             runtime: Some(runtime),
             slots: Semaphore::new(slots as usize),
             running: AtomicUsize::new(0),
+            fail_all,
             jobs: Mutex::new(HashMap::new()),
         }
     }
@@ -126,12 +129,24 @@ impl TaskRunner {
             .fragments
             .get(stage)
             .ok_or_else(|| Failure::retryable(format!("job has no stage {stage}")))?;
-        if job.settings.test_fail_task == Some((key.stage_id, key.partition))
-            && key.task_attempt == 0
-        {
+        let first_attempt = key.task_attempt == 0;
+        if job.settings.test_fail_task == Some((key.stage_id, key.partition)) && first_attempt {
             return Err(Failure::retryable(
                 "injected failure (sluice.test.fail_task)",
             ));
+        }
+        if self.fail_all {
+            return Err(Failure::retryable(
+                "injected failure (test_fail_tasks executor)",
+            ));
+        }
+        let delay = |switch: Option<(u32, std::time::Duration)>| {
+            switch
+                .filter(|(stage, _)| first_attempt && *stage == key.stage_id)
+                .map(|(_, d)| d)
+        };
+        if let Some(d) = delay(job.settings.test_delay_task) {
+            tokio::time::sleep(d).await;
         }
         let input = match fragment.input {
             StageInput::Source => {
@@ -179,6 +194,9 @@ impl TaskRunner {
                     .map_err(|e| Failure::retryable(e.to_string()))?
             }
         };
+        if let Some(d) = delay(job.settings.test_delay_after_input) {
+            tokio::time::sleep(d).await;
+        }
         let rows_in: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
         let output = job
             .run_stage(stage, input)

@@ -12,6 +12,8 @@ pub struct BatchSubmission {
     pub splits: Vec<String>,
     pub max_task_attempts: u32,
     pub task_backoff_ms: u64,
+    /// Attempts of one stage (recomputations after lost map outputs) before the batch fails.
+    pub max_stage_attempts: u32,
 }
 
 /// What a successful task reports.
@@ -31,9 +33,24 @@ pub struct BatchReport {
     pub tasks: u32,
     /// Task launches beyond the first of each task (retries and recomputations).
     pub tasks_rerun: u32,
+    /// Why tasks ran again.
+    pub rerun: RerunCounts,
+    /// From the first executor loss or fetch failure in this batch to its completion (0: none).
+    pub recovery_ms: u64,
     /// Console-sink rows (Arrow IPC) of each final-stage partition, in partition order.
     pub console: Vec<Vec<u8>>,
     pub duration_ms: u64,
+}
+
+/// Tasks put back to run again, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RerunCounts {
+    /// The task itself failed and was retried.
+    pub task_failed: u32,
+    /// The task was running on, or its map output lived on, an executor that died.
+    pub executor_lost: u32,
+    /// A reducer could not fetch a map output: the reducer and the map task run again.
+    pub fetch_failed: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +107,9 @@ pub(crate) struct BatchRun {
     pub sub: BatchSubmission,
     pub stages: Vec<StageRun>,
     pub started_ms: u64,
+    pub rerun: RerunCounts,
+    /// When this batch first lost work to an executor loss or fetch failure.
+    pub first_loss_ms: Option<u64>,
 }
 
 impl BatchRun {
@@ -122,6 +142,8 @@ impl BatchRun {
             sub,
             stages,
             started_ms: now_ms,
+            rerun: RerunCounts::default(),
+            first_loss_ms: None,
         }
     }
 
@@ -151,6 +173,18 @@ impl BatchRun {
         }
     }
 
+    /// Notes lost work; the batch fails once a stage has been attempted too often.
+    pub fn lost_work(&mut self, now_ms: u64) {
+        self.first_loss_ms.get_or_insert(now_ms);
+    }
+
+    /// The first stage whose attempts exceed the limit, if any.
+    pub fn exhausted_stage(&self) -> Option<&StageRun> {
+        self.stages
+            .iter()
+            .find(|s| s.attempt >= self.sub.max_stage_attempts.max(1))
+    }
+
     pub fn is_complete(&self) -> bool {
         self.stages.last().is_none_or(StageRun::all_done)
     }
@@ -177,6 +211,8 @@ impl BatchRun {
             rows_out: outputs(last).iter().map(|o| o.rows_out).sum(),
             tasks,
             tasks_rerun: launches.saturating_sub(tasks),
+            rerun: self.rerun,
+            recovery_ms: self.first_loss_ms.map_or(0, |t| now_ms.saturating_sub(t)),
             console: outputs(last)
                 .into_iter()
                 .map(|o| o.console)

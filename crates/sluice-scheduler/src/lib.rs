@@ -11,5 +11,7 @@
 mod batch;
 mod scheduler;
 
-pub use batch::{BatchReport, BatchSubmission, TaskOutput};
-pub use scheduler::{Action, Event, MapOutputLocation, Scheduler, TaskKey, TaskLaunch};
+pub use batch::{BatchReport, BatchSubmission, RerunCounts, TaskOutput};
+pub use scheduler::{
+    Action, Event, MapOutputLocation, Scheduler, SchedulerConfig, TaskKey, TaskLaunch,
+};

@@ -88,15 +88,36 @@ pub enum Action {
     },
 }
 
+/// Cluster-wide scheduling policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Consecutive task failures after which an executor gets no tasks for a while.
+    pub exclude_after_failures: u32,
+    /// How long an excluded executor gets no tasks.
+    pub exclude_for_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            exclude_after_failures: 3,
+            exclude_for_ms: 30_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct ExecutorState {
     address: String,
     slots: u32,
     running: BTreeSet<TaskKey>,
+    consecutive_failures: u32,
+    excluded_until_ms: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct Scheduler {
+    config: SchedulerConfig,
     executors: BTreeMap<ExecutorId, ExecutorState>,
     /// Executors declared dead: anything they send later is ignored.
     dead: BTreeSet<ExecutorId>,
@@ -107,6 +128,22 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_config(config: SchedulerConfig) -> Self {
+        Scheduler {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Executors currently excluded for failing tasks.
+    pub fn excluded_executors(&self, now_ms: u64) -> Vec<ExecutorId> {
+        self.executors
+            .iter()
+            .filter(|(_, e)| e.excluded_until_ms > now_ms)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     pub fn alive_executors(&self) -> usize {
@@ -123,7 +160,8 @@ impl Scheduler {
 
     /// The earliest time a pending task may launch, so the driver knows when to send a Tick.
     pub fn next_wakeup_ms(&self) -> Option<u64> {
-        self.batches
+        let pending = self
+            .batches
             .values()
             .flat_map(|b| b.stages.iter())
             .flat_map(|s| s.tasks.iter())
@@ -131,7 +169,25 @@ impl Scheduler {
                 TaskState::Pending { not_before_ms, .. } => Some(not_before_ms),
                 _ => None,
             })
-            .min()
+            .min()?;
+        // A pending task may be waiting for an exclusion to end.
+        let exclusion_ends = self
+            .executors
+            .values()
+            .map(|e| e.excluded_until_ms)
+            .filter(|t| *t > pending)
+            .min();
+        Some(match exclusion_ends {
+            Some(t)
+                if self
+                    .executors
+                    .values()
+                    .all(|e| e.excluded_until_ms > pending) =>
+            {
+                t
+            }
+            _ => pending,
+        })
     }
 
     pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Action> {
@@ -145,10 +201,12 @@ impl Scheduler {
                         address,
                         slots: slots.max(1),
                         running: BTreeSet::new(),
+                        consecutive_failures: 0,
+                        excluded_until_ms: 0,
                     },
                 );
             }
-            Event::ExecutorLost { id, reason } => self.executor_lost(&id, &reason),
+            Event::ExecutorLost { id, reason } => self.executor_lost(&id, &reason, now_ms),
             Event::SubmitBatch(sub) => {
                 let job = sub.job_id.clone();
                 self.batches.insert(job, BatchRun::new(sub, now_ms));
@@ -176,31 +234,39 @@ impl Scheduler {
             }
             Event::Tick => {}
         }
+        self.fail_exhausted_batches(&mut actions);
         self.finish_batches(now_ms, &mut actions);
         self.refresh(now_ms);
         self.dispatch(now_ms, &mut actions);
         actions
     }
 
-    fn executor_lost(&mut self, id: &str, reason: &str) {
+    /// The one path for a dead executor: its running tasks and its map outputs are lost.
+    fn executor_lost(&mut self, id: &str, reason: &str, now_ms: u64) {
         if self.executors.remove(id).is_none() {
             return;
         }
         tracing::warn!(executor = id, reason, "executor lost");
         self.dead.insert(id.to_string());
         for batch in self.batches.values_mut() {
-            for stage in &mut batch.stages {
-                let writes_shuffle = stage.writes_shuffle();
+            let mut lost = 0;
+            // Last stage first: a later stage's lost outputs make the stage before it needed.
+            for s in (0..batch.stages.len()).rev() {
+                let outputs_matter = batch.stages[s].writes_shuffle() && batch.needed(s);
+                let stage = &mut batch.stages[s];
                 let mut lost_output = false;
                 for task in &mut stage.tasks {
                     match &task.state {
                         TaskState::Running { executor, .. } if executor == id => {
                             task.state = TaskState::Idle;
+                            lost += 1;
                         }
-                        // Sink output is durable; only shuffle outputs die with their executor.
-                        TaskState::Done { executor, .. } if writes_shuffle && executor == id => {
+                        // Sink output is durable; only shuffle outputs die with their executor,
+                        // and only matter while the next stage still needs them.
+                        TaskState::Done { executor, .. } if outputs_matter && executor == id => {
                             task.state = TaskState::Idle;
                             lost_output = true;
+                            lost += 1;
                         }
                         _ => {}
                     }
@@ -208,6 +274,10 @@ impl Scheduler {
                 if lost_output {
                     stage.attempt += 1;
                 }
+            }
+            if lost > 0 {
+                batch.rerun.executor_lost += lost;
+                batch.lost_work(now_ms);
             }
         }
     }
@@ -235,7 +305,7 @@ impl Scheduler {
 
     fn release_slot(&mut self, key: &TaskKey, executor: &str) -> bool {
         if self.dead.contains(executor) {
-            tracing::debug!(?key, executor, "ignoring result from a dead executor");
+            tracing::info!(?key, executor, "ignoring result from a dead executor");
             return false;
         }
         if let Some(e) = self.executors.get_mut(executor) {
@@ -247,6 +317,9 @@ impl Scheduler {
     fn task_succeeded(&mut self, key: TaskKey, executor: ExecutorId, output: TaskOutput) {
         if !self.release_slot(&key, &executor) {
             return;
+        }
+        if let Some(e) = self.executors.get_mut(&executor) {
+            e.consecutive_failures = 0;
         }
         let Some((batch, s)) = self.current_task(&key, &executor) else {
             tracing::debug!(?key, "ignoring stale task result");
@@ -295,25 +368,45 @@ impl Scheduler {
             tracing::warn!(?key, executor = %lost_on, "shuffle fetch failed: {error}");
             let (batch, s) = self.current_task(&key, &executor)?;
             batch.stages[s].tasks[key.partition as usize].state = TaskState::Idle;
+            batch.rerun.fetch_failed += 1;
+            batch.lost_work(now_ms);
             let lost_on = lost_on.clone();
             if s > 0 {
                 let prev = &mut batch.stages[s - 1];
-                let mut lost = false;
+                let mut lost = 0;
                 for t in &mut prev.tasks {
                     if matches!(&t.state, TaskState::Done { executor, .. } if *executor == lost_on)
                     {
                         t.state = TaskState::Idle;
-                        lost = true;
+                        lost += 1;
                     }
                 }
-                if lost {
+                if lost > 0 {
                     prev.attempt += 1;
+                    batch.rerun.fetch_failed += lost;
                 }
             }
             return None;
         }
+        let config = self.config;
+        if let Some(e) = self.executors.get_mut(&executor) {
+            e.consecutive_failures += 1;
+            if config.exclude_after_failures > 0
+                && e.consecutive_failures >= config.exclude_after_failures
+            {
+                tracing::warn!(
+                    executor,
+                    failures = e.consecutive_failures,
+                    "excluding executor for {} ms",
+                    config.exclude_for_ms
+                );
+                e.excluded_until_ms = now_ms + config.exclude_for_ms;
+                e.consecutive_failures = 0;
+            }
+        }
         let (batch, s) = self.current_task(&key, &executor)?;
         let (job_id, batch_id) = (batch.sub.job_id.clone(), batch.sub.batch_id);
+        batch.rerun.task_failed += 1;
         let task = &mut batch.stages[s].tasks[key.partition as usize];
         task.failures += 1;
         if fatal || task.failures >= batch.sub.max_task_attempts {
@@ -345,6 +438,31 @@ impl Scheduler {
         None
     }
 
+    fn fail_exhausted_batches(&mut self, actions: &mut Vec<Action>) {
+        let failed: Vec<(JobId, String)> = self
+            .batches
+            .iter()
+            .filter_map(|(job, b)| {
+                let stage = b.exhausted_stage()?;
+                Some((
+                    job.clone(),
+                    format!(
+                        "stage {} of batch {} lost its map outputs {} times (executor lost or fetch failed); giving up",
+                        stage.spec.id, b.sub.batch_id, stage.attempt
+                    ),
+                ))
+            })
+            .collect();
+        for (job_id, error) in failed {
+            let b = self.batches.remove(&job_id).expect("present");
+            actions.push(Action::BatchFailed {
+                job_id,
+                batch_id: b.sub.batch_id,
+                error,
+            });
+        }
+    }
+
     fn finish_batches(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         let done: Vec<JobId> = self
             .batches
@@ -365,6 +483,25 @@ impl Scheduler {
     /// Makes idle tasks pending where their inputs exist and their output is still needed.
     fn refresh(&mut self, now_ms: u64) {
         for batch in self.batches.values_mut() {
+            for s in (0..batch.stages.len()).rev() {
+                // Outputs left on a dead executor while nobody needed them are lost now.
+                if batch.stages[s].writes_shuffle() && batch.needed(s) {
+                    let stage = &mut batch.stages[s];
+                    let mut lost = 0;
+                    for t in &mut stage.tasks {
+                        if matches!(&t.state, TaskState::Done { executor, .. } if self.dead.contains(executor))
+                        {
+                            t.state = TaskState::Idle;
+                            lost += 1;
+                        }
+                    }
+                    if lost > 0 {
+                        stage.attempt += 1;
+                        batch.rerun.executor_lost += lost;
+                        batch.lost_work(now_ms);
+                    }
+                }
+            }
             for s in 0..batch.stages.len() {
                 if !batch.needed(s) || !batch.inputs_ready(s) {
                     continue;
@@ -395,7 +532,8 @@ impl Scheduler {
                     if *not_before_ms > now_ms {
                         continue;
                     }
-                    let Some(executor) = pick_executor(&self.executors, avoid.as_deref()) else {
+                    let Some(executor) = pick_executor(&self.executors, avoid.as_deref(), now_ms)
+                    else {
                         return;
                     };
                     let launch = build_launch(batch, s, p, &self.executors);
@@ -425,16 +563,20 @@ impl Scheduler {
     }
 }
 
-/// The executor with the most free slots, avoiding `avoid` when another one has room.
+/// The executor with the most free slots, avoiding `avoid` when another one has room and never
+/// one that is excluded.
 fn pick_executor(
     executors: &BTreeMap<ExecutorId, ExecutorState>,
     avoid: Option<&str>,
+    now_ms: u64,
 ) -> Option<ExecutorId> {
     let free = |e: &ExecutorState| e.slots as usize - e.running.len().min(e.slots as usize);
     let best = |skip: Option<&str>| {
         executors
             .iter()
-            .filter(|(id, e)| free(e) > 0 && Some(id.as_str()) != skip)
+            .filter(|(id, e)| {
+                free(e) > 0 && e.excluded_until_ms <= now_ms && Some(id.as_str()) != skip
+            })
             .max_by_key(|(id, e)| (free(e), std::cmp::Reverse((*id).clone())))
             .map(|(id, _)| id.clone())
     };

@@ -38,6 +38,7 @@ fn submit(splits: usize, kind: Option<ShuffleKind>, partitions: u32) -> Event {
         splits: (0..splits).map(|i| format!("split-{i}")).collect(),
         max_task_attempts: 3,
         task_backoff_ms: 100,
+        max_stage_attempts: 3,
     })
 }
 
@@ -237,6 +238,93 @@ fn lost_executor_map_outputs_are_recomputed_on_survivors() {
     assert!(again[0].1.inputs.iter().all(|l| l.executor_id == "b"));
     let report = done(&succeed(&mut s, &again[0], 7)).cloned().expect("done");
     assert_eq!(report.tasks_rerun, 2);
+    assert_eq!(
+        report.rerun.executor_lost, 2,
+        "one map output, one running reducer"
+    );
+    assert_eq!(report.recovery_ms, 4, "from the loss at 3 to the end at 7");
+}
+
+#[test]
+fn map_outputs_lost_too_often_fail_the_batch() {
+    let mut s = Scheduler::new();
+    let mut ids = 0;
+    let mut add = |s: &mut Scheduler| {
+        ids += 1;
+        register(s, &format!("e{ids}"), 4);
+        format!("e{ids}")
+    };
+    let mut alive = add(&mut s);
+    let mut actions = s.handle(submit(1, Some(ShuffleKind::Hash), 1), 0);
+    for round in 0..3 {
+        let maps = launches(&actions);
+        assert_eq!(maps.len(), 1, "round {round}");
+        succeed(&mut s, &maps[0], 1);
+        // The map output's executor dies before the reducer is done; a fresh one joins.
+        let next = add(&mut s);
+        let lost = Event::ExecutorLost {
+            id: alive.clone(),
+            reason: "killed".into(),
+        };
+        actions = s.handle(lost, 2);
+        alive = next;
+        if round == 2 {
+            let err = actions.iter().find_map(|a| match a {
+                Action::BatchFailed { error, .. } => Some(error.clone()),
+                _ => None,
+            });
+            let err = err.expect("third loss fails the batch");
+            assert!(
+                err.contains("stage 0 of batch 7 lost its map outputs 3 times"),
+                "{err}"
+            );
+        } else {
+            // The reducer on the dead executor is gone; the map reruns on the new one.
+            assert!(
+                launches(&actions)
+                    .iter()
+                    .any(|(e, t)| *e == alive && t.key.stage_id == 0)
+            );
+            actions = launches(&actions)
+                .into_iter()
+                .filter(|(_, t)| t.key.stage_id == 0)
+                .map(|(executor, task)| Action::Launch { executor, task })
+                .collect();
+        }
+    }
+}
+
+#[test]
+fn an_executor_that_keeps_failing_is_excluded_for_a_while() {
+    let mut s = Scheduler::with_config(SchedulerConfig {
+        exclude_after_failures: 2,
+        exclude_for_ms: 1000,
+    });
+    register(&mut s, "flaky", 4);
+    let mut sub = submit(4, None, 1);
+    if let Event::SubmitBatch(b) = &mut sub {
+        b.max_task_attempts = 10;
+    }
+    let first = launches(&s.handle(sub, 0));
+    assert_eq!(first.len(), 4);
+    fail(&mut s, &first[0], false, 1);
+    fail(&mut s, &first[1], false, 2);
+    assert_eq!(s.excluded_executors(2), vec!["flaky".to_string()]);
+    // Excluded: nothing launches there even after the backoff.
+    assert!(launches(&s.handle(Event::Tick, 500)).is_empty());
+    register(&mut s, "good", 4);
+    let retried = launches(&s.handle(Event::Tick, 501));
+    assert_eq!(retried.len(), 2);
+    assert!(retried.iter().all(|(e, _)| e == "good"));
+    // The exclusion ends.
+    assert!(s.excluded_executors(1003).is_empty());
+    let actions = s.handle(Event::Tick, 1003);
+    let mut report = None;
+    for l in retried.iter().chain(&first[2..]) {
+        report = done(&succeed(&mut s, l, 1004)).cloned().or(report);
+    }
+    let _ = actions;
+    assert_eq!(report.expect("done").rerun.task_failed, 2);
 }
 
 #[test]

@@ -1,0 +1,222 @@
+//! Executors die (SIGKILL), hang (SIGSTOP past the heartbeat timeout) or fail every task, at
+//! chosen moments of a batch; the output must equal an undisturbed run of the same job, row
+//! for row.
+
+use serde_json::Value;
+use sluice_cluster_tests::{Cluster, committed_jsonl};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+const SIGSTOP: i32 = 19;
+const SIGCONT: i32 = 18;
+
+/// 4 batches of 4000 generated rows, 6 map tasks each, a hash shuffle into 4 reducers.
+fn job(c: &Cluster, extra: &str) -> String {
+    format!(
+        "SET 'trigger' = 'available_now';
+SET 'partitions' = '4';
+SET 'task.backoff' = '50ms';
+{extra}
+CREATE TABLE g (k BIGINT, v BIGINT)
+  WITH (connector = 'datagen', rows_per_second = '4000', total_rows = '16000', splits = '6', seed = '3',
+        'fields.k.max' = '199', 'fields.v.min' = '-1000', 'fields.v.max' = '1000');
+CREATE TABLE o (batch BIGINT, k BIGINT, n BIGINT, total BIGINT, low BIGINT)
+  WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _batch, k, count(*), sum(v), min(v) FROM g WHERE k % 7 <> 3 GROUP BY _batch, k;
+",
+        c.path("out").display()
+    )
+}
+
+type Rows = BTreeMap<u64, BTreeSet<String>>;
+
+fn rows(c: &Cluster) -> Rows {
+    committed_jsonl(&c.path("out"))
+        .into_iter()
+        .map(|(b, rows)| (b, rows.iter().map(Value::to_string).collect()))
+        .collect()
+}
+
+/// The same job on an undisturbed cluster, once per test run.
+fn reference() -> &'static Rows {
+    static REFERENCE: OnceLock<Rows> = OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let c = Cluster::start(2);
+        let id = c.submit(&job(&c, "")).unwrap();
+        let s = c.wait_for(&id, &["finished", "failed"], LONG);
+        assert_eq!(s["state"], "finished", "{s}");
+        let r = rows(&c);
+        assert_eq!(r.len(), 4);
+        assert!(
+            r.values().all(|b| b.len() > 150),
+            "about 171 keys per batch"
+        );
+        r
+    })
+}
+
+/// Runs `job` to the end and checks its output against the reference; returns its status.
+fn finish_and_compare(c: &Cluster, id: &str) -> Value {
+    let s = c.wait_for(id, &["finished", "failed"], LONG);
+    assert_eq!(
+        s["state"],
+        "finished",
+        "{s}\ndriver log:\n{}",
+        c.log("driver.log")
+    );
+    assert_eq!(
+        &rows(c),
+        reference(),
+        "output differs from the undisturbed run"
+    );
+    s
+}
+
+fn batches_with(s: &Value, what: &str) -> Vec<Value> {
+    s["recent_batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["rerun"][what].as_u64().unwrap_or(0) > 0)
+        .cloned()
+        .collect()
+}
+
+/// Waits for the driver to announce stage `stage` of batch 1.
+fn wait_for_stage(c: &Cluster, stage: u32) {
+    let stage = format!("stage={stage} ");
+    c.wait_for_log(
+        "driver.log",
+        &["stage started", "batch=1 ", &stage],
+        1,
+        LONG,
+    );
+}
+
+fn kill_at(stage: u32, switch: &str, after: Duration) {
+    reference();
+    let mut c = Cluster::start(3);
+    let id = c.submit(&job(&c, switch)).unwrap();
+    wait_for_stage(&c, stage);
+    std::thread::sleep(after);
+    c.kill_executor(0);
+    let s = finish_and_compare(&c, &id);
+    let lost = batches_with(&s, "executor_lost");
+    assert_eq!(lost.len(), 1, "one batch recovered: {s}");
+    assert_eq!(lost[0]["batch_id"], 1);
+    assert!(lost[0]["recovery_ms"].as_u64().unwrap() > 0);
+    let status = String::from_utf8(c.sluice(&["status", &id]).stdout).unwrap();
+    assert!(
+        status.contains("executor lost") && status.contains("recovered in"),
+        "{status}"
+    );
+}
+
+#[test]
+fn sigkill_while_map_tasks_run() {
+    kill_at(
+        0,
+        "SET 'sluice.test.delay_task' = '0:1500ms';",
+        Duration::from_millis(300),
+    );
+}
+
+#[test]
+fn sigkill_while_shuffle_outputs_wait_for_reducers() {
+    kill_at(
+        1,
+        "SET 'sluice.test.delay_task' = '1:1500ms';",
+        Duration::from_millis(300),
+    );
+}
+
+#[test]
+fn sigkill_while_reduce_tasks_run() {
+    kill_at(
+        1,
+        "SET 'sluice.test.delay_after_input' = '1:1500ms';",
+        Duration::from_millis(600),
+    );
+}
+
+#[test]
+fn sigstop_past_the_heartbeat_timeout_then_sigcont_is_ignored() {
+    reference();
+    let mut c = Cluster::new();
+    c.driver_args = vec!["--heartbeat-timeout".into(), "1s".into()];
+    let c = Cluster::start_with(c, 3);
+    let id = c
+        .submit(&job(&c, "SET 'sluice.test.delay_task' = '0:2500ms';"))
+        .unwrap();
+    wait_for_stage(&c, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    c.signal_executor(0, SIGSTOP);
+    c.wait_for_log("driver.log", &["executor lost", "no heartbeat"], 1, LONG);
+    // The batch goes on without it; the zombie wakes up and reports results nobody wants.
+    std::thread::sleep(Duration::from_millis(500));
+    c.signal_executor(0, SIGCONT);
+    let s = finish_and_compare(&c, &id);
+    assert_eq!(batches_with(&s, "executor_lost").len(), 1, "{s}");
+    c.wait_for_log(
+        "driver.log",
+        &["ignoring result from a dead executor"],
+        1,
+        LONG,
+    );
+    c.wait_for_log("executor-0.log", &["driver closed the connection"], 1, LONG);
+}
+
+#[test]
+fn two_of_three_executors_killed_at_once() {
+    reference();
+    let mut c = Cluster::start(3);
+    let id = c
+        .submit(&job(&c, "SET 'sluice.test.delay_task' = '0:1500ms';"))
+        .unwrap();
+    wait_for_stage(&c, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill_executor(0);
+    c.kill_executor(1);
+    let s = finish_and_compare(&c, &id);
+    assert!(!batches_with(&s, "executor_lost").is_empty());
+}
+
+#[test]
+fn all_executors_killed_then_a_new_one_finishes_the_job() {
+    reference();
+    let mut c = Cluster::start(2);
+    let id = c
+        .submit(&job(&c, "SET 'sluice.test.delay_task' = '0:1500ms';"))
+        .unwrap();
+    wait_for_stage(&c, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill_executor(0);
+    c.kill_executor(1);
+    let waiting = c.wait_for(&id, &["waiting"], LONG);
+    assert!(
+        waiting["error"].as_str().unwrap().contains("no executors"),
+        "{waiting}"
+    );
+    c.add_executor();
+    finish_and_compare(&c, &id);
+}
+
+#[test]
+fn an_executor_failing_every_task_is_excluded_and_the_job_completes() {
+    reference();
+    let mut c = Cluster::new();
+    c.driver_args = vec!["--exclude-after-failures".into(), "2".into()];
+    c.start_driver();
+    c.add_executor_with_env(&[("SLUICE_TEST_FAIL_TASKS", "true")]);
+    c.add_executor();
+    c.add_executor();
+    c.wait_for_driver();
+    let id = c
+        .submit(&job(&c, "SET 'task.max_attempts' = '6';"))
+        .unwrap();
+    let s = finish_and_compare(&c, &id);
+    assert!(!batches_with(&s, "task_failed").is_empty(), "{s}");
+    c.wait_for_log("driver.log", &["excluding executor"], 1, LONG);
+}
