@@ -140,6 +140,70 @@ fn run_job(bins: &Path, sql: &str) -> anyhow::Result<Value> {
     Ok(status)
 }
 
+/// 1 s batches on 4 executors; one executor is SIGKILLed while batch 5's map tasks run.
+fn executor_loss_recovery(bins: &Path) -> anyhow::Result<Value> {
+    let sql = bench_job(
+        "SET 'trigger' = '1s';\nSET 'partitions' = '8';",
+        1_000_000,
+        10_000_000,
+    );
+    for attempt in 0..3 {
+        let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 4);
+        let id = c.submit(&sql)?;
+        c.wait_for_log(
+            "driver.log",
+            &["stage started", "batch=5 ", "stage=0 "],
+            1,
+            Duration::from_secs(120),
+        );
+        let kill_ms = now_ms();
+        c.kill_executor(0);
+        let status = c.wait_for(&id, &["finished", "failed"], Duration::from_secs(300));
+        if status["state"] != "finished" {
+            bail!("executor-loss bench job failed: {}", status["error"]);
+        }
+        let batches = status["recent_batches"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let Some(hit) = batches
+            .iter()
+            .find(|b| b["rerun"]["executor_lost"].as_u64().unwrap_or(0) > 0)
+        else {
+            eprintln!("kill landed between batches (attempt {attempt}); again");
+            continue;
+        };
+        let mut others: Vec<u64> = batches
+            .iter()
+            .filter(|b| b["batch_id"] != hit["batch_id"] && b["batch_id"].as_u64() > Some(0))
+            .filter_map(|b| b["duration_ms"].as_u64())
+            .collect();
+        others.sort_unstable();
+        let median = percentile(&others, 0.5);
+        let duration = hit["duration_ms"].as_u64().unwrap_or(0);
+        return Ok(json!({
+            "executors": 4,
+            "trigger_ms": 1000,
+            "rows_per_batch": 1_000_000,
+            "batch": hit["batch_id"],
+            "kill_to_batch_complete_ms": hit["committed_at_ms"].as_u64().unwrap_or(0).saturating_sub(kill_ms),
+            "batch_duration_ms": duration,
+            "median_other_batches_ms": median,
+            "extra_ms_vs_median": duration.saturating_sub(median),
+            "driver_recovery_ms": hit["recovery_ms"],
+            "tasks_rerun": hit["tasks_rerun"],
+        }));
+    }
+    bail!("the executor kill never hit a running batch")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -197,30 +261,40 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
     durations.sort_unstable();
     let (p50, p99) = (percentile(&durations, 0.5), percentile(&durations, 0.99));
 
+    let recovery = executor_loss_recovery(&bins)?;
+
+    let rows: Vec<(&str, Value)> = vec![
+        ("throughput: rows", json!(rows_in)),
+        ("throughput: wall time (ms)", json!(wall_ms)),
+        ("throughput: rows/s end to end", json!(throughput)),
+        ("small batches (~1000 rows): count", json!(durations.len())),
+        ("small batches: p50 batch duration (ms)", json!(p50)),
+        ("small batches: p99 batch duration (ms)", json!(p99)),
+        (
+            "executor SIGKILL -> its batch committed (ms)",
+            recovery["kill_to_batch_complete_ms"].clone(),
+        ),
+        (
+            "  that batch's extra time vs median (ms)",
+            recovery["extra_ms_vs_median"].clone(),
+        ),
+        (
+            "  recovery measured by the driver (ms)",
+            recovery["driver_recovery_ms"].clone(),
+        ),
+    ];
     println!();
-    println!("{:<44} {:>14}", "measure", "value");
-    println!("{:<44} {:>14}", "throughput: rows", rows_in);
-    println!("{:<44} {:>14}", "throughput: wall time (ms)", wall_ms);
-    println!("{:<44} {:>14}", "throughput: rows/s end to end", throughput);
-    println!(
-        "{:<44} {:>14}",
-        "small batches (~1000 rows): count",
-        durations.len()
-    );
-    println!(
-        "{:<44} {:>14}",
-        "small batches: p50 batch duration (ms)", p50
-    );
-    println!(
-        "{:<44} {:>14}",
-        "small batches: p99 batch duration (ms)", p99
-    );
+    println!("{:<46} {:>14}", "measure", "value");
+    for (name, value) in &rows {
+        println!("{name:<46} {:>14}", value.to_string());
+    }
 
     let results = json!({
         "job": "datagen -> filter -> per-batch GROUP BY (4 partitions) -> blackhole; 1 driver + 2 executors x 2 slots",
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "throughput": { "rows": rows_in, "wall_ms": wall_ms, "rows_per_second": throughput },
         "small_batches": { "trigger_ms": 100, "rows_per_batch": 1000, "batches": durations.len(), "p50_ms": p50, "p99_ms": p99 },
+        "executor_loss": recovery,
     });
     std::fs::create_dir_all(root.join("bench"))?;
     std::fs::write(
