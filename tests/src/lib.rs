@@ -175,6 +175,21 @@ impl Cluster {
         );
     }
 
+    /// SIGKILLs the driver (restart it with `start_driver`).
+    pub fn kill_driver(&mut self) {
+        if let Some(mut c) = self.driver.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Keep the dead driver's log for the test's messages.
+        let log = self.path("driver.log");
+        let mut n = 1;
+        while self.path(&format!("driver.{n}.log")).exists() {
+            n += 1;
+        }
+        let _ = std::fs::rename(&log, self.path(&format!("driver.{n}.log")));
+    }
+
     pub fn kill_executor(&mut self, i: usize) {
         if let Some(mut c) = self.executors[i].take() {
             let _ = c.kill();

@@ -62,6 +62,15 @@ pub struct CommitEntry {
     pub rows_out: u64,
 }
 
+/// How a job ended; a job with this file is not resumed when the driver restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalState {
+    /// finished | failed | stopped
+    pub state: String,
+    pub error: String,
+    pub at_ms: u64,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     format: u32,
@@ -110,6 +119,14 @@ impl JobCheckpoint {
 
     pub async fn read_offsets(&self, batch: BatchId) -> Result<Option<OffsetsEntry>> {
         self.read(&format!("offsets/{batch}")).await
+    }
+
+    pub async fn write_final(&self, end: &FinalState) -> Result<()> {
+        self.create("final", end).await
+    }
+
+    pub async fn read_final(&self) -> Result<Option<FinalState>> {
+        self.read("final").await
     }
 
     pub async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {

@@ -47,6 +47,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "test only: '<stage>:<ms>' delays the first attempt of that stage's tasks before they read input",
     ),
     (
+        "sluice.test.pause_at",
+        "test only: '<step>:<batch>:<duration>' pauses the driver at a step of a batch (before_offsets, before_tasks, before_commit, after_commit)",
+    ),
+    (
         "sluice.test.delay_after_input",
         "test only: '<stage>:<ms>' delays the first attempt of that stage's tasks after they read input",
     ),
@@ -80,6 +84,8 @@ pub struct JobSettings {
     /// (stage, delay) before / after a first attempt reads its input.
     pub test_delay_task: Option<(u32, Duration)>,
     pub test_delay_after_input: Option<(u32, Duration)>,
+    /// (step, batch, pause) for the driver's batch loop.
+    pub test_pause_at: Option<(String, u64, Duration)>,
 }
 
 impl Default for JobSettings {
@@ -94,6 +100,7 @@ impl Default for JobSettings {
             test_fail_task: None,
             test_delay_task: None,
             test_delay_after_input: None,
+            test_pause_at: None,
         }
     }
 }
@@ -133,6 +140,29 @@ impl JobSettings {
                         .ok()
                         .filter(|n| (1..=100).contains(n))
                         .ok_or_else(|| invalid("expected a whole number from 1 to 100"))?
+                }
+                "sluice.test.pause_at" => {
+                    const STEPS: [&str; 4] = [
+                        "before_offsets",
+                        "before_tasks",
+                        "before_commit",
+                        "after_commit",
+                    ];
+                    let parts: Vec<&str> = value.split(':').map(str::trim).collect();
+                    let parsed = match parts.as_slice() {
+                        [step, batch, pause] if STEPS.contains(step) => batch
+                            .parse()
+                            .ok()
+                            .zip(parse_duration(pause).ok())
+                            .map(|(b, d)| (step.to_string(), b, d)),
+                        _ => None,
+                    };
+                    s.test_pause_at = Some(parsed.ok_or_else(|| {
+                        invalid(&format!(
+                            "expected '<step>:<batch>:<duration>' with step one of {}",
+                            STEPS.join(", ")
+                        ))
+                    })?);
                 }
                 "sluice.test.delay_task" | "sluice.test.delay_after_input" => {
                     let parsed = value

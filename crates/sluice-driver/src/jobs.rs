@@ -51,11 +51,7 @@ impl Registry {
             .map_err(|e| e.to_string())?;
         let job_id = uuid::Uuid::new_v4().to_string();
         let name = compiled.name(&origin);
-        let checkpoint = JobCheckpoint::new(
-            self.state.store.clone(),
-            self.state.child(&format!("jobs/{job_id}")),
-            format!("{}/jobs/{job_id}", self.state.uri.trim_end_matches('/')),
-        );
+        let checkpoint = self.checkpoint(&job_id);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         format!("{:?}", compiled.stage_specs()).hash(&mut h);
         let submitted_at_ms = now_ms();
@@ -70,32 +66,111 @@ impl Registry {
             })
             .await
             .map_err(|e| e.to_string())?;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        self.jobs.lock().unwrap().insert(
-            job_id.clone(),
-            JobEntry {
-                status: JobStatus {
-                    job_id: job_id.clone(),
-                    name: name.clone(),
-                    state: state::RUNNING.into(),
-                    submitted_at_ms,
-                    ..Default::default()
-                },
-                stop: stop_tx,
-            },
-        );
         tracing::info!(job = %job_id, %name, stages = compiled.fragments.len(), "job submitted");
+        let status = JobStatus {
+            job_id: job_id.clone(),
+            name,
+            state: state::RUNNING.into(),
+            submitted_at_ms,
+            ..Default::default()
+        };
+        self.start(status, &sql, compiled, checkpoint);
+        Ok(job_id)
+    }
+
+    fn checkpoint(&self, job_id: &str) -> JobCheckpoint {
+        JobCheckpoint::new(
+            self.state.store.clone(),
+            self.state.child(&format!("jobs/{job_id}")),
+            format!("{}/jobs/{job_id}", self.state.uri.trim_end_matches('/')),
+        )
+    }
+
+    /// Registers a job's status and, unless it already ended, starts its batch loop.
+    fn start(&self, status: JobStatus, sql: &str, job: CompiledJob, checkpoint: JobCheckpoint) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let job_id = status.job_id.clone();
         let runner = JobRunner {
             job_id: job_id.clone(),
-            sql: Arc::from(sql.as_str()),
-            job: compiled,
+            started_at_ms: status.submitted_at_ms,
+            sql: Arc::from(sql),
+            job,
             checkpoint,
             core: self.core.clone(),
             registry: self.clone(),
             stop: stop_rx,
         };
+        self.jobs.lock().unwrap().insert(
+            job_id,
+            JobEntry {
+                status,
+                stop: stop_tx,
+            },
+        );
         tokio::spawn(runner.run());
-        Ok(job_id)
+    }
+
+    /// Reads the job catalog under --state and resumes every job that had not ended: each one
+    /// reruns its last logged but uncommitted batch with exactly its logged input.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        let prefix = self.state.child("jobs");
+        let listing = match self.state.store.list_with_delimiter(Some(&prefix)).await {
+            Ok(l) => l.common_prefixes,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut resumed = 0;
+        for dir in listing {
+            let Some(job_id) = dir.filename().map(str::to_string) else {
+                continue;
+            };
+            let checkpoint = self.checkpoint(&job_id);
+            let Some(meta) = checkpoint.read_metadata().await? else {
+                tracing::warn!(job = %job_id, "no metadata; not a job, skipped");
+                continue;
+            };
+            let mut status = JobStatus {
+                job_id: job_id.clone(),
+                name: meta.name.clone(),
+                state: state::RUNNING.into(),
+                submitted_at_ms: meta.submitted_at_ms,
+                ..Default::default()
+            };
+            for b in checkpoint.batches("commits").await? {
+                if let Some(c) = checkpoint.read_commit(b).await? {
+                    status.batches_committed += 1;
+                    status.rows_in += c.rows_in;
+                    status.rows_out += c.rows_out;
+                }
+            }
+            if let Some(end) = checkpoint.read_final().await? {
+                status.state = end.state;
+                status.error = end.error;
+                let (stop, _) = watch::channel(true);
+                self.jobs
+                    .lock()
+                    .unwrap()
+                    .insert(job_id, JobEntry { status, stop });
+                continue;
+            }
+            match CompiledJob::compile(&meta.sql, &meta.origin).await {
+                Ok(job) => {
+                    tracing::info!(job = %job_id, name = %meta.name, "resuming job");
+                    self.start(status, &meta.sql, job, checkpoint);
+                    resumed += 1;
+                }
+                Err(e) => {
+                    status.state = state::FAILED.into();
+                    status.error = format!("cannot resume: {e}");
+                    let (stop, _) = watch::channel(true);
+                    self.jobs
+                        .lock()
+                        .unwrap()
+                        .insert(job_id, JobEntry { status, stop });
+                }
+            }
+        }
+        Ok(resumed)
     }
 
     pub fn update(&self, job_id: &str, f: impl FnOnce(&mut JobStatus)) {

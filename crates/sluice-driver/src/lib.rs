@@ -108,6 +108,10 @@ pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
         },
     });
     let registry = jobs::Registry::new(core.clone(), state.clone());
+    let resumed = registry.recover().await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed jobs from the catalog");
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

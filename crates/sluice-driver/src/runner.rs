@@ -4,7 +4,7 @@
 
 use crate::core::{CoreHandle, CoreMsg};
 use crate::jobs::{Registry, state};
-use sluice_checkpoint::{CommitEntry, JobCheckpoint, OffsetsEntry};
+use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
 use sluice_connectors::{PlanContext, SinkKind, SourceProgress, render_console};
 use sluice_core::{BatchId, Trigger, now_ms};
 use sluice_proto::BatchStatus;
@@ -20,6 +20,8 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 pub struct JobRunner {
     pub job_id: String,
+    /// When the job was submitted: rate-based sources count from here, across driver restarts.
+    pub started_at_ms: u64,
     pub sql: Arc<str>,
     pub job: CompiledJob,
     pub checkpoint: JobCheckpoint,
@@ -33,18 +35,55 @@ enum End {
     Stopped,
 }
 
+/// Why a job's loop ended early.
+enum Failure {
+    /// Another driver wrote the same checkpoint entry first: it owns the job now.
+    Fenced(String),
+    Failed(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+fn checkpoint_failure(e: sluice_checkpoint::CheckpointError) -> Failure {
+    match e {
+        sluice_checkpoint::CheckpointError::Fenced { .. } => Failure::Fenced(e.to_string()),
+        other => Failure::Failed(other.to_string()),
+    }
+}
+
 impl JobRunner {
     pub async fn run(mut self) {
         let outcome = self.run_batches().await;
         let (st, error) = match outcome {
             Ok(End::Finished) => (state::FINISHED, String::new()),
             Ok(End::Stopped) => (state::STOPPED, String::new()),
-            Err(e) => (state::FAILED, e),
+            Err(Failure::Failed(e)) => (state::FAILED, e),
+            Err(Failure::Fenced(e)) => {
+                // The job is not ours to end: leave its checkpoint to the driver that fenced us.
+                tracing::error!(job = %self.job_id, "{e}");
+                self.registry.update(&self.job_id, |s| {
+                    s.state = state::FAILED.into();
+                    s.error = e;
+                });
+                return;
+            }
         };
         if error.is_empty() {
             tracing::info!(job = %self.job_id, "job {st}");
         } else {
             tracing::error!(job = %self.job_id, "job failed: {error}");
+        }
+        let end = FinalState {
+            state: st.to_string(),
+            error: error.clone(),
+            at_ms: now_ms(),
+        };
+        if let Err(e) = self.checkpoint.write_final(&end).await {
+            tracing::error!(job = %self.job_id, "cannot record how the job ended: {e}");
         }
         self.registry.update(&self.job_id, |s| {
             s.state = st.into();
@@ -56,9 +95,9 @@ impl JobRunner {
         *self.stop.borrow()
     }
 
-    async fn run_batches(&mut self) -> Result<End, String> {
+    async fn run_batches(&mut self) -> Result<End, Failure> {
         let trigger = self.job.settings.trigger;
-        let job_start_ms = now_ms();
+        let job_start_ms = self.started_at_ms;
         let (mut progress, mut next_batch, mut pending) = self.recover().await?;
         let interval = match trigger {
             Trigger::ProcessingTime(d) => d,
@@ -76,6 +115,7 @@ impl JobRunner {
                     if !self.sleep_until(next_trigger).await {
                         return Ok(End::Stopped);
                     }
+                    self.test_pause("before_offsets", next_batch).await;
                     let ctx = PlanContext {
                         now_ms: now_ms(),
                         job_start_ms,
@@ -110,20 +150,34 @@ impl JobRunner {
                     self.checkpoint
                         .write_offsets(&entry)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(checkpoint_failure)?;
                     progress.advance(&entry.sources[&self.job.source_table]);
                     (entry, planned.exhausted)
                 }
             };
             let batch_id = entry.batch_id;
+            self.test_pause("before_tasks", batch_id).await;
             let Some(report) = self.run_batch(&entry).await? else {
                 return Ok(End::Stopped);
             };
+            self.test_pause("before_commit", batch_id).await;
             self.commit(batch_id, &report).await?;
+            self.test_pause("after_commit", batch_id).await;
             next_batch = batch_id + 1;
             if trigger == Trigger::Once || exhausted {
                 return Ok(End::Finished);
             }
+        }
+    }
+
+    /// Test only: holds the loop at `step` of `batch` so a test can kill the driver there.
+    async fn test_pause(&self, step: &str, batch: BatchId) {
+        if let Some((s, b, pause)) = &self.job.settings.test_pause_at
+            && s == step
+            && *b == batch
+        {
+            tracing::info!(job = %self.job_id, batch, step, "test pause");
+            tokio::time::sleep(*pause).await;
         }
     }
 
@@ -198,7 +252,7 @@ impl JobRunner {
     }
 
     /// Makes the batch visible (sink commit) and then durable as done (commit log).
-    async fn commit(&self, batch_id: BatchId, report: &BatchReport) -> Result<(), String> {
+    async fn commit(&self, batch_id: BatchId, report: &BatchReport) -> Result<(), Failure> {
         self.job
             .sink
             .commit(batch_id)
@@ -213,7 +267,7 @@ impl JobRunner {
                 rows_out: report.rows_out,
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(checkpoint_failure)?;
         let console = match self.job.sink.kind {
             SinkKind::Console { num_rows } => {
                 let text = render_console(
