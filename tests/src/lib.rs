@@ -66,6 +66,8 @@ pub struct Cluster {
     bins: PathBuf,
     driver: Option<Child>,
     executors: Vec<Option<Child>>,
+    /// Other processes a test started (a second driver, ...), killed with the cluster.
+    extra: Vec<Child>,
 }
 
 impl Cluster {
@@ -83,6 +85,7 @@ impl Cluster {
             bins,
             driver: None,
             executors: Vec::new(),
+            extra: Vec::new(),
         }
     }
 
@@ -173,6 +176,22 @@ impl Cluster {
             "{name} never had {count} lines with {needles:?}:\n{}",
             self.log(name)
         );
+    }
+
+    /// Starts another process of one of the binaries, logging to `log` in the cluster's dir.
+    pub fn spawn_extra(&mut self, bin: &str, args: &[String], log: &str) {
+        let child = spawn(&self.bins.join(bin), args, &self.path(log), &[]);
+        self.extra.push(child);
+    }
+
+    /// Runs the CLI against another driver.
+    pub fn sluice_at(&self, driver: &str, args: &[&str]) -> Output {
+        Command::new(self.bins.join("sluice"))
+            .args(args)
+            .arg("--driver")
+            .arg(driver)
+            .output()
+            .expect("run sluice")
     }
 
     /// SIGKILLs the driver (restart it with `start_driver`).
@@ -300,6 +319,10 @@ impl Drop for Cluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        for child in &mut self.extra {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

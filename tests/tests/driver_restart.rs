@@ -140,3 +140,99 @@ fn a_finished_job_is_not_rerun_after_a_restart() {
     assert_eq!(s["batches_committed"], 4);
     assert!(!c.log("driver.log").contains("resuming job"));
 }
+
+/// Reads a checkpoint envelope's body (the JSON the driver logged).
+fn checkpoint_body(path: &std::path::Path) -> Value {
+    let env: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    serde_json::from_str(env["body"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn two_drivers_on_one_state_exactly_one_wins() {
+    let mut c = Cluster::start(1);
+    let sql = format!(
+        "SET 'trigger' = '200ms';
+CREATE TABLE g (k BIGINT) WITH (connector = 'datagen', rows_per_second = '5000', splits = '2');
+CREATE TABLE o (batch BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _batch, count(*) FROM g GROUP BY _batch;
+",
+        c.path("out").display()
+    );
+    let id = c.submit(&sql).unwrap();
+    c.wait_until(&id, LONG, |s| s["batches_committed"].as_u64() >= Some(2));
+    // A second driver on the same --state resumes the same job and races the first one.
+    let second = format!("http://127.0.0.1:{}", sluice_cluster_tests::free_port());
+    let listen = second.trim_start_matches("http://").to_string();
+    let state = c.path("state").display().to_string();
+    c.spawn_extra(
+        "sluice-driver",
+        &["--listen".into(), listen, "--state".into(), state],
+        "driver-b.log",
+    );
+    c.spawn_extra(
+        "sluice-executor",
+        &["--driver".into(), second.clone()],
+        "executor-b.log",
+    );
+    let state_at = |driver: &str| -> Value {
+        let out = c.sluice_at(driver, &["status", &id, "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let deadline = std::time::Instant::now() + LONG;
+    let (winner, loser) = loop {
+        assert!(std::time::Instant::now() < deadline, "no driver was fenced");
+        let (a, b) = (state_at(&c.url()), state_at(&second));
+        let fenced = |s: &Value| {
+            s["state"] == "failed"
+                && s["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("fenced by another driver")
+        };
+        if fenced(&a) {
+            break (second.clone(), a);
+        }
+        if fenced(&b) {
+            break (c.url(), b);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        loser["error"].as_str().unwrap().contains("already exists"),
+        "{loser}"
+    );
+    // The winner goes on committing batches.
+    let before = state_at(&winner)["batches_committed"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    while state_at(&winner)["batches_committed"].as_u64().unwrap() < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the winner stopped committing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(state_at(&winner)["state"], "running");
+    assert!(c.sluice_at(&winner, &["stop", &id]).status.success());
+    // Every committed batch holds exactly the rows its offsets entry describes, once.
+    let out = committed_jsonl(&c.path("out"));
+    let job_dir = c.path(&format!("state/jobs/{id}"));
+    let commits = std::fs::read_dir(job_dir.join("commits")).unwrap().count();
+    assert!(commits >= 4);
+    for (batch, rows) in &out {
+        let offsets = checkpoint_body(&job_dir.join(format!("offsets/{batch}")));
+        let planned: u64 = offsets["sources"]["g"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["end"].as_u64().unwrap() - s["start"].as_u64().unwrap())
+            .sum();
+        assert_eq!(rows.len(), 1, "batch {batch}: {rows:?}");
+        assert_eq!(rows[0]["n"].as_u64(), Some(planned), "batch {batch}");
+    }
+    let batches: Vec<u64> = out.keys().copied().collect();
+    assert_eq!(
+        batches,
+        (0..batches.len() as u64).collect::<Vec<_>>(),
+        "no gap, no repeat"
+    );
+}
