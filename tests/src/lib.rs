@@ -63,6 +63,10 @@ pub struct Cluster {
     pub port: u16,
     /// Extra flags for the driver (set before `start_driver`).
     pub driver_args: Vec<String>,
+    /// The driver's --state (default: a directory in the cluster's temporary dir).
+    pub state: Option<String>,
+    /// Environment of every process the cluster starts (e.g. an S3 endpoint).
+    pub env: Vec<(String, String)>,
     bins: PathBuf,
     driver: Option<Child>,
     executors: Vec<Option<Child>>,
@@ -82,6 +86,8 @@ impl Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
             driver_args: Vec::new(),
+            state: None,
+            env: Vec::new(),
             bins,
             driver: None,
             executors: Vec::new(),
@@ -117,11 +123,16 @@ impl Cluster {
             "--listen".into(),
             format!("127.0.0.1:{}", self.port),
             "--state".into(),
-            self.path("state").display().to_string(),
+            self.state_uri(),
         ];
         args.extend(self.driver_args.iter().cloned());
         let log = self.path("driver.log");
-        self.driver = Some(spawn(&self.bins.join("sluice-driver"), &args, &log, &[]));
+        self.driver = Some(spawn(
+            &self.bins.join("sluice-driver"),
+            &args,
+            &log,
+            &self.env_refs(),
+        ));
     }
 
     /// Starts one more executor; returns its index.
@@ -141,6 +152,9 @@ impl Cluster {
             "2".into(),
         ];
         let log = self.path(&format!("executor-{i}.log"));
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.extend(self.env_refs());
+        let env = env.as_slice();
         self.executors.push(Some(spawn(
             &self.bins.join("sluice-executor"),
             &args,
@@ -178,9 +192,27 @@ impl Cluster {
         );
     }
 
+    pub fn state_uri(&self) -> String {
+        self.state
+            .clone()
+            .unwrap_or_else(|| self.path("state").display().to_string())
+    }
+
+    fn env_refs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
     /// Starts another process of one of the binaries, logging to `log` in the cluster's dir.
     pub fn spawn_extra(&mut self, bin: &str, args: &[String], log: &str) {
-        let child = spawn(&self.bins.join(bin), args, &self.path(log), &[]);
+        let child = spawn(
+            &self.bins.join(bin),
+            args,
+            &self.path(log),
+            &self.env_refs(),
+        );
         self.extra.push(child);
     }
 
@@ -190,6 +222,7 @@ impl Cluster {
             .args(args)
             .arg("--driver")
             .arg(driver)
+            .envs(self.env_refs())
             .output()
             .expect("run sluice")
     }
@@ -233,12 +266,7 @@ impl Cluster {
 
     /// Runs the CLI against this cluster's driver.
     pub fn sluice(&self, args: &[&str]) -> Output {
-        Command::new(self.bins.join("sluice"))
-            .args(args)
-            .arg("--driver")
-            .arg(self.url())
-            .output()
-            .expect("run sluice")
+        self.sluice_at(&self.url(), args)
     }
 
     /// Writes `sql` to a file and submits it; returns the job id.
@@ -370,4 +398,109 @@ pub fn committed_jsonl(dir: &Path) -> std::collections::BTreeMap<u64, Vec<Value>
         out.insert(batch, rows);
     }
     out
+}
+
+/// A real S3-compatible server (moto) on a loopback port, with one bucket, stopped on drop.
+/// `cargo xtask ci` installs it; elsewhere set SLUICE_MOTO_SERVER to a `moto_server` binary.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl S3Server {
+    pub fn start(bucket: &str) -> S3Server {
+        let bin = std::env::var_os("SLUICE_MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/sluice/moto-venv/bin/moto_server")
+            });
+        assert!(
+            bin.exists(),
+            "{} is missing: `cargo xtask ci` installs it (or set SLUICE_MOTO_SERVER)",
+            bin.display()
+        );
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("sluice-moto-{port}.log"));
+        let child = spawn(
+            &bin,
+            &[
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ],
+            &log,
+            &[],
+        );
+        let server = S3Server {
+            child,
+            port,
+            bucket: bucket.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !server
+            .http("GET", "/")
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let created = server
+            .http("PUT", &format!("/{bucket}"))
+            .expect("create bucket");
+        assert!(
+            created.starts_with("HTTP/1.1 200"),
+            "create bucket: {created}"
+        );
+        server
+    }
+
+    /// One unsigned HTTP/1.1 request; returns the raw response.
+    fn http(&self, method: &str, path: &str) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// The AWS_* variables that point the object_store client at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "sluice-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "sluice-test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    pub fn uri(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -52,8 +52,57 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// moto's S3-compatible server, for the tests that need real object storage.
+const MOTO: &str = "moto[server]==5.2.5";
+
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".cache/sluice"))
+}
+
+/// Installs moto into a cached virtualenv (once per version) and returns its server binary.
+fn ensure_moto() -> anyhow::Result<PathBuf> {
+    let venv = cache_dir()?.join("moto-venv");
+    let server = venv.join("bin/moto_server");
+    let marker = venv.join(".installed");
+    if server.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(MOTO) {
+        return Ok(server);
+    }
+    eprintln!("==> installing {MOTO} into {}", venv.display());
+    let started = Instant::now();
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::create_dir_all(venv.parent().context("cache dir")?)?;
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .context("python3 is needed to install moto (the S3 server the tests use)")?;
+    let ok = Command::new(python)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()?
+        .success()
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", MOTO])
+            .status()?
+            .success();
+    if !ok || !server.exists() {
+        bail!("installing {MOTO} failed");
+    }
+    std::fs::write(&marker, MOTO)?;
+    eprintln!("    ({:.0} s)", started.elapsed().as_secs_f64());
+    Ok(server)
+}
+
 fn ci() -> anyhow::Result<()> {
     let started = Instant::now();
+    let moto = ensure_moto()?;
+    // SAFETY: single-threaded here; the tests we start inherit it.
+    unsafe { std::env::set_var("SLUICE_MOTO_SERVER", &moto) };
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
         "clippy",

@@ -1,5 +1,8 @@
 //! Opening object stores by URI. One code path for every scheme: `file://` (or a plain path)
-//! now, `s3://` with checkpointing.
+//! and `s3://bucket/prefix`. S3 settings come from the standard AWS_* environment variables
+//! (AWS_ENDPOINT_URL for a self-hosted server, AWS_ALLOW_HTTP=true for plain http, AWS_REGION,
+//! AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); requests are path-style unless
+//! AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true, and transient errors are retried with backoff.
 
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
@@ -47,10 +50,24 @@ pub fn open(uri: &str) -> Result<Location, UriError> {
     };
     let local = if let Some(rest) = uri.strip_prefix("file://") {
         rest.to_string()
+    } else if let Some(rest) = uri.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(err("expected s3://bucket/prefix"));
+        }
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| err(&e.to_string()))?;
+        return Ok(Location {
+            store: Arc::new(store),
+            prefix: Path::from(key.trim_end_matches('/')),
+            uri: uri.trim_end_matches('/').to_string(),
+        });
     } else if uri.contains("://") {
         let scheme = uri.split("://").next().unwrap_or_default();
         return Err(err(&format!(
-            "unsupported scheme '{scheme}://' (use file:// or a path)"
+            "unsupported scheme '{scheme}://' (use file://, s3:// or a path)"
         )));
     } else {
         uri.to_string()
