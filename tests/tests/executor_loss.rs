@@ -221,3 +221,54 @@ fn an_executor_failing_every_task_is_excluded_and_the_job_completes() {
     assert!(!batches_with(&s, "task_failed").is_empty(), "{s}");
     c.wait_for_log("driver.log", &["excluding executor"], 1, LONG);
 }
+
+#[test]
+fn a_batch_that_fails_restarts_the_job_from_its_checkpoint() {
+    reference();
+    let mut c = Cluster::new();
+    c.driver_args = vec!["--exclude-after-failures".into(), "0".into()];
+    c.start_driver();
+    let flaky = c.add_executor_with_env(&[("SLUICE_TEST_FAIL_TASKS", "true")]);
+    c.wait_for_driver();
+    let id = c
+        .submit(&job(
+            &c,
+            "SET 'task.max_attempts' = '2';
+SET 'restart.strategy' = 'fixed-delay';
+SET 'restart.attempts' = '20';
+SET 'restart.delay' = '300ms';",
+        ))
+        .unwrap();
+    c.wait_for_log(
+        "driver.log",
+        &["restarting the job from its checkpoint"],
+        1,
+        LONG,
+    );
+    // The broken host is replaced; the next restart runs the batch to the end.
+    c.add_executor();
+    c.kill_executor(flaky);
+    let s = finish_and_compare(&c, &id);
+    assert!(s["restarts"].as_u64().unwrap() >= 1, "{s}");
+}
+
+#[test]
+fn with_restart_strategy_none_a_failed_batch_fails_the_job() {
+    let mut c = Cluster::new();
+    c.start_driver();
+    c.add_executor_with_env(&[("SLUICE_TEST_FAIL_TASKS", "true")]);
+    c.wait_for_driver();
+    let id = c
+        .submit(&job(
+            &c,
+            "SET 'task.max_attempts' = '2';\nSET 'restart.strategy' = 'none';",
+        ))
+        .unwrap();
+    let s = c.wait_for(&id, &["finished", "failed"], LONG);
+    assert_eq!(s["state"], "failed");
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.contains("failed 2 times") && error.contains("restart strategy is 'none'"),
+        "{error}"
+    );
+}

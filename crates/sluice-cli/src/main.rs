@@ -206,6 +206,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
         "error": s.error,
         "executors": s.executors,
         "excluded_executors": s.excluded_executors,
+        "restarts": s.restarts,
         "batches_committed": s.batches_committed,
         "rows_in": s.rows_in,
         "rows_out": s.rows_out,
@@ -247,6 +248,9 @@ fn print_status(s: &JobStatus) {
         "batches    {} committed, {} rows in, {} rows out",
         s.batches_committed, s.rows_in, s.rows_out
     );
+    if s.restarts > 0 {
+        println!("restarts   {}", s.restarts);
+    }
     if !s.recent_batches.is_empty() {
         println!();
         println!(

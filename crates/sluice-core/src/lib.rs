@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod plan;
+pub mod restart;
 pub mod settings;
 pub mod split;
 

@@ -1,5 +1,6 @@
 //! Job settings: the `SET 'key' = 'value';` statements of a job file.
 
+use crate::restart::RestartStrategy;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -39,6 +40,42 @@ pub const KNOWN: &[(&str, &str)] = &[
         "times a stage may lose its map outputs (executor lost, fetch failed) before the batch fails (default 4)",
     ),
     (
+        "restart.strategy",
+        "what to do when a batch fails in a way a retry may fix: 'exponential-backoff' (default), 'fixed-delay', 'failure-rate' or 'none'",
+    ),
+    (
+        "restart.attempts",
+        "fixed-delay: restarts before the job fails (default 3)",
+    ),
+    (
+        "restart.delay",
+        "fixed-delay and failure-rate: delay before a restart (default '1s')",
+    ),
+    (
+        "restart.initial_backoff",
+        "exponential-backoff: first delay (default '1s')",
+    ),
+    (
+        "restart.max_backoff",
+        "exponential-backoff: largest delay (default '60s')",
+    ),
+    (
+        "restart.backoff_multiplier",
+        "exponential-backoff: growth of the delay per restart (default 2.0)",
+    ),
+    (
+        "restart.reset_backoff_after",
+        "exponential-backoff: a job that ran this long without failing starts over at the first delay (default '10m')",
+    ),
+    (
+        "restart.max_failures_per_interval",
+        "failure-rate: failures allowed within the interval (default 3)",
+    ),
+    (
+        "restart.failure_rate_interval",
+        "failure-rate: the interval (default '5m')",
+    ),
+    (
         "sluice.test.fail_task",
         "test only: '<stage>:<partition>' fails that task's first attempt in every batch",
     ),
@@ -72,7 +109,7 @@ impl Trigger {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobSettings {
     pub name: Option<String>,
     pub trigger: Trigger,
@@ -80,6 +117,7 @@ pub struct JobSettings {
     pub task_max_attempts: u32,
     pub task_backoff: Duration,
     pub stage_max_attempts: u32,
+    pub restart: crate::restart::RestartStrategy,
     pub test_fail_task: Option<(u32, u32)>,
     /// (stage, delay) before / after a first attempt reads its input.
     pub test_delay_task: Option<(u32, Duration)>,
@@ -97,6 +135,7 @@ impl Default for JobSettings {
             task_max_attempts: 4,
             task_backoff: Duration::from_millis(200),
             stage_max_attempts: 4,
+            restart: crate::restart::RestartStrategy::default(),
             test_fail_task: None,
             test_delay_task: None,
             test_delay_after_input: None,
@@ -108,7 +147,11 @@ impl Default for JobSettings {
 impl JobSettings {
     pub fn from_map(map: &BTreeMap<String, String>) -> Result<Self, SettingError> {
         let mut s = JobSettings::default();
+        s.restart = restart_strategy(map)?;
         for (key, value) in map {
+            if key.starts_with("restart.") {
+                continue;
+            }
             let invalid = |reason: &str| SettingError::Invalid {
                 key: key.clone(),
                 value: value.clone(),
@@ -189,6 +232,101 @@ impl JobSettings {
     }
 }
 
+/// Builds the restart strategy from the `restart.*` settings.
+fn restart_strategy(map: &BTreeMap<String, String>) -> Result<RestartStrategy, SettingError> {
+    let invalid = |key: &str, reason: &str| SettingError::Invalid {
+        key: key.to_string(),
+        value: map.get(key).cloned().unwrap_or_default(),
+        reason: reason.to_string(),
+    };
+    let duration = |key: &str, default: &str| {
+        parse_duration(map.get(key).map(String::as_str).unwrap_or(default))
+            .map_err(|r| invalid(key, &r))
+    };
+    let number = |key: &str, default: u32| -> Result<u32, SettingError> {
+        map.get(key).map_or(Ok(default), |v| {
+            v.trim()
+                .parse()
+                .map_err(|_| invalid(key, "expected a whole number"))
+        })
+    };
+    let strategy = map
+        .get("restart.strategy")
+        .map(|s| s.trim().to_ascii_lowercase());
+    let (strategy, allowed): (RestartStrategy, &[&str]) =
+        match strategy.as_deref().unwrap_or("exponential-backoff") {
+            "none" | "no-restart" => (RestartStrategy::None, &[]),
+            "fixed-delay" => (
+                RestartStrategy::FixedDelay {
+                    attempts: number("restart.attempts", 3)?,
+                    delay: duration("restart.delay", "1s")?,
+                },
+                &["restart.attempts", "restart.delay"],
+            ),
+            "exponential-backoff" | "exponential-delay" => (
+                RestartStrategy::ExponentialBackoff {
+                    initial: duration("restart.initial_backoff", "1s")?,
+                    max: duration("restart.max_backoff", "60s")?,
+                    multiplier: map
+                        .get("restart.backoff_multiplier")
+                        .map_or(Ok(2.0), |v| v.trim().parse::<f64>())
+                        .ok()
+                        .filter(|m| *m >= 1.0)
+                        .ok_or_else(|| {
+                            invalid(
+                                "restart.backoff_multiplier",
+                                "expected a number of at least 1.0",
+                            )
+                        })?,
+                    reset_after: duration("restart.reset_backoff_after", "10m")?,
+                },
+                &[
+                    "restart.initial_backoff",
+                    "restart.max_backoff",
+                    "restart.backoff_multiplier",
+                    "restart.reset_backoff_after",
+                ],
+            ),
+            "failure-rate" => (
+                RestartStrategy::FailureRate {
+                    max_failures: number("restart.max_failures_per_interval", 3)?,
+                    interval: duration("restart.failure_rate_interval", "5m")?,
+                    delay: duration("restart.delay", "1s")?,
+                },
+                &[
+                    "restart.max_failures_per_interval",
+                    "restart.failure_rate_interval",
+                    "restart.delay",
+                ],
+            ),
+            _ => {
+                return Err(invalid(
+                    "restart.strategy",
+                    "valid strategies: exponential-backoff, fixed-delay, failure-rate, none",
+                ));
+            }
+        };
+    for key in map
+        .keys()
+        .filter(|k| k.starts_with("restart.") && *k != "restart.strategy")
+    {
+        if !allowed.contains(&key.as_str()) {
+            return Err(invalid(
+                key,
+                &format!(
+                    "not a setting of this restart strategy; it takes: {}",
+                    if allowed.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(strategy)
+}
+
 fn parse_trigger(value: &str) -> Result<Trigger, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "once" => Ok(Trigger::Once),
@@ -240,6 +378,55 @@ mod tests {
         assert_eq!(s.trigger, Trigger::AvailableNow);
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn restart_settings_build_the_strategy_and_reject_foreign_keys() {
+        let s = JobSettings::from_map(&map(&[
+            ("restart.strategy", "fixed-delay"),
+            ("restart.attempts", "5"),
+            ("restart.delay", "2s"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.restart,
+            RestartStrategy::FixedDelay {
+                attempts: 5,
+                delay: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(JobSettings::default().restart, RestartStrategy::default());
+        let err = JobSettings::from_map(&map(&[
+            ("restart.strategy", "none"),
+            ("restart.delay", "1s"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("'restart.delay'") && err.contains("takes: nothing"),
+            "{err}"
+        );
+        let err = JobSettings::from_map(&map(&[("restart.strategy", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fixed-delay, failure-rate, none"), "{err}");
+    }
+
+    #[test]
+    fn every_documented_setting_is_accepted() {
+        let sample = |key: &str| match key {
+            "trigger" => "1s",
+            "task.backoff" | "restart.delay" => "1s",
+            "sluice.test.fail_task" => "0:0",
+            "sluice.test.delay_task" | "sluice.test.delay_after_input" => "0:1s",
+            "sluice.test.pause_at" => "before_tasks:1:1s",
+            "name" => "x",
+            _ => "2",
+        };
+        for (key, _) in KNOWN.iter().filter(|(k, _)| !k.starts_with("restart.")) {
+            JobSettings::from_map(&map(&[(key, sample(key))]))
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
     }
 
     #[test]

@@ -16,6 +16,14 @@ use tonic::Status;
 
 pub type Outbound = mpsc::Sender<Result<DriverMessage, Status>>;
 
+/// Why a batch failed on the cluster.
+#[derive(Debug, Clone)]
+pub struct BatchError {
+    pub message: String,
+    /// A rerun cannot help (bad input, invalid plan).
+    pub fatal: bool,
+}
+
 pub enum CoreMsg {
     Register {
         id: String,
@@ -37,7 +45,7 @@ pub enum CoreMsg {
     Submit {
         sub: BatchSubmission,
         sql: Arc<str>,
-        reply: oneshot::Sender<Result<BatchReport, String>>,
+        reply: oneshot::Sender<Result<BatchReport, BatchError>>,
     },
     Cancel {
         job_id: String,
@@ -63,11 +71,13 @@ impl CoreHandle {
         &self,
         sub: BatchSubmission,
         sql: Arc<str>,
-    ) -> Result<BatchReport, String> {
+    ) -> Result<BatchReport, BatchError> {
         let (reply, rx) = oneshot::channel();
         self.send(CoreMsg::Submit { sub, sql, reply }).await;
-        rx.await
-            .map_err(|_| "driver is shutting down".to_string())?
+        rx.await.map_err(|_| BatchError {
+            message: "driver is shutting down".into(),
+            fatal: true,
+        })?
     }
 
     pub fn alive_executors(&self) -> usize {
@@ -120,7 +130,7 @@ struct Core {
     stages_started: HashSet<(String, u64, u32, u32)>,
     excluded: Arc<std::sync::Mutex<Vec<String>>>,
     conns: HashMap<String, Conn>,
-    waiting: HashMap<String, oneshot::Sender<Result<BatchReport, String>>>,
+    waiting: HashMap<String, oneshot::Sender<Result<BatchReport, BatchError>>>,
     sql: HashMap<String, Arc<str>>,
     started: Instant,
     alive: Arc<AtomicUsize>,
@@ -297,11 +307,15 @@ impl Core {
                     job_id,
                     batch_id,
                     error,
+                    fatal,
                 } => {
                     self.stages_started.retain(|s| s.0 != job_id);
-                    tracing::error!(job = %job_id, batch = batch_id, "batch failed: {error}");
+                    tracing::error!(job = %job_id, batch = batch_id, fatal, "batch failed: {error}");
                     if let Some(reply) = self.waiting.remove(&job_id) {
-                        let _ = reply.send(Err(error));
+                        let _ = reply.send(Err(BatchError {
+                            message: error,
+                            fatal,
+                        }));
                     }
                 }
             }

@@ -6,6 +6,7 @@ use crate::core::{CoreHandle, CoreMsg};
 use crate::jobs::{Registry, state};
 use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
 use sluice_connectors::{PlanContext, SinkKind, SourceProgress, render_console};
+use sluice_core::restart::Restarts;
 use sluice_core::{BatchId, Trigger, now_ms};
 use sluice_proto::BatchStatus;
 use sluice_scheduler::{BatchReport, BatchSubmission};
@@ -39,7 +40,10 @@ enum End {
 enum Failure {
     /// Another driver wrote the same checkpoint entry first: it owns the job now.
     Fenced(String),
+    /// A restart from the checkpoint may succeed.
     Failed(String),
+    /// Restarting cannot help (bad input, corrupted checkpoint, invalid plan).
+    Fatal(String),
 }
 
 impl From<String> for Failure {
@@ -51,17 +55,42 @@ impl From<String> for Failure {
 fn checkpoint_failure(e: sluice_checkpoint::CheckpointError) -> Failure {
     match e {
         sluice_checkpoint::CheckpointError::Fenced { .. } => Failure::Fenced(e.to_string()),
+        sluice_checkpoint::CheckpointError::Corrupted { .. } => Failure::Fatal(e.to_string()),
         other => Failure::Failed(other.to_string()),
     }
 }
 
 impl JobRunner {
     pub async fn run(mut self) {
-        let outcome = self.run_batches().await;
+        let mut restarts = Restarts::new(self.job.settings.restart.clone());
+        let outcome = loop {
+            match self.run_batches().await {
+                Err(Failure::Failed(e)) => match restarts.on_failure(now_ms()) {
+                    Ok(delay) => {
+                        tracing::warn!(
+                            job = %self.job_id,
+                            restart = restarts.restarts(),
+                            delay_ms = delay.as_millis() as u64,
+                            "restarting the job from its checkpoint: {e}"
+                        );
+                        self.registry.update(&self.job_id, |s| {
+                            s.restarts = restarts.restarts();
+                            s.error = format!("restarting after: {e}");
+                        });
+                        if !self.sleep_until(Instant::now() + delay).await {
+                            break Ok(End::Stopped);
+                        }
+                        self.registry.update(&self.job_id, |s| s.error.clear());
+                    }
+                    Err(why) => break Err(Failure::Failed(format!("{e} (not restarted: {why})"))),
+                },
+                other => break other,
+            }
+        };
         let (st, error) = match outcome {
             Ok(End::Finished) => (state::FINISHED, String::new()),
             Ok(End::Stopped) => (state::STOPPED, String::new()),
-            Err(Failure::Failed(e)) => (state::FAILED, e),
+            Err(Failure::Failed(e) | Failure::Fatal(e)) => (state::FAILED, e),
             Err(Failure::Fenced(e)) => {
                 // The job is not ours to end: leave its checkpoint to the driver that fenced us.
                 tracing::error!(job = %self.job_id, "{e}");
@@ -182,16 +211,16 @@ impl JobRunner {
     }
 
     /// Rebuilds the source's progress from the offsets log and finds the batch to run next.
-    async fn recover(&self) -> Result<(SourceProgress, BatchId, Option<OffsetsEntry>), String> {
+    async fn recover(&self) -> Result<(SourceProgress, BatchId, Option<OffsetsEntry>), Failure> {
         let cp = &self.checkpoint;
-        let logged = cp.batches("offsets").await.map_err(|e| e.to_string())?;
+        let logged = cp.batches("offsets").await.map_err(checkpoint_failure)?;
         let mut progress = self.job.source.new_progress();
         let mut last = None;
         for b in &logged {
             let entry = cp
                 .read_offsets(*b)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(checkpoint_failure)?
                 .ok_or_else(|| format!("offsets/{b} vanished while recovering"))?;
             if let Some(splits) = entry.sources.get(&self.job.source_table) {
                 progress.advance(splits);
@@ -204,7 +233,7 @@ impl JobRunner {
                 let committed = cp
                     .read_commit(entry.batch_id)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(checkpoint_failure)?;
                 if committed.is_some() {
                     Ok((progress, entry.batch_id + 1, None))
                 } else {
@@ -224,7 +253,7 @@ impl JobRunner {
     }
 
     /// Runs the batch's stages on the cluster; `None` when the job was stopped meanwhile.
-    async fn run_batch(&mut self, entry: &OffsetsEntry) -> Result<Option<BatchReport>, String> {
+    async fn run_batch(&mut self, entry: &OffsetsEntry) -> Result<Option<BatchReport>, Failure> {
         let splits = entry
             .sources
             .get(&self.job.source_table)
@@ -243,7 +272,10 @@ impl JobRunner {
         let sql = self.sql.clone();
         let run = core.run_batch(sub, sql);
         tokio::select! {
-            r = run => r.map(Some).map_err(|e| format!("batch {} failed: {e}", entry.batch_id)),
+            r = run => r.map(Some).map_err(|e| {
+                let message = format!("batch {} failed: {}", entry.batch_id, e.message);
+                if e.fatal { Failure::Fatal(message) } else { Failure::Failed(message) }
+            }),
             _ = stop_requested(&mut self.stop) => {
                 self.core.send(CoreMsg::Cancel { job_id: self.job_id.clone() }).await;
                 Ok(None)

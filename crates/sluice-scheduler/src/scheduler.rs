@@ -85,6 +85,8 @@ pub enum Action {
         job_id: JobId,
         batch_id: BatchId,
         error: String,
+        /// A rerun cannot help (bad input, invalid plan): do not restart the job.
+        fatal: bool,
     },
 }
 
@@ -419,6 +421,7 @@ impl Scheduler {
             return Some(Action::BatchFailed {
                 job_id,
                 batch_id,
+                fatal,
                 error: format!(
                     "task {}.{} of batch {batch_id}{why}: {error}",
                     key.stage_id, key.partition
@@ -459,6 +462,7 @@ impl Scheduler {
                 job_id,
                 batch_id: b.sub.batch_id,
                 error,
+                fatal: false,
             });
         }
     }

@@ -188,7 +188,11 @@ fn failed_task_retries_after_backoff_on_another_executor_then_fails_the_batch() 
     let third = launches(&s.handle(Event::Tick, 320));
     let actions = fail(&mut s, &third[0], false, 330);
     let err = actions.iter().find_map(|a| match a {
-        Action::BatchFailed { error, .. } => Some(error.clone()),
+        Action::BatchFailed {
+            error,
+            fatal: false,
+            ..
+        } => Some(error.clone()),
         _ => None,
     });
     let err = err.expect("batch failed");
@@ -201,7 +205,10 @@ fn fatal_error_fails_at_once() {
     register(&mut s, "a", 1);
     let first = launches(&s.handle(submit(1, None, 1), 0));
     let actions = fail(&mut s, &first[0], true, 1);
-    assert!(matches!(actions[0], Action::BatchFailed { .. }));
+    assert!(matches!(
+        actions[0],
+        Action::BatchFailed { fatal: true, .. }
+    ));
 }
 
 #[test]
