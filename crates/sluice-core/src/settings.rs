@@ -146,8 +146,10 @@ impl Default for JobSettings {
 
 impl JobSettings {
     pub fn from_map(map: &BTreeMap<String, String>) -> Result<Self, SettingError> {
-        let mut s = JobSettings::default();
-        s.restart = restart_strategy(map)?;
+        let mut s = JobSettings {
+            restart: restart_strategy(map)?,
+            ..JobSettings::default()
+        };
         for (key, value) in map {
             if key.starts_with("restart.") {
                 continue;
