@@ -282,3 +282,34 @@ fn on_s3_killed_after_the_tasks_before_the_commit() {
         true,
     );
 }
+
+#[test]
+fn checkpoint_inspect_lists_batches_and_names_a_corrupted_file() {
+    let c = Cluster::start(1);
+    let id = c.submit(&job(&c, "")).unwrap();
+    c.wait_for(&id, &["finished"], LONG);
+    let state = c.state_uri();
+    let out = c.sluice(&["checkpoint", "inspect", &state, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let jobs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = &jobs[0];
+    assert_eq!(job["job_id"], id.as_str());
+    assert_eq!(job["ended"]["state"], "finished");
+    let batches = job["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 4);
+    assert!(batches.iter().all(|b| b["committed"] == true));
+    assert_eq!(batches[1]["input"][0]["summary"], "rows 3000..6000 in 4 splits");
+    assert_eq!(batches.iter().map(|b| b["rows_in"].as_u64().unwrap()).sum::<u64>(), 12_000);
+    let human = c.sluice(&["checkpoint", "inspect", &format!("{state}/jobs/{id}")]);
+    let text = String::from_utf8(human.stdout).unwrap();
+    assert!(text.contains("ended       finished") && text.contains("rows 9000..12000"), "{text}");
+
+    // A flipped byte is caught by the checksum, and the error names the file.
+    let file = c.path(&format!("state/jobs/{id}/offsets/2"));
+    let text = std::fs::read_to_string(&file).unwrap().replace("6000", "6001");
+    std::fs::write(&file, text).unwrap();
+    let out = c.sluice(&["checkpoint", "inspect", &state]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("jobs/{id}/offsets/2 is corrupted: checksum mismatch")), "{err}");
+}

@@ -1,5 +1,6 @@
 //! `sluice`: submit, list, inspect and stop jobs; `sluice local` runs a whole cluster here.
 
+mod inspect;
 mod local;
 
 use anyhow::{Context, bail};
@@ -49,12 +50,28 @@ enum Command {
     Stop { job: String },
     /// Run a driver and executors on this machine, submit a job, and show its progress
     Local(local::LocalArgs),
+    /// Read a checkpoint directly from storage
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Run a driver in this process (what `sluice-driver` does)
     #[command(hide = true)]
     Driver(sluice_driver::DriverArgs),
     /// Run an executor in this process (what `sluice-executor` does)
     #[command(hide = true)]
     Executor(sluice_executor::ExecutorArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// List a checkpoint's batches, their input, commit state and how the job ended
+    Inspect {
+        /// A job's checkpoint (…/jobs/<id>) or a driver's --state: a path, file:// or s3:// URI
+        uri: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,6 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sluice_executor::run(sluice_executor::ExecutorConfig::load(&args)?).await
         }
         Command::Local(args) => local::run(args).await,
+        Command::Checkpoint {
+            command: CheckpointCommand::Inspect { uri, json },
+        } => inspect::run(&uri, json).await,
         Command::Submit { file } => {
             let sql = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read job file {}", file.display()))?;

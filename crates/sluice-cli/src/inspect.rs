@@ -1,0 +1,182 @@
+//! `sluice checkpoint inspect URI`: what a job's checkpoint holds, read straight from storage
+//! (no driver needed): its metadata, every logged batch with its input and commit, how it ended.
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use sluice_checkpoint::JobCheckpoint;
+use sluice_core::SourceSplit;
+
+/// `uri` is a job's checkpoint (…/jobs/<id>) or a driver's --state (every job under it).
+pub async fn run(uri: &str, as_json: bool) -> anyhow::Result<()> {
+    let location = sluice_connectors::store::open(uri)?;
+    let root = JobCheckpoint::new(
+        location.store.clone(),
+        location.prefix.clone(),
+        location.uri.clone(),
+    );
+    let jobs = if root.read_metadata().await?.is_some() {
+        vec![root]
+    } else {
+        let jobs_dir = location.child("jobs");
+        let listed = location
+            .store
+            .list_with_delimiter(Some(&jobs_dir))
+            .await
+            .with_context(|| format!("cannot list {uri}/jobs"))?;
+        listed
+            .common_prefixes
+            .into_iter()
+            .map(|p| {
+                let job_uri = location.uri_of(&p);
+                JobCheckpoint::new(location.store.clone(), p, job_uri)
+            })
+            .collect()
+    };
+    anyhow::ensure!(
+        !jobs.is_empty(),
+        "{uri} holds no job checkpoint (no metadata, no jobs/)"
+    );
+    let mut all = Vec::new();
+    for cp in &jobs {
+        all.push(describe(cp).await?);
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for job in &all {
+            print(job);
+        }
+    }
+    Ok(())
+}
+
+async fn describe(cp: &JobCheckpoint) -> anyhow::Result<Value> {
+    let meta = cp
+        .read_metadata()
+        .await?
+        .with_context(|| format!("{}/metadata is missing", cp.uri()))?;
+    let commits = cp.batches("commits").await?;
+    let mut batches = Vec::new();
+    for b in cp.batches("offsets").await? {
+        let offsets = cp.read_offsets(b).await?;
+        let commit = if commits.contains(&b) {
+            cp.read_commit(b).await?
+        } else {
+            None
+        };
+        let input: Vec<Value> = offsets
+            .iter()
+            .flat_map(|o| o.sources.iter())
+            .map(|(table, splits)| json!({ "table": table, "summary": summarize(splits), "splits": splits }))
+            .collect();
+        batches.push(json!({
+            "batch": b,
+            "planned_at_ms": offsets.as_ref().map(|o| o.planned_at_ms),
+            "input": input,
+            "committed": commit.is_some(),
+            "committed_at_ms": commit.as_ref().map(|c| c.committed_at_ms),
+            "rows_in": commit.as_ref().map(|c| c.rows_in),
+            "rows_out": commit.as_ref().map(|c| c.rows_out),
+        }));
+    }
+    let end = cp.read_final().await?;
+    Ok(json!({
+        "checkpoint": cp.uri(),
+        "job_id": meta.job_id,
+        "name": meta.name,
+        "origin": meta.origin,
+        "format_version": sluice_checkpoint::FORMAT_VERSION,
+        "plan_fingerprint": meta.plan_fingerprint,
+        "submitted_at_ms": meta.submitted_at_ms,
+        "ended": end.map(|e| json!({ "state": e.state, "error": e.error, "at_ms": e.at_ms })),
+        "batches": batches,
+        "state": [],
+    }))
+}
+
+/// "3 files, 1.2 MB" or "rows 4000..8000 in 4 splits".
+fn summarize(splits: &[SourceSplit]) -> String {
+    let files: Vec<u64> = splits
+        .iter()
+        .filter_map(|s| match s {
+            SourceSplit::File { size, .. } => Some(*size),
+            _ => None,
+        })
+        .collect();
+    if !files.is_empty() {
+        return format!("{} files, {} bytes", files.len(), files.iter().sum::<u64>());
+    }
+    let ranges: Vec<(u64, u64)> = splits
+        .iter()
+        .filter_map(|s| match s {
+            SourceSplit::Datagen { start, end } => Some((*start, *end)),
+            _ => None,
+        })
+        .collect();
+    match (
+        ranges.iter().map(|r| r.0).min(),
+        ranges.iter().map(|r| r.1).max(),
+    ) {
+        (Some(lo), Some(hi)) => format!("rows {lo}..{hi} in {} splits", ranges.len()),
+        _ => "no input".into(),
+    }
+}
+
+fn print(job: &Value) {
+    println!(
+        "checkpoint  {}",
+        job["checkpoint"].as_str().unwrap_or_default()
+    );
+    println!(
+        "job         {} ({})",
+        job["job_id"].as_str().unwrap_or_default(),
+        job["name"].as_str().unwrap_or_default()
+    );
+    println!(
+        "format      {}, plan {}",
+        job["format_version"],
+        job["plan_fingerprint"].as_str().unwrap_or_default()
+    );
+    match job["ended"].as_object() {
+        Some(e) => println!(
+            "ended       {} {}",
+            e["state"].as_str().unwrap_or_default(),
+            e["error"].as_str().unwrap_or_default()
+        ),
+        None => println!("ended       no (a restarted driver resumes it)"),
+    }
+    println!("state       none (the job keeps no state across batches)");
+    println!();
+    println!(
+        "{:>8}  {:<10}  {:>10}  {:>10}  INPUT",
+        "BATCH", "COMMITTED", "ROWS IN", "ROWS OUT"
+    );
+    for b in job["batches"].as_array().into_iter().flatten() {
+        let input: Vec<String> = b["input"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                format!(
+                    "{}: {}",
+                    i["table"].as_str().unwrap_or_default(),
+                    i["summary"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        let or_dash = |v: &Value| {
+            v.as_u64()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:>8}  {:<10}  {:>10}  {:>10}  {}",
+            b["batch"],
+            if b["committed"] == true { "yes" } else { "no" },
+            or_dash(&b["rows_in"]),
+            or_dash(&b["rows_out"]),
+            input.join("; ")
+        );
+    }
+    println!();
+}
