@@ -290,7 +290,11 @@ fn checkpoint_inspect_lists_batches_and_names_a_corrupted_file() {
     c.wait_for(&id, &["finished"], LONG);
     let state = c.state_uri();
     let out = c.sluice(&["checkpoint", "inspect", &state, "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let jobs: Value = serde_json::from_slice(&out.stdout).unwrap();
     let job = &jobs[0];
     assert_eq!(job["job_id"], id.as_str());
@@ -298,18 +302,99 @@ fn checkpoint_inspect_lists_batches_and_names_a_corrupted_file() {
     let batches = job["batches"].as_array().unwrap();
     assert_eq!(batches.len(), 4);
     assert!(batches.iter().all(|b| b["committed"] == true));
-    assert_eq!(batches[1]["input"][0]["summary"], "rows 3000..6000 in 4 splits");
-    assert_eq!(batches.iter().map(|b| b["rows_in"].as_u64().unwrap()).sum::<u64>(), 12_000);
+    assert_eq!(
+        batches[1]["input"][0]["summary"],
+        "rows 3000..6000 in 4 splits"
+    );
+    assert_eq!(
+        batches
+            .iter()
+            .map(|b| b["rows_in"].as_u64().unwrap())
+            .sum::<u64>(),
+        12_000
+    );
     let human = c.sluice(&["checkpoint", "inspect", &format!("{state}/jobs/{id}")]);
     let text = String::from_utf8(human.stdout).unwrap();
-    assert!(text.contains("ended       finished") && text.contains("rows 9000..12000"), "{text}");
+    assert!(
+        text.contains("ended       finished") && text.contains("rows 9000..12000"),
+        "{text}"
+    );
 
     // A flipped byte is caught by the checksum, and the error names the file.
     let file = c.path(&format!("state/jobs/{id}/offsets/2"));
-    let text = std::fs::read_to_string(&file).unwrap().replace("6000", "6001");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("6000", "6001");
     std::fs::write(&file, text).unwrap();
     let out = c.sluice(&["checkpoint", "inspect", &state]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("jobs/{id}/offsets/2 is corrupted: checksum mismatch")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "jobs/{id}/offsets/2 is corrupted: checksum mismatch"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn retention_compacts_the_logs_and_a_restart_reads_no_file_twice() {
+    let mut c = Cluster::start(2);
+    let input = c.path("in");
+    std::fs::create_dir_all(&input).unwrap();
+    // 30 files of 10 rows each; 4 files per batch -> 8 batches.
+    for i in 0..30 {
+        let rows: String = (0..10)
+            .map(|j| format!("{{\"k\": {}}}\n", (i * 10 + j) % 7))
+            .collect();
+        std::fs::write(input.join(format!("f-{i:03}.jsonl")), rows).unwrap();
+    }
+    let sql = format!(
+        "SET 'trigger' = 'available_now';
+SET 'checkpoint.retain_batches' = '2';
+SET 'sluice.test.pause_at' = 'after_commit:5:2s';
+CREATE TABLE f (k BIGINT) WITH (connector = 'files', path = '{}', max_files_per_batch = '4');
+CREATE TABLE o (batch BIGINT, k BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _batch, k, count(*) FROM f GROUP BY _batch, k;
+",
+        input.display(),
+        c.path("out").display()
+    );
+    let id = c.submit(&sql).unwrap();
+    c.wait_for_log(
+        "driver.log",
+        &["test pause", "step=\"after_commit\"", "batch=5"],
+        1,
+        LONG,
+    );
+    let job_dir = c.path(&format!("state/jobs/{id}"));
+    let mut logged: Vec<String> = std::fs::read_dir(job_dir.join("offsets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    logged.sort();
+    // Compacted after batch 3 (every 2 batches): entries 0 and 1 are gone, their files are in
+    // compact-3; batch 5's compaction comes after the pause.
+    assert_eq!(logged, vec!["2", "3", "4", "5", "compact-3"]);
+    c.kill_driver();
+    c.start_driver();
+    c.wait_for_driver();
+    let s = c.wait_for(&id, &["finished", "failed"], LONG);
+    assert_eq!(s["state"], "finished", "{s}");
+    let out = committed_jsonl(&c.path("out"));
+    assert_eq!(out.len(), 8, "batches 0..7");
+    let total: u64 = out
+        .values()
+        .flatten()
+        .map(|r| r["n"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        total, 300,
+        "every row once: no file read twice after the restart"
+    );
+    for (batch, rows) in &out {
+        let n: u64 = rows.iter().map(|r| r["n"].as_u64().unwrap()).sum();
+        let files = if *batch == 7 { 2 } else { 4 };
+        assert_eq!(n, files * 10, "batch {batch}");
+    }
 }

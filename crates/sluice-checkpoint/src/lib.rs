@@ -138,6 +138,85 @@ impl JobCheckpoint {
         self.read(&format!("commits/{batch}")).await
     }
 
+    /// Compacts the logs after committing `batch`: records `progress` (each source's position
+    /// after `batch`, as JSON) in `offsets/compact-<batch>`, then deletes log entries older than
+    /// the last `retain` batches and older compactions. Recovery reads the latest compaction
+    /// plus the entries that remain.
+    pub async fn compact(
+        &self,
+        batch: BatchId,
+        progress: &serde_json::Value,
+        retain: u64,
+    ) -> Result<()> {
+        match self
+            .create(&format!("offsets/compact-{batch}"), progress)
+            .await
+        {
+            // Already compacted by an earlier run of this step.
+            Ok(()) | Err(CheckpointError::Fenced { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let cutoff = batch.saturating_sub(retain);
+        for log in ["offsets", "commits"] {
+            for b in self
+                .batches(log)
+                .await?
+                .into_iter()
+                .filter(|b| *b <= cutoff)
+            {
+                self.delete(&format!("{log}/{b}")).await?;
+            }
+        }
+        for c in self.compactions().await?.into_iter().filter(|c| *c < batch) {
+            self.delete(&format!("offsets/compact-{c}")).await?;
+        }
+        Ok(())
+    }
+
+    /// The latest compaction: (batch, progress JSON).
+    pub async fn latest_compaction(&self) -> Result<Option<(BatchId, serde_json::Value)>> {
+        let Some(latest) = self.compactions().await?.into_iter().max() else {
+            return Ok(None);
+        };
+        Ok(self
+            .read(&format!("offsets/compact-{latest}"))
+            .await?
+            .map(|p| (latest, p)))
+    }
+
+    async fn compactions(&self) -> Result<Vec<BatchId>> {
+        let prefix = self.path("offsets");
+        let listed: Vec<_> =
+            self.store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| CheckpointError::Store {
+                    file: self.name("offsets"),
+                    source,
+                })?;
+        Ok(listed
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .strip_prefix("compact-")?
+                    .parse()
+                    .ok()
+            })
+            .collect())
+    }
+
+    async fn delete(&self, rel: &str) -> Result<()> {
+        match self.store.delete(&self.path(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(CheckpointError::Store {
+                file: self.name(rel),
+                source,
+            }),
+        }
+    }
+
     /// Batch ids present in a log ("offsets" or "commits"), ascending.
     pub async fn batches(&self, log: &str) -> Result<Vec<BatchId>> {
         let prefix = self.path(log);

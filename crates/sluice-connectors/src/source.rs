@@ -21,8 +21,10 @@ pub struct PlanContext {
     pub default_splits: u32,
 }
 
-/// How far a source has been read: rebuilt on restart by replaying the offsets log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How far a source has been read: rebuilt on restart from the latest compacted position plus
+/// the offsets entries logged since.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceProgress {
     Files { seen: BTreeSet<String> },
     Datagen { next_row: u64 },

@@ -40,6 +40,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "times a stage may lose its map outputs (executor lost, fetch failed) before the batch fails (default 4)",
     ),
     (
+        "checkpoint.retain_batches",
+        "offsets and commit entries kept in the checkpoint; older ones are compacted into one position record (default 100)",
+    ),
+    (
         "restart.strategy",
         "what to do when a batch fails in a way a retry may fix: 'exponential-backoff' (default), 'fixed-delay', 'failure-rate' or 'none'",
     ),
@@ -117,6 +121,8 @@ pub struct JobSettings {
     pub task_max_attempts: u32,
     pub task_backoff: Duration,
     pub stage_max_attempts: u32,
+    /// Offsets and commit entries kept; older ones are compacted away.
+    pub retain_batches: u64,
     pub restart: crate::restart::RestartStrategy,
     pub test_fail_task: Option<(u32, u32)>,
     /// (stage, delay) before / after a first attempt reads its input.
@@ -135,6 +141,7 @@ impl Default for JobSettings {
             task_max_attempts: 4,
             task_backoff: Duration::from_millis(200),
             stage_max_attempts: 4,
+            retain_batches: 100,
             restart: crate::restart::RestartStrategy::default(),
             test_fail_task: None,
             test_delay_task: None,
@@ -178,6 +185,13 @@ impl JobSettings {
                 }
                 "task.backoff" => {
                     s.task_backoff = parse_duration(value).map_err(|r| invalid(&r))?
+                }
+                "checkpoint.retain_batches" => {
+                    s.retain_batches = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| invalid("expected a whole number of at least 1"))?
                 }
                 "stage.max_attempts" => {
                     s.stage_max_attempts = value

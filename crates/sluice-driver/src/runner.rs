@@ -192,6 +192,14 @@ impl JobRunner {
             self.test_pause("before_commit", batch_id).await;
             self.commit(batch_id, &report).await?;
             self.test_pause("after_commit", batch_id).await;
+            let retain = self.job.settings.retain_batches;
+            if (batch_id + 1) % retain == 0 {
+                let position = serde_json::json!({ &self.job.source_table: progress });
+                self.checkpoint
+                    .compact(batch_id, &position, retain)
+                    .await
+                    .map_err(checkpoint_failure)?;
+            }
             next_batch = batch_id + 1;
             if trigger == Trigger::Once || exhausted {
                 return Ok(End::Finished);
@@ -215,6 +223,13 @@ impl JobRunner {
         let cp = &self.checkpoint;
         let logged = cp.batches("offsets").await.map_err(checkpoint_failure)?;
         let mut progress = self.job.source.new_progress();
+        // The compacted position covers every entry deleted by retention.
+        if let Some((batch, position)) = cp.latest_compaction().await.map_err(checkpoint_failure)? {
+            progress =
+                serde_json::from_value(position[&self.job.source_table].clone()).map_err(|e| {
+                    Failure::Fatal(format!("{}/offsets/compact-{batch}: {e}", cp.uri()))
+                })?;
+        }
         let mut last = None;
         for b in &logged {
             let entry = cp
