@@ -129,6 +129,23 @@ impl TaskRunner {
             .fragments
             .get(stage)
             .ok_or_else(|| Failure::retryable(format!("job has no stage {stage}")))?;
+        // Executors plan the SQL themselves; a different plan (another Sluice version) must not
+        // run silently.
+        let planned_partitions = match &fragment.output {
+            sluice_sql::FragmentOutput::Sink => 0,
+            sluice_sql::FragmentOutput::Hash { partitions, .. }
+            | sluice_sql::FragmentOutput::Range { partitions, .. } => *partitions,
+        };
+        if planned_partitions != launch.output_partitions {
+            return Err(Failure {
+                error: format!(
+                    "this executor planned stage {stage} with {planned_partitions} output partitions, the driver with {}: mismatched Sluice versions?",
+                    launch.output_partitions
+                ),
+                fatal: true,
+                fetch: None,
+            });
+        }
         let first_attempt = key.task_attempt == 0;
         if job.settings.test_fail_task == Some((key.stage_id, key.partition)) && first_attempt {
             return Err(Failure::retryable(
@@ -170,7 +187,6 @@ impl TaskRunner {
                         stage_attempt: loc.stage_attempt,
                         map_partition: loc.map_partition,
                         reduce_partition: key.partition,
-                        num_partitions: 0,
                         range_bounds: launch.range_bounds.clone(),
                     };
                     async move {

@@ -152,10 +152,6 @@ impl Scheduler {
         self.executors.len()
     }
 
-    pub fn is_alive(&self, id: &str) -> bool {
-        self.executors.contains_key(id)
-    }
-
     pub fn running_tasks(&self) -> usize {
         self.executors.values().map(|e| e.running.len()).sum()
     }
@@ -559,11 +555,6 @@ impl Scheduler {
                 }
             }
         }
-    }
-
-    /// The address an executor serves shuffle blocks on.
-    pub fn executor_address(&self, id: &str) -> Option<&str> {
-        self.executors.get(id).map(|e| e.address.as_str())
     }
 }
 
