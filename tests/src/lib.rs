@@ -355,6 +355,29 @@ impl Drop for Cluster {
     }
 }
 
+/// Submits `sql`, waits for the job to end, and asserts that it finished; returns its status.
+pub fn run_to_end(c: &Cluster, sql: &str) -> Value {
+    let id = c.submit(sql).expect("submit");
+    let s = c.wait_for(&id, &["finished", "failed"], Duration::from_secs(120));
+    assert_eq!(
+        s["state"],
+        "finished",
+        "{s}\ndriver log:\n{}",
+        c.log("driver.log")
+    );
+    s
+}
+
+/// Committed rows per batch, as JSON text, order-free (for comparing two runs of a job).
+pub type BatchRows = std::collections::BTreeMap<u64, std::collections::BTreeSet<String>>;
+
+pub fn committed_rows(dir: &Path) -> BatchRows {
+    committed_jsonl(dir)
+        .into_iter()
+        .map(|(b, rows)| (b, rows.iter().map(Value::to_string).collect()))
+        .collect()
+}
+
 /// Rows of every committed batch (a `_SUCCESS` marker) under a files-sink directory, as JSON
 /// objects, keyed by batch id, with each batch's part files read in partition order.
 pub fn committed_jsonl(dir: &Path) -> std::collections::BTreeMap<u64, Vec<Value>> {

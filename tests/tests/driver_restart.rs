@@ -3,8 +3,9 @@
 //! output equals an uninterrupted run, batch by batch and row by row.
 
 use serde_json::Value;
-use sluice_cluster_tests::{Cluster, S3Server, committed_jsonl};
-use std::collections::{BTreeMap, BTreeSet};
+use sluice_cluster_tests::{
+    BatchRows, Cluster, S3Server, committed_jsonl, committed_rows, run_to_end,
+};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -26,23 +27,12 @@ INSERT INTO o SELECT _batch, k, count(*), sum(v) FROM g GROUP BY _batch, k;
     )
 }
 
-type Rows = BTreeMap<u64, BTreeSet<String>>;
-
-fn rows(c: &Cluster) -> Rows {
-    committed_jsonl(&c.path("out"))
-        .into_iter()
-        .map(|(b, rows)| (b, rows.iter().map(Value::to_string).collect()))
-        .collect()
-}
-
-fn reference() -> &'static Rows {
-    static REFERENCE: OnceLock<Rows> = OnceLock::new();
+fn reference() -> &'static BatchRows {
+    static REFERENCE: OnceLock<BatchRows> = OnceLock::new();
     REFERENCE.get_or_init(|| {
         let c = Cluster::start(2);
-        let id = c.submit(&job(&c, "")).unwrap();
-        let s = c.wait_for(&id, &["finished", "failed"], LONG);
-        assert_eq!(s["state"], "finished", "{s}");
-        let r = rows(&c);
+        run_to_end(&c, &job(&c, ""));
+        let r = committed_rows(&c.path("out"));
         assert_eq!(r.len(), 4);
         r
     })
@@ -78,7 +68,7 @@ fn kill_driver_of(mut c: Cluster, extra: &str, needles: &[&str], rerun: bool) {
     );
     assert_eq!(s["batches_committed"], 4, "{s}");
     assert_eq!(
-        &rows(&c),
+        &committed_rows(&c.path("out")),
         reference(),
         "output differs from the uninterrupted run"
     );

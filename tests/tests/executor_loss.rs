@@ -3,8 +3,7 @@
 //! for row.
 
 use serde_json::Value;
-use sluice_cluster_tests::{Cluster, committed_jsonl};
-use std::collections::{BTreeMap, BTreeSet};
+use sluice_cluster_tests::{BatchRows, Cluster, committed_rows, run_to_end};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -30,24 +29,12 @@ INSERT INTO o SELECT _batch, k, count(*), sum(v), min(v) FROM g WHERE k % 7 <> 3
     )
 }
 
-type Rows = BTreeMap<u64, BTreeSet<String>>;
-
-fn rows(c: &Cluster) -> Rows {
-    committed_jsonl(&c.path("out"))
-        .into_iter()
-        .map(|(b, rows)| (b, rows.iter().map(Value::to_string).collect()))
-        .collect()
-}
-
-/// The same job on an undisturbed cluster, once per test run.
-fn reference() -> &'static Rows {
-    static REFERENCE: OnceLock<Rows> = OnceLock::new();
+fn reference() -> &'static BatchRows {
+    static REFERENCE: OnceLock<BatchRows> = OnceLock::new();
     REFERENCE.get_or_init(|| {
         let c = Cluster::start(2);
-        let id = c.submit(&job(&c, "")).unwrap();
-        let s = c.wait_for(&id, &["finished", "failed"], LONG);
-        assert_eq!(s["state"], "finished", "{s}");
-        let r = rows(&c);
+        run_to_end(&c, &job(&c, ""));
+        let r = committed_rows(&c.path("out"));
         assert_eq!(r.len(), 4);
         assert!(
             r.values().all(|b| b.len() > 150),
@@ -67,7 +54,7 @@ fn finish_and_compare(c: &Cluster, id: &str) -> Value {
         c.log("driver.log")
     );
     assert_eq!(
-        &rows(c),
+        &committed_rows(&c.path("out")),
         reference(),
         "output differs from the undisturbed run"
     );
@@ -169,15 +156,21 @@ fn sigstop_past_the_heartbeat_timeout_then_sigcont_is_ignored() {
     c.wait_for_log("executor-0.log", &["driver closed the connection"], 1, LONG);
 }
 
+/// Submits the job with its map tasks held for 1.5 s and returns once batch 1's are running.
+fn submit_with_slow_maps(c: &Cluster) -> String {
+    reference();
+    let id = c
+        .submit(&job(c, "SET 'sluice.test.delay_task' = '0:1500ms';"))
+        .unwrap();
+    wait_for_stage(c, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    id
+}
+
 #[test]
 fn two_of_three_executors_killed_at_once() {
-    reference();
     let mut c = Cluster::start(3);
-    let id = c
-        .submit(&job(&c, "SET 'sluice.test.delay_task' = '0:1500ms';"))
-        .unwrap();
-    wait_for_stage(&c, 0);
-    std::thread::sleep(Duration::from_millis(300));
+    let id = submit_with_slow_maps(&c);
     c.kill_executor(0);
     c.kill_executor(1);
     let s = finish_and_compare(&c, &id);
@@ -186,13 +179,8 @@ fn two_of_three_executors_killed_at_once() {
 
 #[test]
 fn all_executors_killed_then_a_new_one_finishes_the_job() {
-    reference();
     let mut c = Cluster::start(2);
-    let id = c
-        .submit(&job(&c, "SET 'sluice.test.delay_task' = '0:1500ms';"))
-        .unwrap();
-    wait_for_stage(&c, 0);
-    std::thread::sleep(Duration::from_millis(300));
+    let id = submit_with_slow_maps(&c);
     c.kill_executor(0);
     c.kill_executor(1);
     let waiting = c.wait_for(&id, &["waiting"], LONG);

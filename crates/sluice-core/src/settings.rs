@@ -166,40 +166,24 @@ impl JobSettings {
                 value: value.clone(),
                 reason: reason.to_string(),
             };
+            let whole = |lo: u64, hi: u64| {
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (lo..=hi).contains(n))
+                    .ok_or_else(|| invalid(&format!("expected a whole number from {lo} to {hi}")))
+            };
             match key.as_str() {
                 "name" => s.name = Some(value.clone()),
                 "trigger" => s.trigger = parse_trigger(value).map_err(|r| invalid(&r))?,
-                "partitions" => {
-                    s.partitions = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=4096).contains(n))
-                        .ok_or_else(|| invalid("expected a whole number from 1 to 4096"))?
-                }
-                "task.max_attempts" => {
-                    s.task_max_attempts = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=100).contains(n))
-                        .ok_or_else(|| invalid("expected a whole number from 1 to 100"))?
-                }
+                "partitions" => s.partitions = whole(1, 4096)? as u32,
+                "task.max_attempts" => s.task_max_attempts = whole(1, 100)? as u32,
                 "task.backoff" => {
                     s.task_backoff = parse_duration(value).map_err(|r| invalid(&r))?
                 }
-                "checkpoint.retain_batches" => {
-                    s.retain_batches = value
-                        .parse()
-                        .ok()
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| invalid("expected a whole number of at least 1"))?
-                }
-                "stage.max_attempts" => {
-                    s.stage_max_attempts = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=100).contains(n))
-                        .ok_or_else(|| invalid("expected a whole number from 1 to 100"))?
-                }
+                "checkpoint.retain_batches" => s.retain_batches = whole(1, u32::MAX as u64)?,
+                "stage.max_attempts" => s.stage_max_attempts = whole(1, 100)? as u32,
                 "sluice.test.pause_at" => {
                     const STEPS: [&str; 4] = [
                         "before_offsets",
