@@ -388,3 +388,36 @@ INSERT INTO o SELECT _batch, k, count(*) FROM f GROUP BY _batch, k;
         assert_eq!(n, files * 10, "batch {batch}");
     }
 }
+
+#[test]
+fn an_object_store_failing_a_fifth_of_all_writes_never_commits_a_broken_batch() {
+    reference();
+    let mut c = Cluster::new();
+    c.env = vec![("SLUICE_TEST_STORE_FAULTS".into(), "put=0.2,seed=5".into())];
+    let c = Cluster::start_with(c, 2);
+    let sql = job(
+        &c,
+        "SET 'task.max_attempts' = '10';
+SET 'task.backoff' = '20ms';
+SET 'restart.strategy' = 'fixed-delay';
+SET 'restart.attempts' = '100';
+SET 'restart.delay' = '100ms';",
+    );
+    // The job's metadata write may itself be failed: submitting again is what a user does.
+    let id = (0..20)
+        .find_map(|_| c.submit(&sql).ok())
+        .expect("a submission got through");
+    let s = c.wait_for(&id, &["finished", "failed"], LONG);
+    assert_eq!(
+        s["state"],
+        "finished",
+        "{s}\ndriver log:\n{}",
+        c.log("driver.log")
+    );
+    assert_eq!(&committed_rows(&c.path("out")), reference());
+    let log = c.log("driver.log");
+    assert!(
+        log.contains("injected write failure"),
+        "faults were injected"
+    );
+}

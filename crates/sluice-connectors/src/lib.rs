@@ -3,6 +3,7 @@
 //! writes Arrow `RecordBatch`es on the executors.
 
 mod datagen;
+pub mod faults;
 mod files;
 mod options;
 mod sink;

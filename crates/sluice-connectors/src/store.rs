@@ -60,7 +60,7 @@ pub fn open(uri: &str) -> Result<Location, UriError> {
             .build()
             .map_err(|e| err(&e.to_string()))?;
         return Ok(Location {
-            store: Arc::new(store),
+            store: crate::faults::FaultyStore::wrap_from_env(Arc::new(store)),
             prefix: Path::from(key.trim_end_matches('/')),
             uri: uri.trim_end_matches('/').to_string(),
         });
@@ -75,7 +75,7 @@ pub fn open(uri: &str) -> Result<Location, UriError> {
     let abs = std::path::absolute(&local).map_err(|e| err(&e.to_string()))?;
     let prefix = Path::from_absolute_path(&abs).map_err(|e| err(&e.to_string()))?;
     Ok(Location {
-        store: Arc::new(LocalFileSystem::new()),
+        store: crate::faults::FaultyStore::wrap_from_env(Arc::new(LocalFileSystem::new())),
         prefix,
         uri: format!("file://{}", abs.display()),
     })
