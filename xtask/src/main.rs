@@ -246,6 +246,40 @@ fn executor_loss_recovery(bins: &Path) -> anyhow::Result<Value> {
     bail!("the executor kill never hit a running batch")
 }
 
+/// A small stateless job: the driver is SIGKILLed and started again; how long until the next
+/// batch commits (the new driver resumes the job and the executors reconnect).
+fn driver_restart(bins: &Path) -> anyhow::Result<Value> {
+    let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
+    let sql = bench_job(
+        "SET 'trigger' = '200ms';\nSET 'partitions' = '4';",
+        100_000,
+        1_000_000_000,
+    );
+    let id = c.submit(&sql)?;
+    c.wait_until(&id, Duration::from_secs(60), |s| {
+        s["batches_committed"].as_u64() >= Some(3)
+    });
+    let commits = c.path(&format!("state/jobs/{id}/commits"));
+    let count = || std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0);
+    let started = Instant::now();
+    c.kill_driver();
+    // Counted once the old driver is gone, so its last commits are not mistaken for new ones.
+    let before = count();
+    c.start_driver();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count() <= before {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no batch committed after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(json!({
+        "trigger_ms": 200,
+        "restart_to_commit_ms": started.elapsed().as_millis() as u64,
+    }))
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -311,6 +345,12 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
     let (p50, p99) = (percentile(&durations, 0.5), percentile(&durations, 0.99));
 
     let recovery = executor_loss_recovery(&bins)?;
+    let restart = driver_restart(&bins)?;
+    let mut checkpoint_ms: Vec<u64> = batches
+        .iter()
+        .filter_map(|b| b["checkpoint_ms"].as_u64())
+        .collect();
+    checkpoint_ms.sort_unstable();
 
     let rows: Vec<(&str, Value)> = vec![
         ("throughput: rows", json!(rows_in)),
@@ -331,6 +371,14 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
             "  recovery measured by the driver (ms)",
             recovery["driver_recovery_ms"].clone(),
         ),
+        (
+            "driver SIGKILL+restart -> next commit (ms)",
+            restart["restart_to_commit_ms"].clone(),
+        ),
+        (
+            "checkpoint cost per batch, p50 (ms)",
+            json!(percentile(&checkpoint_ms, 0.5)),
+        ),
     ];
     println!();
     println!("{:<46} {:>14}", "measure", "value");
@@ -344,6 +392,8 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
         "throughput": { "rows": rows_in, "wall_ms": wall_ms, "rows_per_second": throughput },
         "small_batches": { "trigger_ms": 100, "rows_per_batch": 1000, "batches": durations.len(), "p50_ms": p50, "p99_ms": p99 },
         "executor_loss": recovery,
+        "driver_restart": restart,
+        "checkpoint_ms_per_batch": { "p50": percentile(&checkpoint_ms, 0.5), "max": checkpoint_ms.last() },
     });
     std::fs::create_dir_all(root.join("bench"))?;
     std::fs::write(

@@ -245,6 +245,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
                 "fetch_failed": b.rerun_fetch_failed,
             },
             "recovery_ms": b.recovery_ms,
+            "checkpoint_ms": b.checkpoint_ms,
             "committed_at_ms": b.committed_at_ms,
         })).collect::<Vec<_>>(),
     })

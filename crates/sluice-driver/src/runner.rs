@@ -137,6 +137,7 @@ impl JobRunner {
             if self.stopped() {
                 return Ok(End::Stopped);
             }
+            let mut offsets_ms = 0;
             let (entry, exhausted) = match pending.take() {
                 // A batch logged but never committed: rerun it with exactly its logged input.
                 Some(entry) => (entry, false),
@@ -176,10 +177,12 @@ impl JobRunner {
                             .collect(),
                     };
                     // Write-ahead: the batch's input is fixed before any task runs.
+                    let started = Instant::now();
                     self.checkpoint
                         .write_offsets(&entry)
                         .await
                         .map_err(checkpoint_failure)?;
+                    offsets_ms = started.elapsed().as_millis() as u64;
                     progress.advance(&entry.sources[&self.job.source_table]);
                     (entry, planned.exhausted)
                 }
@@ -190,7 +193,7 @@ impl JobRunner {
                 return Ok(End::Stopped);
             };
             self.test_pause("before_commit", batch_id).await;
-            self.commit(batch_id, &report).await?;
+            self.commit(batch_id, &report, offsets_ms).await?;
             self.test_pause("after_commit", batch_id).await;
             let retain = self.job.settings.retain_batches;
             if (batch_id + 1) % retain == 0 {
@@ -299,7 +302,14 @@ impl JobRunner {
     }
 
     /// Makes the batch visible (sink commit) and then durable as done (commit log).
-    async fn commit(&self, batch_id: BatchId, report: &BatchReport) -> Result<(), Failure> {
+    /// `offsets_ms`: what writing the batch's offsets entry took (0 for a rerun batch).
+    async fn commit(
+        &self,
+        batch_id: BatchId,
+        report: &BatchReport,
+        offsets_ms: u64,
+    ) -> Result<(), Failure> {
+        let started = Instant::now();
         self.job
             .sink
             .commit(batch_id)
@@ -315,6 +325,7 @@ impl JobRunner {
             })
             .await
             .map_err(checkpoint_failure)?;
+        let checkpoint_ms = started.elapsed().as_millis() as u64;
         let console = match self.job.sink.kind {
             SinkKind::Console { num_rows } => {
                 let text = render_console(
@@ -360,6 +371,7 @@ impl JobRunner {
                 rerun_executor_lost: report.rerun.executor_lost,
                 rerun_fetch_failed: report.rerun.fetch_failed,
                 recovery_ms: report.recovery_ms,
+                checkpoint_ms: offsets_ms + checkpoint_ms,
             });
         });
         Ok(())
