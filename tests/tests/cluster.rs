@@ -2,7 +2,7 @@
 //! results computed directly from the input.
 
 use serde_json::Value;
-use sluice_cluster_tests::{Cluster, committed_jsonl};
+use sluice_cluster_tests::{Cluster, committed_jsonl, run_to_end};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -99,9 +99,8 @@ fn per_batch_counts_over_many_files_are_exact() {
         "batch BIGINT, page TEXT, n BIGINT",
         COUNT_QUERY,
     );
-    let id = c.submit(&sql).unwrap();
-    let status = c.wait_for(&id, &["finished", "failed"], LONG);
-    assert_eq!(status["state"], "finished", "{status}");
+    let status = run_to_end(&c, &sql);
+    let id = status["job_id"].as_str().unwrap().to_string();
     let batches = FILES.div_ceil(PER_BATCH) as u64;
     assert_eq!(status["batches_committed"].as_u64(), Some(batches));
     let output = committed_jsonl(&c.path("out"));
@@ -165,9 +164,7 @@ fn order_by_output_is_globally_ordered() {
         "user_id BIGINT, page TEXT",
         "SELECT user_id, page FROM clicks ORDER BY user_id DESC, page",
     );
-    let id = c.submit(&sql).unwrap();
-    let status = c.wait_for(&id, &["finished", "failed"], LONG);
-    assert_eq!(status["state"], "finished", "{status}");
+    run_to_end(&c, &sql);
     let output = committed_jsonl(&c.path("out"));
     assert_eq!(output.len(), 2);
     for (batch, rows) in &output {
@@ -217,9 +214,7 @@ fn a_task_failing_its_first_attempt_is_retried_and_output_is_exact() {
         "batch BIGINT, page TEXT, n BIGINT",
         COUNT_QUERY,
     );
-    let id = c.submit(&sql).unwrap();
-    let status = c.wait_for(&id, &["finished", "failed"], LONG);
-    assert_eq!(status["state"], "finished", "{status}");
+    let status = run_to_end(&c, &sql);
     assert_eq!(
         counts_from(&committed_jsonl(&c.path("out"))),
         expected_counts(FILES)
@@ -307,9 +302,7 @@ fn executors_started_before_the_driver_register_once_it_is_up() {
     c.wait_for_driver();
     let sql = "SET 'trigger' = 'once';\nCREATE TABLE g (k BIGINT, v DOUBLE) WITH (connector = 'datagen', total_rows = '5000', fields.k.max = '9');\nCREATE TABLE o (batch BIGINT, k BIGINT, n BIGINT, total DOUBLE) WITH (connector = 'files', path = 'file://OUT', format = 'jsonl');\nINSERT INTO o SELECT _batch, k, count(*), sum(v) FROM g GROUP BY _batch, k;"
         .replace("OUT", &c.path("out").display().to_string());
-    let id = c.submit(&sql).unwrap();
-    let status = c.wait_for(&id, &["finished", "failed"], LONG);
-    assert_eq!(status["state"], "finished", "{status}");
+    run_to_end(&c, &sql);
     let out = committed_jsonl(&c.path("out"));
     let n: u64 = out[&0].iter().map(|r| r["n"].as_u64().unwrap()).sum();
     assert_eq!(n, 5000);
