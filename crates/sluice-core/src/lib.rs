@@ -8,7 +8,7 @@ pub mod settings;
 pub mod split;
 
 pub use plan::{ShuffleKind, StageInput, StageOutput, StageSpec};
-pub use settings::{JobSettings, Trigger};
+pub use settings::{JobSettings, OutputMode, Trigger};
 pub use split::SourceSplit;
 
 /// A micro-batch number; batch 0 is a job's first.

@@ -28,6 +28,14 @@ pub const KNOWN: &[(&str, &str)] = &[
     ),
     ("partitions", "number of shuffle partitions (default 4)"),
     (
+        "output_mode",
+        "running aggregations (GROUP BY without _batch): 'update' (default; each batch emits the keys it changed with their new values) or 'complete' (each batch emits the whole table)",
+    ),
+    (
+        "state.snapshot_interval",
+        "running aggregations: a full state snapshot every N batches, deltas in between (default 10)",
+    ),
+    (
         "task.max_attempts",
         "attempts per task before the batch fails (default 4)",
     ),
@@ -113,11 +121,23 @@ impl Trigger {
     }
 }
 
+/// What a running aggregation emits each batch (Spark's output modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// The keys the batch changed, with their new values.
+    Update,
+    /// The whole result table.
+    Complete,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSettings {
     pub name: Option<String>,
     pub trigger: Trigger,
     pub partitions: u32,
+    /// Set explicitly; a running aggregation defaults to update, other jobs refuse it.
+    pub output_mode: Option<OutputMode>,
+    pub snapshot_interval: u64,
     pub task_max_attempts: u32,
     pub task_backoff: Duration,
     pub stage_max_attempts: u32,
@@ -138,6 +158,8 @@ impl Default for JobSettings {
             name: None,
             trigger: Trigger::ProcessingTime(Duration::ZERO),
             partitions: 4,
+            output_mode: None,
+            snapshot_interval: 10,
             task_max_attempts: 4,
             task_backoff: Duration::from_millis(200),
             stage_max_attempts: 4,
@@ -179,6 +201,19 @@ impl JobSettings {
                 "trigger" => s.trigger = parse_trigger(value).map_err(|r| invalid(&r))?,
                 "partitions" => s.partitions = whole(1, 4096)? as u32,
                 "task.max_attempts" => s.task_max_attempts = whole(1, 100)? as u32,
+                "output_mode" => {
+                    s.output_mode = Some(match value.trim().to_ascii_lowercase().as_str() {
+                        "update" => OutputMode::Update,
+                        "complete" => OutputMode::Complete,
+                        "append" => {
+                            return Err(invalid(
+                                "'append' needs event-time watermarks, which Sluice does not have yet; use 'update' or 'complete'",
+                            ));
+                        }
+                        _ => return Err(invalid("expected 'update' or 'complete'")),
+                    })
+                }
+                "state.snapshot_interval" => s.snapshot_interval = whole(1, 1_000_000)?,
                 "task.backoff" => {
                     s.task_backoff = parse_duration(value).map_err(|r| invalid(&r))?
                 }
@@ -421,6 +456,7 @@ mod tests {
             "sluice.test.delay_task" | "sluice.test.delay_after_input" => "0:1s",
             "sluice.test.pause_at" => "before_tasks:1:1s",
             "name" => "x",
+            "output_mode" => "complete",
             _ => "2",
         };
         for (key, _) in KNOWN.iter().filter(|(k, _)| !k.starts_with("restart.")) {

@@ -215,7 +215,7 @@ impl TaskRunner {
         }
         let rows_in: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
         let output = job
-            .run_stage(stage, input)
+            .run_stage(stage, input, &[])
             .await
             .map_err(|e| Failure::retryable(e.to_string()))?;
         let mut result = TaskResult {

@@ -1,7 +1,8 @@
 //! Running one stage's operators on an executor, and partitioning its output for the shuffle.
 
 use crate::SqlError;
-use crate::plan::{CompiledJob, FragmentOutput};
+use crate::plan::{CompiledJob, FragmentOutput, bind_table};
+use crate::state::{AGG_TABLE, StateUpdate};
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::{SortOptions, concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
@@ -96,17 +97,31 @@ impl CompiledJob {
     }
 
     /// Runs stage `stage` over `input` and shapes its output for the shuffle or the sink.
+    /// A stage with a running aggregate starts from `state` (the previous version) and also
+    /// returns the new state and the batch's delta.
     pub async fn run_stage(
         &self,
         stage: usize,
         input: Vec<RecordBatch>,
-    ) -> Result<StageOutputData, SqlError> {
-        let plan = self.bind_input(stage, input)?;
+        state: &[RecordBatch],
+    ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
+        let f = &self.fragments[stage];
+        let (plan, update) = match &f.state {
+            None => (self.bind_input(stage, input)?, None),
+            Some(agg) => {
+                let partials = self
+                    .partials(agg, &f.leaf_table, f.leaf_schema.clone(), input)
+                    .await?;
+                let (update, emitted) = self.update_state(agg, partials, state).await?;
+                let plan = bind_table(f.plan.clone(), AGG_TABLE, agg.agg_schema.clone(), emitted)?;
+                (plan, Some(update))
+            }
+        };
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        Ok(match &self.fragments[stage].output {
+        let data = match &self.fragments[stage].output {
             FragmentOutput::Sink => StageOutputData::Sink { batches, rows },
             FragmentOutput::Hash { keys, partitions } => StageOutputData::Map {
                 output: hash_partition(&batches, keys, *partitions, &schema)?,
@@ -124,7 +139,8 @@ impl CompiledJob {
                     rows,
                 }
             }
-        })
+        };
+        Ok((data, update))
     }
 }
 

@@ -5,10 +5,12 @@
 mod exec;
 mod parse;
 mod plan;
+mod state;
 
 pub use exec::{MapOutput, RangeKeys, StageOutputData};
 pub use parse::{JobFile, parse_job};
 pub use plan::{CompiledJob, Fragment, FragmentOutput};
+pub use state::{StateUpdate, StatefulAgg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {

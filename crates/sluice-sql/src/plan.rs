@@ -46,6 +46,8 @@ pub struct Fragment {
     pub leaf_schema: SchemaRef,
     pub input: StageInput,
     pub output: FragmentOutput,
+    /// The running aggregate that runs first in this stage, over the shuffled input.
+    pub state: Option<crate::state::StatefulAgg>,
     pub describe: String,
 }
 
@@ -132,11 +134,19 @@ impl CompiledJob {
             source_table: source_spec.name.clone(),
             source_schema: source_schema(&source_spec.schema),
             partitions: settings.partitions,
+            output_mode: settings.output_mode,
             fragments: Vec::new(),
+            pending_state: None,
         };
         let last = cutter.cut(optimized).map_err(plan_err)?;
         cutter.push(last, None).map_err(plan_err)?;
         let fragments = cutter.fragments;
+        if settings.output_mode.is_some() && fragments.iter().all(|f| f.state.is_none()) {
+            return Err(plan_err(
+                "SET 'output_mode' applies to running aggregations (GROUP BY without _batch); this job has none, so every batch appends its rows"
+                    .into(),
+            ));
+        }
         Ok(CompiledJob {
             source_table: source_spec.name.clone(),
             source,
@@ -190,28 +200,36 @@ impl CompiledJob {
         input: Vec<arrow::record_batch::RecordBatch>,
     ) -> Result<LogicalPlan, SqlError> {
         let f = &self.fragments[stage];
-        let table = Arc::new(MemTable::try_new(f.leaf_schema.clone(), vec![input])?);
-        let plan = f
-            .plan
-            .clone()
-            .transform_up(|node| match &node {
-                LogicalPlan::TableScan(scan) if scan.table_name.table() == f.leaf_table => {
-                    let bound = TableScan::try_new(
-                        scan.table_name.clone(),
-                        provider_as_source(table.clone()),
-                        scan.projection.clone(),
-                        scan.filters.clone(),
-                        scan.fetch,
-                    )?;
-                    Ok(datafusion::common::tree_node::Transformed::yes(
-                        LogicalPlan::TableScan(bound),
-                    ))
-                }
-                _ => Ok(datafusion::common::tree_node::Transformed::no(node)),
-            })?
-            .data;
-        Ok(plan)
+        bind_table(f.plan.clone(), &f.leaf_table, f.leaf_schema.clone(), input)
     }
+}
+
+/// Replaces the scan of `table` in `plan` with a scan of `input` (all of it in memory).
+pub(crate) fn bind_table(
+    plan: LogicalPlan,
+    table: &str,
+    schema: SchemaRef,
+    input: Vec<arrow::record_batch::RecordBatch>,
+) -> Result<LogicalPlan, SqlError> {
+    let provider = Arc::new(MemTable::try_new(schema, vec![input])?);
+    let plan = plan
+        .transform_up(|node| match &node {
+            LogicalPlan::TableScan(scan) if scan.table_name.table() == table => {
+                let bound = TableScan::try_new(
+                    scan.table_name.clone(),
+                    provider_as_source(provider.clone()),
+                    scan.projection.clone(),
+                    scan.filters.clone(),
+                    scan.fetch,
+                )?;
+                Ok(datafusion::common::tree_node::Transformed::yes(
+                    LogicalPlan::TableScan(bound),
+                ))
+            }
+            _ => Ok(datafusion::common::tree_node::Transformed::no(node)),
+        })?
+        .data;
+    Ok(plan)
 }
 
 fn table_names(job: &JobFile) -> String {
@@ -282,7 +300,10 @@ struct Cutter<'a> {
     source_table: String,
     source_schema: SchemaRef,
     partitions: u32,
+    output_mode: Option<sluice_core::settings::OutputMode>,
     fragments: Vec<Fragment>,
+    /// A running aggregate planned on the shuffle just cut, for the stage that reads it.
+    pending_state: Option<crate::state::StatefulAgg>,
 }
 
 enum Cut {
@@ -291,16 +312,38 @@ enum Cut {
 }
 
 impl Cutter<'_> {
+    /// An aggregate over a running aggregate's changing output would count its updates.
+    fn refuse_nested_state(&self) -> Result<(), String> {
+        if self.pending_state.is_some() || self.fragments.iter().any(|f| f.state.is_some()) {
+            return Err("a running aggregation (GROUP BY without _batch) feeds another aggregation here (nested GROUP BYs, or a DISTINCT aggregate, which is planned as one); this is not supported in a running aggregation yet".into());
+        }
+        Ok(())
+    }
+
     /// Rewrites `plan` into the current (topmost) stage, pushing finished lower stages.
     fn cut(&mut self, plan: LogicalPlan) -> Result<LogicalPlan, String> {
         match plan {
-            LogicalPlan::Aggregate(agg) => {
-                if agg.group_expr.is_empty() || !agg.group_expr.iter().any(is_batch_column) {
-                    return Err(format!(
-                        "GROUP BY without {BATCH_COLUMN} is a running aggregation across batches, which is not supported yet; add {BATCH_COLUMN} to the GROUP BY for per-batch results"
-                    ));
+            LogicalPlan::Aggregate(agg) if !agg.group_expr.iter().any(is_batch_column) => {
+                // A running aggregation: per-key state across batches.
+                if self.fragments.iter().any(|f| f.state.is_some()) {
+                    return Err(
+                        "a job may have one running aggregation (GROUP BY without _batch); aggregate its result per batch instead".into(),
+                    );
                 }
+                let child = self.cut(Arc::unwrap_or_clone(agg.input.clone()))?;
+                self.refuse_nested_state()?;
+                let leaf = self.push(child, Some(Cut::Hash(agg.group_expr.clone())))?;
+                let mode = self
+                    .output_mode
+                    .unwrap_or(sluice_core::settings::OutputMode::Update);
+                let (state, upper) =
+                    crate::state::StatefulAgg::plan(&agg, leaf, self.fragments.len(), mode)?;
+                self.pending_state = Some(state);
+                Ok(upper)
+            }
+            LogicalPlan::Aggregate(agg) => {
                 let child = self.cut(Arc::unwrap_or_clone(agg.input))?;
+                self.refuse_nested_state()?;
                 let leaf = self.push(child, Some(Cut::Hash(agg.group_expr.clone())))?;
                 Aggregate::try_new(Arc::new(leaf), agg.group_expr, agg.aggr_expr)
                     .map(LogicalPlan::Aggregate)
@@ -408,22 +451,34 @@ impl Cutter<'_> {
                 "range shuffle".to_string(),
             ),
         };
+        let state = self.pending_state.take();
         let mut steps = Vec::new();
         let _ = plan.apply(|n| {
             steps.push(n.display().to_string());
             Ok(TreeNodeRecursion::Continue)
         });
         steps.reverse();
+        if let Some(s) = &state {
+            let at = steps
+                .iter()
+                .position(|s| s.contains(crate::state::AGG_TABLE))
+                .unwrap_or(0);
+            steps.insert(
+                at,
+                format!("RunningAggregate [{}]", s.signature.join(", ")),
+            );
+        }
         steps.push(suffix);
         self.fragments.push(Fragment {
             leaf_table,
             leaf_schema,
             input,
             output,
+            state,
             describe: steps.join(" -> "),
             plan,
         });
-        shuffle_leaf(&schema).map_err(|e| e.to_string())
+        flat_leaf(SHUFFLE_TABLE, &schema).map_err(|e| e.to_string())
     }
 }
 
@@ -436,7 +491,7 @@ fn is_batch_column(e: &Expr) -> bool {
 }
 
 /// A stage's output schema with plain positional names, for the shuffle scan's table.
-fn flat_schema(schema: &DFSchemaRef) -> SchemaRef {
+pub(crate) fn flat_schema(schema: &DFSchemaRef) -> SchemaRef {
     Arc::new(Schema::new(
         schema
             .fields()
@@ -447,12 +502,12 @@ fn flat_schema(schema: &DFSchemaRef) -> SchemaRef {
     ))
 }
 
-/// A scan of shuffled rows, renamed back to exactly `schema` (qualifiers included), so the
-/// operators above it plan as if nothing had been cut.
-fn shuffle_leaf(schema: &DFSchemaRef) -> datafusion::error::Result<LogicalPlan> {
+/// A scan of `table` with flat columns c0.., renamed back to exactly `schema` (qualifiers
+/// included), so the operators above it plan as if nothing had been cut.
+pub(crate) fn flat_leaf(table: &str, schema: &DFSchemaRef) -> datafusion::error::Result<LogicalPlan> {
     let flat = flat_schema(schema);
     let scan = LogicalPlanBuilder::scan(
-        SHUFFLE_TABLE,
+        table,
         provider_as_source(Arc::new(EmptyTable::new(flat))),
         None,
     )?;
@@ -460,8 +515,7 @@ fn shuffle_leaf(schema: &DFSchemaRef) -> datafusion::error::Result<LogicalPlan> 
         .iter()
         .enumerate()
         .map(|(i, (q, f))| {
-            col(Column::new(Some(SHUFFLE_TABLE), format!("c{i}")))
-                .alias_qualified(q.cloned(), f.name())
+            col(Column::new(Some(table), format!("c{i}"))).alias_qualified(q.cloned(), f.name())
         })
         .collect();
     scan.project(exprs)?.build()

@@ -19,24 +19,49 @@ async fn compile(query: &str) -> CompiledJob {
 }
 
 fn splits() -> Vec<SourceSplit> {
+    splits_from(0)
+}
+
+/// Four splits of 2500 generated rows each, starting at row `first`.
+fn splits_from(first: u64) -> Vec<SourceSplit> {
     (0..4)
         .map(|i| SourceSplit::Datagen {
-            start: i * 2500,
-            end: (i + 1) * 2500,
+            start: first + i * 2500,
+            end: first + (i + 1) * 2500,
         })
         .collect()
 }
 
 /// Runs every stage like the cluster does, returning the sink rows per final partition.
 async fn run(job: &CompiledJob, batch_id: u64) -> Vec<Vec<RecordBatch>> {
+    run_with_state(job, batch_id, &splits(), &mut Vec::new(), &mut Vec::new()).await
+}
+
+/// Like `run`, for a job with a running aggregate: `state` holds each partition's state and
+/// is replaced by the new version; `deltas` collects each partition's delta.
+async fn run_with_state(
+    job: &CompiledJob,
+    batch_id: u64,
+    splits: &[SourceSplit],
+    state: &mut Vec<Vec<RecordBatch>>,
+    deltas: &mut Vec<Vec<Vec<RecordBatch>>>,
+) -> Vec<Vec<RecordBatch>> {
     let mut inputs: Vec<Vec<RecordBatch>> = Vec::new();
-    for split in splits() {
-        inputs.push(job.source.read(&split, batch_id).await.unwrap());
+    for split in splits {
+        inputs.push(job.source.read(split, batch_id).await.unwrap());
     }
     for stage in 0..job.fragments.len() {
         let mut outputs = Vec::new();
-        for input in inputs {
-            outputs.push(job.run_stage(stage, input).await.unwrap());
+        for (p, input) in inputs.into_iter().enumerate() {
+            if state.len() <= p {
+                state.push(Vec::new());
+            }
+            let (out, update) = job.run_stage(stage, input, &state[p]).await.unwrap();
+            if let Some(update) = update {
+                state[p] = update.state;
+                deltas[p].push(update.delta);
+            }
+            outputs.push(out);
         }
         let maps: Vec<_> = outputs
             .into_iter()
@@ -235,11 +260,16 @@ async fn refused_queries_say_why_and_where() {
             Err(e) => e.to_string(),
         }
     };
-    let e = err("SELECT page, count(*) FROM clicks GROUP BY page").await;
+    let e = err("SELECT page, count(DISTINCT user_id) FROM clicks GROUP BY page").await;
     assert!(
-        e.contains("job.sql:5:") && e.contains("running aggregation"),
+        e.contains("job.sql:5:") && e.contains("DISTINCT") && e.contains("running aggregation"),
         "{e}"
     );
+    let e = err("SELECT page, median(user_id) FROM clicks GROUP BY page").await;
+    assert!(e.contains("'median' is not supported"), "{e}");
+    let sql = format!("SET output_mode = 'complete';\n{SOURCE}\nINSERT INTO out SELECT * FROM clicks;");
+    let e = CompiledJob::compile(&sql, "job.sql").await.err().unwrap().to_string();
+    assert!(e.contains("output_mode") && e.contains("GROUP BY without _batch"), "{e}");
     let e = err("SELECT nope FROM clicks").await;
     assert!(e.contains("job.sql:5:") && e.contains("nope"), "{e}");
     let e = err("SELECT * FROM clicks ORDER BY user_id LIMIT 3").await;
@@ -270,4 +300,132 @@ async fn sink_columns_are_positional_and_typed() {
         .to_string();
     assert!(e.contains("expects 4 columns"), "{e}");
     let _ = b.column(0).len();
+}
+
+type Running = BTreeMap<String, (i64, i64, i64, i64, i64)>;
+
+/// count, sum, min, max, row count of positive user ids per page over the given splits.
+async fn expected_running(job: &CompiledJob, batches: &[Vec<SourceSplit>]) -> Running {
+    let mut want = Running::new();
+    for (b, splits) in batches.iter().enumerate() {
+        for s in splits {
+            for rb in job.source.read(s, b as u64).await.unwrap() {
+                let users = rb.column(0).as_primitive::<Int64Type>();
+                let pages = rb.column(1).as_string::<i32>();
+                for i in 0..rb.num_rows() {
+                    let u = users.value(i);
+                    if u > 0 {
+                        let e = want.entry(pages.value(i).to_string()).or_insert((
+                            0,
+                            0,
+                            i64::MAX,
+                            i64::MIN,
+                            0,
+                        ));
+                        e.0 += 1;
+                        e.1 += u;
+                        e.2 = e.2.min(u);
+                        e.3 = e.3.max(u);
+                    }
+                }
+            }
+        }
+    }
+    want
+}
+
+fn emitted(parts: &[Vec<RecordBatch>]) -> Running {
+    let mut got = Running::new();
+    for b in parts.iter().flatten() {
+        for i in 0..b.num_rows() {
+            let page = b.column(0).as_string::<i32>().value(i).to_string();
+            let avg = b.column(5).as_primitive::<arrow::datatypes::Float64Type>().value(i);
+            let row = (
+                b.column(1).as_primitive::<Int64Type>().value(i),
+                b.column(2).as_primitive::<Int64Type>().value(i),
+                b.column(3).as_primitive::<Int64Type>().value(i),
+                b.column(4).as_primitive::<Int64Type>().value(i),
+                0,
+            );
+            assert!(
+                (avg - row.1 as f64 / row.0 as f64).abs() < 1e-9,
+                "avg {avg} for {page}"
+            );
+            assert!(got.insert(page, row).is_none(), "each key emitted once");
+        }
+    }
+    got
+}
+
+const RUNNING: &str = "SELECT page, count(*) AS n, sum(user_id) AS s, min(user_id) AS lo, max(user_id) AS hi, avg(user_id) AS a FROM clicks WHERE user_id > 0 GROUP BY page";
+
+#[tokio::test]
+async fn running_aggregation_update_mode_emits_changed_keys_with_totals() {
+    let job = compile(RUNNING).await;
+    assert!(job.state_of(1).is_some(), "{:?}", job.stage_specs());
+    let mut state = Vec::new();
+    let mut batches = Vec::new();
+    for b in 0..3u64 {
+        // Batch 1 reads only the first split: fewer rows, but every page still appears.
+        let splits = if b == 1 {
+            splits_from(b * 10_000)[..1].to_vec()
+        } else {
+            splits_from(b * 10_000)
+        };
+        batches.push(splits.clone());
+        let parts = run_with_state(&job, b, &splits, &mut state, &mut vec![Vec::new(); 3]).await;
+        let want = expected_running(&job, &batches).await;
+        assert_eq!(emitted(&parts), want, "after batch {b}");
+    }
+}
+
+#[tokio::test]
+async fn running_aggregation_complete_mode_and_restore_from_deltas() {
+    let sql = format!(
+        "SET partitions = 3;\nSET output_mode = 'complete';\n{SOURCE}INSERT INTO out {};",
+        RUNNING.replace("user_id > 0", "user_id > 0 AND page <> 'help'")
+    );
+    let job = CompiledJob::compile(&sql, "c.sql").await.unwrap();
+    let mut state = Vec::new();
+    let mut deltas: Vec<Vec<Vec<RecordBatch>>> = vec![Vec::new(); 3];
+    let mut snapshots = Vec::new();
+    let mut batches = Vec::new();
+    for b in 0..3u64 {
+        let splits = splits_from(b * 10_000)[..(b as usize + 1)].to_vec();
+        batches.push(splits.clone());
+        let parts = run_with_state(&job, b, &splits, &mut state, &mut deltas).await;
+        let mut want = expected_running(&job, &batches).await;
+        want.remove("help");
+        assert_eq!(emitted(&parts), want, "complete output after batch {b}");
+        snapshots.push(state.clone());
+    }
+    for p in 0..3 {
+        // Version 2 = every delta from the start, or the snapshot of version 0 plus the rest.
+        let from_deltas = job.restore_state(1, &deltas[p]).await.unwrap();
+        assert_eq!(rows(&from_deltas), rows(&state[p]), "partition {p}");
+        let mut parts = vec![snapshots[0][p].clone()];
+        parts.extend(deltas[p][1..].iter().cloned());
+        let from_snapshot = job.restore_state(1, &parts).await.unwrap();
+        assert_eq!(rows(&from_snapshot), rows(&state[p]), "partition {p}");
+    }
+    let keys: usize = state.iter().map(|p| rows(p).len()).sum();
+    assert_eq!(keys, 4, "one state row per key");
+}
+
+/// State rows as sorted text, to compare versions.
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows()).map(move |i| {
+                b.columns()
+                    .iter()
+                    .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+        })
+        .collect();
+    out.sort();
+    out
 }

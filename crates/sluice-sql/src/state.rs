@@ -1,0 +1,407 @@
+//! Running aggregation: GROUP BY without `_batch` keeps per-key state across batches.
+//!
+//! Only decomposable aggregates are supported (count, sum, min, max, avg as sum + count), so
+//! the state of a key is a row of partial values and one merge rule per column (sum or min or
+//! max). A batch then is three columnar steps, all planned by DataFusion:
+//!   partials = the batch's rows aggregated into state columns (this is the batch's delta);
+//!   state'   = merge(state, partials), marking the keys the batch touched;
+//!   output   = the final values of the touched keys (update) or of every key (complete).
+//! Restoring version N is the same merge over the latest snapshot and the deltas after it.
+
+use crate::SqlError;
+use crate::plan::{CompiledJob, bind_table, flat_leaf, flat_schema};
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::MemTable;
+use datafusion::common::DFSchemaRef;
+use datafusion::datasource::provider_as_source;
+use datafusion::functions_aggregate::expr_fn::{bool_or, max, min, sum};
+use datafusion::functions_aggregate::{count::count_udaf, sum::sum_udaf};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
+use sluice_core::settings::OutputMode;
+use std::sync::Arc;
+
+/// Table name of the merged state inside the finalizing projection.
+const STATE_TABLE: &str = "__state";
+/// Table name of the aggregate's output inside the stage's remaining operators.
+pub(crate) const AGG_TABLE: &str = "__agg";
+const CHANGED: &str = "__changed";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Merge {
+    Sum,
+    Min,
+    Max,
+}
+
+/// How one aggregate of the query is computed from state columns.
+#[derive(Debug, Clone)]
+enum Final {
+    /// The state column is the value.
+    Column(usize),
+    /// avg = sum / count.
+    Average { sum: usize, count: usize },
+}
+
+/// The running aggregate of a stage.
+pub struct StatefulAgg {
+    /// Name of the operator in the checkpoint's state/ directory.
+    pub operator: String,
+    /// Aggregates the stage's shuffled input into state columns (keys first).
+    partial: LogicalPlan,
+    /// Keys then state columns, flat names k0.. s0..; every column nullable.
+    pub state_schema: SchemaRef,
+    keys: usize,
+    merges: Vec<Merge>,
+    finals: Vec<Final>,
+    /// The aggregate's output, flat names c0...
+    pub(crate) agg_schema: SchemaRef,
+    pub output_mode: OutputMode,
+    /// What the state depends on: keys, aggregates and types. A checkpoint written by a job
+    /// with another signature cannot be continued.
+    pub signature: Vec<String>,
+}
+
+/// What a stateful task leaves behind: the new state and the delta to persist.
+pub struct StateUpdate {
+    pub state: Vec<RecordBatch>,
+    pub delta: Vec<RecordBatch>,
+}
+
+impl StatefulAgg {
+    /// Plans the running aggregate `agg` whose input rows arrive as `leaf` (the shuffle scan).
+    /// Returns the operator and the leaf that stands for its output in the stage's remaining
+    /// operators.
+    pub(crate) fn plan(
+        agg: &Aggregate,
+        leaf: LogicalPlan,
+        stage: usize,
+        output_mode: OutputMode,
+    ) -> Result<(StatefulAgg, LogicalPlan), String> {
+        let mut partial_exprs = Vec::new();
+        let mut merges = Vec::new();
+        let mut finals = Vec::new();
+        let mut signature: Vec<String> = agg
+            .group_expr
+            .iter()
+            .map(|e| format!("key {}", e.schema_name()))
+            .collect();
+        for e in &agg.aggr_expr {
+            let inner = strip_alias(e);
+            let Expr::AggregateFunction(f) = inner else {
+                return Err(format!("unsupported aggregate expression {e}"));
+            };
+            let name = f.func.name().to_ascii_lowercase();
+            if f.params.distinct {
+                return Err(format!(
+                    "{e}: DISTINCT aggregates are not supported in a running aggregation yet (the state would have to keep every distinct value)"
+                ));
+            }
+            if !f.params.order_by.is_empty() {
+                return Err(format!(
+                    "{e}: ordered aggregates are not supported in a running aggregation"
+                ));
+            }
+            signature.push(format!("aggregate {}", inner.schema_name()));
+            let with_func = |func| {
+                Expr::AggregateFunction(AggregateFunction::new_udf(
+                    func,
+                    f.params.args.clone(),
+                    false,
+                    f.params.filter.clone(),
+                    Vec::new(),
+                    f.params.null_treatment,
+                ))
+            };
+            let state_col = |partial_exprs: &Vec<Expr>| partial_exprs.len();
+            let named = |e: Expr, i: usize| e.alias(format!("s{i}"));
+            match name.as_str() {
+                "count" | "sum" | "min" | "max" => {
+                    finals.push(Final::Column(state_col(&partial_exprs)));
+                    merges.push(match name.as_str() {
+                        "min" => Merge::Min,
+                        "max" => Merge::Max,
+                        _ => Merge::Sum,
+                    });
+                    let i = partial_exprs.len();
+                    partial_exprs.push(named(inner.clone(), i));
+                }
+                "avg" | "mean" => {
+                    let sum_at = state_col(&partial_exprs);
+                    partial_exprs.push(named(with_func(sum_udaf()), sum_at));
+                    partial_exprs.push(named(with_func(count_udaf()), sum_at + 1));
+                    merges.extend([Merge::Sum, Merge::Sum]);
+                    finals.push(Final::Average {
+                        sum: sum_at,
+                        count: sum_at + 1,
+                    });
+                }
+                other => {
+                    return Err(format!(
+                        "{e}: '{other}' is not supported in a running aggregation; supported: count, sum, min, max, avg (or add _batch to the GROUP BY for per-batch results)"
+                    ));
+                }
+            }
+        }
+        let keys = agg.group_expr.len();
+        let partial = Aggregate::try_new(Arc::new(leaf), agg.group_expr.clone(), partial_exprs)
+            .map(LogicalPlan::Aggregate)
+            .map_err(|e| e.to_string())?;
+        let flat: Vec<Expr> = partial
+            .schema()
+            .columns()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let name = if i < keys {
+                    format!("k{i}")
+                } else {
+                    format!("s{}", i - keys)
+                };
+                Expr::Column(c).alias(name)
+            })
+            .collect();
+        let partial = LogicalPlanBuilder::from(partial)
+            .project(flat)
+            .and_then(|b| b.build())
+            .map_err(|e| e.to_string())?;
+        let state_schema = nullable(partial.schema().as_arrow());
+        signature.extend(
+            state_schema
+                .fields()
+                .iter()
+                .map(|f| format!("state {}: {}", f.name(), f.data_type())),
+        );
+        let agg_schema: DFSchemaRef = agg.schema.clone();
+        let agg_flat = flat_schema(&agg_schema);
+        let upper_leaf = flat_leaf(AGG_TABLE, &agg_schema).map_err(|e| e.to_string())?;
+        Ok((
+            StatefulAgg {
+                operator: format!("agg-{stage}"),
+                partial,
+                state_schema,
+                keys,
+                merges,
+                finals,
+                agg_schema: agg_flat,
+                output_mode,
+                signature,
+            },
+            upper_leaf,
+        ))
+    }
+
+    fn with_changed(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .state_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(CHANGED, DataType::Boolean, true));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+impl CompiledJob {
+    /// The running aggregate of `stage`, if it has one.
+    pub fn state_of(&self, stage: usize) -> Option<&StatefulAgg> {
+        self.fragments.get(stage).and_then(|f| f.state.as_ref())
+    }
+
+    /// Aggregates the stage's input rows into state columns: the batch's delta.
+    pub(crate) async fn partials(
+        &self,
+        agg: &StatefulAgg,
+        leaf_table: &str,
+        leaf_schema: SchemaRef,
+        input: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let plan = bind_table(agg.partial.clone(), leaf_table, leaf_schema, input)?;
+        let out = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        conform(out, &agg.state_schema)
+    }
+
+    /// Merges state parts (a snapshot, deltas, new partials); a part flagged `true` marks its
+    /// keys as changed. Returns keys, state columns and the changed flag.
+    async fn merge(
+        &self,
+        agg: &StatefulAgg,
+        parts: Vec<(&[RecordBatch], bool)>,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let schema = agg.with_changed();
+        let mut rows = Vec::new();
+        for (batches, changed) in parts {
+            for b in batches.iter().filter(|b| b.num_rows() > 0) {
+                let mut columns = b.columns().to_vec();
+                columns.push(Arc::new(BooleanArray::from(vec![changed; b.num_rows()])));
+                rows.push(RecordBatch::try_new(schema.clone(), columns)?);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = Arc::new(MemTable::try_new(schema.clone(), vec![rows])?);
+        let scan = LogicalPlanBuilder::scan(STATE_TABLE, provider_as_source(table), None)?;
+        let fields = agg.state_schema.fields();
+        let group: Vec<Expr> = fields[..agg.keys]
+            .iter()
+            .map(|f| col(f.name().as_str()))
+            .collect();
+        let mut aggs: Vec<Expr> = fields[agg.keys..]
+            .iter()
+            .zip(&agg.merges)
+            .map(|(f, m)| {
+                let c = col(f.name().as_str());
+                match m {
+                    Merge::Sum => sum(c),
+                    Merge::Min => min(c),
+                    Merge::Max => max(c),
+                }
+                .alias(f.name())
+            })
+            .collect();
+        aggs.push(bool_or(col(CHANGED)).alias(CHANGED));
+        // Summing a state column may widen its type (decimals); the state keeps its own.
+        let project: Vec<Expr> = schema
+            .fields()
+            .iter()
+            .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
+            .collect();
+        let plan = scan.aggregate(group, aggs)?.project(project)?.build()?;
+        let out = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        conform(out, &schema)
+    }
+
+    /// State version N from the latest snapshot at or before N and the deltas after it.
+    pub async fn restore_state(
+        &self,
+        stage: usize,
+        parts: &[Vec<RecordBatch>],
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let agg = self.state_of(stage).ok_or_else(|| no_state(stage))?;
+        let merged = self
+            .merge(agg, parts.iter().map(|p| (p.as_slice(), false)).collect())
+            .await?;
+        without_changed(merged, agg)
+    }
+
+    /// One batch of the running aggregate: the new state, the delta, and the rows to emit
+    /// (final values, in the aggregate's output schema).
+    pub(crate) async fn update_state(
+        &self,
+        agg: &StatefulAgg,
+        partials: Vec<RecordBatch>,
+        old: &[RecordBatch],
+    ) -> Result<(StateUpdate, Vec<RecordBatch>), SqlError> {
+        let merged = self
+            .merge(agg, vec![(old, false), (partials.as_slice(), true)])
+            .await?;
+        let emit = match agg.output_mode {
+            OutputMode::Complete => merged.clone(),
+            OutputMode::Update => merged
+                .iter()
+                .map(|b| {
+                    let changed = b
+                        .column(b.num_columns() - 1)
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .expect("changed flag")
+                        .clone();
+                    filter_record_batch(b, &changed)
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let output = self.finalize(agg, emit).await?;
+        let state = without_changed(merged, agg)?;
+        Ok((
+            StateUpdate {
+                state,
+                delta: partials,
+            },
+            output,
+        ))
+    }
+
+    /// Final aggregate values from state rows.
+    async fn finalize(
+        &self,
+        agg: &StatefulAgg,
+        rows: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let rows: Vec<RecordBatch> = rows.into_iter().filter(|b| b.num_rows() > 0).collect();
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let schema = agg.with_changed();
+        let table = Arc::new(MemTable::try_new(schema.clone(), vec![rows])?);
+        let scan = LogicalPlanBuilder::scan(STATE_TABLE, provider_as_source(table), None)?;
+        let state_col = |i: usize| col(agg.state_schema.field(agg.keys + i).name().as_str());
+        let mut exprs: Vec<Expr> = (0..agg.keys)
+            .map(|k| col(agg.state_schema.field(k).name().as_str()))
+            .collect();
+        for f in &agg.finals {
+            exprs.push(match f {
+                Final::Column(i) => state_col(*i),
+                Final::Average { sum, count } => {
+                    cast(state_col(*sum), DataType::Float64)
+                        / cast(state_col(*count), DataType::Float64)
+                }
+            });
+        }
+        let exprs: Vec<Expr> = exprs
+            .into_iter()
+            .zip(agg.agg_schema.fields())
+            .map(|(e, f)| cast(e, f.data_type().clone()).alias(f.name()))
+            .collect();
+        let plan = scan.project(exprs)?.build()?;
+        let out = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        conform(out, &agg.agg_schema)
+    }
+}
+
+fn no_state(stage: usize) -> SqlError {
+    SqlError::Exec(format!("stage {stage} keeps no state"))
+}
+
+fn strip_alias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => strip_alias(&a.expr),
+        _ => e,
+    }
+}
+
+fn nullable(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Re-labels computed batches with `schema` (same column types, our names, nullable).
+fn conform(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>, SqlError> {
+    batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| Ok(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?))
+        .collect()
+}
+
+fn without_changed(
+    merged: Vec<RecordBatch>,
+    agg: &StatefulAgg,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    merged
+        .into_iter()
+        .map(|b| {
+            let mut columns = b.columns().to_vec();
+            columns.pop();
+            Ok(RecordBatch::try_new(agg.state_schema.clone(), columns)?)
+        })
+        .collect()
+}
