@@ -31,6 +31,9 @@ pub struct StageSpec {
     pub id: u32,
     pub input: StageInput,
     pub output: StageOutput,
+    /// Keeps per-partition state across batches: a partition's task goes back to the executor
+    /// that holds its state in memory while that executor lives.
+    pub stateful: bool,
     /// Human description of the operators, for logs and `sluice status`.
     pub describe: String,
 }

@@ -117,6 +117,12 @@ struct ExecutorState {
     excluded_until_ms: u64,
 }
 
+impl ExecutorState {
+    fn has_free_slot(&self) -> bool {
+        self.running.len() < self.slots as usize
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Scheduler {
     config: SchedulerConfig,
@@ -125,6 +131,8 @@ pub struct Scheduler {
     dead: BTreeSet<ExecutorId>,
     /// One running batch per job (batches of a job run one at a time).
     batches: BTreeMap<JobId, BatchRun>,
+    /// Which executor holds each stateful partition's latest state in memory.
+    state_homes: BTreeMap<(JobId, u32, u32), ExecutorId>,
 }
 
 impl Scheduler {
@@ -229,6 +237,7 @@ impl Scheduler {
             }
             Event::CancelJob { job_id } => {
                 self.batches.remove(&job_id);
+                self.state_homes.retain(|(j, _, _), _| *j != job_id);
             }
             Event::Tick => {}
         }
@@ -246,6 +255,8 @@ impl Scheduler {
         }
         tracing::warn!(executor = id, reason, "executor lost");
         self.dead.insert(id.to_string());
+        // Its state partitions are restored from the checkpoint wherever they run next.
+        self.state_homes.retain(|_, e| e != id);
         for batch in self.batches.values_mut() {
             let mut lost = 0;
             // Last stage first: a later stage's lost outputs make the stage before it needed.
@@ -324,6 +335,15 @@ impl Scheduler {
             return;
         };
         let stage_attempt = batch.stages[s].attempt;
+        if batch.stages[s].spec.stateful {
+            self.state_homes.insert(
+                (key.job_id.clone(), key.stage_id, key.partition),
+                executor.clone(),
+            );
+        }
+        let Some((batch, s)) = self.current_task(&key, &executor) else {
+            return;
+        };
         let task = &mut batch.stages[s].tasks[key.partition as usize];
         task.state = TaskState::Done {
             executor,
@@ -519,6 +539,7 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let homes = &self.state_homes;
         for batch in self.batches.values_mut() {
             for s in 0..batch.stages.len() {
                 for p in 0..batch.stages[s].tasks.len() {
@@ -532,9 +553,29 @@ impl Scheduler {
                     if *not_before_ms > now_ms {
                         continue;
                     }
-                    let Some(executor) = pick_executor(&self.executors, avoid.as_deref(), now_ms)
-                    else {
-                        return;
+                    // A stateful partition waits for the executor holding its state while that
+                    // one is healthy: restoring elsewhere costs more than waiting for a slot.
+                    let home = batch.stages[s]
+                        .spec
+                        .stateful
+                        .then(|| homes.get(&(batch.sub.job_id.clone(), s as u32, p as u32)))
+                        .flatten()
+                        .filter(|h| {
+                            avoid.as_deref() != Some(h.as_str())
+                                && self
+                                    .executors
+                                    .get(*h)
+                                    .is_some_and(|e| e.excluded_until_ms <= now_ms)
+                        });
+                    let executor = match home {
+                        Some(h) if self.executors[h].has_free_slot() => h.clone(),
+                        Some(_) => continue,
+                        None => {
+                            match pick_executor(&self.executors, avoid.as_deref(), now_ms) {
+                                Some(e) => e,
+                                None => return,
+                            }
+                        }
                     };
                     let launch = build_launch(batch, s, p, &self.executors);
                     let task = &mut batch.stages[s].tasks[p];

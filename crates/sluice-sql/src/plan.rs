@@ -178,6 +178,7 @@ impl CompiledJob {
                         partitions: *partitions,
                     },
                 },
+                stateful: f.state.is_some(),
                 describe: f.describe.clone(),
             })
             .collect()

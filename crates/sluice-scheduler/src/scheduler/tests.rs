@@ -11,6 +11,7 @@ fn stages(kind: Option<ShuffleKind>, partitions: u32) -> Vec<StageSpec> {
             id: 0,
             input: StageInput::Source,
             output: StageOutput::Sink,
+            stateful: false,
             describe: "scan -> sink".into(),
         }],
         Some(kind) => vec![
@@ -18,12 +19,14 @@ fn stages(kind: Option<ShuffleKind>, partitions: u32) -> Vec<StageSpec> {
                 id: 0,
                 input: StageInput::Source,
                 output: StageOutput::Shuffle { kind, partitions },
+                stateful: false,
                 describe: "scan".into(),
             },
             StageSpec {
                 id: 1,
                 input: StageInput::Shuffle(kind),
                 output: StageOutput::Sink,
+                stateful: false,
                 describe: "aggregate -> sink".into(),
             },
         ],
@@ -389,4 +392,62 @@ fn cancelled_job_launches_nothing_more() {
     s.handle(Event::CancelJob { job_id: JOB.into() }, 1);
     assert!(succeed(&mut s, &first[0], 2).is_empty());
     assert_eq!(s.running_tasks(), 0);
+}
+
+/// A batch of a running aggregation (stage 1 keeps state), numbered `batch`.
+fn stateful_batch(batch: u64) -> Event {
+    let Event::SubmitBatch(mut sub) = submit(2, Some(ShuffleKind::Hash), 4) else {
+        unreachable!()
+    };
+    sub.batch_id = batch;
+    sub.stages[1].stateful = true;
+    Event::SubmitBatch(sub)
+}
+
+/// Runs a whole batch, finishing tasks as they launch; returns where each reducer ran.
+fn run_batch(s: &mut Scheduler, batch: u64, now: u64) -> BTreeMap<u32, String> {
+    let mut pending = launches(&s.handle(stateful_batch(batch), now));
+    let mut reducers = BTreeMap::new();
+    while let Some(l) = pending.pop() {
+        if l.1.key.stage_id == 1 {
+            reducers.insert(l.1.key.partition, l.0.clone());
+        }
+        let actions = succeed(s, &l, now);
+        pending.extend(launches(&actions));
+        if done(&actions).is_some() {
+            break;
+        }
+    }
+    reducers
+}
+
+#[test]
+fn stateful_partitions_return_to_the_executor_holding_their_state() {
+    let mut s = Scheduler::new();
+    for id in ["a", "b", "c"] {
+        register(&mut s, id, 2);
+    }
+    let first = run_batch(&mut s, 0, 0);
+    assert_eq!(first.len(), 4);
+    for b in 1..4 {
+        assert_eq!(run_batch(&mut s, b, b * 10), first, "batch {b}: same homes");
+    }
+    // The executor holding partition 0 dies: its partitions move, the others stay put.
+    let lost = first[&0].clone();
+    s.handle(
+        Event::ExecutorLost {
+            id: lost.clone(),
+            reason: "killed".into(),
+        },
+        50,
+    );
+    let after = run_batch(&mut s, 4, 60);
+    for (p, e) in &first {
+        if *e == lost {
+            assert_ne!(&after[p], e, "partition {p} restored elsewhere");
+        } else {
+            assert_eq!(&after[p], e, "partition {p} kept its home");
+        }
+    }
+    assert_eq!(run_batch(&mut s, 5, 70), after, "new homes stick");
 }
