@@ -18,6 +18,10 @@ use sluice_core::{BatchId, SourceSplit};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod state;
+
+pub use state::{RestorePlan, StateFile, StateKind, restore_plans};
+
 pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
