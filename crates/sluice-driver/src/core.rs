@@ -44,12 +44,24 @@ pub enum CoreMsg {
     },
     Submit {
         sub: BatchSubmission,
-        sql: Arc<str>,
+        code: JobCode,
         reply: oneshot::Sender<Result<BatchReport, BatchError>>,
     },
     Cancel {
         job_id: String,
     },
+    /// The job ended: executors may drop everything they keep for it.
+    Ended {
+        job_id: String,
+    },
+}
+
+/// What every task launch of a job carries besides its own inputs.
+#[derive(Clone, Default)]
+pub struct JobCode {
+    pub sql: Arc<str>,
+    /// The job's checkpoint URI, where stateful tasks keep their state.
+    pub checkpoint_uri: Arc<str>,
 }
 
 /// A cheap handle to the event loop.
@@ -70,10 +82,10 @@ impl CoreHandle {
     pub async fn run_batch(
         &self,
         sub: BatchSubmission,
-        sql: Arc<str>,
+        code: JobCode,
     ) -> Result<BatchReport, BatchError> {
         let (reply, rx) = oneshot::channel();
-        self.send(CoreMsg::Submit { sub, sql, reply }).await;
+        self.send(CoreMsg::Submit { sub, code, reply }).await;
         rx.await.map_err(|_| BatchError {
             message: "driver is shutting down".into(),
             fatal: true,
@@ -111,7 +123,7 @@ pub fn start(config: CoreConfig) -> CoreHandle {
         excluded: excluded.clone(),
         conns: HashMap::new(),
         waiting: HashMap::new(),
-        sql: HashMap::new(),
+        code: HashMap::new(),
         started: Instant::now(),
         alive: alive.clone(),
         config,
@@ -131,7 +143,7 @@ struct Core {
     excluded: Arc<std::sync::Mutex<Vec<String>>>,
     conns: HashMap<String, Conn>,
     waiting: HashMap<String, oneshot::Sender<Result<BatchReport, BatchError>>>,
-    sql: HashMap<String, Arc<str>>,
+    code: HashMap<String, JobCode>,
     started: Instant,
     alive: Arc<AtomicUsize>,
     config: CoreConfig,
@@ -207,14 +219,24 @@ impl Core {
                 self.conns.remove(&id);
                 vec![Event::ExecutorLost { id, reason }]
             }
-            CoreMsg::Submit { sub, sql, reply } => {
+            CoreMsg::Submit { sub, code, reply } => {
                 tracing::info!(job = %sub.job_id, batch = sub.batch_id, splits = sub.splits.len(), "batch submitted");
-                self.sql.insert(sub.job_id.clone(), sql);
+                self.code.insert(sub.job_id.clone(), code);
                 self.waiting.insert(sub.job_id.clone(), reply);
                 vec![Event::SubmitBatch(sub)]
             }
             CoreMsg::Cancel { job_id } => {
                 self.waiting.remove(&job_id);
+                vec![Event::CancelJob { job_id }]
+            }
+            CoreMsg::Ended { job_id } => {
+                self.waiting.remove(&job_id);
+                self.code.remove(&job_id);
+                self.broadcast(ReleaseShuffle {
+                    job_id: job_id.clone(),
+                    up_to_batch: u64::MAX,
+                    job_ended: true,
+                });
                 vec![Event::CancelJob { job_id }]
             }
         }
@@ -240,6 +262,15 @@ impl Core {
             .collect()
     }
 
+    fn broadcast(&self, release: ReleaseShuffle) {
+        let msg = DriverMessage {
+            kind: Some(DriverKind::Release(release)),
+        };
+        for conn in self.conns.values() {
+            let _ = conn.outbound.try_send(Ok(msg.clone()));
+        }
+    }
+
     async fn apply(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
@@ -258,11 +289,12 @@ impl Core {
                             "stage started"
                         );
                     }
-                    let sql = self.sql.get(&task.key.job_id).cloned().unwrap_or_default();
+                    let code = self.code.get(&task.key.job_id).cloned().unwrap_or_default();
                     let msg = DriverMessage {
                         kind: Some(DriverKind::Launch(LaunchTask {
                             key: Some(to_proto_key(&task.key)),
-                            sql: sql.to_string(),
+                            sql: code.sql.to_string(),
+                            checkpoint_uri: code.checkpoint_uri.to_string(),
                             source_split: task.split.unwrap_or_default(),
                             inputs: task
                                 .inputs
@@ -293,15 +325,11 @@ impl Core {
                     if let Some(reply) = self.waiting.remove(&job_id) {
                         let _ = reply.send(Ok(report));
                     }
-                    let release = DriverMessage {
-                        kind: Some(DriverKind::Release(ReleaseShuffle {
-                            job_id: job_id.clone(),
-                            up_to_batch: batch_id,
-                        })),
-                    };
-                    for conn in self.conns.values() {
-                        let _ = conn.outbound.try_send(Ok(release.clone()));
-                    }
+                    self.broadcast(ReleaseShuffle {
+                        job_id: job_id.clone(),
+                        up_to_batch: batch_id,
+                        job_ended: false,
+                    });
                 }
                 Action::BatchFailed {
                     job_id,

@@ -2,7 +2,7 @@
 //! the cluster -> commit the sink -> write the commit. This file is the place to follow a batch
 //! from start to end.
 
-use crate::core::{CoreHandle, CoreMsg};
+use crate::core::{CoreHandle, CoreMsg, JobCode};
 use crate::jobs::{Registry, state};
 use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
 use sluice_connectors::{PlanContext, SinkKind, SourceProgress, render_console};
@@ -87,6 +87,11 @@ impl JobRunner {
                 other => break other,
             }
         };
+        self.core
+            .send(CoreMsg::Ended {
+                job_id: self.job_id.clone(),
+            })
+            .await;
         let (st, error) = match outcome {
             Ok(End::Finished) => (state::FINISHED, String::new()),
             Ok(End::Stopped) => (state::STOPPED, String::new()),
@@ -202,6 +207,10 @@ impl JobRunner {
                     .compact(batch_id, &position, retain)
                     .await
                     .map_err(checkpoint_failure)?;
+                self.checkpoint
+                    .prune_state(batch_id.saturating_sub(retain))
+                    .await
+                    .map_err(checkpoint_failure)?;
             }
             next_batch = batch_id + 1;
             if trigger == Trigger::Once || exhausted {
@@ -287,8 +296,11 @@ impl JobRunner {
             max_stage_attempts: self.job.settings.stage_max_attempts,
         };
         let core = self.core.clone();
-        let sql = self.sql.clone();
-        let run = core.run_batch(sub, sql);
+        let code = JobCode {
+            sql: self.sql.clone(),
+            checkpoint_uri: Arc::from(self.checkpoint.uri()),
+        };
+        let run = core.run_batch(sub, code);
         tokio::select! {
             r = run => r.map(Some).map_err(|e| {
                 let message = format!("batch {} failed: {}", entry.batch_id, e.message);

@@ -2,6 +2,7 @@
 //! task results up; task launches down), runs tasks, and serves its shuffle outputs to peers.
 
 mod shuffle;
+mod state;
 mod task;
 
 use anyhow::Context;
@@ -87,6 +88,7 @@ pub use sluice_core::init_logging;
 
 pub(crate) struct Executor {
     pub store: ShuffleStore,
+    pub state: state::StateCache,
     pub tasks: task::TaskRunner,
 }
 
@@ -103,6 +105,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     let shuffle_address = format!("http://{host}:{}", local.port());
     let executor = Arc::new(Executor {
         store: ShuffleStore::default(),
+        state: state::StateCache::default(),
         tasks: task::TaskRunner::new(config.slots, config.test_fail_tasks),
     });
     let service = ShuffleServer::new(ShuffleService {
@@ -216,7 +219,13 @@ async fn session(
                             .await;
                     });
                 }
-                Some(DriverKind::Release(r)) => executor.store.release(&r.job_id, r.up_to_batch),
+                Some(DriverKind::Release(r)) => {
+                    executor.store.release(&r.job_id, r.up_to_batch);
+                    if r.job_ended {
+                        executor.state.drop_job(&r.job_id);
+                        executor.tasks.forget_job(&r.job_id).await;
+                    }
+                }
                 Some(DriverKind::Registered(_)) | None => {}
             }
         }

@@ -60,6 +60,10 @@ impl TaskRunner {
         }
     }
 
+    pub async fn forget_job(&self, job_id: &str) {
+        self.jobs.lock().await.remove(job_id);
+    }
+
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
     }
@@ -214,10 +218,38 @@ impl TaskRunner {
             tokio::time::sleep(d).await;
         }
         let rows_in: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
-        let output = job
-            .run_stage(stage, input, &[])
+        let state_key = (key.job_id.clone(), key.stage_id, key.partition);
+        let before = match job.state_of(stage) {
+            Some(_) => {
+                let (s, origin) = executor
+                    .state
+                    .before(&job, &state_key, key.batch_id, &launch.checkpoint_uri)
+                    .await
+                    .map_err(Failure::retryable)?;
+                tracing::debug!(?key, ?origin, "state ready");
+                s
+            }
+            None => Arc::new(Vec::new()),
+        };
+        let (output, update) = job
+            .run_stage(stage, input, &before)
             .await
             .map_err(|e| Failure::retryable(e.to_string()))?;
+        // The new state version is durable before the task reports success, so the batch
+        // never commits ahead of its state.
+        if let Some(update) = update {
+            executor
+                .state
+                .commit(
+                    &job,
+                    &state_key,
+                    key.batch_id,
+                    &launch.checkpoint_uri,
+                    update,
+                )
+                .await
+                .map_err(Failure::retryable)?;
+        }
         let mut result = TaskResult {
             key: Some(key.clone()),
             ok: true,

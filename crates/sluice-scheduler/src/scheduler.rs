@@ -570,12 +570,10 @@ impl Scheduler {
                     let executor = match home {
                         Some(h) if self.executors[h].has_free_slot() => h.clone(),
                         Some(_) => continue,
-                        None => {
-                            match pick_executor(&self.executors, avoid.as_deref(), now_ms) {
-                                Some(e) => e,
-                                None => return,
-                            }
-                        }
+                        None => match pick_executor(&self.executors, avoid.as_deref(), now_ms) {
+                            Some(e) => e,
+                            None => return,
+                        },
                     };
                     let launch = build_launch(batch, s, p, &self.executors);
                     let task = &mut batch.stages[s].tasks[p];

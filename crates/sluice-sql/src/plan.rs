@@ -464,10 +464,7 @@ impl Cutter<'_> {
                 .iter()
                 .position(|s| s.contains(crate::state::AGG_TABLE))
                 .unwrap_or(0);
-            steps.insert(
-                at,
-                format!("RunningAggregate [{}]", s.signature.join(", ")),
-            );
+            steps.insert(at, format!("RunningAggregate [{}]", s.signature.join(", ")));
         }
         steps.push(suffix);
         self.fragments.push(Fragment {
@@ -505,7 +502,10 @@ pub(crate) fn flat_schema(schema: &DFSchemaRef) -> SchemaRef {
 
 /// A scan of `table` with flat columns c0.., renamed back to exactly `schema` (qualifiers
 /// included), so the operators above it plan as if nothing had been cut.
-pub(crate) fn flat_leaf(table: &str, schema: &DFSchemaRef) -> datafusion::error::Result<LogicalPlan> {
+pub(crate) fn flat_leaf(
+    table: &str,
+    schema: &DFSchemaRef,
+) -> datafusion::error::Result<LogicalPlan> {
     let flat = flat_schema(schema);
     let scan = LogicalPlanBuilder::scan(
         table,

@@ -34,7 +34,7 @@ fn splits_from(first: u64) -> Vec<SourceSplit> {
 
 /// Runs every stage like the cluster does, returning the sink rows per final partition.
 async fn run(job: &CompiledJob, batch_id: u64) -> Vec<Vec<RecordBatch>> {
-    run_with_state(job, batch_id, &splits(), &mut Vec::new(), &mut Vec::new()).await
+    run_with_state(job, batch_id, &splits(), &mut Vec::new(), &mut []).await
 }
 
 /// Like `run`, for a job with a running aggregate: `state` holds each partition's state and
@@ -44,7 +44,7 @@ async fn run_with_state(
     batch_id: u64,
     splits: &[SourceSplit],
     state: &mut Vec<Vec<RecordBatch>>,
-    deltas: &mut Vec<Vec<Vec<RecordBatch>>>,
+    deltas: &mut [Vec<Vec<RecordBatch>>],
 ) -> Vec<Vec<RecordBatch>> {
     let mut inputs: Vec<Vec<RecordBatch>> = Vec::new();
     for split in splits {
@@ -267,9 +267,17 @@ async fn refused_queries_say_why_and_where() {
     );
     let e = err("SELECT page, median(user_id) FROM clicks GROUP BY page").await;
     assert!(e.contains("'median' is not supported"), "{e}");
-    let sql = format!("SET output_mode = 'complete';\n{SOURCE}\nINSERT INTO out SELECT * FROM clicks;");
-    let e = CompiledJob::compile(&sql, "job.sql").await.err().unwrap().to_string();
-    assert!(e.contains("output_mode") && e.contains("GROUP BY without _batch"), "{e}");
+    let sql =
+        format!("SET output_mode = 'complete';\n{SOURCE}\nINSERT INTO out SELECT * FROM clicks;");
+    let e = CompiledJob::compile(&sql, "job.sql")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("output_mode") && e.contains("GROUP BY without _batch"),
+        "{e}"
+    );
     let e = err("SELECT nope FROM clicks").await;
     assert!(e.contains("job.sql:5:") && e.contains("nope"), "{e}");
     let e = err("SELECT * FROM clicks ORDER BY user_id LIMIT 3").await;
@@ -339,7 +347,10 @@ fn emitted(parts: &[Vec<RecordBatch>]) -> Running {
     for b in parts.iter().flatten() {
         for i in 0..b.num_rows() {
             let page = b.column(0).as_string::<i32>().value(i).to_string();
-            let avg = b.column(5).as_primitive::<arrow::datatypes::Float64Type>().value(i);
+            let avg = b
+                .column(5)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(i);
             let row = (
                 b.column(1).as_primitive::<Int64Type>().value(i),
                 b.column(2).as_primitive::<Int64Type>().value(i),

@@ -1,0 +1,201 @@
+//! State of running aggregations on this executor: the latest versions of each partition in
+//! memory, restored from the job's checkpoint when missing, and each new version made durable
+//! (a delta every batch, a snapshot every `state.snapshot_interval` batches) before the task
+//! reports success.
+
+use arrow::record_batch::RecordBatch;
+use sluice_checkpoint::{CheckpointError, JobCheckpoint, StateKind, restore_plans};
+use sluice_connectors::{ipc_batches, ipc_bytes, store};
+use sluice_core::BatchId;
+use sluice_sql::CompiledJob;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// (job, stage, partition)
+type PartitionKey = (String, u32, u32);
+/// A partition's state versions in memory.
+type Versions = BTreeMap<BatchId, Arc<Vec<RecordBatch>>>;
+
+/// Versions kept in memory per partition: the latest and the one before it, so a rerun of the
+/// latest batch (after a driver restart) starts from memory too.
+const VERSIONS_KEPT: usize = 2;
+
+#[derive(Default)]
+pub struct StateCache {
+    versions: Mutex<HashMap<PartitionKey, Versions>>,
+    checkpoints: Mutex<HashMap<String, JobCheckpoint>>,
+}
+
+/// Where a task's starting state came from, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Empty,
+    Memory,
+    Checkpoint,
+}
+
+impl StateCache {
+    fn checkpoint(&self, uri: &str) -> Result<JobCheckpoint, String> {
+        let mut map = self.checkpoints.lock().unwrap();
+        if let Some(cp) = map.get(uri) {
+            return Ok(cp.clone());
+        }
+        let loc = store::open(uri).map_err(|e| e.to_string())?;
+        let cp = JobCheckpoint::new(loc.store, loc.prefix, loc.uri);
+        map.insert(uri.to_string(), cp.clone());
+        Ok(cp)
+    }
+
+    /// The state a task of `batch` starts from: version `batch - 1`.
+    pub async fn before(
+        &self,
+        job: &CompiledJob,
+        key: &PartitionKey,
+        batch: BatchId,
+        checkpoint_uri: &str,
+    ) -> Result<(Arc<Vec<RecordBatch>>, Origin), String> {
+        let Some(version) = batch.checked_sub(1) else {
+            return Ok((Arc::new(Vec::new()), Origin::Empty));
+        };
+        if let Some(s) = self
+            .versions
+            .lock()
+            .unwrap()
+            .get(key)
+            .and_then(|v| v.get(&version))
+        {
+            return Ok((s.clone(), Origin::Memory));
+        }
+        let started = Instant::now();
+        let state = self.restore(job, key, version, checkpoint_uri).await?;
+        let rows: usize = state.iter().map(|b| b.num_rows()).sum();
+        tracing::info!(
+            job = %key.0,
+            stage = key.1,
+            partition = key.2,
+            version,
+            rows,
+            ms = started.elapsed().as_millis() as u64,
+            "state restored from the checkpoint"
+        );
+        let state = Arc::new(state);
+        self.remember(key, version, state.clone());
+        Ok((state, Origin::Checkpoint))
+    }
+
+    /// Rebuilds `version` from the checkpoint: the newest snapshot whose chain of deltas is
+    /// complete and readable; a corrupted file makes it try the next older way.
+    async fn restore(
+        &self,
+        job: &CompiledJob,
+        (job_id, stage, partition): &PartitionKey,
+        version: BatchId,
+        checkpoint_uri: &str,
+    ) -> Result<Vec<RecordBatch>, String> {
+        let cp = self.checkpoint(checkpoint_uri)?;
+        let agg = job
+            .state_of(*stage as usize)
+            .ok_or_else(|| format!("stage {stage} of job {job_id} keeps no state"))?;
+        let files = cp
+            .state_files(&agg.operator, *partition)
+            .await
+            .map_err(|e| e.to_string())?;
+        let plans = restore_plans(&files, version);
+        if plans.is_empty() {
+            return Err(format!(
+                "cannot restore state version {version} of {}/state/{}/{partition}: no snapshot with a complete chain of deltas ({} files there)",
+                cp.uri(),
+                agg.operator,
+                files.len()
+            ));
+        }
+        let mut errors = Vec::new();
+        for plan in plans {
+            let mut reads = Vec::new();
+            if let Some(s) = plan.snapshot {
+                reads.push((s, StateKind::Snapshot));
+            }
+            reads.extend(plan.deltas.iter().map(|d| (*d, StateKind::Delta)));
+            match self.read_all(&cp, &agg.operator, *partition, &reads).await {
+                Ok(parts) => {
+                    return job
+                        .restore_state(*stage as usize, &parts)
+                        .await
+                        .map_err(|e| e.to_string());
+                }
+                Err(e @ CheckpointError::Corrupted { .. }) => {
+                    tracing::warn!("{e}; trying an older snapshot");
+                    errors.push(e.to_string());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!(
+            "cannot restore state version {version}: {}",
+            errors.join("; ")
+        ))
+    }
+
+    async fn read_all(
+        &self,
+        cp: &JobCheckpoint,
+        operator: &str,
+        partition: u32,
+        reads: &[(BatchId, StateKind)],
+    ) -> Result<Vec<Vec<RecordBatch>>, CheckpointError> {
+        let mut parts = Vec::with_capacity(reads.len());
+        for (v, kind) in reads {
+            let bytes = cp.read_state(operator, partition, *v, *kind).await?;
+            let batches = ipc_batches(&bytes).map_err(|e| CheckpointError::Corrupted {
+                file: format!("{}/state/{operator}/{partition}/{v}", cp.uri()),
+                reason: e.to_string(),
+            })?;
+            parts.push(batches);
+        }
+        Ok(parts)
+    }
+
+    /// Makes version `batch` durable (its delta; a snapshot on the interval), then keeps it in
+    /// memory for the partition's next task.
+    pub async fn commit(
+        &self,
+        job: &CompiledJob,
+        key: &PartitionKey,
+        batch: BatchId,
+        checkpoint_uri: &str,
+        update: sluice_sql::StateUpdate,
+    ) -> Result<(), String> {
+        let cp = self.checkpoint(checkpoint_uri)?;
+        let agg = job
+            .state_of(key.1 as usize)
+            .ok_or_else(|| format!("stage {} keeps no state", key.1))?;
+        let schema = agg.state_schema.clone();
+        let delta = ipc_bytes(&update.delta, schema.clone()).map_err(|e| e.to_string())?;
+        cp.write_state(&agg.operator, key.2, batch, StateKind::Delta, &delta)
+            .await
+            .map_err(|e| e.to_string())?;
+        if (batch + 1).is_multiple_of(job.settings.snapshot_interval) {
+            let full = ipc_bytes(&update.state, schema).map_err(|e| e.to_string())?;
+            cp.write_state(&agg.operator, key.2, batch, StateKind::Snapshot, &full)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.remember(key, batch, Arc::new(update.state));
+        Ok(())
+    }
+
+    fn remember(&self, key: &PartitionKey, version: BatchId, state: Arc<Vec<RecordBatch>>) {
+        let mut all = self.versions.lock().unwrap();
+        let versions = all.entry(key.clone()).or_default();
+        versions.insert(version, state);
+        while versions.len() > VERSIONS_KEPT {
+            versions.pop_first();
+        }
+    }
+
+    /// Drops everything kept for a job that ended.
+    pub fn drop_job(&self, job_id: &str) {
+        self.versions.lock().unwrap().retain(|k, _| k.0 != job_id);
+    }
+}

@@ -1,0 +1,258 @@
+//! Running aggregations (GROUP BY without _batch) on a real cluster: per-key state across
+//! batches on the executors, made durable in the checkpoint, restored on survivors after an
+//! executor dies and after the driver restarts. Every run's output is compared, batch by
+//! batch and key by key, with totals computed from an independent per-batch job.
+
+use serde_json::Value;
+use sluice_cluster_tests::{Cluster, S3Server, committed_jsonl, run_to_end};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+const SOURCE: &str = "CREATE TABLE g (k BIGINT, v BIGINT)
+  WITH (connector = 'datagen', rows_per_second = '4000', total_rows = '16000', splits = '4', seed = '5',
+        'fields.k.max' = '149', 'fields.v.min' = '-100', 'fields.v.max' = '1000');";
+
+/// (count, sum, max) per key.
+type Totals = BTreeMap<i64, (i64, i64, i64)>;
+/// What each batch emits: key -> totals so far.
+type Emitted = BTreeMap<u64, Totals>;
+
+fn running_job(c: &Cluster, extra: &str) -> String {
+    format!(
+        "SET 'trigger' = 'available_now';
+SET 'partitions' = '4';
+SET 'task.backoff' = '50ms';
+{extra}
+{SOURCE}
+CREATE TABLE o (k BIGINT, n BIGINT, total BIGINT, top BIGINT)
+  WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT k, count(*), sum(v), max(v) FROM g WHERE k % 5 <> 2 GROUP BY k;
+",
+        c.path("out").display()
+    )
+}
+
+/// Per-batch counts from a stateless job, accumulated: what update mode must emit per batch
+/// (the keys a batch touched, with their totals so far) and the final table.
+fn reference() -> &'static (Emitted, Totals) {
+    static REFERENCE: OnceLock<(Emitted, Totals)> = OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let c = Cluster::start(2);
+        let sql = format!(
+            "SET 'trigger' = 'available_now';
+{SOURCE}
+CREATE TABLE o (b BIGINT, k BIGINT, n BIGINT, total BIGINT, top BIGINT)
+  WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _batch, k, count(*), sum(v), max(v) FROM g WHERE k % 5 <> 2 GROUP BY _batch, k;
+",
+            c.path("out").display()
+        );
+        run_to_end(&c, &sql);
+        let mut totals = Totals::new();
+        let mut emitted = Emitted::new();
+        for (b, rows) in committed_jsonl(&c.path("out")) {
+            let mut touched = Totals::new();
+            for r in rows {
+                let k = r["k"].as_i64().unwrap();
+                let t = totals.entry(k).or_insert((0, 0, i64::MIN));
+                t.0 += r["n"].as_i64().unwrap();
+                t.1 += r["total"].as_i64().unwrap();
+                t.2 = t.2.max(r["top"].as_i64().unwrap());
+                touched.insert(k, *t);
+            }
+            emitted.insert(b, touched);
+        }
+        assert_eq!(emitted.len(), 4, "four batches");
+        assert!(totals.len() > 100, "about 120 keys");
+        (emitted, totals)
+    })
+}
+
+fn emitted(c: &Cluster) -> Emitted {
+    committed_jsonl(&c.path("out"))
+        .into_iter()
+        .map(|(b, rows)| {
+            let mut m = Totals::new();
+            for r in rows {
+                let k = r["k"].as_i64().unwrap();
+                let t = (
+                    r["n"].as_i64().unwrap(),
+                    r["total"].as_i64().unwrap(),
+                    r["top"].as_i64().unwrap(),
+                );
+                assert!(m.insert(k, t).is_none(), "key {k} twice in batch {b}");
+            }
+            (b, m)
+        })
+        .collect()
+}
+
+fn finish_and_compare(c: &Cluster, id: &str) -> Value {
+    let s = c.wait_for(id, &["finished", "failed"], LONG);
+    assert_eq!(
+        s["state"],
+        "finished",
+        "{s}\ndriver log:\n{}",
+        c.log("driver.log")
+    );
+    assert_eq!(
+        emitted(c),
+        reference().0,
+        "update-mode output differs from the accumulated per-batch counts"
+    );
+    s
+}
+
+fn restored_count(c: &Cluster, executors: usize) -> usize {
+    (0..executors)
+        .map(|i| {
+            c.log(&format!("executor-{i}.log"))
+                .matches("state restored from the checkpoint")
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn update_mode_emits_each_batchs_keys_with_running_totals() {
+    let c = Cluster::start(2);
+    let id = c.submit(&running_job(&c, "")).unwrap();
+    finish_and_compare(&c, &id);
+    // Healthy executors keep their partitions' state in memory: nothing is restored.
+    assert_eq!(restored_count(&c, 2), 0);
+    // Every version is durable: a delta per partition per batch, snapshots on the interval.
+    let state = c.path("state/jobs").join(&id).join("state/agg-1");
+    for p in 0..4 {
+        for b in 0..4 {
+            assert!(
+                state.join(format!("{p}/{b}.delta")).exists(),
+                "partition {p} version {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn complete_mode_emits_the_whole_table_every_batch() {
+    let c = Cluster::start(2);
+    run_to_end(&c, &running_job(&c, "SET 'output_mode' = 'complete';"));
+    let out = emitted(&c);
+    let (per_batch, totals) = reference();
+    let mut so_far = Totals::new();
+    for (b, touched) in per_batch {
+        so_far.extend(touched.iter().map(|(k, v)| (*k, *v)));
+        assert_eq!(&out[b], &so_far, "batch {b}: the whole table so far");
+    }
+    assert_eq!(&so_far, totals);
+}
+
+#[test]
+fn executor_killed_mid_batch_state_restored_on_survivors() {
+    let mut c = Cluster::start(3);
+    c.wait_for_log("driver.log", &["executor registered"], 3, LONG);
+    // Batch 2's stateful tasks wait 1.5 s before they read input, so the kill lands mid-task.
+    let id = c
+        .submit(&running_job(
+            &c,
+            "SET 'sluice.test.delay_task' = '1:1500ms';",
+        ))
+        .unwrap();
+    c.wait_until(&id, LONG, |s| s["batches_committed"].as_u64() >= Some(2));
+    c.kill_executor(0);
+    let s = finish_and_compare(&c, &id);
+    assert_eq!(s["batches_committed"], 4);
+    assert!(
+        restored_count(&c, 3) >= 1,
+        "the dead executor's partitions were restored from the checkpoint"
+    );
+}
+
+#[test]
+fn driver_and_executor_killed_then_restarted_exact_totals() {
+    driver_and_executor_killed(Cluster::start(2));
+}
+
+#[test]
+fn driver_and_executor_killed_with_state_on_s3() {
+    let s3 = S3Server::start("sluice-state");
+    let mut c = Cluster::new();
+    c.env = s3.env();
+    c.state = Some(s3.uri(&format!("state-{}", sluice_cluster_tests::free_port())));
+    driver_and_executor_killed(Cluster::start_with(c, 2));
+}
+
+/// The driver dies after batch 2's tasks ran (state version 2 written) but before its commit,
+/// and an executor dies with it; the restarted driver reruns batch 2, which must start from
+/// version 1 again, on a fresh executor that restores it from the checkpoint.
+fn driver_and_executor_killed(mut c: Cluster) {
+    // Both executors take part from the first batch, so each holds state partitions.
+    c.wait_for_log("driver.log", &["executor registered"], 2, LONG);
+    let id = c
+        .submit(&running_job(
+            &c,
+            "SET 'sluice.test.pause_at' = 'before_commit:2:3s';\nSET 'state.snapshot_interval' = '2';",
+        ))
+        .unwrap();
+    c.wait_for_log(
+        "driver.log",
+        &["test pause", "step=\"before_commit\"", "batch=2"],
+        1,
+        LONG,
+    );
+    c.kill_driver();
+    c.kill_executor(0);
+    c.add_executor();
+    c.start_driver();
+    c.wait_for_driver();
+    finish_and_compare(&c, &id);
+    assert!(c.log("driver.log").contains("rerunning uncommitted batch"));
+    assert!(
+        restored_count(&c, 3) >= 1,
+        "driver:\n{}\nexecutor 2:\n{}",
+        c.log("driver.log"),
+        c.log("executor-2.log")
+    );
+}
+
+#[test]
+fn corrupted_snapshot_falls_back_to_an_older_one_plus_deltas() {
+    let mut c = Cluster::start(2);
+    // A snapshot after every batch, so version 2 can fall back to snapshot 1 plus delta 2.
+    let id = c
+        .submit(&running_job(
+            &c,
+            "SET 'state.snapshot_interval' = '1';\nSET 'sluice.test.pause_at' = 'before_tasks:3:3s';",
+        ))
+        .unwrap();
+    c.wait_for_log(
+        "driver.log",
+        &["test pause", "step=\"before_tasks\"", "batch=3"],
+        1,
+        LONG,
+    );
+    // Every executor dies, so batch 3 restores version 2 from the checkpoint, whose newest
+    // snapshot is damaged in every partition.
+    c.kill_executor(0);
+    c.kill_executor(1);
+    let state = c.path("state/jobs").join(&id).join("state/agg-1");
+    for p in 0..4 {
+        let snap = state.join(format!("{p}/2.snapshot"));
+        let mut bytes = std::fs::read(&snap).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x5a;
+        std::fs::write(&snap, bytes).unwrap();
+    }
+    c.add_executor();
+    c.add_executor();
+    finish_and_compare(&c, &id);
+    let logs: String = (2..4)
+        .map(|i| c.log(&format!("executor-{i}.log")))
+        .collect();
+    assert!(
+        logs.contains("2.snapshot is corrupted: checksum mismatch; trying an older snapshot"),
+        "{logs}"
+    );
+}
