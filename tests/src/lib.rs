@@ -271,9 +271,16 @@ impl Cluster {
 
     /// Writes `sql` to a file and submits it; returns the job id.
     pub fn submit(&self, sql: &str) -> anyhow::Result<String> {
+        self.submit_with(sql, &[])
+    }
+
+    /// Like `submit`, with more arguments for `sluice submit` (e.g. `--resume JOB`).
+    pub fn submit_with(&self, sql: &str, args: &[&str]) -> anyhow::Result<String> {
         let file = self.path(&format!("job-{}.sql", free_port()));
         std::fs::write(&file, sql)?;
-        let out = self.sluice(&["submit", file.to_str().unwrap()]);
+        let mut argv = vec!["submit", file.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let out = self.sluice(&argv);
         if !out.status.success() {
             bail!("{}", String::from_utf8_lossy(&out.stderr));
         }

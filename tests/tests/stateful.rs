@@ -256,3 +256,42 @@ fn corrupted_snapshot_falls_back_to_an_older_one_plus_deltas() {
         "{logs}"
     );
 }
+
+#[test]
+fn resubmission_continues_from_the_checkpoint_when_the_change_is_safe() {
+    let c = Cluster::start(2);
+    let id = c
+        .submit(&running_job(
+            &c,
+            "SET 'sluice.test.pause_at' = 'after_commit:1:3s';",
+        ))
+        .unwrap();
+    c.wait_for_log(
+        "driver.log",
+        &["test pause", "step=\"after_commit\"", "batch=1"],
+        1,
+        LONG,
+    );
+    let resume = ["--resume", id.as_str()];
+    let e = c.submit_with(&running_job(&c, ""), &resume).unwrap_err();
+    assert!(e.to_string().contains("stop it first"), "{e}");
+    assert!(c.sluice(&["stop", &id]).status.success());
+    c.wait_for(&id, &["stopped"], LONG);
+    // Unsafe: another GROUP BY key; the job stays stopped and its checkpoint untouched.
+    let regrouped = running_job(&c, "").replace("GROUP BY k", "GROUP BY v");
+    let regrouped = regrouped.replace("SELECT k,", "SELECT v,");
+    let e = c.submit_with(&regrouped, &resume).unwrap_err().to_string();
+    assert!(
+        e.contains("GROUP BY keys changed from [g.k] to [g.v]"),
+        "{e}"
+    );
+    assert_eq!(c.status(&id).unwrap()["state"], "stopped");
+    // Safe: a new filter upstream of the state (one that keeps every row, so the totals can
+    // be compared with the reference).
+    let filtered =
+        running_job(&c, "").replace("WHERE k % 5 <> 2", "WHERE k % 5 <> 2 AND v > -5000");
+    assert_eq!(c.submit_with(&filtered, &resume).unwrap(), id);
+    let s = finish_and_compare(&c, &id);
+    assert_eq!(s["batches_committed"], 4, "{s}");
+    assert!(c.log("driver.log").contains("job resumed with new SQL"));
+}

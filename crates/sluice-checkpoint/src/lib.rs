@@ -115,6 +115,27 @@ impl JobCheckpoint {
         self.read("metadata").await
     }
 
+    /// The job as it runs now: the latest revision (a resubmission with changed SQL), else the
+    /// original metadata. Returns the revision number too (0 for the original).
+    pub async fn current_metadata(&self) -> Result<Option<(u64, JobMetadata)>> {
+        if let Some(&n) = self.batches("revisions").await?.last()
+            && let Some(meta) = self.read(&format!("revisions/{n}")).await?
+        {
+            return Ok(Some((n, meta)));
+        }
+        Ok(self.read_metadata().await?.map(|m| (0, m)))
+    }
+
+    /// Records a resubmission; created once, so two concurrent resubmissions cannot both win.
+    pub async fn write_revision(&self, n: u64, meta: &JobMetadata) -> Result<()> {
+        self.create(&format!("revisions/{n}"), meta).await
+    }
+
+    /// Forgets how the job ended, so that it runs again (after a resubmission).
+    pub async fn clear_final(&self) -> Result<()> {
+        self.delete("final").await
+    }
+
     /// The write-ahead entry: must exist before any task of the batch runs.
     pub async fn write_offsets(&self, entry: &OffsetsEntry) -> Result<()> {
         self.create(&format!("offsets/{}", entry.batch_id), entry)

@@ -178,7 +178,12 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut client = client.context("the driver did not come up within 10 s; see the logs")?;
-    let job_id = crate::submit(driver, sql, origin).await?;
+    let request = sluice_proto::SubmitRequest {
+        sql,
+        origin,
+        ..Default::default()
+    };
+    let job_id = crate::submit(driver, request).await?;
     println!("job {job_id} submitted");
     let mut shown: Option<u64> = None;
     let mut last_state = String::new();

@@ -34,7 +34,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Submit a job file; prints the job id
-    Submit { file: PathBuf },
+    Submit {
+        file: PathBuf,
+        /// Continue this stopped or failed job from its checkpoint with the file's SQL; refused,
+        /// with what changed, when the change is unsafe for its offsets or state
+        #[arg(long, value_name = "JOB")]
+        resume: Option<String>,
+    },
     /// List jobs
     Jobs {
         #[arg(long)]
@@ -115,10 +121,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Checkpoint {
             command: CheckpointCommand::Inspect { uri, json },
         } => inspect::run(&uri, json).await,
-        Command::Submit { file } => {
+        Command::Submit { file, resume } => {
             let sql = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read job file {}", file.display()))?;
-            let id = submit(&config.driver, sql, file.display().to_string()).await?;
+            let request = SubmitRequest {
+                sql,
+                origin: file.display().to_string(),
+                resume_job_id: resume.unwrap_or_default(),
+            };
+            let id = submit(&config.driver, request).await?;
             println!("{id}");
             Ok(())
         }
@@ -186,10 +197,10 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 
-pub(crate) async fn submit(driver: &str, sql: String, origin: String) -> anyhow::Result<String> {
+pub(crate) async fn submit(driver: &str, request: SubmitRequest) -> anyhow::Result<String> {
     let r = connect(driver)
         .await?
-        .submit(SubmitRequest { sql, origin })
+        .submit(request)
         .await
         .map_err(status_error)?;
     Ok(r.into_inner().job_id)

@@ -52,8 +52,6 @@ impl Registry {
         let job_id = uuid::Uuid::new_v4().to_string();
         let name = compiled.name(&origin);
         let checkpoint = self.checkpoint(&job_id);
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        format!("{:?}", compiled.stage_specs()).hash(&mut h);
         let submitted_at_ms = now_ms();
         checkpoint
             .write_metadata(&JobMetadata {
@@ -62,7 +60,7 @@ impl Registry {
                 sql: sql.clone(),
                 origin,
                 submitted_at_ms,
-                plan_fingerprint: format!("{:016x}", h.finish()),
+                plan_fingerprint: fingerprint(&compiled),
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -76,6 +74,62 @@ impl Registry {
         };
         self.start(status, &sql, compiled, checkpoint);
         Ok(job_id)
+    }
+
+    /// Continues an ended job from its checkpoint with changed SQL, after checking that the
+    /// change is safe for what the checkpoint holds (its offsets log and its state).
+    pub async fn resume(
+        &self,
+        job_id: &str,
+        sql: String,
+        origin: String,
+    ) -> Result<String, String> {
+        match self.get(job_id) {
+            None => return Err(format!("no job '{job_id}' to resume")),
+            Some(s) if s.state == state::RUNNING || s.state == state::WAITING => {
+                return Err(format!(
+                    "job '{job_id}' is {}; stop it first (sluice stop {job_id})",
+                    s.state
+                ));
+            }
+            Some(_) => {}
+        }
+        let compiled = CompiledJob::compile(&sql, &origin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let checkpoint = self.checkpoint(job_id);
+        let (revision, previous) = checkpoint
+            .current_metadata()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{}: no metadata", checkpoint.uri()))?;
+        let before = CompiledJob::compile(&previous.sql, &previous.origin)
+            .await
+            .map_err(|e| format!("the checkpoint's own SQL no longer plans: {e}"))?;
+        compiled.check_compatible(&before)?;
+        let name = compiled.name(&origin);
+        checkpoint
+            .write_revision(
+                revision + 1,
+                &JobMetadata {
+                    job_id: job_id.to_string(),
+                    name: name.clone(),
+                    sql: sql.clone(),
+                    origin,
+                    submitted_at_ms: now_ms(),
+                    plan_fingerprint: fingerprint(&compiled),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        checkpoint.clear_final().await.map_err(|e| e.to_string())?;
+        let mut status = self.get(job_id).expect("checked above");
+        status.name = name;
+        status.state = state::RUNNING.into();
+        status.error.clear();
+        tracing::info!(job = %job_id, revision = revision + 1, "job resumed with new SQL");
+        self.start(status, &sql, compiled, checkpoint);
+        Ok(job_id.to_string())
     }
 
     fn checkpoint(&self, job_id: &str) -> JobCheckpoint {
@@ -125,7 +179,7 @@ impl Registry {
                 continue;
             };
             let checkpoint = self.checkpoint(&job_id);
-            let Some(meta) = checkpoint.read_metadata().await? else {
+            let Some((_, meta)) = checkpoint.current_metadata().await? else {
                 tracing::warn!(job = %job_id, "no metadata; not a job, skipped");
                 continue;
             };
@@ -236,4 +290,11 @@ impl Registry {
         }
         Some(state::STOPPED.into())
     }
+}
+
+/// Identifies the plan's shape, recorded in the metadata for inspection.
+fn fingerprint(job: &CompiledJob) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{:?}", job.stage_specs()).hash(&mut h);
+    format!("{:016x}", h.finish())
 }

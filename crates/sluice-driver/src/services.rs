@@ -105,11 +105,12 @@ impl sluice_proto::jobs_server::Jobs for JobsService {
         } else {
             r.origin
         };
-        let job_id = self
-            .registry
-            .submit(r.sql, origin)
-            .await
-            .map_err(Status::invalid_argument)?;
+        let job_id = if r.resume_job_id.is_empty() {
+            self.registry.submit(r.sql, origin).await
+        } else {
+            self.registry.resume(&r.resume_job_id, r.sql, origin).await
+        }
+        .map_err(Status::invalid_argument)?;
         Ok(Response::new(SubmitResponse { job_id }))
     }
 

@@ -23,7 +23,8 @@ pub struct TaskRunner {
     fail_all: bool,
     /// Jobs compiled from their SQL, by job id: planning is deterministic, so every executor
     /// arrives at the driver's stages.
-    jobs: Mutex<HashMap<String, Arc<CompiledJob>>>,
+    /// Keyed by job id, with the SQL they came from: a resumed job may run changed SQL.
+    jobs: Mutex<HashMap<String, (String, Arc<CompiledJob>)>>,
 }
 
 /// A task failure and whether retrying could help.
@@ -105,7 +106,9 @@ impl TaskRunner {
 
     async fn job(&self, job_id: &str, sql: &str) -> Result<Arc<CompiledJob>, Failure> {
         let mut jobs = self.jobs.lock().await;
-        if let Some(j) = jobs.get(job_id) {
+        if let Some((planned, j)) = jobs.get(job_id)
+            && planned == sql
+        {
             return Ok(j.clone());
         }
         let job = CompiledJob::compile(sql, job_id)
@@ -116,7 +119,7 @@ impl TaskRunner {
                 fetch: None,
             })?;
         let job = Arc::new(job);
-        jobs.insert(job_id.to_string(), job.clone());
+        jobs.insert(job_id.to_string(), (sql.to_string(), job.clone()));
         Ok(job)
     }
 

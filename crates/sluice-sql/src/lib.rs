@@ -2,6 +2,7 @@
 //! the same code, so they agree on the stages without shipping serialized plans: the driver
 //! needs only the outline ([`sluice_core::StageSpec`]), executors run a stage's operators.
 
+mod compat;
 mod exec;
 mod parse;
 mod plan;

@@ -440,3 +440,72 @@ fn rows(batches: &[RecordBatch]) -> Vec<String> {
     out.sort();
     out
 }
+
+#[tokio::test]
+async fn resubmitting_onto_a_checkpoint_accepts_safe_changes_only() {
+    let job = |partitions: u32, query: &str| {
+        let sql = format!("SET partitions = {partitions};\n{SOURCE}INSERT INTO out {query};");
+        async move { CompiledJob::compile(&sql, "j.sql").await.unwrap() }
+    };
+    let base = job(
+        3,
+        "SELECT page, count(*) AS n, sum(user_id) AS s FROM clicks GROUP BY page",
+    )
+    .await;
+    // A new filter and a different projection upstream of the state: safe.
+    let filtered = job(
+        3,
+        "SELECT page, count(*) AS n, sum(user_id) AS s FROM clicks WHERE user_id > 10 GROUP BY page",
+    )
+    .await;
+    filtered.check_compatible(&base).unwrap();
+    let refused = |new: CompiledJob| {
+        let e = new.check_compatible(&base).unwrap_err();
+        assert!(e.contains("cannot continue from its checkpoint"), "{e}");
+        e
+    };
+    let e = refused(
+        job(
+            3,
+            "SELECT user_id, count(*) AS n, sum(user_id) AS s FROM clicks GROUP BY user_id",
+        )
+        .await,
+    );
+    assert!(
+        e.contains("GROUP BY keys changed from [clicks.page] to [clicks.user_id]"),
+        "{e}"
+    );
+    let e = refused(
+        job(
+            3,
+            "SELECT page, count(*) AS n, max(user_id) AS s FROM clicks GROUP BY page",
+        )
+        .await,
+    );
+    assert!(
+        e.contains("aggregates changed") && e.contains("max(clicks.user_id)"),
+        "{e}"
+    );
+    let e = refused(
+        job(
+            4,
+            "SELECT page, count(*) AS n, sum(user_id) AS s FROM clicks GROUP BY page",
+        )
+        .await,
+    );
+    assert!(e.contains("'partitions' changed from 3 to 4"), "{e}");
+    let e = refused(
+        job(
+            3,
+            "SELECT _batch, page, count(*) FROM clicks GROUP BY _batch, page",
+        )
+        .await,
+    );
+    assert!(e.contains("was removed"), "{e}");
+    // A stateless job may change anything but its source.
+    let a = job(3, "SELECT page FROM clicks").await;
+    job(5, "SELECT upper(page) FROM clicks WHERE user_id > 3")
+        .await
+        .check_compatible(&a)
+        .unwrap();
+}
