@@ -133,6 +133,25 @@ fn update_mode_emits_each_batchs_keys_with_running_totals() {
             );
         }
     }
+    // `sluice checkpoint inspect` lists the state versions and their sizes.
+    let uri = c.state_uri();
+    let out = c.sluice(&["checkpoint", "inspect", &uri, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = all[0]["state"].as_array().unwrap();
+    assert_eq!(parts.len(), 4, "{all}");
+    for p in parts {
+        assert_eq!(p["operator"], "agg-1");
+        assert_eq!(p["latest_version"], 3);
+        assert_eq!(p["files"].as_array().unwrap().len(), 4, "{p}");
+        assert!(p["bytes"].as_u64().unwrap() > 0);
+    }
+    let human = c.sluice(&["checkpoint", "inspect", &uri]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("state       agg-1 partition 0: version 3,") && text.contains("deltas 0..3"),
+        "{text}"
+    );
 }
 
 #[test]

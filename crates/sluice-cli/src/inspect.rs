@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use sluice_checkpoint::JobCheckpoint;
+use sluice_checkpoint::{JobCheckpoint, StateKind};
 use sluice_core::SourceSplit;
 
 /// `uri` is a job's checkpoint (…/jobs/<id>) or a driver's --state (every job under it).
@@ -51,8 +51,8 @@ pub async fn run(uri: &str, as_json: bool) -> anyhow::Result<()> {
 }
 
 async fn describe(cp: &JobCheckpoint) -> anyhow::Result<Value> {
-    let meta = cp
-        .read_metadata()
+    let (revision, meta) = cp
+        .current_metadata()
         .await?
         .with_context(|| format!("{}/metadata is missing", cp.uri()))?;
     let commits = cp.batches("commits").await?;
@@ -80,6 +80,21 @@ async fn describe(cp: &JobCheckpoint) -> anyhow::Result<Value> {
         }));
     }
     let end = cp.read_final().await?;
+    let mut state = Vec::new();
+    for (operator, partition) in cp.state_partitions().await? {
+        let files = cp.state_files(&operator, partition).await?;
+        state.push(json!({
+            "operator": operator,
+            "partition": partition,
+            "latest_version": files.iter().map(|f| f.version).max(),
+            "bytes": files.iter().map(|f| f.size).sum::<u64>(),
+            "files": files.iter().map(|f| json!({
+                "version": f.version,
+                "kind": match f.kind { StateKind::Delta => "delta", StateKind::Snapshot => "snapshot" },
+                "bytes": f.size,
+            })).collect::<Vec<_>>(),
+        }));
+    }
     Ok(json!({
         "checkpoint": cp.uri(),
         "job_id": meta.job_id,
@@ -87,10 +102,11 @@ async fn describe(cp: &JobCheckpoint) -> anyhow::Result<Value> {
         "origin": meta.origin,
         "format_version": sluice_checkpoint::FORMAT_VERSION,
         "plan_fingerprint": meta.plan_fingerprint,
+        "revision": revision,
         "submitted_at_ms": meta.submitted_at_ms,
         "ended": end.map(|e| json!({ "state": e.state, "error": e.error, "at_ms": e.at_ms })),
         "batches": batches,
-        "state": [],
+        "state": state,
     }))
 }
 
@@ -145,7 +161,33 @@ fn print(job: &Value) {
         ),
         None => println!("ended       no (a restarted driver resumes it)"),
     }
-    println!("state       none (the job keeps no state across batches)");
+    let parts = job["state"].as_array().cloned().unwrap_or_default();
+    if parts.is_empty() {
+        println!("state       none (the job keeps no state across batches)");
+    }
+    for p in &parts {
+        let files = p["files"].as_array().cloned().unwrap_or_default();
+        let versions = |kind: &str| -> Vec<String> {
+            files
+                .iter()
+                .filter(|f| f["kind"] == kind)
+                .map(|f| f["version"].to_string())
+                .collect()
+        };
+        let deltas = versions("delta");
+        println!(
+            "state       {} partition {}: version {}, {} bytes; deltas {}; snapshots {}",
+            p["operator"].as_str().unwrap_or_default(),
+            p["partition"],
+            p["latest_version"],
+            p["bytes"],
+            match (deltas.first(), deltas.last()) {
+                (Some(a), Some(b)) => format!("{a}..{b}"),
+                _ => "none".into(),
+            },
+            versions("snapshot").join(",")
+        );
+    }
     println!();
     println!(
         "{:>8}  {:<10}  {:>10}  {:>10}  INPUT",

@@ -80,3 +80,79 @@ pub fn open(uri: &str) -> Result<Location, UriError> {
         uri: format!("file://{}", abs.display()),
     })
 }
+
+/// Deletes the staging files a crash left behind under a local `uri`: object_store's
+/// LocalFileSystem writes `<name>#<n>` and renames it into place, so a process killed mid-write
+/// leaves one (invisible to listings, but taking space). Only files older than `older_than`
+/// go, so that a write in flight is never touched. Object stores need nothing: their puts are
+/// atomic and leave no partial object. Returns how many files were deleted.
+pub fn clean_staging(uri: &str, older_than: std::time::Duration) -> std::io::Result<usize> {
+    let Ok(loc) = open(uri) else { return Ok(0) };
+    let Some(root) = loc.uri.strip_prefix("file://") else {
+        return Ok(0);
+    };
+    let mut deleted = 0;
+    let mut dirs = vec![std::path::PathBuf::from(root)];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries.flatten() {
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let staging = name
+                .rsplit_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= older_than);
+            if staging && old {
+                std::fs::remove_file(entry.path())?;
+                tracing::info!(file = %entry.path().display(), "deleted a leftover staging file");
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn old_staging_files_are_deleted_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("jobs/j/offsets");
+        std::fs::create_dir_all(&sub).unwrap();
+        let write = |name: &str, age_s: u64| {
+            let p = sub.join(name);
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+                .unwrap();
+        };
+        write("3#17", 3600);
+        write("4#18", 0);
+        write("5", 3600);
+        write("notes#draft", 3600);
+        let uri = dir.path().to_str().unwrap();
+        assert_eq!(clean_staging(uri, Duration::from_secs(600)).unwrap(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["4#18", "5", "notes#draft"]);
+        assert_eq!(clean_staging("s3://bucket/x", Duration::ZERO).unwrap(), 0);
+    }
+}

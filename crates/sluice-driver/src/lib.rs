@@ -1,6 +1,9 @@
 //! The driver: accepts jobs, runs each job's batch loop ([`runner`]), and schedules tasks on
 //! executors through the scheduler's event loop ([`core`]).
 
+/// Staging files older than this are leftovers of a crash, not writes in flight.
+const STAGING_MAX_AGE: Duration = Duration::from_secs(600);
+
 pub mod core;
 pub mod jobs;
 pub mod runner;
@@ -108,6 +111,17 @@ pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
         },
     });
     let registry = jobs::Registry::new(core.clone(), state.clone());
+    // Writes a crash interrupted left staging files; a write in flight is far younger.
+    let uri = state.uri.clone();
+    match tokio::task::spawn_blocking(move || {
+        sluice_connectors::store::clean_staging(&uri, STAGING_MAX_AGE)
+    })
+    .await?
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "deleted leftover staging files under --state"),
+        Err(e) => tracing::warn!("cannot clean leftover staging files under --state: {e}"),
+    }
     let resumed = registry.recover().await?;
     if resumed > 0 {
         tracing::info!(resumed, "resumed jobs from the catalog");
