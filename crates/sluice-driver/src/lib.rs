@@ -1,9 +1,6 @@
 //! The driver: accepts jobs, runs each job's batch loop ([`runner`]), and schedules tasks on
 //! executors through the scheduler's event loop ([`core`]).
 
-/// Staging files older than this are leftovers of a crash, not writes in flight.
-const STAGING_MAX_AGE: Duration = Duration::from_secs(600);
-
 pub mod core;
 pub mod jobs;
 pub mod runner;
@@ -21,6 +18,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use sluice_core::init_logging;
 
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Staging files older than this are leftovers of a crash, not writes in flight.
+const STAGING_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// `sluice-driver` command line; every flag may also come from the config file or SLUICE_*.
 #[derive(Debug, clap::Parser, Serialize)]
