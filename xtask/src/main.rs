@@ -280,6 +280,77 @@ fn driver_restart(bins: &Path) -> anyhow::Result<Value> {
     }))
 }
 
+/// A running count by key over 1.5M keys (state in 4 partitions). After 12 batches the driver
+/// is SIGKILLed and restarted: (a) alone, executors keep their state in memory; (b) with every
+/// executor, so new executors restore all 1.5M keys from the checkpoint. How long until the
+/// next batch commits, counted from the kill.
+fn stateful_restart(bins: &Path) -> anyhow::Result<Value> {
+    const KEYS: u64 = 1_500_000;
+    let sql = format!(
+        "SET 'trigger' = '500ms';
+SET 'partitions' = '4';
+CREATE TABLE g (k BIGINT, v BIGINT)
+  WITH (connector = 'datagen', rows_per_second = '600000', splits = '4',
+        'fields.k.kind' = 'sequence', 'fields.v.max' = '100');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT k % {KEYS} AS key, count(*), sum(v) FROM g GROUP BY k % {KEYS};
+"
+    );
+    let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
+    let id = c.submit(&sql)?;
+    let commits = c.path(&format!("state/jobs/{id}/commits"));
+    let count = || std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0);
+    let measure = |c: &mut Cluster, with_executors: bool, after: u64| -> anyhow::Result<u64> {
+        c.wait_until(&id, Duration::from_secs(300), |s| {
+            s["batches_committed"].as_u64() >= Some(after)
+        });
+        let started = Instant::now();
+        c.kill_driver();
+        if with_executors {
+            c.kill_executor(0);
+            c.kill_executor(1);
+        }
+        let before = count();
+        c.start_driver();
+        if with_executors {
+            c.add_executor();
+            c.add_executor();
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count() <= before {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no batch committed after the restart"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(started.elapsed().as_millis() as u64)
+    };
+    let driver_only = measure(&mut c, false, 12)?;
+    let status = c.status(&id)?;
+    let with_executors = measure(
+        &mut c,
+        true,
+        status["batches_committed"].as_u64().unwrap_or(0) + 3,
+    )?;
+    let mut batch_ms: Vec<u64> = c.status(&id)?["recent_batches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b["duration_ms"].as_u64())
+        .collect();
+    batch_ms.sort_unstable();
+    Ok(json!({
+        "keys": KEYS,
+        "rows_per_batch": 300_000,
+        "trigger_ms": 500,
+        "driver_restart_to_commit_ms": driver_only,
+        "driver_and_executors_restart_to_commit_ms": with_executors,
+        "batch_p50_ms": percentile(&batch_ms, 0.5),
+    }))
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -346,6 +417,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
 
     let recovery = executor_loss_recovery(&bins)?;
     let restart = driver_restart(&bins)?;
+    let stateful = stateful_restart(&bins)?;
     let mut checkpoint_ms: Vec<u64> = batches
         .iter()
         .filter_map(|b| b["checkpoint_ms"].as_u64())
@@ -376,6 +448,18 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
             restart["restart_to_commit_ms"].clone(),
         ),
         (
+            "1.5M-key state: driver restart -> commit (ms)",
+            stateful["driver_restart_to_commit_ms"].clone(),
+        ),
+        (
+            "1.5M-key state: driver+executors -> commit (ms)",
+            stateful["driver_and_executors_restart_to_commit_ms"].clone(),
+        ),
+        (
+            "1.5M-key state: batch duration p50 (ms)",
+            stateful["batch_p50_ms"].clone(),
+        ),
+        (
             "checkpoint cost per batch, p50 (ms)",
             json!(percentile(&checkpoint_ms, 0.5)),
         ),
@@ -393,6 +477,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
         "small_batches": { "trigger_ms": 100, "rows_per_batch": 1000, "batches": durations.len(), "p50_ms": p50, "p99_ms": p99 },
         "executor_loss": recovery,
         "driver_restart": restart,
+        "stateful_restart": stateful,
         "checkpoint_ms_per_batch": { "p50": percentile(&checkpoint_ms, 0.5), "max": checkpoint_ms.last() },
     });
     std::fs::create_dir_all(root.join("bench"))?;
