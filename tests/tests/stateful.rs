@@ -194,6 +194,96 @@ fn driver_and_executor_killed_then_restarted_exact_totals() {
     driver_and_executor_killed(Cluster::start(2));
 }
 
+/// The driver dies at another step of batch 2, an executor with it; a fresh executor joins.
+fn driver_killed_at(pause: &str, needles: &[&str], rerun: bool) {
+    let mut c = Cluster::start(2);
+    c.wait_for_log("driver.log", &["executor registered"], 2, LONG);
+    let id = c.submit(&running_job(&c, pause)).unwrap();
+    c.wait_for_log("driver.log", needles, 1, LONG);
+    c.kill_driver();
+    c.kill_executor(1);
+    c.add_executor();
+    c.start_driver();
+    c.wait_for_driver();
+    finish_and_compare(&c, &id);
+    assert_eq!(
+        c.log("driver.log").contains("rerunning uncommitted batch"),
+        rerun
+    );
+}
+
+#[test]
+fn driver_killed_before_offsets_with_an_executor() {
+    driver_killed_at(
+        "SET 'sluice.test.pause_at' = 'before_offsets:2:3s';",
+        &["test pause", "step=\"before_offsets\"", "batch=2"],
+        false,
+    );
+}
+
+#[test]
+fn driver_killed_before_tasks_with_an_executor() {
+    driver_killed_at(
+        "SET 'sluice.test.pause_at' = 'before_tasks:2:3s';",
+        &["test pause", "step=\"before_tasks\"", "batch=2"],
+        true,
+    );
+}
+
+#[test]
+fn driver_killed_while_stateful_tasks_run_with_an_executor() {
+    driver_killed_at(
+        "SET 'sluice.test.delay_after_input' = '1:2s';",
+        &["stage started", "batch=2 ", "stage=1 "],
+        true,
+    );
+}
+
+#[test]
+fn driver_killed_after_commit_with_an_executor() {
+    driver_killed_at(
+        "SET 'sluice.test.pause_at' = 'after_commit:2:3s';",
+        &["test pause", "step=\"after_commit\"", "batch=2"],
+        false,
+    );
+}
+
+#[test]
+fn missing_state_file_fails_the_job_naming_it_and_keeps_committed_output() {
+    let mut c = Cluster::start(2);
+    let id = c
+        .submit(&running_job(
+            &c,
+            "SET 'sluice.test.pause_at' = 'before_tasks:3:3s';\nSET 'restart.strategy' = 'none';",
+        ))
+        .unwrap();
+    c.wait_for_log(
+        "driver.log",
+        &["test pause", "step=\"before_tasks\"", "batch=3"],
+        1,
+        LONG,
+    );
+    c.kill_executor(0);
+    c.kill_executor(1);
+    let state = c.path("state/jobs").join(&id).join("state/agg-1");
+    std::fs::remove_file(state.join("0/1.delta")).unwrap();
+    c.add_executor();
+    let s = c.wait_for(&id, &["finished", "failed"], LONG);
+    assert_eq!(s["state"], "failed", "{s}");
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.contains("state/agg-1/0")
+            && error.contains("no snapshot with a complete chain of deltas"),
+        "{error}"
+    );
+    // Batches 0-2 stay committed, exactly as the reference emitted them.
+    let out = emitted(&c);
+    assert_eq!(out.len(), 3);
+    for (b, rows) in &out {
+        assert_eq!(rows, &reference().0[b], "batch {b}");
+    }
+}
+
 #[test]
 fn driver_and_executor_killed_with_state_on_s3() {
     let s3 = S3Server::start("sluice-state");

@@ -27,6 +27,22 @@ pub struct StateCache {
     checkpoints: Mutex<HashMap<String, JobCheckpoint>>,
 }
 
+/// Why a state could not be had; `fatal` when retrying cannot help (no intact chain of files).
+#[derive(Debug)]
+pub struct StateError {
+    pub message: String,
+    pub fatal: bool,
+}
+
+impl From<String> for StateError {
+    fn from(message: String) -> Self {
+        StateError {
+            message,
+            fatal: false,
+        }
+    }
+}
+
 /// Where a task's starting state came from, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -54,7 +70,7 @@ impl StateCache {
         key: &PartitionKey,
         batch: BatchId,
         checkpoint_uri: &str,
-    ) -> Result<(Arc<Vec<RecordBatch>>, Origin), String> {
+    ) -> Result<(Arc<Vec<RecordBatch>>, Origin), StateError> {
         let Some(version) = batch.checked_sub(1) else {
             return Ok((Arc::new(Vec::new()), Origin::Empty));
         };
@@ -92,7 +108,7 @@ impl StateCache {
         (job_id, stage, partition): &PartitionKey,
         version: BatchId,
         checkpoint_uri: &str,
-    ) -> Result<Vec<RecordBatch>, String> {
+    ) -> Result<Vec<RecordBatch>, StateError> {
         let cp = self.checkpoint(checkpoint_uri)?;
         let agg = job
             .state_of(*stage as usize)
@@ -102,13 +118,17 @@ impl StateCache {
             .await
             .map_err(|e| e.to_string())?;
         let plans = restore_plans(&files, version);
+        let fatal = |message: String| StateError {
+            message,
+            fatal: true,
+        };
         if plans.is_empty() {
-            return Err(format!(
+            return Err(fatal(format!(
                 "cannot restore state version {version} of {}/state/{}/{partition}: no snapshot with a complete chain of deltas ({} files there)",
                 cp.uri(),
                 agg.operator,
                 files.len()
-            ));
+            )));
         }
         let mut errors = Vec::new();
         for plan in plans {
@@ -122,19 +142,19 @@ impl StateCache {
                     return job
                         .restore_state(*stage as usize, &parts)
                         .await
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| StateError::from(e.to_string()));
                 }
                 Err(e @ CheckpointError::Corrupted { .. }) => {
                     tracing::warn!("{e}; trying an older snapshot");
                     errors.push(e.to_string());
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.to_string().into()),
             }
         }
-        Err(format!(
+        Err(fatal(format!(
             "cannot restore state version {version}: {}",
             errors.join("; ")
-        ))
+        )))
     }
 
     async fn read_all(

@@ -228,7 +228,11 @@ impl TaskRunner {
                     .state
                     .before(&job, &state_key, key.batch_id, &launch.checkpoint_uri)
                     .await
-                    .map_err(Failure::retryable)?;
+                    .map_err(|e| Failure {
+                        error: e.message,
+                        fatal: e.fatal,
+                        fetch: None,
+                    })?;
                 tracing::debug!(?key, ?origin, "state ready");
                 s
             }
