@@ -333,6 +333,23 @@ INSERT INTO sink SELECT k % {KEYS} AS key, count(*), sum(v) FROM g GROUP BY k % 
         true,
         status["batches_committed"].as_u64().unwrap_or(0) + 3,
     )?;
+    // What the new executors restored, from their logs: proof the state came from storage.
+    let restored_rows: u64 = (2..4)
+        .flat_map(|i| {
+            c.log(&format!("executor-{i}.log"))
+                .lines()
+                .filter(|l| l.contains("state restored from the checkpoint"))
+                .filter_map(|l| {
+                    l.split("rows=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum();
     let mut batch_ms: Vec<u64> = c.status(&id)?["recent_batches"]
         .as_array()
         .cloned()
@@ -347,6 +364,7 @@ INSERT INTO sink SELECT k % {KEYS} AS key, count(*), sum(v) FROM g GROUP BY k % 
         "trigger_ms": 500,
         "driver_restart_to_commit_ms": driver_only,
         "driver_and_executors_restart_to_commit_ms": with_executors,
+        "rows_restored_from_checkpoint": restored_rows,
         "batch_p50_ms": percentile(&batch_ms, 0.5),
     }))
 }
@@ -454,6 +472,10 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
         (
             "1.5M-key state: driver+executors -> commit (ms)",
             stateful["driver_and_executors_restart_to_commit_ms"].clone(),
+        ),
+        (
+            "  state rows restored by the new executors",
+            stateful["rows_restored_from_checkpoint"].clone(),
         ),
         (
             "1.5M-key state: batch duration p50 (ms)",
