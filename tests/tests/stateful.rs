@@ -404,3 +404,33 @@ fn resubmission_continues_from_the_checkpoint_when_the_change_is_safe() {
     assert_eq!(s["batches_committed"], 4, "{s}");
     assert!(c.log("driver.log").contains("job resumed with new SQL"));
 }
+
+#[test]
+fn state_writes_failing_a_fifth_of_the_time_never_commit_a_broken_batch() {
+    let mut c = Cluster::new();
+    // Driver and executors alike: log entries, sink files and state files fail at random.
+    c.env = vec![("SLUICE_TEST_STORE_FAULTS".into(), "put=0.2,seed=9".into())];
+    let c = Cluster::start_with(c, 2);
+    let sql = running_job(
+        &c,
+        "SET 'task.max_attempts' = '10';
+SET 'task.backoff' = '20ms';
+SET 'state.snapshot_interval' = '2';
+SET 'restart.strategy' = 'fixed-delay';
+SET 'restart.attempts' = '100';
+SET 'restart.delay' = '100ms';",
+    );
+    let id = (0..20)
+        .find_map(|_| c.submit(&sql).ok())
+        .expect("a submission got through");
+    finish_and_compare(&c, &id);
+    let failed_state_writes: usize = (0..2)
+        .map(|i| {
+            c.log(&format!("executor-{i}.log"))
+                .lines()
+                .filter(|l| l.contains("injected write failure") && l.contains("state/agg-1/"))
+                .count()
+        })
+        .sum();
+    assert!(failed_state_writes > 0, "some state writes were failed");
+}
