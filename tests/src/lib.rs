@@ -39,8 +39,22 @@ pub fn free_port() -> u16 {
 
 /// A child that dies with the test process, even when the test runner is killed.
 fn spawn(bin: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Child {
+    spawn_in(bin, args, log, env, None)
+}
+
+/// Like `spawn`, in the working directory `cwd`.
+fn spawn_in(
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+    env: &[(&str, &str)],
+    cwd: Option<&Path>,
+) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let mut cmd = Command::new(bin);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     cmd.args(args)
         .env("SLUICE_LOG", "info")
         .envs(env.iter().copied())
@@ -529,6 +543,203 @@ impl S3Server {
 }
 
 impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real Kafka-wire broker (tansu) on a loopback port with sqlite storage (correct
+/// watermarks and consumer-group offsets), stopped on drop. `cargo xtask ci` installs it;
+/// elsewhere set SLUICE_TANSU to a `tansu` binary.
+pub struct KafkaBroker {
+    child: Child,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl KafkaBroker {
+    pub fn start() -> KafkaBroker {
+        let bin = std::env::var_os("SLUICE_TANSU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/sluice/tansu/bin/tansu")
+            });
+        assert!(
+            bin.exists(),
+            "{} is missing: `cargo xtask ci` installs it (or set SLUICE_TANSU)",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = dir.path().join("tansu.log");
+        let child = spawn_in(
+            &bin,
+            &[
+                "broker".into(),
+                "--listener-url".into(),
+                url.clone(),
+                "--advertised-listener-url".into(),
+                url,
+                "--storage-engine".into(),
+                "sqlite://tansu.db".into(),
+            ],
+            &log,
+            &[],
+            Some(dir.path()),
+        );
+        let broker = KafkaBroker {
+            child,
+            bin,
+            dir,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic (producing to a missing topic would hang).
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(&self.bin)
+            .args([
+                "topic",
+                "create",
+                name,
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .current_dir(self.dir.path())
+            .output()
+            .expect("tansu topic create");
+        assert!(
+            out.status.success(),
+            "topic create {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Produces `(partition, key, value)` records and waits until all are acknowledged.
+    pub fn produce(&self, topic: &str, records: &[(i32, String, String)]) {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        for (p, k, v) in records {
+            let mut record = BaseRecord::to(topic).partition(*p).key(k).payload(v);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        r,
+                    )) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(50));
+                    }
+                    Err((e, _)) => panic!("produce to {topic}: {e}"),
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer
+            .flush(Duration::from_secs(60))
+            .expect("every record acknowledged");
+    }
+
+    /// Reads every record of a topic: (partition, key, value), in offset order per partition.
+    pub fn consume_all(&self, topic: &str, partitions: i32) -> Vec<(i32, Option<String>, String)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Message;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("enable.auto.commit", "false")
+            .set("group.id", "sluice-test-reader")
+            .create()
+            .expect("consumer");
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            if high <= low {
+                continue;
+            }
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(low))
+                .unwrap();
+            consumer.assign(&tpl).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut next = low;
+            while next < high {
+                assert!(
+                    Instant::now() < deadline,
+                    "reading {topic}/{p} timed out at {next}"
+                );
+                if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                    let m = m.expect("record");
+                    next = m.offset() + 1;
+                    out.push((
+                        p,
+                        m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The offsets a consumer group committed for partitions `0..partitions` of `topic`.
+    pub fn group_offsets(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..partitions)
+            .map(
+                |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(rdkafka::Offset::Offset(o)) => o,
+                    _ => -1,
+                },
+            )
+            .collect()
+    }
+}
+
+impl Drop for KafkaBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

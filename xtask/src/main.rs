@@ -98,11 +98,55 @@ fn ensure_moto() -> anyhow::Result<PathBuf> {
     Ok(server)
 }
 
+const TANSU_VERSION: &str = "0.6.0";
+
+/// Installs tansu, the Kafka-wire broker the tests use, under the cache (once per version;
+/// about 11 minutes on 2 cores) and returns its binary.
+fn ensure_tansu() -> anyhow::Result<PathBuf> {
+    let root = cache_dir()?.join("tansu");
+    let bin = root.join("bin/tansu");
+    let marker = root.join(".installed");
+    if bin.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(TANSU_VERSION) {
+        return Ok(bin);
+    }
+    eprintln!(
+        "==> installing tansu {TANSU_VERSION} into {} (once; ~11 min)",
+        root.display()
+    );
+    let started = Instant::now();
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "install",
+            "tansu",
+            "--version",
+            TANSU_VERSION,
+            "--locked",
+            "--features",
+            "dynostore,libsql",
+            "--root",
+        ])
+        .arg(&root)
+        // Its own target dir, so the workspace's build cache is not touched.
+        .env("CARGO_TARGET_DIR", cache_dir()?.join("tansu-build"))
+        .status()?;
+    if !status.success() || !bin.exists() {
+        bail!("installing tansu {TANSU_VERSION} failed");
+    }
+    std::fs::write(&marker, TANSU_VERSION)?;
+    let _ = std::fs::remove_dir_all(cache_dir()?.join("tansu-build"));
+    eprintln!("    ({:.0} s)", started.elapsed().as_secs_f64());
+    Ok(bin)
+}
+
 fn ci() -> anyhow::Result<()> {
     let started = Instant::now();
     let moto = ensure_moto()?;
-    // SAFETY: single-threaded here; the tests we start inherit it.
-    unsafe { std::env::set_var("SLUICE_MOTO_SERVER", &moto) };
+    let tansu = ensure_tansu()?;
+    // SAFETY: single-threaded here; the tests we start inherit them.
+    unsafe {
+        std::env::set_var("SLUICE_MOTO_SERVER", &moto);
+        std::env::set_var("SLUICE_TANSU", &tansu);
+    }
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
         "clippy",

@@ -122,6 +122,21 @@ fn summarize(splits: &[SourceSplit]) -> String {
     if !files.is_empty() {
         return format!("{} files, {} bytes", files.len(), files.iter().sum::<u64>());
     }
+    let kafka: Vec<String> = splits
+        .iter()
+        .filter_map(|s| match s {
+            SourceSplit::Kafka {
+                topic,
+                partition,
+                from,
+                until,
+            } => Some(format!("{topic}/{partition}:[{from},{until})")),
+            _ => None,
+        })
+        .collect();
+    if !kafka.is_empty() {
+        return kafka.join(" ");
+    }
     let ranges: Vec<(u64, u64)> = splits
         .iter()
         .filter_map(|s| match s {

@@ -136,5 +136,5 @@ impl Options<'_> {
 }
 
 /// The connectors Sluice knows, for error messages.
-pub const SOURCES: &[&str] = &["files", "datagen"];
-pub const SINKS: &[&str] = &["console", "blackhole", "files"];
+pub const SOURCES: &[&str] = &["files", "datagen", "kafka"];
+pub const SINKS: &[&str] = &["console", "blackhole", "files", "kafka"];

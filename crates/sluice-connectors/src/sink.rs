@@ -25,6 +25,8 @@ pub enum SinkKind {
         location: Location,
         format: FileFormat,
     },
+    /// Produces each row as a record; at-least-once (a rerun produces its rows again).
+    Kafka(crate::kafka::KafkaSink),
 }
 
 #[derive(Debug)]
@@ -62,6 +64,7 @@ impl Sink {
                     format: FileFormat::from_options(&o, true)?,
                 }
             }
+            "kafka" => SinkKind::Kafka(crate::kafka::KafkaSink::new(spec)?),
             other => {
                 return Err(spec.error(format!(
                     "unknown sink connector '{other}'; valid sink connectors: {}",
@@ -88,6 +91,9 @@ impl Sink {
         };
         match &self.kind {
             SinkKind::Blackhole => {}
+            SinkKind::Kafka(k) => {
+                k.write(batches).await?;
+            }
             SinkKind::Console { num_rows } => {
                 let mut left = *num_rows;
                 let mut shown = Vec::new();

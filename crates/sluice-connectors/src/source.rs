@@ -26,8 +26,16 @@ pub struct PlanContext {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceProgress {
-    Files { seen: BTreeSet<String> },
-    Datagen { next_row: u64 },
+    Files {
+        seen: BTreeSet<String>,
+    },
+    Datagen {
+        next_row: u64,
+    },
+    /// Next offset to read per topic and partition.
+    Kafka {
+        positions: crate::kafka::Positions,
+    },
 }
 
 impl SourceProgress {
@@ -40,6 +48,22 @@ impl SourceProgress {
                 }
                 (SourceProgress::Datagen { next_row }, SourceSplit::Datagen { end, .. }) => {
                     *next_row = (*next_row).max(*end);
+                }
+                (
+                    SourceProgress::Kafka { positions },
+                    SourceSplit::Kafka {
+                        topic,
+                        partition,
+                        until,
+                        ..
+                    },
+                ) => {
+                    let next = positions
+                        .entry(topic.clone())
+                        .or_default()
+                        .entry(*partition)
+                        .or_insert(*until);
+                    *next = (*next).max(*until);
                 }
                 _ => {}
             }
@@ -59,6 +83,7 @@ pub struct Planned {
 pub enum Source {
     Files(FilesSource),
     Datagen(DatagenSource),
+    Kafka(crate::kafka::KafkaSource),
 }
 
 impl Source {
@@ -66,6 +91,7 @@ impl Source {
         match spec.connector()? {
             "files" => Ok(Source::Files(FilesSource::new(spec)?)),
             "datagen" => Ok(Source::Datagen(DatagenSource::new(spec)?)),
+            "kafka" => Ok(Source::Kafka(crate::kafka::KafkaSource::new(spec)?)),
             other => Err(spec.error(format!(
                 "unknown source connector '{other}'; valid source connectors: {}",
                 SOURCES.join(", ")
@@ -79,6 +105,20 @@ impl Source {
                 seen: BTreeSet::new(),
             },
             Source::Datagen(_) => SourceProgress::Datagen { next_row: 0 },
+            Source::Kafka(_) => SourceProgress::Kafka {
+                positions: Default::default(),
+            },
+        }
+    }
+
+    /// After a batch committed with the source at `progress` (Kafka: the consumer group's
+    /// offsets, for lag tools).
+    pub async fn committed(&self, progress: &SourceProgress) -> Result<()> {
+        match (self, progress) {
+            (Source::Kafka(k), SourceProgress::Kafka { positions }) => {
+                k.commit_group(positions).await
+            }
+            _ => Ok(()),
         }
     }
 
@@ -88,6 +128,7 @@ impl Source {
             (Source::Datagen(d), SourceProgress::Datagen { next_row }) => {
                 Ok(d.plan(*next_row, ctx))
             }
+            (Source::Kafka(k), SourceProgress::Kafka { positions }) => k.plan(positions, ctx).await,
             _ => unreachable!("progress kind follows the source kind"),
         }
     }
@@ -97,6 +138,15 @@ impl Source {
         let batches = match (self, split) {
             (Source::Files(f), SourceSplit::File { uri, .. }) => f.read(uri).await?,
             (Source::Datagen(d), SourceSplit::Datagen { start, end }) => d.read(*start, *end)?,
+            (
+                Source::Kafka(k),
+                SourceSplit::Kafka {
+                    topic,
+                    partition,
+                    from,
+                    until,
+                },
+            ) => vec![k.read(topic, *partition, *from, *until).await?],
             (_, other) => {
                 return Err(crate::ConnectorError::Read(format!(
                     "split {other:?} does not belong to this source"
@@ -107,6 +157,15 @@ impl Source {
             .into_iter()
             .map(|b| with_batch_column(b, batch_id))
             .collect()
+    }
+}
+
+/// The columns a source table's rows carry before `_batch`: the declared ones, plus the
+/// record metadata for Kafka.
+pub fn table_schema(spec: &TableSpec) -> SchemaRef {
+    match spec.connector() {
+        Ok("kafka") => crate::kafka::with_metadata_columns(&spec.schema),
+        _ => spec.schema.clone(),
     }
 }
 

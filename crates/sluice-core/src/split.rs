@@ -10,6 +10,13 @@ pub enum SourceSplit {
     File { uri: String, size: u64 },
     /// Rows `[start, end)` of a `datagen` source.
     Datagen { start: u64, end: u64 },
+    /// Offsets `[from, until)` of one Kafka topic-partition.
+    Kafka {
+        topic: String,
+        partition: i32,
+        from: i64,
+        until: i64,
+    },
 }
 
 impl SourceSplit {

@@ -199,6 +199,11 @@ impl JobRunner {
             };
             self.test_pause("before_commit", batch_id).await;
             self.commit(batch_id, &report, offsets_ms).await?;
+            // Progress reported upstream (Kafka consumer group) only once durable; the
+            // checkpoint stays the source of truth, so a failure here is only a warning.
+            if let Err(e) = self.job.source.committed(&progress).await {
+                tracing::warn!(job = %self.job_id, batch = batch_id, "{e}");
+            }
             self.test_pause("after_commit", batch_id).await;
             let retain = self.job.settings.retain_batches;
             if (batch_id + 1) % retain == 0 {

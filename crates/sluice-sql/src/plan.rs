@@ -18,7 +18,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
-use sluice_connectors::{Sink, Source, TableSpec, source_schema};
+use sluice_connectors::{Sink, Source, TableSpec, source_schema, table_schema};
 use sluice_core::{BATCH_COLUMN, JobSettings, ShuffleKind, StageInput, StageOutput, StageSpec};
 use std::sync::Arc;
 
@@ -97,7 +97,7 @@ impl CompiledJob {
         // Every other table is a candidate source; the query decides which one it reads.
         let mut sources = Vec::new();
         for t in job.tables.iter().filter(|t| t.spec.name != insert.target) {
-            let schema = source_schema(&t.spec.schema);
+            let schema = source_schema(&table_schema(&t.spec));
             ctx.register_table(&t.spec.name, Arc::new(EmptyTable::new(schema)))?;
             sources.push(t.spec.clone());
         }
@@ -132,7 +132,7 @@ impl CompiledJob {
         let mut cutter = Cutter {
             ctx: &ctx,
             source_table: source_spec.name.clone(),
-            source_schema: source_schema(&source_spec.schema),
+            source_schema: source_schema(&table_schema(source_spec)),
             partitions: settings.partitions,
             output_mode: settings.output_mode,
             fragments: Vec::new(),

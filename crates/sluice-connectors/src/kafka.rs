@@ -1,0 +1,979 @@
+//! Kafka, read the way Spark's direct stream reads it: the driver (not a consumer group)
+//! decides each batch's input as exact offset ranges per topic-partition, and one task per
+//! topic-partition reads exactly that range by assignment. Any batch can therefore be read
+//! again identically after a failure. The sink produces with an idempotent producer and waits
+//! for every delivery before the task reports success (at-least-once).
+
+use crate::source::{PlanContext, Planned};
+use crate::{ConnectorError, Result, TableSpec};
+use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_core::SourceSplit;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Columns every Kafka source row carries besides the declared ones.
+pub const KEY_COLUMN: &str = "_key";
+pub const PARTITION_COLUMN: &str = "_partition";
+pub const OFFSET_COLUMN: &str = "_offset";
+pub const TIMESTAMP_COLUMN: &str = "_timestamp";
+
+const SOURCE_OPTIONS: &[&str] = &[
+    "bootstrap.servers",
+    "topic",
+    "topics",
+    "topic_pattern",
+    "format",
+    "starting_offsets",
+    "max_offsets_per_trigger",
+    "fail_on_data_loss",
+    "group.id",
+    "csv.delimiter",
+    "on_error",
+];
+const SINK_OPTIONS: &[&str] = &["bootstrap.servers", "topic", "format", "key.column"];
+/// How long a metadata or watermark request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a task waits for the records of its range before it fails (and is retried).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Next offset to read per topic and partition.
+pub type Positions = BTreeMap<String, BTreeMap<i32, i64>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topics {
+    Named(Vec<String>),
+    Pattern(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Starting {
+    Earliest,
+    Latest,
+    /// Per topic and partition; partitions not listed start at the earliest offset.
+    Exact(Positions),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    Jsonl,
+    Csv {
+        delimiter: u8,
+    },
+    /// The record value as the table's single column (TEXT or BYTEA).
+    Raw,
+}
+
+pub struct KafkaSource {
+    table: String,
+    config: ClientConfig,
+    topics: Topics,
+    format: RecordFormat,
+    /// Declared columns (what the record value decodes into).
+    value_schema: SchemaRef,
+    starting: Starting,
+    max_offsets_per_trigger: Option<u64>,
+    fail_on_data_loss: bool,
+    group_id: Option<String>,
+    /// The driver's metadata client, made on first use.
+    meta: Mutex<Option<Arc<BaseConsumer>>>,
+    /// Offsets skipped because retention deleted them (fail_on_data_loss = false).
+    pub lost_offsets: AtomicU64,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("table", &self.table)
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+/// The client settings: `bootstrap.servers` plus every `kafka.*` option passed through.
+fn client_config(spec: &TableSpec, opts: &crate::Options<'_>) -> Result<ClientConfig> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", opts.required("bootstrap.servers")?);
+    for (k, v) in &spec.options {
+        if let Some(key) = k.strip_prefix("kafka.") {
+            config.set(key, v);
+        }
+    }
+    Ok(config)
+}
+
+fn record_format(opts: &crate::Options<'_>, value_schema: &SchemaRef) -> Result<RecordFormat> {
+    Ok(
+        match opts.one_of("format", &["jsonl", "json", "csv", "raw"], "jsonl")? {
+            "csv" => RecordFormat::Csv {
+                delimiter: match opts.str("csv.delimiter") {
+                    None => b',',
+                    Some(d) if d.len() == 1 => d.as_bytes()[0],
+                    Some(d) => {
+                        return Err(opts.error(format!(
+                            "option 'csv.delimiter' = '{d}' must be one character"
+                        )));
+                    }
+                },
+            },
+            "raw" => {
+                let ok = value_schema.fields().len() == 1
+                    && matches!(
+                        value_schema.field(0).data_type(),
+                        DataType::Utf8
+                            | DataType::LargeUtf8
+                            | DataType::Binary
+                            | DataType::LargeBinary
+                    );
+                if !ok {
+                    return Err(opts.error(
+                    "format 'raw' needs exactly one declared column, of type TEXT or BYTEA, for the record value",
+                ));
+                }
+                RecordFormat::Raw
+            }
+            _ => RecordFormat::Jsonl,
+        },
+    )
+}
+
+/// The declared columns plus the record's key, partition, offset and timestamp.
+pub fn with_metadata_columns(declared: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = declared
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend([
+        Field::new(KEY_COLUMN, DataType::Utf8, true),
+        Field::new(PARTITION_COLUMN, DataType::Int32, false),
+        Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        Field::new(
+            TIMESTAMP_COLUMN,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+impl KafkaSource {
+    pub fn new(spec: &TableSpec) -> Result<Self> {
+        let opts = spec.options(SOURCE_OPTIONS, &["kafka."])?;
+        let config = client_config(spec, &opts)?;
+        let topics = match (
+            opts.str("topic"),
+            opts.str("topics"),
+            opts.str("topic_pattern"),
+        ) {
+            (Some(t), None, None) => Topics::Named(vec![t.trim().to_string()]),
+            (None, Some(ts), None) => Topics::Named(
+                ts.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+            ),
+            (None, None, Some(p)) => {
+                regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    opts.error(format!(
+                        "option 'topic_pattern' = '{p}' is not a regex: {e}"
+                    ))
+                })?;
+                Topics::Pattern(p.to_string())
+            }
+            _ => {
+                return Err(opts.error(
+                    "give exactly one of the options 'topic', 'topics' (comma-separated) or 'topic_pattern'",
+                ));
+            }
+        };
+        let starting = match opts.str("starting_offsets").map(str::trim) {
+            None | Some("earliest") => Starting::Earliest,
+            Some("latest") => Starting::Latest,
+            Some(json) => Starting::Exact(serde_json::from_str(json).map_err(|e| {
+                opts.error(format!(
+                    "option 'starting_offsets' = '{json}' must be earliest, latest or JSON like {{\"topic\": {{\"0\": 42}}}} ({e})"
+                ))
+            })?),
+        };
+        let max_offsets_per_trigger = opts.parse::<u64>("max_offsets_per_trigger")?;
+        if max_offsets_per_trigger == Some(0) {
+            return Err(opts.error("option 'max_offsets_per_trigger' must be at least 1"));
+        }
+        // Bad records stop the job, naming topic, partition and offset.
+        opts.one_of("on_error", &["fail"], "fail")?;
+        Ok(KafkaSource {
+            table: spec.name.clone(),
+            format: record_format(&opts, &spec.schema)?,
+            value_schema: spec.schema.clone(),
+            starting,
+            max_offsets_per_trigger,
+            fail_on_data_loss: opts.bool("fail_on_data_loss", true)?,
+            group_id: opts.str("group.id").map(str::to_string),
+            topics,
+            config,
+            meta: Mutex::new(None),
+            lost_offsets: AtomicU64::new(0),
+        })
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::Read(format!("table '{}': {message}", self.table))
+    }
+
+    fn meta_client(&self) -> Result<Arc<BaseConsumer>> {
+        let mut slot = self.meta.lock().unwrap();
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let client: BaseConsumer = self
+            .config
+            .clone()
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| self.error(format!("cannot create a Kafka client: {e}")))?;
+        let client = Arc::new(client);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Every partition of the source's topics with its (low, high) watermarks.
+    async fn watermarks(&self) -> Result<BTreeMap<(String, i32), (i64, i64)>> {
+        let client = self.meta_client()?;
+        let topics = self.topics.clone();
+        let table = self.table.clone();
+        tokio::task::spawn_blocking(move || fetch_watermarks(&client, &topics, &table))
+            .await
+            .map_err(|e| self.error(e))?
+    }
+
+    /// Decides the next batch's offset ranges from the positions read so far.
+    pub async fn plan(&self, positions: &Positions, ctx: &PlanContext) -> Result<Planned> {
+        let marks = self.watermarks().await?;
+        plan_ranges(
+            &marks,
+            positions,
+            &self.starting,
+            self.max_offsets_per_trigger,
+            self.fail_on_data_loss,
+            ctx,
+        )
+        .map(|(splits, lost)| {
+            if lost > 0 {
+                self.lost_offsets.fetch_add(lost, Ordering::Relaxed);
+                tracing::warn!(
+                    table = %self.table,
+                    lost,
+                    total = self.lost_offsets.load(Ordering::Relaxed),
+                    "offsets deleted by retention before they were read were skipped (fail_on_data_loss = false)"
+                );
+            }
+            Planned {
+                splits,
+                exhausted: false,
+            }
+        })
+        .map_err(|e| self.error(e))
+    }
+
+    /// Reads exactly `[from, until)` of one partition and decodes it.
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        until: i64,
+    ) -> Result<RecordBatch> {
+        let reader = RangeReader {
+            table: self.table.clone(),
+            config: self.config.clone(),
+            format: self.format,
+            value_schema: self.value_schema.clone(),
+            topic: topic.to_string(),
+            partition,
+            from,
+            until,
+        };
+        tokio::task::spawn_blocking(move || reader.read())
+            .await
+            .map_err(|e| self.error(e))?
+    }
+
+    /// After a batch commits: record its end offsets in the consumer group (if `group.id` is
+    /// set), so lag tools show the job's progress. The checkpoint stays the source of truth.
+    pub async fn commit_group(&self, positions: &Positions) -> Result<()> {
+        let Some(group) = self.group_id.clone() else {
+            return Ok(());
+        };
+        let (config, positions, table) =
+            (self.config.clone(), positions.clone(), self.table.clone());
+        tokio::task::spawn_blocking(move || commit_offsets(&config, &group, &positions, &table))
+            .await
+            .map_err(|e| self.error(e))?
+    }
+}
+
+fn fetch_watermarks(
+    client: &BaseConsumer,
+    topics: &Topics,
+    table: &str,
+) -> Result<BTreeMap<(String, i32), (i64, i64)>> {
+    let error = |m: String| ConnectorError::Read(format!("table '{table}': {m}"));
+    let metadata = client
+        .fetch_metadata(None, REQUEST_TIMEOUT)
+        .map_err(|e| error(format!("cannot read Kafka metadata: {e}")))?;
+    let pattern = match topics {
+        Topics::Pattern(p) => regex::Regex::new(&format!("^(?:{p})$")).ok(),
+        Topics::Named(_) => None,
+    };
+    let wanted = |name: &str| match topics {
+        Topics::Named(names) => names.iter().any(|n| n == name),
+        Topics::Pattern(_) => pattern.as_ref().is_some_and(|r| r.is_match(name)),
+    };
+    let mut out = BTreeMap::new();
+    let mut found = Vec::new();
+    for topic in metadata.topics().iter().filter(|t| wanted(t.name())) {
+        found.push(topic.name().to_string());
+        for p in topic.partitions() {
+            let marks = client
+                .fetch_watermarks(topic.name(), p.id(), REQUEST_TIMEOUT)
+                .map_err(|e| {
+                    error(format!(
+                        "cannot read the offsets of topic '{}' partition {}: {e}",
+                        topic.name(),
+                        p.id()
+                    ))
+                })?;
+            out.insert((topic.name().to_string(), p.id()), marks);
+        }
+    }
+    if let Topics::Named(names) = topics {
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !found.contains(n))
+            .map(|m| format!("'{m}'"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(error(format!(
+                "topic(s) {} do not exist on the broker",
+                missing.join(", ")
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn commit_offsets(
+    config: &ClientConfig,
+    group: &str,
+    positions: &Positions,
+    table: &str,
+) -> Result<()> {
+    let error = |m: String| ConnectorError::Write(format!("table '{table}': {m}"));
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| error(format!("cannot create a Kafka client: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    for (topic, parts) in positions {
+        for (p, next) in parts {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*next))
+                .map_err(|e| error(e.to_string()))?;
+        }
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .map_err(|e| error(format!("cannot commit offsets to group '{group}': {e}")))
+}
+
+/// One task's read of one partition's range, run on a blocking thread.
+struct RangeReader {
+    table: String,
+    config: ClientConfig,
+    format: RecordFormat,
+    value_schema: SchemaRef,
+    topic: String,
+    partition: i32,
+    from: i64,
+    until: i64,
+}
+
+impl RangeReader {
+    fn read(self) -> Result<RecordBatch> {
+        let RangeReader {
+            table,
+            config,
+            format,
+            value_schema,
+            topic,
+            partition,
+            from,
+            until,
+        } = self;
+        let schema = with_metadata_columns(&value_schema);
+        if until <= from {
+            return Ok(RecordBatch::new_empty(schema));
+        }
+        let consumer: BaseConsumer = config
+            .clone()
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "error")
+            // librdkafka refuses assign() without a group id; this one never joins or commits.
+            .set("group.id", format!("sluice-direct-{table}"))
+            .create()
+            .map_err(|e| ConnectorError::Write(format!("cannot create a Kafka client: {e}")))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(from))
+            .map_err(|e| ConnectorError::Write(e.to_string()))?;
+        consumer.assign(&tpl).map_err(|e| {
+            ConnectorError::Write(format!("cannot assign {topic}/{partition}: {e}"))
+        })?;
+        let mut records = Records::default();
+        let mut last = from - 1;
+        let deadline = Instant::now() + READ_TIMEOUT;
+        while last < until - 1 {
+            if Instant::now() > deadline {
+                // Retryable: the broker may be slow or restarting.
+                return Err(ConnectorError::Write(format!(
+                    "table '{table}': timed out reading topic '{topic}' partition {partition} offsets [{from}, {until}): got up to {last}"
+                )));
+            }
+            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let msg = msg.map_err(|e| {
+                ConnectorError::Write(format!(
+                    "table '{table}': reading topic '{topic}' partition {partition} at offset {}: {e}",
+                    last + 1
+                ))
+            })?;
+            let offset = msg.offset();
+            if offset >= until {
+                break;
+            }
+            if offset < from {
+                continue;
+            }
+            last = offset;
+            records.push(&msg);
+        }
+        records
+            .decode(format, &value_schema, schema, partition)
+            .map_err(|(offset, e)| {
+                ConnectorError::Read(format!(
+                    "table '{table}': topic '{topic}' partition {partition} offset {offset}: {e}"
+                ))
+            })
+    }
+}
+
+/// The records of one range, as read.
+#[derive(Default)]
+struct Records {
+    values: Vec<Option<Vec<u8>>>,
+    keys: Vec<Option<String>>,
+    offsets: Vec<i64>,
+    timestamps: Vec<Option<i64>>,
+}
+
+impl Records {
+    fn push<M: Message>(&mut self, msg: &M) {
+        self.values.push(msg.payload().map(<[u8]>::to_vec));
+        self.keys
+            .push(msg.key().map(|k| String::from_utf8_lossy(k).into_owned()));
+        self.offsets.push(msg.offset());
+        self.timestamps.push(msg.timestamp().to_millis());
+    }
+
+    /// Decodes the values into the declared columns and adds the metadata columns.
+    /// On a bad record: its offset and why.
+    fn decode(
+        self,
+        format: RecordFormat,
+        value_schema: &SchemaRef,
+        schema: SchemaRef,
+        partition: i32,
+    ) -> std::result::Result<RecordBatch, (i64, String)> {
+        let n = self.offsets.len();
+        let mut columns: Vec<ArrayRef> = match format {
+            RecordFormat::Raw => {
+                let values: Vec<Option<&[u8]>> = self.values.iter().map(|v| v.as_deref()).collect();
+                let array: ArrayRef = match value_schema.field(0).data_type() {
+                    DataType::Utf8 | DataType::LargeUtf8 => {
+                        let mut strings = Vec::with_capacity(n);
+                        for (i, v) in values.iter().enumerate() {
+                            strings.push(match v {
+                                None => None,
+                                Some(b) => Some(std::str::from_utf8(b).map_err(|e| {
+                                    (self.offsets[i], format!("value is not UTF-8 text: {e}"))
+                                })?),
+                            });
+                        }
+                        let a: ArrayRef = Arc::new(StringArray::from(strings));
+                        arrow::compute::cast(&a, value_schema.field(0).data_type())
+                            .map_err(|e| (self.offsets[0], e.to_string()))?
+                    }
+                    _ => {
+                        let a: ArrayRef = Arc::new(arrow::array::BinaryArray::from(values));
+                        arrow::compute::cast(&a, value_schema.field(0).data_type())
+                            .map_err(|e| (self.offsets[0], e.to_string()))?
+                    }
+                };
+                vec![array]
+            }
+            RecordFormat::Jsonl | RecordFormat::Csv { .. } => {
+                let file_format = match format {
+                    RecordFormat::Csv { delimiter } => crate::FileFormat::Csv {
+                        header: false,
+                        delimiter,
+                    },
+                    _ => crate::FileFormat::Jsonl,
+                };
+                // Fast path: all values as one document, one line each.
+                let mut text = Vec::new();
+                for (i, v) in self.values.iter().enumerate() {
+                    let v = v.as_deref().unwrap_or_default();
+                    if v.is_empty() || v.contains(&b'\n') {
+                        let why = if v.is_empty() {
+                            "empty value"
+                        } else {
+                            "value spans several lines"
+                        };
+                        return Err((self.offsets[i], why.into()));
+                    }
+                    text.extend_from_slice(v);
+                    text.push(b'\n');
+                }
+                let batches =
+                    crate::files::decode(&text, file_format, value_schema).map_err(|e| {
+                        // "line N: ..." names the record.
+                        match e.strip_prefix("line ").and_then(|r| r.split_once(':')) {
+                            Some((line, rest)) => match line.parse::<usize>() {
+                                Ok(l) if l >= 1 && l <= n => {
+                                    (self.offsets[l - 1], rest.trim().to_string())
+                                }
+                                _ => (self.offsets[0], e.clone()),
+                            },
+                            None => (self.offsets[0], e),
+                        }
+                    })?;
+                let batch = arrow::compute::concat_batches(value_schema, &batches)
+                    .map_err(|e| (self.offsets[0], e.to_string()))?;
+                if batch.num_rows() != n {
+                    return Err((
+                        self.offsets[0],
+                        format!("{} records decoded into {} rows", n, batch.num_rows()),
+                    ));
+                }
+                batch.columns().to_vec()
+            }
+        };
+        columns.push(Arc::new(StringArray::from(self.keys)));
+        columns.push(Arc::new(Int32Array::from_value(partition, n)));
+        columns.push(Arc::new(Int64Array::from(self.offsets)));
+        columns.push(Arc::new(TimestampMillisecondArray::from(self.timestamps)));
+        RecordBatch::try_new(schema, columns).map_err(|e| (0, e.to_string()))
+    }
+}
+
+/// The planning rule, without I/O: from every partition's watermarks and the positions read
+/// so far, the next batch's ranges and how many offsets were lost to retention.
+///
+/// A partition seen for the first time starts at `starting` (for the job's first batch) or at
+/// its earliest offset (a partition added later), and gets a range even when it is empty, so
+/// the offsets entry records where it starts. Otherwise only partitions with new records get a
+/// range. `max_offsets` caps the whole batch, shared by backlog.
+pub fn plan_ranges(
+    marks: &BTreeMap<(String, i32), (i64, i64)>,
+    positions: &Positions,
+    starting: &Starting,
+    max_offsets: Option<u64>,
+    fail_on_data_loss: bool,
+    _ctx: &PlanContext,
+) -> std::result::Result<(Vec<SourceSplit>, u64), String> {
+    let first_batch = positions.is_empty();
+    let mut lost = 0u64;
+    // (topic, partition, from, high, new partition)
+    let mut ranges: Vec<(String, i32, i64, i64, bool)> = Vec::new();
+    for ((topic, p), (low, high)) in marks {
+        let known = positions.get(topic).and_then(|m| m.get(p)).copied();
+        let start = match known {
+            Some(next) => next,
+            None if first_batch => match starting {
+                Starting::Earliest => *low,
+                Starting::Latest => *high,
+                Starting::Exact(map) => map
+                    .get(topic)
+                    .and_then(|m| m.get(p))
+                    .copied()
+                    .unwrap_or(*low),
+            },
+            None => *low,
+        };
+        let mut from = start;
+        if from < *low {
+            if fail_on_data_loss {
+                return Err(format!(
+                    "topic '{topic}' partition {p}: offsets [{from}, {low}) were deleted (by retention) before they were read; set fail_on_data_loss = 'false' to skip them"
+                ));
+            }
+            lost += (*low - from) as u64;
+            from = *low;
+        }
+        if from > *high {
+            return Err(format!(
+                "topic '{topic}' partition {p}: the next offset to read is {from} but the partition ends at {high} (was the topic recreated?)"
+            ));
+        }
+        ranges.push((topic.clone(), *p, from, *high, known.is_none()));
+    }
+    let backlog: u64 = ranges.iter().map(|r| (r.3 - r.2) as u64).sum();
+    let mut takes: Vec<u64> = ranges.iter().map(|r| (r.3 - r.2) as u64).collect();
+    if let Some(max) = max_offsets
+        && backlog > max
+    {
+        // Share the cap by backlog (as Spark does), then hand out what rounding left over.
+        for (t, r) in takes.iter_mut().zip(&ranges) {
+            let b = (r.3 - r.2) as u64;
+            *t = ((b as u128 * max as u128) / backlog as u128) as u64;
+        }
+        let mut left = max - takes.iter().sum::<u64>();
+        let mut order: Vec<usize> = (0..ranges.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse((ranges[i].3 - ranges[i].2) as u64 - takes[i]));
+        for i in order {
+            if left == 0 {
+                break;
+            }
+            let room = (ranges[i].3 - ranges[i].2) as u64 - takes[i];
+            let add = room.min(left);
+            takes[i] += add;
+            left -= add;
+        }
+    }
+    let splits = ranges
+        .into_iter()
+        .zip(takes)
+        .filter(|((_, _, _, _, new), take)| *take > 0 || *new)
+        .map(
+            |((topic, partition, from, _, _), take)| SourceSplit::Kafka {
+                topic,
+                partition,
+                from,
+                until: from + take as i64,
+            },
+        )
+        .collect();
+    Ok((splits, lost))
+}
+
+/// The `kafka` sink: one record per row, the value encoded as JSON, CSV or raw text, the key
+/// from a chosen column; an idempotent producer, and every delivery awaited.
+pub struct KafkaSink {
+    table: String,
+    topic: String,
+    format: RecordFormat,
+    key_column: Option<String>,
+    config: ClientConfig,
+    producer: Mutex<Option<FutureProducer>>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("table", &self.table)
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl KafkaSink {
+    pub fn new(spec: &TableSpec) -> Result<Self> {
+        let opts = spec.options(SINK_OPTIONS, &["kafka."])?;
+        let mut config = client_config(spec, &opts)?;
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000");
+        let format = match opts.one_of("format", &["jsonl", "json", "csv", "raw"], "jsonl")? {
+            "csv" => RecordFormat::Csv { delimiter: b',' },
+            "raw" => RecordFormat::Raw,
+            _ => RecordFormat::Jsonl,
+        };
+        Ok(KafkaSink {
+            table: spec.name.clone(),
+            topic: opts.required("topic")?.to_string(),
+            format,
+            key_column: opts.str("key.column").map(str::to_string),
+            config,
+            producer: Mutex::new(None),
+        })
+    }
+
+    fn producer(&self) -> Result<FutureProducer> {
+        let mut slot = self.producer.lock().unwrap();
+        if let Some(p) = slot.as_ref() {
+            return Ok(p.clone());
+        }
+        let p: FutureProducer = self.config.create().map_err(|e| {
+            ConnectorError::Write(format!(
+                "table '{}': cannot create a Kafka producer: {e}",
+                self.table
+            ))
+        })?;
+        *slot = Some(p.clone());
+        Ok(p)
+    }
+
+    /// Produces every row and waits until the broker acknowledged all of them.
+    pub async fn write(&self, batches: &[RecordBatch]) -> Result<u64> {
+        let producer = self.producer()?;
+        let mut pending = Vec::new();
+        for batch in batches {
+            let values = encode_rows(batch, self.format)
+                .map_err(|e| ConnectorError::Write(format!("table '{}': {e}", self.table)))?;
+            let keys: Vec<Option<String>> = match &self.key_column {
+                None => vec![None; batch.num_rows()],
+                Some(k) => {
+                    let col = batch.column_by_name(k).ok_or_else(|| {
+                        ConnectorError::Write(format!(
+                            "table '{}': option 'key.column' = '{k}' is not a column of the rows ({})",
+                            self.table,
+                            batch
+                                .schema()
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
+                    (0..batch.num_rows())
+                        .map(|i| {
+                            (!col.is_null(i)).then(|| {
+                                arrow::util::display::array_value_to_string(col, i)
+                                    .unwrap_or_default()
+                            })
+                        })
+                        .collect()
+                }
+            };
+            for (value, key) in values.into_iter().zip(keys) {
+                let producer = producer.clone();
+                let topic = self.topic.clone();
+                pending.push(async move {
+                    let mut record = FutureRecord::<str, [u8]>::to(&topic).payload(&value[..]);
+                    if let Some(k) = key.as_deref() {
+                        record = record.key(k);
+                    }
+                    producer
+                        .send(record, Duration::from_secs(30))
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| e.to_string())
+                });
+            }
+        }
+        let n = pending.len() as u64;
+        for r in futures::future::join_all(pending).await {
+            r.map_err(|e| {
+                ConnectorError::Write(format!(
+                    "table '{}': producing to topic '{}' failed: {e}",
+                    self.table, self.topic
+                ))
+            })?;
+        }
+        Ok(n)
+    }
+}
+
+/// One encoded value per row.
+fn encode_rows(
+    batch: &RecordBatch,
+    format: RecordFormat,
+) -> std::result::Result<Vec<Vec<u8>>, String> {
+    match format {
+        RecordFormat::Jsonl => {
+            let mut buf = Vec::new();
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+            w.write(batch).map_err(|e| e.to_string())?;
+            w.finish().map_err(|e| e.to_string())?;
+            drop(w);
+            Ok(buf
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect())
+        }
+        RecordFormat::Csv { delimiter } => {
+            let mut buf = Vec::new();
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(false)
+                .with_delimiter(delimiter)
+                .build(&mut buf);
+            w.write(batch).map_err(|e| e.to_string())?;
+            drop(w);
+            Ok(buf
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect())
+        }
+        RecordFormat::Raw => {
+            if batch.num_columns() != 1 {
+                return Err(format!(
+                    "format 'raw' writes one column, but the rows have {}",
+                    batch.num_columns()
+                ));
+            }
+            let col = batch.column(0);
+            Ok((0..batch.num_rows())
+                .map(|i| {
+                    arrow::util::display::array_value_to_string(col, i)
+                        .unwrap_or_default()
+                        .into_bytes()
+                })
+                .collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::Trigger;
+
+    fn ctx() -> PlanContext {
+        PlanContext {
+            now_ms: 0,
+            job_start_ms: 0,
+            trigger: Trigger::ProcessingTime(Duration::ZERO),
+            default_splits: 4,
+        }
+    }
+
+    fn marks(list: &[(i32, i64, i64)]) -> BTreeMap<(String, i32), (i64, i64)> {
+        list.iter()
+            .map(|(p, lo, hi)| (("t".to_string(), *p), (*lo, *hi)))
+            .collect()
+    }
+
+    fn at(list: &[(i32, i64)]) -> Positions {
+        [(
+            "t".to_string(),
+            list.iter().copied().collect::<BTreeMap<i32, i64>>(),
+        )]
+        .into_iter()
+        .collect()
+    }
+
+    fn ranges(splits: &[SourceSplit]) -> Vec<(i32, i64, i64)> {
+        splits
+            .iter()
+            .map(|s| match s {
+                SourceSplit::Kafka {
+                    partition,
+                    from,
+                    until,
+                    ..
+                } => (*partition, *from, *until),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_batch_records_every_partition_from_the_starting_offsets() {
+        let m = marks(&[(0, 0, 10), (1, 5, 5), (2, 0, 7)]);
+        let (s, _) = plan_ranges(
+            &m,
+            &Positions::new(),
+            &Starting::Earliest,
+            None,
+            true,
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(ranges(&s), vec![(0, 0, 10), (1, 5, 5), (2, 0, 7)]);
+        let (s, _) =
+            plan_ranges(&m, &Positions::new(), &Starting::Latest, None, true, &ctx()).unwrap();
+        assert_eq!(ranges(&s), vec![(0, 10, 10), (1, 5, 5), (2, 7, 7)]);
+        let exact = Starting::Exact(at(&[(0, 4)]));
+        let (s, _) = plan_ranges(&m, &Positions::new(), &exact, None, true, &ctx()).unwrap();
+        assert_eq!(ranges(&s), vec![(0, 4, 10), (1, 5, 5), (2, 0, 7)]);
+    }
+
+    #[test]
+    fn later_batches_read_only_new_records_and_pick_up_new_partitions() {
+        let m = marks(&[(0, 0, 12), (1, 0, 5), (2, 0, 3)]);
+        let (s, _) = plan_ranges(
+            &m,
+            &at(&[(0, 10), (1, 5)]),
+            &Starting::Latest,
+            None,
+            true,
+            &ctx(),
+        )
+        .unwrap();
+        // Partition 1 has nothing new; partition 2 is new and starts at its earliest offset.
+        assert_eq!(ranges(&s), vec![(0, 10, 12), (2, 0, 3)]);
+    }
+
+    #[test]
+    fn the_rate_limit_is_shared_by_backlog_and_used_fully() {
+        let m = marks(&[(0, 0, 1000), (1, 0, 100), (2, 0, 0)]);
+        let pos = at(&[(0, 0), (1, 0), (2, 0)]);
+        let (s, _) = plan_ranges(&m, &pos, &Starting::Earliest, Some(110), true, &ctx()).unwrap();
+        assert_eq!(ranges(&s), vec![(0, 0, 100), (1, 0, 10)]);
+        let (s, _) = plan_ranges(&m, &pos, &Starting::Earliest, Some(7), true, &ctx()).unwrap();
+        let total: i64 = ranges(&s).iter().map(|r| r.2 - r.1).sum();
+        assert_eq!(total, 7);
+    }
+
+    #[test]
+    fn deleted_offsets_fail_by_default_and_are_skipped_and_counted_otherwise() {
+        // Retention moved partition 0's earliest offset to 50; we had read up to 20.
+        let m = marks(&[(0, 50, 80)]);
+        let pos = at(&[(0, 20)]);
+        let err = plan_ranges(&m, &pos, &Starting::Earliest, None, true, &ctx()).unwrap_err();
+        assert!(
+            err.contains("topic 't' partition 0: offsets [20, 50) were deleted"),
+            "{err}"
+        );
+        let (s, lost) = plan_ranges(&m, &pos, &Starting::Earliest, None, false, &ctx()).unwrap();
+        assert_eq!((ranges(&s), lost), (vec![(0, 50, 80)], 30));
+    }
+
+    #[test]
+    fn bad_records_are_named_by_offset() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let mut r = Records::default();
+        for (i, v) in [b"{\"n\": 1}".as_slice(), b"{\"n\": \"x\"}", b"{\"n\": 3}"]
+            .iter()
+            .enumerate()
+        {
+            r.values.push(Some(v.to_vec()));
+            r.keys.push(None);
+            r.offsets.push(100 + i as i64);
+            r.timestamps.push(None);
+        }
+        let (offset, why) = r
+            .decode(
+                RecordFormat::Jsonl,
+                &schema,
+                with_metadata_columns(&schema),
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(offset, 101, "{why}");
+    }
+}
