@@ -291,3 +291,68 @@ INSERT INTO o SELECT k, v FROM g;
         assert_eq!(key.as_deref(), Some(v["k"].to_string().as_str()));
     }
 }
+
+#[test]
+fn bad_records_go_to_the_dead_letter_table_and_the_batch_goes_on() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", 4);
+    broker.produce("events", &records(0..400));
+    broker.produce(
+        "events",
+        &[
+            (1, "bad1".into(), "not json at all".into()),
+            (3, "bad2".into(), "{\"user\": \"x\", \"amount\": 1}".into()),
+        ],
+    );
+    broker.produce("events", &records(400..800));
+    let c = Cluster::start(2);
+    let sql = format!(
+        "SET 'trigger' = 'available_now';
+{}
+CREATE TABLE bad WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+CREATE TABLE o (batch BIGINT, key TEXT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _batch, _key, count(*) FROM events GROUP BY _batch, _key;
+",
+        source(&broker, ", on_error = 'dead_letter', 'dead_letter.table' = 'bad'"),
+        c.path("bad").display(),
+        c.path("out").display()
+    );
+    let s = run_to_end(&c, &sql);
+    assert_eq!(
+        summed_counts(&c),
+        counts(0..800),
+        "every good record counted once"
+    );
+    let dead: Vec<Value> = committed_jsonl(&c.path("bad"))
+        .into_values()
+        .flatten()
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let mut where_: Vec<(i64, i64, String)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d["partition"].as_i64().unwrap(),
+                d["offset"].as_i64().unwrap(),
+                d["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    where_.sort();
+    // 100 records per partition came first, so each bad record sits at offset 100.
+    assert_eq!(
+        where_,
+        vec![(1, 100, "bad1".to_string()), (3, 100, "bad2".to_string())]
+    );
+    assert!(
+        dead.iter()
+            .all(|d| !d["error"].as_str().unwrap().is_empty())
+    );
+    let counted: u64 = s["recent_batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["dead_letters"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 2);
+}

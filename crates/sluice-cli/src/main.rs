@@ -219,6 +219,12 @@ pub(crate) fn rerun_reasons(b: &sluice_proto::BatchStatus) -> String {
         }
     }
     let mut text = why.join(", ");
+    if b.dead_letters > 0 {
+        text.push_str(&format!(
+            "; {} records to the dead-letter table",
+            b.dead_letters
+        ));
+    }
     if b.recovery_ms > 0 {
         text.push_str(&format!("; recovered in {} ms", b.recovery_ms));
     }
@@ -257,6 +263,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
             },
             "recovery_ms": b.recovery_ms,
             "checkpoint_ms": b.checkpoint_ms,
+            "dead_letters": b.dead_letters,
             "committed_at_ms": b.committed_at_ms,
         })).collect::<Vec<_>>(),
     })

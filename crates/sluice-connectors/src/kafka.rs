@@ -38,6 +38,7 @@ const SOURCE_OPTIONS: &[&str] = &[
     "group.id",
     "csv.delimiter",
     "on_error",
+    "dead_letter.table",
 ];
 const SINK_OPTIONS: &[&str] = &["bootstrap.servers", "topic", "format", "key.column"];
 /// How long a metadata or watermark request may take.
@@ -83,6 +84,8 @@ pub struct KafkaSource {
     max_offsets_per_trigger: Option<u64>,
     fail_on_data_loss: bool,
     group_id: Option<String>,
+    /// Bad records go to this table (on_error = 'dead_letter') instead of failing the job.
+    pub dead_letter_table: Option<String>,
     /// The driver's metadata client, made on first use.
     meta: Mutex<Option<Arc<BaseConsumer>>>,
     /// Offsets skipped because retention deleted them (fail_on_data_loss = false).
@@ -208,8 +211,18 @@ impl KafkaSource {
         if max_offsets_per_trigger == Some(0) {
             return Err(opts.error("option 'max_offsets_per_trigger' must be at least 1"));
         }
-        // Bad records stop the job, naming topic, partition and offset.
-        opts.one_of("on_error", &["fail"], "fail")?;
+        let dead_letter_table = match opts.one_of("on_error", &["fail", "dead_letter"], "fail")? {
+            "dead_letter" => Some(
+                opts.str("dead_letter.table")
+                    .ok_or_else(|| {
+                        opts.error(
+                            "on_error = 'dead_letter' needs option 'dead_letter.table', the declared table that receives bad records",
+                        )
+                    })?
+                    .to_string(),
+            ),
+            _ => None,
+        };
         Ok(KafkaSource {
             table: spec.name.clone(),
             format: record_format(&opts, &spec.schema)?,
@@ -218,6 +231,7 @@ impl KafkaSource {
             max_offsets_per_trigger,
             fail_on_data_loss: opts.bool("fail_on_data_loss", true)?,
             group_id: opts.str("group.id").map(str::to_string),
+            dead_letter_table,
             topics,
             config,
             meta: Mutex::new(None),
@@ -284,15 +298,17 @@ impl KafkaSource {
         .map_err(|e| self.error(e))
     }
 
-    /// Reads exactly `[from, until)` of one partition and decodes it.
+    /// Reads exactly `[from, until)` of one partition and decodes it. With a dead-letter
+    /// table, records that do not decode come back separately (in [`dead_letter_schema`]).
     pub async fn read(
         &self,
         topic: &str,
         partition: i32,
         from: i64,
         until: i64,
-    ) -> Result<RecordBatch> {
+    ) -> Result<(RecordBatch, Option<RecordBatch>)> {
         let reader = RangeReader {
+            dead_letters: self.dead_letter_table.is_some(),
             table: self.table.clone(),
             config: self.config.clone(),
             format: self.format,
@@ -398,6 +414,7 @@ fn commit_offsets(
 
 /// One task's read of one partition's range, run on a blocking thread.
 struct RangeReader {
+    dead_letters: bool,
     table: String,
     config: ClientConfig,
     format: RecordFormat,
@@ -409,8 +426,9 @@ struct RangeReader {
 }
 
 impl RangeReader {
-    fn read(self) -> Result<RecordBatch> {
+    fn read(self) -> Result<(RecordBatch, Option<RecordBatch>)> {
         let RangeReader {
+            dead_letters,
             table,
             config,
             format,
@@ -422,7 +440,7 @@ impl RangeReader {
         } = self;
         let schema = with_metadata_columns(&value_schema);
         if until <= from {
-            return Ok(RecordBatch::new_empty(schema));
+            return Ok((RecordBatch::new_empty(schema), None));
         }
         let consumer: BaseConsumer = config
             .clone()
@@ -467,13 +485,74 @@ impl RangeReader {
             last = offset;
             records.push(&msg);
         }
-        records
+        let bad = |offset: i64, e: String| {
+            ConnectorError::Read(format!(
+                "table '{table}': topic '{topic}' partition {partition} offset {offset}: {e}"
+            ))
+        };
+        if !dead_letters {
+            return records
+                .decode(format, &value_schema, schema, partition)
+                .map(|b| (b, None))
+                .map_err(|(offset, e)| bad(offset, e));
+        }
+        let (good, rejected) = records.split_bad(format, &value_schema, partition);
+        let batch = good
             .decode(format, &value_schema, schema, partition)
-            .map_err(|(offset, e)| {
-                ConnectorError::Read(format!(
-                    "table '{table}': topic '{topic}' partition {partition} offset {offset}: {e}"
-                ))
+            .map_err(|(offset, e)| bad(offset, e))?;
+        let dead = (!rejected.is_empty()).then(|| rejected.into_batch(&topic, partition));
+        Ok((batch, dead))
+    }
+}
+
+/// The rows a dead-letter table receives: where the record was, its raw key and value, and
+/// why it could not be decoded.
+pub fn dead_letter_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("key", DataType::Utf8, true),
+        Field::new("value", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, false),
+    ]))
+}
+
+/// Records that did not decode, with why.
+#[derive(Default)]
+struct Rejected {
+    records: Records,
+    errors: Vec<String>,
+}
+
+impl Rejected {
+    fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    fn into_batch(self, topic: &str, partition: i32) -> RecordBatch {
+        let n = self.errors.len();
+        let values: Vec<Option<String>> = self
+            .records
+            .values
+            .iter()
+            .map(|v| {
+                v.as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
             })
+            .collect();
+        RecordBatch::try_new(
+            dead_letter_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![topic; n])),
+                Arc::new(Int32Array::from_value(partition, n)),
+                Arc::new(Int64Array::from(self.records.offsets)),
+                Arc::new(StringArray::from(self.records.keys)),
+                Arc::new(StringArray::from(values)),
+                Arc::new(StringArray::from(self.errors)),
+            ],
+        )
+        .expect("dead-letter columns match their schema")
     }
 }
 
@@ -487,6 +566,55 @@ struct Records {
 }
 
 impl Records {
+    fn push_parts(
+        &mut self,
+        value: Option<Vec<u8>>,
+        key: Option<String>,
+        offset: i64,
+        ts: Option<i64>,
+    ) {
+        self.values.push(value);
+        self.keys.push(key);
+        self.offsets.push(offset);
+        self.timestamps.push(ts);
+    }
+
+    /// Separates the records that decode from those that do not (the slow path: only taken
+    /// when the whole range does not decode at once).
+    fn split_bad(
+        self,
+        format: RecordFormat,
+        value_schema: &SchemaRef,
+        partition: i32,
+    ) -> (Records, Rejected) {
+        let schema = with_metadata_columns(value_schema);
+        if self
+            .decode(format, value_schema, schema.clone(), partition)
+            .is_ok()
+        {
+            return (self, Rejected::default());
+        }
+        let (mut good, mut bad) = (Records::default(), Rejected::default());
+        let Records {
+            values,
+            keys,
+            offsets,
+            timestamps,
+        } = self;
+        for (((v, k), o), t) in values.into_iter().zip(keys).zip(offsets).zip(timestamps) {
+            let mut one = Records::default();
+            one.push_parts(v.clone(), k.clone(), o, t);
+            match one.decode(format, value_schema, schema.clone(), partition) {
+                Ok(_) => good.push_parts(v, k, o, t),
+                Err((_, e)) => {
+                    bad.records.push_parts(v, k, o, t);
+                    bad.errors.push(e);
+                }
+            }
+        }
+        (good, bad)
+    }
+
     fn push<M: Message>(&mut self, msg: &M) {
         self.values.push(msg.payload().map(<[u8]>::to_vec));
         self.keys
@@ -498,7 +626,7 @@ impl Records {
     /// Decodes the values into the declared columns and adds the metadata columns.
     /// On a bad record: its offset and why.
     fn decode(
-        self,
+        &self,
         format: RecordFormat,
         value_schema: &SchemaRef,
         schema: SchemaRef,
@@ -578,10 +706,12 @@ impl Records {
                 batch.columns().to_vec()
             }
         };
-        columns.push(Arc::new(StringArray::from(self.keys)));
+        columns.push(Arc::new(StringArray::from(self.keys.clone())));
         columns.push(Arc::new(Int32Array::from_value(partition, n)));
-        columns.push(Arc::new(Int64Array::from(self.offsets)));
-        columns.push(Arc::new(TimestampMillisecondArray::from(self.timestamps)));
+        columns.push(Arc::new(Int64Array::from(self.offsets.clone())));
+        columns.push(Arc::new(TimestampMillisecondArray::from(
+            self.timestamps.clone(),
+        )));
         RecordBatch::try_new(schema, columns).map_err(|e| (0, e.to_string()))
     }
 }

@@ -15,6 +15,8 @@ pub use files::FileFormat;
 pub use options::{ConnectorError, Options, TableSpec};
 pub use sink::{PartitionWritten, Sink, SinkKind, ipc_batches, ipc_bytes, render_console};
 pub use sluice_core::SourceSplit;
-pub use source::{PlanContext, Planned, Source, SourceProgress, source_schema, table_schema};
+pub use source::{
+    PlanContext, Planned, Source, SourceProgress, SplitRead, source_schema, table_schema,
+};
 
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;

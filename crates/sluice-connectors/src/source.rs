@@ -79,6 +79,13 @@ pub struct Planned {
     pub exhausted: bool,
 }
 
+/// What reading one split produced.
+pub struct SplitRead {
+    pub rows: Vec<RecordBatch>,
+    /// Records that could not be decoded, for the dead-letter table.
+    pub dead_letters: Option<RecordBatch>,
+}
+
 #[derive(Debug)]
 pub enum Source {
     Files(FilesSource),
@@ -135,6 +142,20 @@ impl Source {
 
     /// Reads one split, with the `_batch` pseudo-column appended.
     pub async fn read(&self, split: &SourceSplit, batch_id: BatchId) -> Result<Vec<RecordBatch>> {
+        let read = self.read_split(split, batch_id).await?;
+        match read.dead_letters {
+            None => Ok(read.rows),
+            Some(d) => Err(crate::ConnectorError::Read(format!(
+                "{} bad records in {split:?} need the dead-letter table; use read_split",
+                d.num_rows()
+            ))),
+        }
+    }
+
+    /// Reads one split: its rows (with `_batch`) and the records that went to the dead-letter
+    /// table instead (Kafka with on_error = 'dead_letter').
+    pub async fn read_split(&self, split: &SourceSplit, batch_id: BatchId) -> Result<SplitRead> {
+        let mut dead_letters = None;
         let batches = match (self, split) {
             (Source::Files(f), SourceSplit::File { uri, .. }) => f.read(uri).await?,
             (Source::Datagen(d), SourceSplit::Datagen { start, end }) => d.read(*start, *end)?,
@@ -146,17 +167,30 @@ impl Source {
                     from,
                     until,
                 },
-            ) => vec![k.read(topic, *partition, *from, *until).await?],
+            ) => {
+                let (rows, dead) = k.read(topic, *partition, *from, *until).await?;
+                dead_letters = dead;
+                vec![rows]
+            }
             (_, other) => {
                 return Err(crate::ConnectorError::Read(format!(
                     "split {other:?} does not belong to this source"
                 )));
             }
         };
-        batches
+        let rows = batches
             .into_iter()
             .map(|b| with_batch_column(b, batch_id))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(SplitRead { rows, dead_letters })
+    }
+
+    /// The declared table bad records go to, if the source has one.
+    pub fn dead_letter_table(&self) -> Option<&str> {
+        match self {
+            Source::Kafka(k) => k.dead_letter_table.as_deref(),
+            _ => None,
+        }
     }
 }
 

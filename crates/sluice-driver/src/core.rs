@@ -381,6 +381,7 @@ fn result_event(executor: String, r: TaskResult) -> Event {
                 rows_out: r.rows_out,
                 key_sample: r.key_sample,
                 console: r.console,
+                dead_letters: r.dead_letters,
             },
         }
     } else {

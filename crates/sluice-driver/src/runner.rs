@@ -327,6 +327,9 @@ impl JobRunner {
         offsets_ms: u64,
     ) -> Result<(), Failure> {
         let started = Instant::now();
+        if let Some(dead) = &self.job.dead_letter {
+            dead.commit(batch_id).await.map_err(|e| e.to_string())?;
+        }
         self.job
             .sink
             .commit(batch_id)
@@ -362,6 +365,7 @@ impl JobRunner {
             batch = batch_id,
             rows_in = report.rows_in,
             rows_out = report.rows_out,
+            dead_letters = report.dead_letters,
             duration_ms = report.duration_ms,
             tasks = report.tasks,
             tasks_rerun = report.tasks_rerun,
@@ -389,6 +393,7 @@ impl JobRunner {
                 rerun_fetch_failed: report.rerun.fetch_failed,
                 recovery_ms: report.recovery_ms,
                 checkpoint_ms: offsets_ms + checkpoint_ms,
+                dead_letters: report.dead_letters,
             });
         });
         Ok(())

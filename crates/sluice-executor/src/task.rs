@@ -172,18 +172,29 @@ impl TaskRunner {
         if let Some(d) = delay(job.settings.test_delay_task) {
             tokio::time::sleep(d).await;
         }
+        let mut dead_letters = 0;
         let input = match fragment.input {
             StageInput::Source => {
                 let split = SourceSplit::from_json(&launch.source_split)
                     .map_err(|e| Failure::retryable(format!("bad source split: {e}")))?;
-                job.source
-                    .read(&split, key.batch_id)
+                let read = job
+                    .source
+                    .read_split(&split, key.batch_id)
                     .await
                     .map_err(|e| Failure {
                         fatal: e.is_fatal(),
                         error: e.to_string(),
                         fetch: None,
-                    })?
+                    })?;
+                // Bad records go to the dead-letter table under this (batch, partition), so a
+                // rerun overwrites them too; the driver commits that table with the batch.
+                if let (Some(dead), Some(sink)) = (read.dead_letters, &job.dead_letter) {
+                    dead_letters = dead.num_rows() as u64;
+                    sink.write(key.batch_id, key.partition, &[dead])
+                        .await
+                        .map_err(|e| Failure::retryable(e.to_string()))?;
+                }
+                read.rows
             }
             StageInput::Shuffle(_) => {
                 let fetches = launch.inputs.iter().map(|loc| {
@@ -261,6 +272,7 @@ impl TaskRunner {
             key: Some(key.clone()),
             ok: true,
             rows_in,
+            dead_letters,
             ..Default::default()
         };
         match output {

@@ -23,6 +23,8 @@ pub struct TaskOutput {
     pub rows_out: u64,
     pub key_sample: Vec<Vec<u8>>,
     pub console: Vec<u8>,
+    /// Input records sent to the dead-letter table instead of failing the batch.
+    pub dead_letters: u64,
 }
 
 /// The outcome of a batch whose every task succeeded.
@@ -30,6 +32,8 @@ pub struct TaskOutput {
 pub struct BatchReport {
     pub rows_in: u64,
     pub rows_out: u64,
+    /// Input records sent to the dead-letter table.
+    pub dead_letters: u64,
     pub tasks: u32,
     /// Task launches beyond the first of each task (retries and recomputations).
     pub tasks_rerun: u32,
@@ -209,6 +213,7 @@ impl BatchRun {
         BatchReport {
             rows_in: outputs(first).iter().map(|o| o.rows_in).sum(),
             rows_out: outputs(last).iter().map(|o| o.rows_out).sum(),
+            dead_letters: outputs(first).iter().map(|o| o.dead_letters).sum(),
             tasks,
             tasks_rerun: launches.saturating_sub(tasks),
             rerun: self.rerun,

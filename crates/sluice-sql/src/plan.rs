@@ -59,6 +59,8 @@ pub struct CompiledJob {
     pub source: Source,
     pub sink_table: String,
     pub sink: Sink,
+    /// Where the source's undecodable records go (Kafka on_error = 'dead_letter').
+    pub dead_letter: Option<Sink>,
     pub fragments: Vec<Fragment>,
     pub(crate) ctx: SessionContext,
 }
@@ -128,6 +130,23 @@ impl CompiledJob {
             }
         };
         let source = Source::from_spec(source_spec)?;
+        let dead_letter = match source.dead_letter_table() {
+            None => None,
+            Some(name) => {
+                let t = job
+                    .tables
+                    .iter()
+                    .find(|t| t.spec.name == name && name != source_spec.name)
+                    .ok_or_else(|| {
+                        plan_err(format!(
+                            "table '{}': option 'dead_letter.table' = '{name}' is not a declared table; declared tables: {}",
+                            source_spec.name,
+                            table_names(&job)
+                        ))
+                    })?;
+                Some(Sink::from_spec(&t.spec)?)
+            }
+        };
 
         let mut cutter = Cutter {
             ctx: &ctx,
@@ -152,6 +171,7 @@ impl CompiledJob {
             source,
             sink_table: sink_decl.spec.name.clone(),
             sink,
+            dead_letter,
             fragments,
             settings,
             job,

@@ -79,6 +79,7 @@ fn succeed(s: &mut Scheduler, (executor, task): &Launched, now: u64) -> Vec<Acti
                 rows_out: 5,
                 key_sample: vec![vec![p * 10], vec![p * 10 + 5]],
                 console: Vec::new(),
+                dead_letters: 0,
             },
         },
         now,
