@@ -356,3 +356,61 @@ INSERT INTO o SELECT _batch, _key, count(*) FROM events GROUP BY _batch, _key;
         .sum();
     assert_eq!(counted, 2);
 }
+
+/// The README's Kafka example, as written (only the broker address and output path moved):
+/// one job fills the topic, the two jobs of kafka_count_by_key.sql count it.
+#[test]
+fn the_kafka_examples_count_what_was_produced() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", 4);
+    let c = Cluster::start(2);
+    let example = |name: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name);
+        std::fs::read_to_string(path)
+            .unwrap()
+            .replace("127.0.0.1:9092", &broker.bootstrap())
+            .replace(
+                "/tmp/sluice-example/running_counts",
+                c.path("out").to_str().unwrap(),
+            )
+    };
+    run_to_end(&c, &example("kafka_produce_events.sql"));
+    let produced = broker.consume_all("events", 4);
+    assert_eq!(produced.len(), 20_000);
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for (_, key, _) in &produced {
+        *want.entry(key.clone().unwrap()).or_insert(0) += 1;
+    }
+    let out = c.sluice(&["submit", &{
+        let f = c.path("count.sql");
+        std::fs::write(&f, example("kafka_count_by_key.sql")).unwrap();
+        f.to_str().unwrap().to_string()
+    }]);
+    assert!(out.status.success(), "{out:?}");
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids.len(), 2, "one job per INSERT");
+    let deadline = Instant::now() + LONG;
+    while latest_counts(&c) != want {
+        assert!(
+            Instant::now() < deadline,
+            "driver log:\n{}",
+            c.log("driver.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.wait_until(&ids[0], LONG, |s| s["rows_in"].as_u64() >= Some(20_000));
+    let per_batch = c.status(&ids[0]).unwrap();
+    assert!(
+        per_batch["name"].as_str().unwrap().ends_with(":per_batch"),
+        "{per_batch}"
+    );
+    for id in &ids {
+        assert!(c.sluice(&["stop", id]).status.success());
+    }
+}

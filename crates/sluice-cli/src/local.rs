@@ -183,68 +183,86 @@ async fn drive(
         origin,
         ..Default::default()
     };
-    let job_id = crate::submit(driver, request).await?;
-    println!("job {job_id} submitted");
-    let mut shown: Option<u64> = None;
-    let mut last_state = String::new();
+    // One job per INSERT statement: follow them all, each line tagged when there are several.
+    let job_ids = crate::submit(driver, request).await?;
+    for id in &job_ids {
+        println!("job {id} submitted");
+    }
+    let several = job_ids.len() > 1;
+    let mut shown: std::collections::HashMap<String, u64> = Default::default();
+    let mut last_state: std::collections::HashMap<String, String> = Default::default();
+    let mut ended: std::collections::HashSet<String> = Default::default();
     loop {
         if let Some(crash) = cluster.crashed() {
             bail!("{crash}; see the logs");
         }
-        let s = client
-            .get(GetRequest {
-                job_id: job_id.clone(),
-            })
-            .await?
-            .into_inner();
-        let last_shown = shown;
-        for b in s
-            .recent_batches
-            .iter()
-            .filter(|b| last_shown.is_none_or(|n| b.batch_id > n))
-        {
-            println!(
-                "batch {:>5} | {:>10} rows in | {:>8} rows out | {:>6} ms | {:>10} rows/s{}",
-                b.batch_id,
-                b.rows_in,
-                b.rows_out,
-                b.duration_ms,
-                crate::rows_per_second(b.rows_in, b.duration_ms),
-                if b.tasks_retried > 0 {
-                    format!(
-                        " | {} tasks rerun: {}",
-                        b.tasks_retried,
-                        crate::rerun_reasons(b)
-                    )
-                } else {
-                    String::new()
-                }
-            );
-            if !b.console.is_empty() {
-                println!("{}", b.console.trim_end());
+        for job_id in &job_ids {
+            if ended.contains(job_id) {
+                continue;
             }
-            shown = Some(b.batch_id);
-        }
-        if s.state != last_state {
-            if s.state == "waiting" {
-                println!("waiting: {}", s.error);
-            }
-            last_state = s.state.clone();
-        }
-        match s.state.as_str() {
-            "finished" => {
+            let s = client
+                .get(GetRequest {
+                    job_id: job_id.clone(),
+                })
+                .await?
+                .into_inner();
+            let tag = if several {
+                format!("[{}] ", s.name)
+            } else {
+                String::new()
+            };
+            let last_shown = shown.get(job_id).copied();
+            for b in s
+                .recent_batches
+                .iter()
+                .filter(|b| last_shown.is_none_or(|n| b.batch_id > n))
+            {
                 println!(
-                    "job finished: {} batches, {} rows in, {} rows out",
-                    s.batches_committed, s.rows_in, s.rows_out
+                    "{tag}batch {:>5} | {:>10} rows in | {:>8} rows out | {:>6} ms | {:>10} rows/s{}",
+                    b.batch_id,
+                    b.rows_in,
+                    b.rows_out,
+                    b.duration_ms,
+                    crate::rows_per_second(b.rows_in, b.duration_ms),
+                    if b.tasks_retried > 0 {
+                        format!(
+                            " | {} tasks rerun: {}",
+                            b.tasks_retried,
+                            crate::rerun_reasons(b)
+                        )
+                    } else {
+                        String::new()
+                    }
                 );
-                return Ok(());
+                if !b.console.is_empty() {
+                    println!("{}", b.console.trim_end());
+                }
+                shown.insert(job_id.clone(), b.batch_id);
             }
-            "failed" => bail!("job failed: {}", s.error),
-            "stopped" => {
-                println!("job stopped");
-                return Ok(());
+            if last_state.get(job_id) != Some(&s.state) {
+                if s.state == "waiting" {
+                    println!("{tag}waiting: {}", s.error);
+                }
+                last_state.insert(job_id.clone(), s.state.clone());
             }
-            _ => {}
+            match s.state.as_str() {
+                "finished" => {
+                    println!(
+                        "{tag}job finished: {} batches, {} rows in, {} rows out",
+                        s.batches_committed, s.rows_in, s.rows_out
+                    );
+                    ended.insert(job_id.clone());
+                }
+                "failed" => bail!("{tag}job failed: {}", s.error),
+                "stopped" => {
+                    println!("{tag}job stopped");
+                    ended.insert(job_id.clone());
+                }
+                _ => {}
+            }
+        }
+        if ended.len() == job_ids.len() {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

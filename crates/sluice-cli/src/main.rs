@@ -129,8 +129,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 origin: file.display().to_string(),
                 resume_job_id: resume.unwrap_or_default(),
             };
-            let id = submit(&config.driver, request).await?;
-            println!("{id}");
+            // One job per INSERT statement; one id per line.
+            for id in submit(&config.driver, request).await? {
+                println!("{id}");
+            }
             Ok(())
         }
         Command::Jobs { json } => {
@@ -197,13 +199,18 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 
-pub(crate) async fn submit(driver: &str, request: SubmitRequest) -> anyhow::Result<String> {
+pub(crate) async fn submit(driver: &str, request: SubmitRequest) -> anyhow::Result<Vec<String>> {
     let r = connect(driver)
         .await?
         .submit(request)
         .await
         .map_err(status_error)?;
-    Ok(r.into_inner().job_id)
+    let r = r.into_inner();
+    Ok(if r.job_ids.is_empty() {
+        vec![r.job_id]
+    } else {
+        r.job_ids
+    })
 }
 
 /// "executor lost 3, fetch failed 1; recovered in 412 ms", or "" when nothing reran.

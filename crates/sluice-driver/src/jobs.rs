@@ -44,13 +44,41 @@ impl Registry {
         }
     }
 
-    /// Checks and plans the SQL, records the job in the catalog and starts its runner.
-    pub async fn submit(&self, sql: String, origin: String) -> Result<String, String> {
+    /// Submits a job file: one job per INSERT statement. Every part is checked before any
+    /// starts, so a bad file starts nothing.
+    pub async fn submit_file(&self, sql: String, origin: String) -> Result<Vec<String>, String> {
+        let parts = sluice_sql::split_inserts(&sql, &origin).map_err(|e| e.to_string())?;
+        if parts.len() == 1 {
+            return Ok(vec![self.submit(sql, origin, false).await?]);
+        }
+        for part in &parts {
+            CompiledJob::compile(part, &origin)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let mut ids = Vec::new();
+        for part in parts {
+            ids.push(self.submit(part, origin.clone(), true).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Checks and plans one job's SQL, records it in the catalog and starts its runner.
+    /// `by_sink`: the job is one INSERT of several; its name says which sink it writes.
+    pub async fn submit(
+        &self,
+        sql: String,
+        origin: String,
+        by_sink: bool,
+    ) -> Result<String, String> {
         let compiled = CompiledJob::compile(&sql, &origin)
             .await
             .map_err(|e| e.to_string())?;
         let job_id = uuid::Uuid::new_v4().to_string();
-        let name = compiled.name(&origin);
+        let mut name = compiled.name(&origin);
+        if by_sink {
+            name = format!("{name}:{}", compiled.sink_table);
+        }
         let checkpoint = self.checkpoint(&job_id);
         let submitted_at_ms = now_ms();
         checkpoint

@@ -105,13 +105,19 @@ impl sluice_proto::jobs_server::Jobs for JobsService {
         } else {
             r.origin
         };
-        let job_id = if r.resume_job_id.is_empty() {
-            self.registry.submit(r.sql, origin).await
+        let job_ids = if r.resume_job_id.is_empty() {
+            self.registry.submit_file(r.sql, origin).await
         } else {
-            self.registry.resume(&r.resume_job_id, r.sql, origin).await
+            self.registry
+                .resume(&r.resume_job_id, r.sql, origin)
+                .await
+                .map(|id| vec![id])
         }
         .map_err(Status::invalid_argument)?;
-        Ok(Response::new(SubmitResponse { job_id }))
+        Ok(Response::new(SubmitResponse {
+            job_id: job_ids[0].clone(),
+            job_ids,
+        }))
     }
 
     async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {

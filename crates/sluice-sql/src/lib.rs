@@ -9,7 +9,7 @@ mod plan;
 mod state;
 
 pub use exec::{MapOutput, RangeKeys, StageOutputData};
-pub use parse::{JobFile, parse_job};
+pub use parse::{JobFile, parse_job, split_inserts};
 pub use plan::{CompiledJob, Fragment, FragmentOutput};
 pub use state::{StateUpdate, StatefulAgg};
 

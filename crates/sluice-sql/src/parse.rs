@@ -147,6 +147,66 @@ impl<'a> Stmt<'a> {
     }
 }
 
+/// A job file with several INSERT statements is several jobs (as Flink's SQL client runs each
+/// INSERT as its own job): one text per INSERT, holding every SET and CREATE TABLE and that
+/// INSERT, with the other INSERTs blanked out so that line and column numbers stay true.
+pub fn split_inserts(sql: &str, origin: &str) -> Result<Vec<String>, SqlError> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::Syntax {
+            origin: origin.to_string(),
+            line: e.location.line,
+            column: e.location.column,
+            message: e.message,
+        })?;
+    let tokens: Vec<TokenWithSpan> = tokens
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+        .collect();
+    let mut inserts = Vec::new();
+    for stmt in tokens.split(|t| t.token == Token::SemiColon) {
+        if let Some(first) = stmt.first()
+            && matches!(&first.token, Token::Word(w) if w.keyword == Keyword::INSERT)
+        {
+            let last = stmt.last().expect("non-empty");
+            inserts.push((first.span.start, last.span.end));
+        }
+    }
+    if inserts.len() <= 1 {
+        return Ok(vec![sql.to_string()]);
+    }
+    // Byte offset of each line's start, to turn (line, column) into a position.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let at = |loc: datafusion::sql::sqlparser::tokenizer::Location| -> usize {
+        let start = line_starts[(loc.line as usize)
+            .saturating_sub(1)
+            .min(line_starts.len() - 1)];
+        sql[start..]
+            .char_indices()
+            .nth((loc.column as usize).saturating_sub(1))
+            .map_or(sql.len(), |(i, _)| start + i)
+    };
+    let ranges: Vec<(usize, usize)> = inserts.iter().map(|(s, e)| (at(*s), at(*e))).collect();
+    Ok((0..ranges.len())
+        .map(|keep| {
+            let mut text = sql.to_string();
+            for (i, (s, e)) in ranges.iter().enumerate() {
+                if i != keep {
+                    let blank: String = sql[*s..*e]
+                        .chars()
+                        .map(|c| if c == '\n' { '\n' } else { ' ' })
+                        .collect();
+                    text.replace_range(*s..*e, &blank);
+                }
+            }
+            text
+        })
+        .collect())
+}
+
 pub fn parse_job(sql: &str, origin: &str) -> Result<JobFile, SqlError> {
     let dialect = GenericDialect {};
     let tokens = Tokenizer::new(&dialect, sql)
@@ -195,7 +255,9 @@ pub fn parse_job(sql: &str, origin: &str) -> Result<JobFile, SqlError> {
             job.tables.push(decl);
         } else if s.keyword(Keyword::INSERT) {
             if job.insert.is_some() {
-                return Err(s.error("a job has exactly one INSERT INTO statement"));
+                return Err(s.error(
+                    "a job has exactly one INSERT INTO statement (a file with several is submitted as one job per INSERT)",
+                ));
             }
             s.expect_keyword(Keyword::INTO)?;
             let target = s.name("the sink table's name")?;
@@ -421,5 +483,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("j.sql:1:40: expected '='"), "{err}");
+    }
+
+    #[test]
+    fn several_inserts_become_one_text_each_with_true_positions() {
+        let sql = "SET 'trigger' = '1s';\nCREATE TABLE a (x BIGINT) WITH (connector = 'datagen');\nCREATE TABLE o1 WITH (connector = 'blackhole');\nCREATE TABLE o2 WITH (connector = 'blackhole');\nINSERT INTO o1 SELECT x FROM a;\nINSERT INTO o2\n  SELECT x + 1 FROM a WHERE x > 3;\n";
+        let parts = split_inserts(sql, "two.sql").unwrap();
+        assert_eq!(parts.len(), 2);
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(part.lines().count(), sql.lines().count());
+            let job = parse_job(part, "two.sql").unwrap();
+            assert_eq!(job.tables.len(), 3);
+            let insert = job.insert.unwrap();
+            assert_eq!(insert.target, format!("o{}", i + 1));
+            assert_eq!(insert.line, 5 + i as u64);
+        }
+        assert_eq!(
+            split_inserts("INSERT INTO o SELECT 1;", "x").unwrap().len(),
+            1
+        );
     }
 }
