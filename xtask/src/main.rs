@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use sluice_cluster_tests::Cluster;
+use sluice_cluster_tests::{Cluster, KafkaBroker};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -413,6 +413,63 @@ INSERT INTO sink SELECT k % {KEYS} AS key, count(*), sum(v) FROM g GROUP BY k % 
     }))
 }
 
+/// Kafka -> running count by key -> blackhole over a pre-filled topic (4 partitions, 10,000
+/// keys): rows/s end to end, from the first batch's start to the last commit.
+fn kafka_running_count(bins: &Path) -> anyhow::Result<Value> {
+    const RECORDS: u64 = 400_000;
+    let broker = KafkaBroker::start();
+    broker.create_topic("bench", 4);
+    let records: Vec<(i32, String, String)> = (0..RECORDS)
+        .map(|i| {
+            (
+                (i % 4) as i32,
+                format!("user{}", i % 10_000),
+                format!("{{\"amount\": {}}}", i % 100),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    broker.produce("bench", &records);
+    let produce_ms = started.elapsed().as_millis() as u64;
+    let sql = format!(
+        "SET 'trigger' = 'available_now';
+SET 'partitions' = '4';
+CREATE TABLE events (amount BIGINT)
+  WITH (connector = 'kafka', 'bootstrap.servers' = '{}', topic = 'bench', max_offsets_per_trigger = '100000');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT _key, count(*), sum(amount) FROM events GROUP BY _key;
+",
+        broker.bootstrap()
+    );
+    let status = run_job(bins, &sql)?;
+    let batches = status["recent_batches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let first_start = batches
+        .first()
+        .map(|b| {
+            b["committed_at_ms"].as_u64().unwrap_or(0) - b["duration_ms"].as_u64().unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let last_commit = batches
+        .last()
+        .and_then(|b| b["committed_at_ms"].as_u64())
+        .unwrap_or(0);
+    let wall_ms = last_commit.saturating_sub(first_start).max(1);
+    let rows = status["rows_in"].as_u64().unwrap_or(0);
+    anyhow::ensure!(rows == RECORDS, "read {rows} of {RECORDS} records");
+    Ok(json!({
+        "records": RECORDS,
+        "partitions": 4,
+        "keys": 10_000,
+        "batches": batches.len(),
+        "wall_ms": wall_ms,
+        "rows_per_second": rows * 1000 / wall_ms,
+        "prefill_ms": produce_ms,
+    }))
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -480,6 +537,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
     let recovery = executor_loss_recovery(&bins)?;
     let restart = driver_restart(&bins)?;
     let stateful = stateful_restart(&bins)?;
+    let kafka = kafka_running_count(&bins)?;
     let mut checkpoint_ms: Vec<u64> = batches
         .iter()
         .filter_map(|b| b["checkpoint_ms"].as_u64())
@@ -526,6 +584,10 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
             stateful["batch_p50_ms"].clone(),
         ),
         (
+            "kafka -> running count -> blackhole: rows/s",
+            kafka["rows_per_second"].clone(),
+        ),
+        (
             "checkpoint cost per batch, p50 (ms)",
             json!(percentile(&checkpoint_ms, 0.5)),
         ),
@@ -544,6 +606,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
         "executor_loss": recovery,
         "driver_restart": restart,
         "stateful_restart": stateful,
+        "kafka_running_count": kafka,
         "checkpoint_ms_per_batch": { "p50": percentile(&checkpoint_ms, 0.5), "max": checkpoint_ms.last() },
     });
     std::fs::create_dir_all(root.join("bench"))?;
