@@ -414,3 +414,139 @@ fn the_kafka_examples_count_what_was_produced() {
         assert!(c.sluice(&["stop", id]).status.success());
     }
 }
+
+#[test]
+fn topics_by_list_and_by_pattern() {
+    let broker = KafkaBroker::start();
+    for t in ["ev-a", "ev-b", "other"] {
+        broker.create_topic(t, 2);
+    }
+    let two = |range: std::ops::Range<u64>| -> Vec<(i32, String, String)> {
+        records(range)
+            .into_iter()
+            .map(|(p, k, v)| (p % 2, k, v))
+            .collect()
+    };
+    broker.produce("ev-a", &two(0..300));
+    broker.produce("ev-b", &two(300..500));
+    broker.produce("other", &two(500..900));
+    let c = Cluster::start(1);
+    let job = |topics: &str, out: &str| {
+        format!(
+            "SET 'trigger' = 'available_now';
+CREATE TABLE events (user BIGINT, amount BIGINT)
+  WITH (connector = 'kafka', 'bootstrap.servers' = '{}', {topics});
+CREATE TABLE o (batch BIGINT, key TEXT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _batch, _key, count(*) FROM events GROUP BY _batch, _key;
+",
+            broker.bootstrap(),
+            c.path(out).display()
+        )
+    };
+    run_to_end(&c, &job("topics = 'ev-a, ev-b'", "list"));
+    run_to_end(&c, &job("topic_pattern = 'ev-.*'", "pattern"));
+    for dir in ["list", "pattern"] {
+        let mut got = BTreeMap::new();
+        for rows in committed_jsonl(&c.path(dir)).values() {
+            for r in rows {
+                *got.entry(r["key"].as_str().unwrap().to_string())
+                    .or_insert(0) += r["n"].as_i64().unwrap();
+            }
+        }
+        assert_eq!(got, counts(0..500), "{dir}");
+    }
+    let e = c
+        .submit(&job("topic = 'nope'", "nope"))
+        .map(|id| c.wait_for(&id, &["failed", "finished"], LONG));
+    let s = e.unwrap();
+    assert_eq!(s["state"], "failed");
+    assert!(
+        s["error"].as_str().unwrap().contains("'nope' do not exist"),
+        "{s}"
+    );
+}
+
+#[test]
+fn topics_by_list_and_by_pattern() {
+    let broker = KafkaBroker::start();
+    for t in ["ev-a", "ev-b", "other"] {
+        broker.create_topic(t, 2);
+    }
+    let two = |range: std::ops::Range<u64>| -> Vec<(i32, String, String)> {
+        records(range)
+            .into_iter()
+            .map(|(p, k, v)| (p % 2, k, v))
+            .collect()
+    };
+    broker.produce("ev-a", &two(0..300));
+    broker.produce("ev-b", &two(300..500));
+    broker.produce("other", &two(500..900));
+    let c = Cluster::start(1);
+    let job = |topics: &str, out: &str| {
+        format!(
+            "SET 'trigger' = 'available_now';
+CREATE TABLE events (user BIGINT, amount BIGINT)
+  WITH (connector = 'kafka', 'bootstrap.servers' = '{}', {topics});
+CREATE TABLE o (batch BIGINT, key TEXT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _batch, _key, count(*) FROM events GROUP BY _batch, _key;
+",
+            broker.bootstrap(),
+            c.path(out).display()
+        )
+    };
+    run_to_end(&c, &job("topics = 'ev-a, ev-b'", "list"));
+    run_to_end(&c, &job("topic_pattern = 'ev-.*'", "pattern"));
+    for dir in ["list", "pattern"] {
+        let mut got = BTreeMap::new();
+        for rows in committed_jsonl(&c.path(dir)).values() {
+            for r in rows {
+                *got.entry(r["key"].as_str().unwrap().to_string())
+                    .or_insert(0) += r["n"].as_i64().unwrap();
+            }
+        }
+        assert_eq!(got, counts(0..500), "{dir}");
+    }
+    let e = c
+        .submit(&job("topic = 'nope'", "nope"))
+        .map(|id| c.wait_for(&id, &["failed", "finished"], LONG));
+    let s = e.unwrap();
+    assert_eq!(s["state"], "failed");
+    assert!(
+        s["error"].as_str().unwrap().contains("'nope' do not exist"),
+        "{s}"
+    );
+}
+
+/// Not a test of behaviour: prints how fast one partition's range is read (run by hand with
+/// `--ignored --nocapture` when tuning the reader).
+#[test]
+#[ignore]
+fn read_speed_probe() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", 1);
+    let recs: Vec<(i32, String, String)> = records(0..100_000)
+        .into_iter()
+        .map(|(_, k, v)| (0, k, v))
+        .collect();
+    broker.produce("events", &recs);
+    let mut c = Cluster::new();
+    c.env = vec![("SLUICE_LOG".into(), "info,sluice_connectors=debug".into())];
+    let c = Cluster::start_with(c, 1);
+    let sql = format!(
+        "SET 'trigger' = 'available_now';
+{}
+CREATE TABLE o WITH (connector = 'blackhole');
+INSERT INTO o SELECT _batch, _key, count(*) FROM events GROUP BY _batch, _key;
+",
+        source(&broker, &std::env::var("PROBE_OPTS").unwrap_or_default())
+    );
+    let s = run_to_end(&c, &sql);
+    println!("{}", s["recent_batches"]);
+    for l in c
+        .log("executor-0.log")
+        .lines()
+        .filter(|l| l.contains("kafka range"))
+    {
+        println!("{l}");
+    }
+}

@@ -342,7 +342,8 @@ fn fetch_watermarks(
     topics: &Topics,
     table: &str,
 ) -> Result<BTreeMap<(String, i32), (i64, i64)>> {
-    let error = |m: String| ConnectorError::Read(format!("table '{table}': {m}"));
+    // The broker being unreachable may pass (retryable); a missing topic is the job's mistake.
+    let error = |m: String| ConnectorError::Write(format!("table '{table}': {m}"));
     let metadata = client
         .fetch_metadata(None, REQUEST_TIMEOUT)
         .map_err(|e| error(format!("cannot read Kafka metadata: {e}")))?;
@@ -378,10 +379,10 @@ fn fetch_watermarks(
             .map(|m| format!("'{m}'"))
             .collect();
         if !missing.is_empty() {
-            return Err(error(format!(
-                "topic(s) {} do not exist on the broker",
-                missing.join(", ")
-            )));
+            return Err(ConnectorError::Options {
+                table: table.to_string(),
+                message: format!("topic(s) {} do not exist on the broker", missing.join(", ")),
+            });
         }
     }
     Ok(out)
@@ -458,7 +459,8 @@ impl RangeReader {
         })?;
         let mut records = Records::default();
         let mut last = from - 1;
-        let deadline = Instant::now() + READ_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + READ_TIMEOUT;
         while last < until - 1 {
             if Instant::now() > deadline {
                 // Retryable: the broker may be slow or restarting.
@@ -485,6 +487,13 @@ impl RangeReader {
             last = offset;
             records.push(&msg);
         }
+        tracing::debug!(
+            %topic,
+            partition,
+            records = records.offsets.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "kafka range fetched"
+        );
         let bad = |offset: i64, e: String| {
             ConnectorError::Read(format!(
                 "table '{table}': topic '{topic}' partition {partition} offset {offset}: {e}"

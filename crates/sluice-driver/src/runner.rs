@@ -157,12 +157,14 @@ impl JobRunner {
                         trigger,
                         default_splits: self.job.settings.partitions,
                     };
-                    let planned = self
-                        .job
-                        .source
-                        .plan(&progress, &ctx)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let planned = self.job.source.plan(&progress, &ctx).await.map_err(|e| {
+                        // Bad options or input stay bad; an unreachable source may come back.
+                        if e.is_fatal() {
+                            Failure::Fatal(e.to_string())
+                        } else {
+                            Failure::Failed(e.to_string())
+                        }
+                    })?;
                     let tick = Instant::now();
                     next_trigger = (next_trigger + interval).max(tick);
                     if planned.splits.is_empty() {
