@@ -565,6 +565,11 @@ impl Rejected {
     }
 }
 
+/// A one-record decode error without the decoder's "line 1: " prefix.
+fn strip_line(e: &str) -> String {
+    e.strip_prefix("line 1:").map_or(e, str::trim).to_string()
+}
+
 /// The records of one range, as read.
 #[derive(Default)]
 struct Records {
@@ -693,16 +698,18 @@ impl Records {
                 }
                 let batches =
                     crate::files::decode(&text, file_format, value_schema).map_err(|e| {
-                        // "line N: ..." names the record.
-                        match e.strip_prefix("line ").and_then(|r| r.split_once(':')) {
-                            Some((line, rest)) => match line.parse::<usize>() {
-                                Ok(l) if l >= 1 && l <= n => {
-                                    (self.offsets[l - 1], rest.trim().to_string())
-                                }
-                                _ => (self.offsets[0], e.clone()),
-                            },
-                            None => (self.offsets[0], e),
-                        }
+                        // Not every decoder error names its line: find the record itself.
+                        self.values
+                            .iter()
+                            .zip(&self.offsets)
+                            .find_map(|(v, o)| {
+                                let mut one = v.clone().unwrap_or_default();
+                                one.push(b'\n');
+                                crate::files::decode(&one, file_format, value_schema)
+                                    .err()
+                                    .map(|e| (*o, strip_line(&e)))
+                            })
+                            .unwrap_or((self.offsets[0], e))
                     })?;
                 let batch = arrow::compute::concat_batches(value_schema, &batches)
                     .map_err(|e| (self.offsets[0], e.to_string()))?;
@@ -1114,5 +1121,73 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(offset, 101, "{why}");
+    }
+
+    fn records_of(values: &[&[u8]]) -> Records {
+        let mut r = Records::default();
+        for (i, v) in values.iter().enumerate() {
+            r.push_parts(
+                Some(v.to_vec()),
+                Some(format!("k{i}")),
+                7 + i as i64,
+                Some(1000),
+            );
+        }
+        r
+    }
+
+    #[test]
+    fn csv_and_raw_values_decode_with_the_metadata_columns() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let r = records_of(&[b"1,a", b"2,b"]);
+        let b = r
+            .decode(
+                RecordFormat::Csv { delimiter: b',' },
+                &schema,
+                with_metadata_columns(&schema),
+                3,
+            )
+            .unwrap();
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.schema().field(2).name(), KEY_COLUMN);
+        let offsets = b.column(4).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(offsets.values(), &[7, 8]);
+        let parts = b.column(3).as_any().downcast_ref::<Int32Array>().unwrap();
+        assert_eq!(parts.value(1), 3);
+        let (offset, why) = records_of(&[b"1,a", b"x,b"])
+            .decode(
+                RecordFormat::Csv { delimiter: b',' },
+                &schema,
+                with_metadata_columns(&schema),
+                3,
+            )
+            .unwrap_err();
+        assert_eq!(offset, 8, "{why}");
+
+        let text = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
+        let b = records_of(&[b"hello", b"world"])
+            .decode(RecordFormat::Raw, &text, with_metadata_columns(&text), 0)
+            .unwrap();
+        let lines = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(lines.value(1), "world");
+        let (offset, why) = records_of(&[b"ok", &[0xff, 0xfe]])
+            .decode(RecordFormat::Raw, &text, with_metadata_columns(&text), 0)
+            .unwrap_err();
+        assert_eq!(offset, 8, "{why}");
+    }
+
+    #[test]
+    fn split_bad_keeps_the_good_records_in_order() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let r = records_of(&[b"{\"n\": 1}", b"oops", b"{\"n\": 3}"]);
+        let (good, bad) = r.split_bad(RecordFormat::Jsonl, &schema, 0);
+        assert_eq!(good.offsets, vec![7, 9]);
+        assert_eq!(bad.records.offsets, vec![8]);
+        let dead = bad.into_batch("t", 0);
+        assert_eq!(dead.num_rows(), 1);
+        assert_eq!(dead.schema(), dead_letter_schema());
     }
 }
