@@ -5,6 +5,8 @@
 //! The binaries come from the same target directory as the test (`cargo xtask ci` builds them
 //! first; by hand: `cargo build --bins && cargo test -p sluice-cluster-tests`).
 
+pub mod chaos;
+
 use anyhow::{Context, bail};
 use serde_json::Value;
 use std::os::unix::process::CommandExt;

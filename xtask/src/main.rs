@@ -27,6 +27,14 @@ enum Task {
         #[arg(long, default_value_t = 10_000_000)]
         rows: u64,
     },
+    /// A long chaos run: a Kafka job under random process kills and storage faults, checked
+    /// for exact output; prints a table and writes bench/chaos.json
+    Chaos {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Task::Ci => ci(),
         Task::Bench { rows } => bench(&root, rows),
+        Task::Chaos { minutes, seed } => chaos(&root, minutes, seed),
     }
 }
 
@@ -468,6 +477,70 @@ INSERT INTO sink SELECT _key, count(*), sum(amount) FROM events GROUP BY _key;
         "rows_per_second": rows * 1000 / wall_ms,
         "prefill_ms": produce_ms,
     }))
+}
+
+fn chaos(root: &Path, minutes: u64, seed: u64) -> anyhow::Result<()> {
+    let tansu = ensure_tansu()?;
+    // SAFETY: single-threaded here; the processes we start inherit it.
+    unsafe { std::env::set_var("SLUICE_TANSU", &tansu) };
+    cargo(&["build", "--release", "--bins"])?;
+    let cfg = sluice_cluster_tests::chaos::ChaosConfig {
+        duration: Duration::from_secs(minutes.max(1) * 60),
+        seed,
+        // About one fault every 4 seconds, of each kind in turn.
+        failures_each: (minutes.max(1) * 5).max(10) as u32,
+        rate: 1000,
+    };
+    let report = sluice_cluster_tests::chaos::run(&cfg, &root.join("target/release"));
+    let rows: Vec<(&str, Value)> = vec![
+        ("seed", report["seed"].clone()),
+        ("minutes", json!(minutes)),
+        ("executor kills survived", report["executor_kills"].clone()),
+        ("driver kills survived", report["driver_kills"].clone()),
+        ("executor stops survived", report["executor_stops"].clone()),
+        (
+            "store write failures",
+            report["store_write_failures"].clone(),
+        ),
+        ("records produced", report["records_produced"].clone()),
+        ("records lost", report["running_count"]["lost"].clone()),
+        (
+            "records duplicated",
+            report["running_count"]["duplicated"].clone(),
+        ),
+        (
+            "longest output stall (ms)",
+            report["longest_stall_ms"].clone(),
+        ),
+        ("slowest recovery (ms)", report["max_recovery_ms"].clone()),
+        ("exact", report["exact"].clone()),
+    ];
+    println!("{:<32} {:>14}", "measure", "value");
+    for (name, value) in &rows {
+        println!("{name:<32} {:>14}", value.to_string());
+    }
+    println!("\n{:>8}  {:<20} {:>12}", "AT MS", "FAULT", "RECOVERED MS");
+    for e in report["schedule"].as_array().into_iter().flatten() {
+        println!(
+            "{:>8}  {:<20} {:>12}",
+            e["at_ms"],
+            e["fault"].as_str().unwrap_or_default(),
+            e["recovered_ms"]
+        );
+    }
+    std::fs::create_dir_all(root.join("bench"))?;
+    std::fs::write(
+        root.join("bench/chaos.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("\nwrote bench/chaos.json");
+    if report["exact"] != true {
+        bail!(
+            "seed {seed}: output differs from what was produced: {}",
+            report["running_count"]
+        );
+    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {

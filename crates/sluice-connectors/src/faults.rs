@@ -1,6 +1,7 @@
 //! Test only: an object store wrapper that fails some writes, switched on by the
 //! `SLUICE_TEST_STORE_FAULTS` environment variable (`put=0.2,seed=7`: a fifth of all puts fail,
-//! in an order fixed by the seed). It lets tests prove that no batch commits after a failed write
+//! in an order fixed by the seed; `stall=0.1,stall_ms=800`: a tenth of the puts that go through
+//! first wait 800 ms, as a slow store does). It lets tests prove that no batch commits after a failed write
 //! and that recovery still produces exact output against a real store.
 
 use async_trait::async_trait;
@@ -20,6 +21,9 @@ pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     /// Failures per 1000 puts.
     put_per_mille: u64,
+    /// Puts per 1000 that are delayed by `stall`.
+    stall_per_mille: u64,
+    stall: std::time::Duration,
     seed: u64,
     puts: AtomicU64,
 }
@@ -31,10 +35,14 @@ impl FaultyStore {
             return inner;
         };
         let mut put = 0.0;
+        let mut stall = 0.0;
+        let mut stall_ms = 500;
         let mut seed = 0;
         for part in spec.split(',') {
             match part.split_once('=') {
                 Some(("put", v)) => put = v.trim().parse().unwrap_or(0.0),
+                Some(("stall", v)) => stall = v.trim().parse().unwrap_or(0.0),
+                Some(("stall_ms", v)) => stall_ms = v.trim().parse().unwrap_or(500),
                 Some(("seed", v)) => seed = v.trim().parse().unwrap_or(0),
                 _ => {}
             }
@@ -43,15 +51,21 @@ impl FaultyStore {
         Arc::new(FaultyStore {
             inner,
             put_per_mille: (put * 1000.0) as u64,
+            stall_per_mille: (stall * 1000.0) as u64,
+            stall: std::time::Duration::from_millis(stall_ms),
             seed,
             puts: AtomicU64::new(0),
         })
     }
 
-    fn should_fail(&self) -> bool {
+    /// (fail, stall) for the next put, from its sequence number and the seed.
+    fn next_fault(&self) -> (bool, bool) {
         let n = self.puts.fetch_add(1, Ordering::Relaxed);
-        xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed) % 1000
-            < self.put_per_mille
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed);
+        (
+            h % 1000 < self.put_per_mille,
+            (h / 1000) % 1000 < self.stall_per_mille,
+        )
     }
 }
 
@@ -69,11 +83,16 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        if self.should_fail() {
+        let (fail, stall) = self.next_fault();
+        if fail {
             return Err(object_store::Error::Generic {
                 store: "FaultyStore",
                 source: format!("injected write failure for {location}").into(),
             });
+        }
+        if stall {
+            tracing::debug!(%location, "injected write stall");
+            tokio::time::sleep(self.stall).await;
         }
         self.inner.put_opts(location, payload, opts).await
     }

@@ -49,6 +49,41 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Next offset to read per topic and partition.
 pub type Positions = BTreeMap<String, BTreeMap<i32, i64>>;
 
+/// Positions stored as a list of {topic, partition, next}: JSON object keys are strings, and
+/// inside a tagged enum serde cannot turn them back into partition numbers.
+pub mod positions_as_list {
+    use super::Positions;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        topic: String,
+        partition: i32,
+        next: i64,
+    }
+
+    pub fn serialize<S: Serializer>(p: &Positions, s: S) -> Result<S::Ok, S::Error> {
+        p.iter()
+            .flat_map(|(topic, parts)| {
+                parts.iter().map(move |(partition, next)| Entry {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    next: *next,
+                })
+            })
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Positions, D::Error> {
+        let mut out = Positions::new();
+        for e in Vec::<Entry>::deserialize(d)? {
+            out.entry(e.topic).or_default().insert(e.partition, e.next);
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topics {
     Named(Vec<String>),

@@ -245,7 +245,7 @@ impl JobRunner {
         // The compacted position covers every entry deleted by retention.
         if let Some((batch, position)) = cp.latest_compaction().await.map_err(checkpoint_failure)? {
             progress =
-                serde_json::from_value(position[&self.job.source_table].clone()).map_err(|e| {
+                SourceProgress::from_json(&position[&self.job.source_table]).map_err(|e| {
                     Failure::Fatal(format!("{}/offsets/compact-{batch}: {e}", cp.uri()))
                 })?;
         }

@@ -553,6 +553,15 @@ impl Scheduler {
                     if *not_before_ms > now_ms {
                         continue;
                     }
+                    // A reducer launches only with every map output of its input: one that
+                    // waited for a slot while a map output was lost waits for its recompute
+                    // (launching it would silently drop that map's rows).
+                    if s > 0
+                        && matches!(batch.stages[s].spec.input, StageInput::Shuffle(_))
+                        && !batch.stages[s - 1].all_done()
+                    {
+                        continue;
+                    }
                     // A stateful partition waits for the executor holding its state while that
                     // one is healthy: restoring elsewhere costs more than waiting for a slot.
                     let home = batch.stages[s]

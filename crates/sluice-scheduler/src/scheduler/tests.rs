@@ -452,3 +452,54 @@ fn stateful_partitions_return_to_the_executor_holding_their_state() {
     }
     assert_eq!(run_batch(&mut s, 5, 70), after, "new homes stick");
 }
+
+/// Found by the chaos suite (seed 20261125): reducers waiting for a slot when the executor
+/// holding a map output died were launched without that map's location, so they computed
+/// without its rows. A reducer must only launch with every map output of its input.
+#[test]
+fn waiting_reducers_never_launch_without_a_lost_map_output() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 2);
+    register(&mut s, "b", 2);
+    let maps = launches(&s.handle(submit(2, Some(ShuffleKind::Hash), 6), 0));
+    assert_eq!(maps.len(), 2);
+    succeed(&mut s, &maps[0], 1);
+    // Both maps done: reducers start, four at a time (two slots each), two wait.
+    let first = launches(&succeed(&mut s, &maps[1], 2));
+    assert_eq!(first.len(), 4);
+    // The executor that ran map 1 dies: its output is gone, its reducer is lost too.
+    let lost = maps[1].0.clone();
+    let mut launched = launches(&s.handle(
+        Event::ExecutorLost {
+            id: lost.clone(),
+            reason: "killed".into(),
+        },
+        3,
+    ));
+    let mut pending: Vec<Launched> = first.into_iter().filter(|(e, _)| *e != lost).collect();
+    pending.append(&mut launched);
+    let mut now = 4;
+    let mut reducers_seen = 0;
+    // First launched, first finished: the reducers already running finish before the map
+    // that is being recomputed, which frees slots for the waiting reducers.
+    while !pending.is_empty() {
+        let l = pending.remove(0);
+        if l.1.key.stage_id == 1 {
+            reducers_seen += 1;
+            assert_eq!(
+                l.1.inputs.len(),
+                2,
+                "reducer {:?} launched without every map output: {:?}",
+                l.1.key,
+                l.1.inputs
+            );
+        }
+        let actions = succeed(&mut s, &l, now);
+        now += 1;
+        pending.extend(launches(&actions));
+        if done(&actions).is_some() {
+            break;
+        }
+    }
+    assert!(reducers_seen >= 6, "every reducer ran");
+}
