@@ -301,6 +301,8 @@ CREATE TABLE events (n BIGINT, v BIGINT)
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+            // The output stalls at least from the fault to its recovery.
+            longest_stall_ms = longest_stall_ms.max(recovered_ms.unwrap_or(60_000));
             events.push(json!({
                 "at_ms": at_ms,
                 "fault": what,
@@ -357,7 +359,8 @@ CREATE TABLE events (n BIGINT, v BIGINT)
     let exact = lost == 0 && duplicated == 0 && batch_lost == 0 && batch_duplicated == 0;
     // Keep the evidence of a failed run: the whole cluster directory (logs, checkpoints,
     // outputs).
-    let kept = (!exact).then(|| {
+    let unrecovered = events.len() - recoveries.len();
+    let kept = (!exact || unrecovered > 0).then(|| {
         let dir = std::env::temp_dir().join(format!("sluice-chaos-{}", cfg.seed));
         let _ = std::fs::remove_dir_all(&dir);
         let _ = Command::new("cp")
@@ -385,7 +388,7 @@ CREATE TABLE events (n BIGINT, v BIGINT)
         "per_batch_count": { "lost": batch_lost, "duplicated": batch_duplicated, "first_diffs": batch_diffs },
         "longest_stall_ms": longest_stall_ms,
         "max_recovery_ms": recoveries.iter().max(),
-        "unrecovered_faults": events.len() - recoveries.len(),
+        "unrecovered_faults": unrecovered,
         "schedule": events,
         "exact": exact,
     })
