@@ -455,17 +455,7 @@ INSERT INTO sink SELECT _key, count(*), sum(amount) FROM events GROUP BY _key;
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let first_start = batches
-        .first()
-        .map(|b| {
-            b["committed_at_ms"].as_u64().unwrap_or(0) - b["duration_ms"].as_u64().unwrap_or(0)
-        })
-        .unwrap_or(0);
-    let last_commit = batches
-        .last()
-        .and_then(|b| b["committed_at_ms"].as_u64())
-        .unwrap_or(0);
-    let wall_ms = last_commit.saturating_sub(first_start).max(1);
+    let wall_ms = wall_ms(&batches);
     let rows = status["rows_in"].as_u64().unwrap_or(0);
     anyhow::ensure!(rows == RECORDS, "read {rows} of {RECORDS} records");
     Ok(json!({
@@ -543,6 +533,21 @@ fn chaos(root: &Path, minutes: u64, seed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// From the first batch's start to the last batch's commit.
+fn wall_ms(batches: &[Value]) -> u64 {
+    let first_start = batches
+        .first()
+        .map(|b| {
+            b["committed_at_ms"].as_u64().unwrap_or(0) - b["duration_ms"].as_u64().unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let last_commit = batches
+        .last()
+        .and_then(|b| b["committed_at_ms"].as_u64())
+        .unwrap_or(0);
+    last_commit.saturating_sub(first_start).max(1)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -574,17 +579,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let first_start = batches
-        .first()
-        .map(|b| {
-            b["committed_at_ms"].as_u64().unwrap_or(0) - b["duration_ms"].as_u64().unwrap_or(0)
-        })
-        .unwrap_or(0);
-    let last_commit = batches
-        .last()
-        .and_then(|b| b["committed_at_ms"].as_u64())
-        .unwrap_or(0);
-    let wall_ms = last_commit.saturating_sub(first_start).max(1);
+    let wall_ms = wall_ms(&batches);
     let rows_in = status["rows_in"].as_u64().unwrap_or(0);
     let throughput = rows_in * 1000 / wall_ms;
 

@@ -147,12 +147,9 @@ impl<'a> Stmt<'a> {
     }
 }
 
-/// A job file with several INSERT statements is several jobs (as Flink's SQL client runs each
-/// INSERT as its own job): one text per INSERT, holding every SET and CREATE TABLE and that
-/// INSERT, with the other INSERTs blanked out so that line and column numbers stay true.
-pub fn split_inserts(sql: &str, origin: &str) -> Result<Vec<String>, SqlError> {
-    let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
+/// The file's tokens with their positions, without whitespace (comments included) and EOF.
+fn significant_tokens(sql: &str, origin: &str) -> Result<Vec<TokenWithSpan>, SqlError> {
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
         .tokenize_with_location()
         .map_err(|e| SqlError::Syntax {
             origin: origin.to_string(),
@@ -160,10 +157,17 @@ pub fn split_inserts(sql: &str, origin: &str) -> Result<Vec<String>, SqlError> {
             column: e.location.column,
             message: e.message,
         })?;
-    let tokens: Vec<TokenWithSpan> = tokens
+    Ok(tokens
         .into_iter()
         .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
-        .collect();
+        .collect())
+}
+
+/// A job file with several INSERT statements is several jobs (as Flink's SQL client runs each
+/// INSERT as its own job): one text per INSERT, holding every SET and CREATE TABLE and that
+/// INSERT, with the other INSERTs blanked out so that line and column numbers stay true.
+pub fn split_inserts(sql: &str, origin: &str) -> Result<Vec<String>, SqlError> {
+    let tokens = significant_tokens(sql, origin)?;
     let mut inserts = Vec::new();
     for stmt in tokens.split(|t| t.token == Token::SemiColon) {
         if let Some(first) = stmt.first()
@@ -209,18 +213,7 @@ pub fn split_inserts(sql: &str, origin: &str) -> Result<Vec<String>, SqlError> {
 
 pub fn parse_job(sql: &str, origin: &str) -> Result<JobFile, SqlError> {
     let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
-        .tokenize_with_location()
-        .map_err(|e| SqlError::Syntax {
-            origin: origin.to_string(),
-            line: e.location.line,
-            column: e.location.column,
-            message: e.message,
-        })?;
-    let tokens: Vec<TokenWithSpan> = tokens
-        .into_iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
-        .collect();
+    let tokens = significant_tokens(sql, origin)?;
     let mut job = JobFile::default();
     for stmt_tokens in tokens.split(|t| t.token == Token::SemiColon) {
         if stmt_tokens.is_empty() {
