@@ -381,7 +381,13 @@ impl Drop for Cluster {
 /// Submits `sql`, waits for the job to end, and asserts that it finished; returns its status.
 pub fn run_to_end(c: &Cluster, sql: &str) -> Value {
     let id = c.submit(sql).expect("submit");
-    let s = c.wait_for(&id, &["finished", "failed"], Duration::from_secs(120));
+    wait_finished(c, &id)
+}
+
+/// Waits for job `id` to end and asserts that it finished (the driver log otherwise); returns
+/// its status.
+pub fn wait_finished(c: &Cluster, id: &str) -> Value {
+    let s = c.wait_for(id, &["finished", "failed"], Duration::from_secs(120));
     assert_eq!(
         s["state"],
         "finished",

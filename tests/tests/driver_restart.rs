@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use sluice_cluster_tests::{
-    BatchRows, Cluster, S3Server, committed_jsonl, committed_rows, run_to_end,
+    BatchRows, Cluster, S3Server, committed_jsonl, committed_rows, run_to_end, wait_finished,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -59,13 +59,7 @@ fn kill_driver_of(mut c: Cluster, extra: &str, needles: &[&str], rerun: bool) {
     c.kill_driver();
     c.start_driver();
     c.wait_for_driver();
-    let s = c.wait_for(&id, &["finished", "failed"], LONG);
-    assert_eq!(
-        s["state"],
-        "finished",
-        "{s}\ndriver log:\n{}",
-        c.log("driver.log")
-    );
+    let s = wait_finished(&c, &id);
     assert_eq!(s["batches_committed"], 4, "{s}");
     assert_eq!(
         &committed_rows(&c.path("out")),
@@ -407,13 +401,7 @@ SET 'restart.delay' = '100ms';",
     let id = (0..20)
         .find_map(|_| c.submit(&sql).ok())
         .expect("a submission got through");
-    let s = c.wait_for(&id, &["finished", "failed"], LONG);
-    assert_eq!(
-        s["state"],
-        "finished",
-        "{s}\ndriver log:\n{}",
-        c.log("driver.log")
-    );
+    wait_finished(&c, &id);
     assert_eq!(&committed_rows(&c.path("out")), reference());
     let log = c.log("driver.log");
     assert!(

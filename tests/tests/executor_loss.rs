@@ -3,7 +3,7 @@
 //! for row.
 
 use serde_json::Value;
-use sluice_cluster_tests::{BatchRows, Cluster, committed_rows, run_to_end};
+use sluice_cluster_tests::{BatchRows, Cluster, committed_rows, run_to_end, wait_finished};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -46,13 +46,7 @@ fn reference() -> &'static BatchRows {
 
 /// Runs `job` to the end and checks its output against the reference; returns its status.
 fn finish_and_compare(c: &Cluster, id: &str) -> Value {
-    let s = c.wait_for(id, &["finished", "failed"], LONG);
-    assert_eq!(
-        s["state"],
-        "finished",
-        "{s}\ndriver log:\n{}",
-        c.log("driver.log")
-    );
+    let s = wait_finished(c, id);
     assert_eq!(
         &committed_rows(&c.path("out")),
         reference(),

@@ -4,7 +4,7 @@
 //! batch and key by key, with totals computed from an independent per-batch job.
 
 use serde_json::Value;
-use sluice_cluster_tests::{Cluster, S3Server, committed_jsonl, run_to_end};
+use sluice_cluster_tests::{Cluster, S3Server, committed_jsonl, run_to_end, wait_finished};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -91,13 +91,7 @@ fn emitted(c: &Cluster) -> Emitted {
 }
 
 fn finish_and_compare(c: &Cluster, id: &str) -> Value {
-    let s = c.wait_for(id, &["finished", "failed"], LONG);
-    assert_eq!(
-        s["state"],
-        "finished",
-        "{s}\ndriver log:\n{}",
-        c.log("driver.log")
-    );
+    let s = wait_finished(c, id);
     assert_eq!(
         emitted(c),
         reference().0,
