@@ -57,8 +57,10 @@ fn spawn_in(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
+    // SLUICE_TEST_LOG raises the children's log level when a failure needs more evidence.
+    let level = std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into());
     cmd.args(args)
-        .env("SLUICE_LOG", "info")
+        .env("SLUICE_LOG", level)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())

@@ -163,7 +163,7 @@ impl Core {
         loop {
             let wake = self
                 .scheduler
-                .next_wakeup_ms()
+                .next_wakeup_ms(self.now_ms())
                 .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())))
                 .unwrap_or(Duration::from_secs(3600));
             let events = tokio::select! {

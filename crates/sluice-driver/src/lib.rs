@@ -50,6 +50,11 @@ pub struct DriverArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exclude_for: Option<String>,
+    /// How long a stateful task waits for the busy executor holding its state before it runs
+    /// elsewhere and restores from the checkpoint (e.g. '3s', like Spark's locality wait)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality_wait: Option<String>,
     /// TOML config file (also SLUICE_CONFIG)
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip)]
@@ -64,6 +69,7 @@ pub struct DriverConfig {
     pub heartbeat_timeout: String,
     pub exclude_after_failures: u32,
     pub exclude_for: String,
+    pub locality_wait: String,
 }
 
 impl Default for DriverConfig {
@@ -74,6 +80,7 @@ impl Default for DriverConfig {
             heartbeat_timeout: "5s".into(),
             exclude_after_failures: 3,
             exclude_for: "30s".into(),
+            locality_wait: "3s".into(),
         }
     }
 }
@@ -83,12 +90,18 @@ impl DriverConfig {
         let c: DriverConfig = sluice_core::config::load(args.config.as_deref(), args)?;
         c.heartbeat_timeout()?;
         c.exclude_for()?;
+        c.locality_wait()?;
         Ok(c)
     }
 
     pub fn exclude_for(&self) -> anyhow::Result<Duration> {
         parse_duration(&self.exclude_for)
             .map_err(|e| anyhow::anyhow!("configuration: exclude_for: {e}"))
+    }
+
+    pub fn locality_wait(&self) -> anyhow::Result<Duration> {
+        parse_duration(&self.locality_wait)
+            .map_err(|e| anyhow::anyhow!("configuration: locality_wait: {e}"))
     }
 
     pub fn heartbeat_timeout(&self) -> anyhow::Result<Duration> {
@@ -108,6 +121,7 @@ pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
         scheduler: sluice_scheduler::SchedulerConfig {
             exclude_after_failures: config.exclude_after_failures,
             exclude_for_ms: config.exclude_for()?.as_millis() as u64,
+            locality_wait_ms: config.locality_wait()?.as_millis() as u64,
         },
     });
     let registry = jobs::Registry::new(core.clone(), state.clone());

@@ -97,6 +97,9 @@ pub struct SchedulerConfig {
     pub exclude_after_failures: u32,
     /// How long an excluded executor gets no tasks.
     pub exclude_for_ms: u64,
+    /// How long a stateful task waits for the busy executor holding its state before it runs
+    /// elsewhere (restoring from the checkpoint), so another job cannot starve it.
+    pub locality_wait_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -104,6 +107,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             exclude_after_failures: 3,
             exclude_for_ms: 30_000,
+            locality_wait_ms: 3_000,
         }
     }
 }
@@ -164,36 +168,38 @@ impl Scheduler {
         self.executors.values().map(|e| e.running.len()).sum()
     }
 
-    /// The earliest time a pending task may launch, so the driver knows when to send a Tick.
-    pub fn next_wakeup_ms(&self) -> Option<u64> {
-        let pending = self
+    /// The next time, after `now_ms`, at which a pending task could launch without any event
+    /// arriving (a backoff, a locality wait or an exclusion ends), so the driver knows when to
+    /// send a Tick. Only future times: a task waiting for a free slot waits for an event.
+    pub fn next_wakeup_ms(&self, now_ms: u64) -> Option<u64> {
+        let wait = self.config.locality_wait_ms;
+        let mut any_pending = false;
+        let task_times = self
             .batches
             .values()
             .flat_map(|b| b.stages.iter())
-            .flat_map(|s| s.tasks.iter())
-            .filter_map(|t| match t.state {
-                TaskState::Pending { not_before_ms, .. } => Some(not_before_ms),
+            .flat_map(|s| s.tasks.iter().map(move |t| (s.spec.stateful, t)))
+            .filter_map(|(stateful, t)| match t.state {
+                TaskState::Pending { not_before_ms, .. } => {
+                    any_pending = true;
+                    Some([Some(not_before_ms), stateful.then(|| not_before_ms + wait)])
+                }
                 _ => None,
             })
-            .min()?;
-        // A pending task may be waiting for an exclusion to end.
+            .flatten()
+            .flatten()
+            .filter(|t| *t > now_ms)
+            .min();
+        if !any_pending {
+            return None;
+        }
         let exclusion_ends = self
             .executors
             .values()
             .map(|e| e.excluded_until_ms)
-            .filter(|t| *t > pending)
+            .filter(|t| *t > now_ms)
             .min();
-        Some(match exclusion_ends {
-            Some(t)
-                if self
-                    .executors
-                    .values()
-                    .all(|e| e.excluded_until_ms > pending) =>
-            {
-                t
-            }
-            _ => pending,
-        })
+        task_times.into_iter().chain(exclusion_ends).min()
     }
 
     pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Action> {
@@ -291,7 +297,11 @@ impl Scheduler {
         }
     }
 
-    /// Finds the batch and task a result is about, if it is the attempt we are waiting for.
+    /// Finds the batch and task a result is about, if it is the launch we are waiting for.
+    /// A launch is known by its task attempt, which never repeats, so a map launched before its
+    /// stage's attempt went up (another map's output was lost) still counts: its output is
+    /// valid, stored under the stage attempt it ran in. Ignoring it would leave the task
+    /// "running" forever.
     fn current_task(&mut self, key: &TaskKey, executor: &str) -> Option<(&mut BatchRun, usize)> {
         let batch = self.batches.get_mut(&key.job_id)?;
         if batch.sub.batch_id != key.batch_id {
@@ -299,9 +309,6 @@ impl Scheduler {
         }
         let s = key.stage_id as usize;
         let stage = batch.stages.get(s)?;
-        if stage.attempt != key.stage_attempt {
-            return None;
-        }
         let task = stage.tasks.get(key.partition as usize)?;
         match &task.state {
             TaskState::Running {
@@ -334,7 +341,8 @@ impl Scheduler {
             tracing::debug!(?key, "ignoring stale task result");
             return;
         };
-        let stage_attempt = batch.stages[s].attempt;
+        // Reducers fetch the output under the attempt that wrote it.
+        let stage_attempt = key.stage_attempt;
         if batch.stages[s].spec.stateful {
             self.state_homes.insert(
                 (key.job_id.clone(), key.stage_id, key.partition),
@@ -576,10 +584,11 @@ impl Scheduler {
                                     .get(*h)
                                     .is_some_and(|e| e.excluded_until_ms <= now_ms)
                         });
+                    let waited = now_ms - *not_before_ms;
                     let executor = match home {
                         Some(h) if self.executors[h].has_free_slot() => h.clone(),
-                        Some(_) => continue,
-                        None => match pick_executor(&self.executors, avoid.as_deref(), now_ms) {
+                        Some(_) if waited < self.config.locality_wait_ms => continue,
+                        _ => match pick_executor(&self.executors, avoid.as_deref(), now_ms) {
                             Some(e) => e,
                             None => return,
                         },

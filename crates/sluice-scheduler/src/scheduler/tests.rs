@@ -181,14 +181,14 @@ fn failed_task_retries_after_backoff_on_another_executor_then_fails_the_batch() 
         launches(&fail(&mut s, &first[0], false, 10)).is_empty(),
         "backoff not elapsed"
     );
-    assert_eq!(s.next_wakeup_ms(), Some(110));
+    assert_eq!(s.next_wakeup_ms(10), Some(110));
     let retry = launches(&s.handle(Event::Tick, 110));
     assert_eq!(retry.len(), 1);
     assert_ne!(retry[0].0, first[0].0, "retried on the other executor");
     assert_eq!(retry[0].1.key.task_attempt, 1);
     // Second failure: backoff doubles.
     assert!(launches(&fail(&mut s, &retry[0], false, 120)).is_empty());
-    assert_eq!(s.next_wakeup_ms(), Some(320));
+    assert_eq!(s.next_wakeup_ms(120), Some(320));
     let third = launches(&s.handle(Event::Tick, 320));
     let actions = fail(&mut s, &third[0], false, 330);
     let err = actions.iter().find_map(|a| match a {
@@ -310,6 +310,7 @@ fn an_executor_that_keeps_failing_is_excluded_for_a_while() {
     let mut s = Scheduler::with_config(SchedulerConfig {
         exclude_after_failures: 2,
         exclude_for_ms: 1000,
+        ..SchedulerConfig::default()
     });
     register(&mut s, "flaky", 4);
     let mut sub = submit(4, None, 1);
@@ -502,4 +503,112 @@ fn waiting_reducers_never_launch_without_a_lost_map_output() {
         }
     }
     assert!(reducers_seen >= 6, "every reducer ran");
+}
+
+/// Chaos seed 20261125: a map output was lost while another map of the same stage still ran on
+/// a healthy executor. The stage's attempt went up, the running map's result (from attempt 0)
+/// was then ignored as stale, and its task stayed "running" forever: the batch never finished.
+#[test]
+fn maps_still_running_when_the_stage_attempt_changes_still_count() {
+    let mut s = Scheduler::new();
+    for e in ["a", "b", "c"] {
+        register(&mut s, e, 1);
+    }
+    let maps = launches(&s.handle(submit(3, Some(ShuffleKind::Hash), 2), 0));
+    assert_eq!(maps.len(), 3);
+    let on = |e: &str| maps.iter().find(|(x, _)| x == e).unwrap().clone();
+    succeed(&mut s, &on("a"), 1);
+    let lost = Event::ExecutorLost {
+        id: "a".into(),
+        reason: "killed".into(),
+    };
+    assert!(launches(&s.handle(lost, 2)).is_empty(), "no free slot yet");
+    let d = Event::ExecutorRegistered {
+        id: "d".into(),
+        address: "http://d".into(),
+        slots: 1,
+    };
+    let rerun = launches(&s.handle(d, 2));
+    assert_eq!(rerun.len(), 1);
+    assert_eq!(rerun[0].1.key.stage_attempt, 1);
+    // The maps launched in attempt 0 finish after the attempt changed.
+    assert!(launches(&succeed(&mut s, &on("b"), 3)).is_empty());
+    assert!(launches(&succeed(&mut s, &on("c"), 4)).is_empty());
+    let reducers = launches(&succeed(&mut s, &rerun[0], 5));
+    assert_eq!(reducers.len(), 2, "every map output exists: reducers start");
+    for (_, r) in &reducers {
+        let mut attempts: Vec<(u32, String, u32)> = r
+            .inputs
+            .iter()
+            .map(|l| (l.map_partition, l.executor_id.clone(), l.stage_attempt))
+            .collect();
+        attempts.sort();
+        let expect = |e: &str, attempt| (on(e).1.key.partition, e.to_string(), attempt);
+        let mut want = vec![expect("b", 0), expect("c", 0)];
+        want.push((on("a").1.key.partition, "d".into(), 1));
+        want.sort();
+        assert_eq!(
+            attempts, want,
+            "each output is fetched under the attempt that wrote it"
+        );
+    }
+    let mut report = None;
+    for (i, r) in reducers.iter().enumerate() {
+        report = done(&succeed(&mut s, r, 6 + i as u64)).cloned();
+    }
+    assert!(report.is_some(), "the batch finishes");
+}
+
+/// Another job keeping the executor that holds a state partition busy must not starve it: after
+/// the locality wait the partition runs on a free executor (and restores from the checkpoint).
+#[test]
+fn stateful_tasks_wait_for_their_home_only_for_the_locality_wait() {
+    let mut s = Scheduler::new();
+    let wait = SchedulerConfig::default().locality_wait_ms;
+    register(&mut s, "a", 1);
+    let homes = run_batch(&mut s, 0, 0);
+    assert!(homes.values().all(|e| e == "a"));
+    // Another job takes a's only slot and keeps it.
+    let Event::SubmitBatch(mut other) = submit(1, None, 1) else {
+        unreachable!()
+    };
+    other.job_id = "other".into();
+    let hog = launches(&s.handle(Event::SubmitBatch(other), 100));
+    assert_eq!(hog[0].0, "a");
+    s.handle(
+        Event::ExecutorRegistered {
+            id: "b".into(),
+            address: "http://b".into(),
+            slots: 1,
+        },
+        100,
+    );
+    // The maps run on b; the reducers then wait for a.
+    let mut now = 100;
+    let mut pending = launches(&s.handle(stateful_batch(1), now));
+    let mut ready_at = now;
+    while let Some(l) = pending.pop() {
+        assert_eq!(l.1.key.stage_id, 0, "no reducer leaves its home yet");
+        now += 1;
+        ready_at = now;
+        pending.extend(launches(&succeed(&mut s, &l, now)));
+    }
+    assert!(launches(&s.handle(Event::Tick, ready_at + wait - 1)).is_empty());
+    assert_eq!(
+        s.next_wakeup_ms(ready_at + wait - 1),
+        Some(ready_at + wait),
+        "the driver wakes when the wait ends"
+    );
+    let moved = launches(&s.handle(Event::Tick, ready_at + wait));
+    assert_eq!(moved.len(), 1, "one free slot on b");
+    assert_eq!((moved[0].0.as_str(), moved[0].1.key.stage_id), ("b", 1));
+}
+
+/// Tasks waiting only for a free slot need no timer: the driver sleeps until an event.
+#[test]
+fn no_wakeups_while_tasks_wait_only_for_slots() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 1);
+    assert_eq!(launches(&s.handle(submit(3, None, 1), 0)).len(), 1);
+    assert_eq!(s.next_wakeup_ms(5), None);
 }
