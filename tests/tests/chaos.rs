@@ -7,7 +7,6 @@ use sluice_cluster_tests::chaos::{ChaosConfig, run};
 use std::time::Duration;
 
 #[test]
-#[ignore = "out of CI until the recovery stall it found (issue 7 notes) is fixed; run with --ignored"]
 fn two_minutes_of_faults_lose_and_duplicate_nothing() {
     let secs = std::env::var("SLUICE_CHAOS_SECS")
         .ok()
