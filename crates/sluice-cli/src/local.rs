@@ -149,8 +149,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         args.executors,
         state.display()
     );
+    // The processes run with this environment, so they share SLUICE_TOKEN if it is set.
+    let target = crate::DriverAddr {
+        url: driver.clone(),
+        security: sluice_net::Security::load(&Default::default())?,
+    };
     let result = tokio::select! {
-        r = drive(&mut cluster, &driver, sql, origin) => r,
+        r = drive(&mut cluster, &target, sql, origin) => r,
         _ = tokio::signal::ctrl_c() => {
             println!("\ninterrupted: stopping the cluster");
             Ok(())
@@ -162,7 +167,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 
 async fn drive(
     cluster: &mut Cluster,
-    driver: &str,
+    driver: &crate::DriverAddr,
     sql: String,
     origin: String,
 ) -> anyhow::Result<()> {
@@ -171,7 +176,7 @@ async fn drive(
         if let Some(crash) = cluster.crashed() {
             bail!("{crash} before the cluster was up; see the logs");
         }
-        if let Ok(c) = crate::connect(driver).await {
+        if let Ok(c) = driver.connect().await {
             client = Some(c);
             break;
         }
@@ -184,7 +189,7 @@ async fn drive(
         ..Default::default()
     };
     // One job per INSERT statement: follow them all, each line tagged when there are several.
-    let job_ids = crate::submit(driver, request).await?;
+    let job_ids = driver.submit(request).await?;
     for id in &job_ids {
         println!("job {id} submitted");
     }

@@ -6,10 +6,10 @@ mod local;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
+use sluice_net::{AuthChannel, Security, SecurityArgs, SecurityConfig};
 use sluice_proto::jobs_client::JobsClient;
 use sluice_proto::{GetRequest, JobStatus, ListRequest, StopRequest, SubmitRequest};
 use std::path::PathBuf;
-use tonic::transport::Channel;
 
 #[derive(Debug, Parser, Serialize)]
 #[command(
@@ -26,6 +26,9 @@ struct Cli {
     #[arg(long, global = true, env = "SLUICE_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    security: SecurityArgs,
     #[command(subcommand)]
     #[serde(skip)]
     command: Option<Command>,
@@ -84,14 +87,24 @@ enum CheckpointCommand {
 #[serde(default)]
 struct CliConfig {
     driver: String,
+    #[serde(flatten)]
+    security: SecurityConfig,
 }
 
 impl Default for CliConfig {
     fn default() -> Self {
         CliConfig {
             driver: "http://127.0.0.1:7070".into(),
+            security: SecurityConfig::default(),
         }
     }
+}
+
+fn driver(config: &CliConfig) -> anyhow::Result<DriverAddr> {
+    Ok(DriverAddr {
+        url: config.driver.clone(),
+        security: Security::load(&config.security)?,
+    })
 }
 
 #[tokio::main]
@@ -130,16 +143,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 resume_job_id: resume.unwrap_or_default(),
             };
             // One job per INSERT statement; one id per line.
-            for id in submit(&config.driver, request).await? {
+            for id in driver(&config)?.submit(request).await? {
                 println!("{id}");
             }
             Ok(())
         }
         Command::Jobs { json } => {
-            let jobs = connect(&config.driver)
+            let jobs = driver(&config)?
+                .connect()
                 .await?
                 .list(ListRequest {})
-                .await?
+                .await
+                .map_err(status_error)?
                 .into_inner()
                 .jobs;
             if json {
@@ -160,7 +175,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { job, json } => {
-            let s = connect(&config.driver)
+            let s = driver(&config)?
+                .connect()
                 .await?
                 .get(GetRequest { job_id: job })
                 .await
@@ -174,7 +190,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Stop { job } => {
-            let r = connect(&config.driver)
+            let r = driver(&config)?
+                .connect()
                 .await?
                 .stop(StopRequest {
                     job_id: job.clone(),
@@ -188,29 +205,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-pub(crate) async fn connect(driver: &str) -> anyhow::Result<JobsClient<Channel>> {
-    JobsClient::connect(driver.to_string())
-        .await
-        .map(|c| c.max_decoding_message_size(64 * 1024 * 1024))
-        .map_err(|e| anyhow::anyhow!("cannot reach the driver at {driver}: {e}"))
+/// Where the driver is and how to talk to it (the cluster token, TLS).
+pub(crate) struct DriverAddr {
+    pub url: String,
+    pub security: Security,
+}
+
+impl DriverAddr {
+    pub(crate) async fn connect(&self) -> anyhow::Result<JobsClient<AuthChannel>> {
+        let channel = self
+            .security
+            .connect(&self.url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the driver at {}: {e}", self.url))?;
+        Ok(JobsClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    }
+
+    pub(crate) async fn submit(&self, request: SubmitRequest) -> anyhow::Result<Vec<String>> {
+        let r = self
+            .connect()
+            .await?
+            .submit(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        Ok(if r.job_ids.is_empty() {
+            vec![r.job_id]
+        } else {
+            r.job_ids
+        })
+    }
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", s.message())
-}
-
-pub(crate) async fn submit(driver: &str, request: SubmitRequest) -> anyhow::Result<Vec<String>> {
-    let r = connect(driver)
-        .await?
-        .submit(request)
-        .await
-        .map_err(status_error)?;
-    let r = r.into_inner();
-    Ok(if r.job_ids.is_empty() {
-        vec![r.job_id]
-    } else {
-        r.job_ids
-    })
+    match s.code() {
+        tonic::Code::Unauthenticated => anyhow::anyhow!("refused by the driver: {}", s.message()),
+        _ => anyhow::anyhow!("{}", s.message()),
+    }
 }
 
 /// "executor lost 3, fetch failed 1; recovered in 412 ms", or "" when nothing reran.

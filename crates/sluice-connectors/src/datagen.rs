@@ -148,7 +148,11 @@ impl DatagenSource {
                 .filter(|s| matches!(s, SourceSplit::Datagen { start, end } if start < end))
                 .collect()
         };
-        Planned { splits, exhausted }
+        Planned {
+            splits,
+            exhausted,
+            backlog: None,
+        }
     }
 
     pub fn read(&self, start: u64, end: u64) -> Result<Vec<RecordBatch>> {

@@ -124,6 +124,7 @@ impl FilesSource {
                 .map(|(uri, size)| SourceSplit::File { uri, size })
                 .collect(),
             exhausted: false,
+            backlog: None,
         })
     }
 

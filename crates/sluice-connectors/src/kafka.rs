@@ -326,6 +326,7 @@ impl KafkaSource {
                 );
             }
             Planned {
+                backlog: Some(backlog(&marks, positions, &splits)),
                 splits,
                 exhausted: false,
             }
@@ -774,6 +775,33 @@ impl Records {
 /// its earliest offset (a partition added later), and gets a range even when it is empty, so
 /// the offsets entry records where it starts. Otherwise only partitions with new records get a
 /// range. `max_offsets` caps the whole batch, shared by backlog.
+/// Records between where the job will be after these splits and each partition's high
+/// watermark: the consumer lag once the batch commits.
+fn backlog(
+    marks: &BTreeMap<(String, i32), (i64, i64)>,
+    positions: &Positions,
+    splits: &[SourceSplit],
+) -> u64 {
+    marks
+        .iter()
+        .map(|((topic, p), (_, high))| {
+            let planned = splits.iter().find_map(|s| match s {
+                SourceSplit::Kafka {
+                    topic: t,
+                    partition,
+                    until,
+                    ..
+                } if t == topic && partition == p => Some(*until),
+                _ => None,
+            });
+            let next = planned
+                .or_else(|| positions.get(topic).and_then(|m| m.get(p)).copied())
+                .unwrap_or(*high);
+            (high - next).max(0) as u64
+        })
+        .sum()
+}
+
 pub fn plan_ranges(
     marks: &BTreeMap<(String, i32), (i64, i64)>,
     positions: &Positions,
@@ -1070,6 +1098,24 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn backlog_is_what_the_rate_limit_leaves_behind() {
+        let m = marks(&[(0, 0, 100), (1, 0, 40)]);
+        let (s, _) = plan_ranges(
+            &m,
+            &at(&[(0, 0), (1, 0)]),
+            &Starting::Earliest,
+            Some(60),
+            true,
+            &ctx(),
+        )
+        .unwrap();
+        let taken: i64 = ranges(&s).iter().map(|(_, f, u)| u - f).sum();
+        assert_eq!(taken, 60);
+        assert_eq!(backlog(&m, &at(&[(0, 0), (1, 0)]), &s), 140 - 60);
+        assert_eq!(backlog(&m, &at(&[(0, 100), (1, 40)]), &[]), 0);
     }
 
     #[test]

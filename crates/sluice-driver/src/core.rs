@@ -34,6 +34,10 @@ pub enum CoreMsg {
     Heartbeat {
         id: String,
     },
+    /// The executor is shutting down: it finishes its running tasks but takes no new ones.
+    Draining {
+        id: String,
+    },
     Result {
         executor: String,
         result: TaskResult,
@@ -101,11 +105,12 @@ impl CoreHandle {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub scheduler: SchedulerConfig,
+    pub executors_alive: prometheus_client::metrics::gauge::Gauge,
 }
 
 struct Conn {
@@ -179,8 +184,9 @@ impl Core {
                 let actions = self.scheduler.handle(event, now);
                 self.apply(actions).await;
             }
-            self.alive
-                .store(self.scheduler.alive_executors(), Ordering::Relaxed);
+            let alive = self.scheduler.alive_executors();
+            self.alive.store(alive, Ordering::Relaxed);
+            self.config.executors_alive.set(alive as i64);
             *self.excluded.lock().unwrap() = self.scheduler.excluded_executors(self.now_ms());
         }
     }
@@ -208,6 +214,10 @@ impl Core {
                     c.last_seen = Instant::now();
                 }
                 vec![]
+            }
+            CoreMsg::Draining { id } => {
+                tracing::info!(executor = %id, "executor draining: no new tasks");
+                vec![Event::ExecutorDraining { id }]
             }
             CoreMsg::Result { executor, result } => {
                 if let Some(c) = self.conns.get_mut(&executor) {

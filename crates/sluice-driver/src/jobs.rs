@@ -1,6 +1,7 @@
 //! The job catalog: submitted jobs, their live status, and their runners.
 
 use crate::core::CoreHandle;
+use crate::metrics::DriverMetrics;
 use crate::runner::JobRunner;
 use sluice_checkpoint::{JobCheckpoint, JobMetadata};
 use sluice_connectors::store::Location;
@@ -9,6 +10,7 @@ use sluice_proto::JobStatus;
 use sluice_sql::CompiledJob;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -33,14 +35,64 @@ pub struct Registry {
     jobs: Arc<Mutex<BTreeMap<String, JobEntry>>>,
     core: CoreHandle,
     state: Location,
+    pub metrics: DriverMetrics,
+    /// Set on SIGTERM: no job starts another batch.
+    draining: Arc<AtomicBool>,
+    /// Batches between "input decided" and "committed" (or failed).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a batch in flight while it lives.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Registry {
-    pub fn new(core: CoreHandle, state: Location) -> Self {
+    pub fn new(core: CoreHandle, state: Location, metrics: DriverMetrics) -> Self {
         Registry {
             jobs: Arc::default(),
             core,
             state,
+            metrics,
+            draining: Arc::default(),
+            in_flight: Arc::default(),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn batch_started(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// SIGTERM: jobs start no new batch, and the running ones get up to `grace` to commit.
+    /// A batch still running after that is abandoned; its input is logged, so the next driver
+    /// reruns it exactly. Nothing is marked stopped: every job resumes on restart.
+    pub async fn drain(&self, grace: std::time::Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        let running = self.in_flight.load(Ordering::SeqCst);
+        tracing::info!(
+            running,
+            grace_ms = grace.as_millis() as u64,
+            "SIGTERM: finishing running batches, starting no new ones"
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        match self.in_flight.load(Ordering::SeqCst) {
+            0 => tracing::info!("every running batch committed; exiting"),
+            n => tracing::warn!(
+                abandoned = n,
+                "grace period over; the abandoned batches rerun on restart"
+            ),
         }
     }
 

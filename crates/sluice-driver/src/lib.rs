@@ -3,6 +3,7 @@
 
 pub mod core;
 pub mod jobs;
+pub mod metrics;
 pub mod runner;
 pub mod services;
 
@@ -55,6 +56,18 @@ pub struct DriverArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locality_wait: Option<String>,
+    /// Serve /healthz, /readyz and /metrics (Prometheus) on this address, e.g. 0.0.0.0:9090
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// How long SIGTERM waits for running batches to commit before exiting (e.g. '20s'); a
+    /// batch still running then is rerun after the restart
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub security: sluice_net::SecurityArgs,
     /// TOML config file (also SLUICE_CONFIG)
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip)]
@@ -70,6 +83,10 @@ pub struct DriverConfig {
     pub exclude_after_failures: u32,
     pub exclude_for: String,
     pub locality_wait: String,
+    pub metrics_listen: Option<String>,
+    pub shutdown_grace: String,
+    #[serde(flatten)]
+    pub security: sluice_net::SecurityConfig,
 }
 
 impl Default for DriverConfig {
@@ -81,6 +98,9 @@ impl Default for DriverConfig {
             exclude_after_failures: 3,
             exclude_for: "30s".into(),
             locality_wait: "3s".into(),
+            metrics_listen: None,
+            shutdown_grace: "20s".into(),
+            security: Default::default(),
         }
     }
 }
@@ -91,12 +111,18 @@ impl DriverConfig {
         c.heartbeat_timeout()?;
         c.exclude_for()?;
         c.locality_wait()?;
+        c.shutdown_grace()?;
         Ok(c)
     }
 
     pub fn exclude_for(&self) -> anyhow::Result<Duration> {
         parse_duration(&self.exclude_for)
             .map_err(|e| anyhow::anyhow!("configuration: exclude_for: {e}"))
+    }
+
+    pub fn shutdown_grace(&self) -> anyhow::Result<Duration> {
+        parse_duration(&self.shutdown_grace)
+            .map_err(|e| anyhow::anyhow!("configuration: shutdown_grace: {e}"))
     }
 
     pub fn locality_wait(&self) -> anyhow::Result<Duration> {
@@ -110,11 +136,24 @@ impl DriverConfig {
     }
 }
 
-/// Runs the driver until the process is stopped.
+/// Runs the driver until the process is stopped (SIGTERM: see [`jobs::Registry::drain`]).
 pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
+    let security = sluice_net::Security::load(&config.security)?;
     let state = sluice_connectors::store::open(&config.state)?;
     let timeout = config.heartbeat_timeout()?;
+    let grace = config.shutdown_grace()?;
     let heartbeat_interval = (timeout / 5).max(Duration::from_millis(50));
+    let (metrics, registry) = metrics::DriverMetrics::new();
+    let ready = sluice_net::ops::Readiness::default();
+    if let Some(addr) = &config.metrics_listen {
+        sluice_net::ops::serve(addr, registry, ready.clone()).await?;
+    }
+    // Bind before recovering: a second driver on the same port fails here, not after it has
+    // started rerunning batches.
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    security.check_bind(listener.local_addr()?, "listen")?;
     let core = core::start(core::CoreConfig {
         heartbeat_interval,
         heartbeat_timeout: timeout,
@@ -123,8 +162,9 @@ pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
             exclude_for_ms: config.exclude_for()?.as_millis() as u64,
             locality_wait_ms: config.locality_wait()?.as_millis() as u64,
         },
+        executors_alive: metrics.executors_alive.clone(),
     });
-    let registry = jobs::Registry::new(core.clone(), state.clone());
+    let registry = jobs::Registry::new(core.clone(), state.clone(), metrics);
     // Writes a crash interrupted left staging files; a write in flight is far younger.
     let uri = state.uri.clone();
     match tokio::task::spawn_blocking(move || {
@@ -140,23 +180,30 @@ pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
     if resumed > 0 {
         tracing::info!(resumed, "resumed jobs from the catalog");
     }
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, state = %state.uri, "driver started");
+    tracing::info!(listen = %listener.local_addr()?, state = %state.uri, token = security.has_token(), tls = security.scheme() == "https", "driver started");
     let driver = DriverServer::new(services::DriverService {
         core,
         heartbeat_interval,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let jobs = JobsServer::new(services::JobsService { registry })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::transport::Server::builder()
-        .add_service(driver)
-        .add_service(jobs)
-        .serve_with_incoming(TcpListenerStream::new(listener))
-        .await?;
+    let jobs = JobsServer::new(services::JobsService {
+        registry: registry.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    ready.set(true);
+    let server = security
+        .server()?
+        .add_service(security.protect(driver))
+        .add_service(security.protect(jobs))
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    tokio::select! {
+        r = server => r?,
+        _ = sluice_net::terminated() => {
+            ready.set(false);
+            registry.drain(grace).await;
+        }
+    }
     Ok(())
 }

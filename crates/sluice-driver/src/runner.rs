@@ -64,7 +64,11 @@ impl JobRunner {
     pub async fn run(mut self) {
         let mut restarts = Restarts::new(self.job.settings.restart.clone());
         let outcome = loop {
-            match self.run_batches().await {
+            let result = self.run_batches().await;
+            if matches!(result, Err(Failure::Failed(_) | Failure::Fatal(_))) {
+                self.registry.metrics.batch_failed(&self.job_id);
+            }
+            match result {
                 Err(Failure::Failed(e)) => match restarts.on_failure(now_ms()) {
                     Ok(delay) => {
                         tracing::warn!(
@@ -150,6 +154,10 @@ impl JobRunner {
                     if !self.sleep_until(next_trigger).await {
                         return Ok(End::Stopped);
                     }
+                    if self.registry.is_draining() {
+                        // The process is about to exit; the job resumes with the next driver.
+                        std::future::pending::<()>().await;
+                    }
                     self.test_pause("before_offsets", next_batch).await;
                     let ctx = PlanContext {
                         now_ms: now_ms(),
@@ -165,6 +173,9 @@ impl JobRunner {
                             Failure::Failed(e.to_string())
                         }
                     })?;
+                    if let Some(lag) = planned.backlog {
+                        self.registry.metrics.kafka_lag(&self.job_id, lag);
+                    }
                     let tick = Instant::now();
                     next_trigger = (next_trigger + interval).max(tick);
                     if planned.splits.is_empty() {
@@ -195,6 +206,7 @@ impl JobRunner {
                 }
             };
             let batch_id = entry.batch_id;
+            let _in_flight = self.registry.batch_started();
             self.test_pause("before_tasks", batch_id).await;
             let Some(report) = self.run_batch(&entry).await? else {
                 return Ok(End::Stopped);
@@ -348,6 +360,9 @@ impl JobRunner {
             .await
             .map_err(checkpoint_failure)?;
         let checkpoint_ms = started.elapsed().as_millis() as u64;
+        self.registry
+            .metrics
+            .batch_committed(&self.job_id, report, offsets_ms + checkpoint_ms);
         let console = match self.job.sink.kind {
             SinkKind::Console { num_rows } => {
                 let text = render_console(

@@ -77,6 +77,9 @@ impl sluice_proto::driver_server::Driver for DriverService {
                             })
                             .await
                         }
+                        Some(ExecKind::Draining(_)) => {
+                            core.send(CoreMsg::Draining { id: id.clone() }).await
+                        }
                         Some(ExecKind::Register(_)) | None => {}
                     },
                     Ok(None) => break "control stream closed".to_string(),

@@ -1,6 +1,7 @@
 //! The executor: dials the driver and keeps one control stream open (register, heartbeats,
 //! task results up; task launches down), runs tasks, and serves its shuffle outputs to peers.
 
+pub mod metrics;
 mod shuffle;
 mod state;
 mod task;
@@ -13,9 +14,10 @@ use sluice_proto::driver_client::DriverClient;
 use sluice_proto::driver_message::Kind as DriverKind;
 use sluice_proto::executor_message::Kind as ExecKind;
 use sluice_proto::shuffle_server::ShuffleServer;
-use sluice_proto::{ExecutorMessage, Heartbeat, Register};
+use sluice_proto::{Draining, ExecutorMessage, Heartbeat, Register};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -47,6 +49,18 @@ pub struct ExecutorArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slots: Option<u32>,
+    /// Serve /healthz, /readyz and /metrics (Prometheus) on this address, e.g. 0.0.0.0:9090
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// On SIGTERM, how long to wait for running tasks to finish and for the shuffle outputs
+    /// this executor serves to be released before exiting (e.g. '25s')
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub security: sluice_net::SecurityArgs,
     /// TOML config file (also SLUICE_CONFIG)
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip)]
@@ -60,6 +74,10 @@ pub struct ExecutorConfig {
     pub listen: String,
     pub advertise_host: Option<String>,
     pub slots: u32,
+    pub metrics_listen: Option<String>,
+    pub shutdown_grace: String,
+    #[serde(flatten)]
+    pub security: sluice_net::SecurityConfig,
     /// Test only (SLUICE_TEST_FAIL_TASKS=true): every task fails, as on a broken host.
     pub test_fail_tasks: bool,
 }
@@ -71,6 +89,9 @@ impl Default for ExecutorConfig {
             listen: "127.0.0.1:0".into(),
             advertise_host: None,
             slots: 2,
+            metrics_listen: None,
+            shutdown_grace: "25s".into(),
+            security: Default::default(),
             test_fail_tasks: false,
         }
     }
@@ -80,7 +101,13 @@ impl ExecutorConfig {
     pub fn load(args: &ExecutorArgs) -> anyhow::Result<Self> {
         let c: ExecutorConfig = sluice_core::config::load(args.config.as_deref(), args)?;
         anyhow::ensure!(c.slots >= 1, "configuration: slots must be at least 1");
+        c.shutdown_grace()?;
         Ok(c)
+    }
+
+    pub fn shutdown_grace(&self) -> anyhow::Result<std::time::Duration> {
+        sluice_core::settings::parse_duration(&self.shutdown_grace)
+            .map_err(|e| anyhow::anyhow!("configuration: shutdown_grace: {e}"))
     }
 }
 
@@ -90,41 +117,68 @@ pub(crate) struct Executor {
     pub store: ShuffleStore,
     pub state: state::StateCache,
     pub tasks: task::TaskRunner,
+    pub security: sluice_net::Security,
+    pub ready: sluice_net::ops::Readiness,
+    /// Set on SIGTERM.
+    pub draining: tokio::sync::watch::Sender<bool>,
+    /// Launches received whose result has not been handed to the control stream yet.
+    pub in_flight: AtomicUsize,
 }
 
-/// Runs an executor until the process is stopped.
+/// Runs an executor until the process is stopped. SIGTERM drains it: the driver is told, no
+/// new task comes, and the process exits once its running tasks have reported and the shuffle
+/// outputs it serves are released (or the grace period ends), so scaling down fails nothing.
 pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
+    let security = sluice_net::Security::load(&config.security)?;
+    let grace = config.shutdown_grace()?;
+    let (metrics, registry) = metrics::ExecutorMetrics::new();
+    let ready = sluice_net::ops::Readiness::default();
+    if let Some(addr) = &config.metrics_listen {
+        sluice_net::ops::serve(addr, registry, ready.clone()).await?;
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    security.check_bind(local, "listen")?;
     let host = config
         .advertise_host
         .clone()
         .unwrap_or_else(|| local.ip().to_string());
-    let shuffle_address = format!("http://{host}:{}", local.port());
+    let shuffle_address = format!("{}://{host}:{}", security.scheme(), local.port());
     let executor = Arc::new(Executor {
-        store: ShuffleStore::default(),
+        store: ShuffleStore::new(security.clone()),
         state: state::StateCache::default(),
-        tasks: task::TaskRunner::new(config.slots, config.test_fail_tasks),
+        tasks: task::TaskRunner::new(config.slots, config.test_fail_tasks, metrics),
+        security: security.clone(),
+        ready,
+        draining: tokio::sync::watch::channel(false).0,
+        in_flight: AtomicUsize::new(0),
     });
     let service = ShuffleServer::new(ShuffleService {
         executor: executor.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server = security
+        .server()?
+        .add_service(security.protect(service))
+        .serve_with_incoming(TcpListenerStream::new(listener));
     tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await
-        {
+        if let Err(e) = server.await {
             tracing::error!("shuffle server stopped: {e}");
         }
     });
     tracing::info!(%shuffle_address, driver = %config.driver, slots = config.slots, "executor started");
+    let sessions = tokio::spawn(sessions(config, shuffle_address, executor.clone()));
+    sluice_net::terminated().await;
+    drain(&executor, grace).await;
+    sessions.abort();
+    Ok(())
+}
 
+/// Registers with the driver again and again (a restarted driver, a dropped stream).
+async fn sessions(config: ExecutorConfig, shuffle_address: String, executor: Arc<Executor>) {
     let reconnect = backon::ExponentialBuilder::new()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))
@@ -133,7 +187,9 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     let mut delays = reconnect.build();
     loop {
         let id = uuid::Uuid::new_v4().to_string();
-        match session(&config, &id, &shuffle_address, &executor).await {
+        let result = session(&config, &id, &shuffle_address, &executor).await;
+        executor.ready.set(false);
+        match result {
             Ok(()) => {
                 tracing::warn!(executor = %id, "driver closed the connection; reconnecting");
                 delays = reconnect.build();
@@ -153,6 +209,33 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     }
 }
 
+/// SIGTERM: take no new task, let the running ones report, and wait for the shuffle outputs
+/// peers may still fetch to be released.
+async fn drain(executor: &Executor, grace: Duration) {
+    executor.ready.set(false);
+    let _ = executor.draining.send(true);
+    tracing::info!(
+        running = executor.in_flight.load(Ordering::SeqCst),
+        grace_ms = grace.as_millis() as u64,
+        "SIGTERM: draining"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    let idle = || executor.in_flight.load(Ordering::SeqCst) == 0 && executor.store.is_empty();
+    while !idle() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if idle() {
+        // Let the last results leave on the control stream.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tracing::info!("drained: every task reported and every shuffle output was released");
+    } else {
+        tracing::warn!(
+            running = executor.in_flight.load(Ordering::SeqCst),
+            "grace period over; the driver reruns what this executor still had"
+        );
+    }
+}
+
 /// One registration with the driver: lasts until the control stream ends.
 async fn session(
     config: &ExecutorConfig,
@@ -160,8 +243,7 @@ async fn session(
     shuffle_address: &str,
     executor: &Arc<Executor>,
 ) -> anyhow::Result<()> {
-    let mut client = DriverClient::connect(config.driver.clone())
-        .await?
+    let mut client = DriverClient::new(executor.security.connect(&config.driver).await?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<ExecutorMessage>(1024);
@@ -187,6 +269,7 @@ async fn session(
         other => anyhow::bail!("expected Registered, got {other:?}"),
     };
     tracing::info!(executor = %id, "registered with driver {}", config.driver);
+    executor.ready.set(!*executor.draining.borrow());
     let hb_tx = tx.clone();
     let hb_exec = executor.clone();
     let heartbeat = tokio::spawn(async move {
@@ -203,6 +286,17 @@ async fn session(
             }
         }
     });
+    // Tells this driver once when the executor starts draining (also if it already was).
+    let drain_tx = tx.clone();
+    let mut draining = executor.draining.subscribe();
+    let drain_notice = tokio::spawn(async move {
+        if draining.wait_for(|d| *d).await.is_ok() {
+            let msg = ExecutorMessage {
+                kind: Some(ExecKind::Draining(Draining {})),
+            };
+            let _ = drain_tx.send(msg).await;
+        }
+    });
     let result = async {
         while let Some(msg) = inbound.message().await? {
             match msg.kind {
@@ -210,13 +304,15 @@ async fn session(
                     let executor = executor.clone();
                     let tx = tx.clone();
                     let id = id.to_string();
+                    executor.in_flight.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
-                        let result = task::TaskRunner::run(executor, id, launch).await;
+                        let result = task::TaskRunner::run(executor.clone(), id, launch).await;
                         let _ = tx
                             .send(ExecutorMessage {
                                 kind: Some(ExecKind::Result(result)),
                             })
                             .await;
+                        executor.in_flight.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
                 Some(DriverKind::Release(r)) => {
@@ -225,6 +321,7 @@ async fn session(
                         executor.state.drop_job(&r.job_id);
                         executor.tasks.forget_job(&r.job_id).await;
                     }
+                    executor.tasks.report_state_size(&executor.state);
                 }
                 Some(DriverKind::Registered(_)) | None => {}
             }
@@ -233,5 +330,6 @@ async fn session(
     }
     .await;
     heartbeat.abort();
+    drain_notice.abort();
     result
 }

@@ -2,13 +2,13 @@
 //! fetches other executors' blocks.
 
 use crate::{Executor, MAX_MESSAGE_BYTES};
+use sluice_net::{AuthChannel, Security};
 use sluice_proto::shuffle_client::ShuffleClient;
 use sluice_proto::{FetchChunk, FetchRequest};
 use sluice_sql::MapOutput;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 const CHUNK_BYTES: usize = 1024 * 1024;
@@ -16,13 +16,25 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 /// (job, batch, stage, stage attempt, map partition)
 pub type OutputKey = (String, u64, u32, u32, u32);
 
-#[derive(Default)]
 pub struct ShuffleStore {
     outputs: Mutex<HashMap<OutputKey, Arc<MapOutput>>>,
-    clients: Mutex<HashMap<String, ShuffleClient<Channel>>>,
+    clients: Mutex<HashMap<String, ShuffleClient<AuthChannel>>>,
+    security: Security,
 }
 
 impl ShuffleStore {
+    pub fn new(security: Security) -> Self {
+        ShuffleStore {
+            outputs: Mutex::default(),
+            clients: Mutex::default(),
+            security,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outputs.lock().unwrap().is_empty()
+    }
+
     pub fn put(&self, key: OutputKey, output: MapOutput) {
         self.outputs.lock().unwrap().insert(key, Arc::new(output));
     }
@@ -43,15 +55,15 @@ impl ShuffleStore {
         self.outputs.lock().unwrap().clear();
     }
 
-    pub fn client(&self, address: &str) -> Result<ShuffleClient<Channel>, String> {
+    pub fn client(&self, address: &str) -> Result<ShuffleClient<AuthChannel>, String> {
         let mut clients = self.clients.lock().unwrap();
         if let Some(c) = clients.get(address) {
             return Ok(c.clone());
         }
-        let channel = tonic::transport::Endpoint::from_shared(address.to_string())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .connect_lazy();
+        let channel = self
+            .security
+            .channel_lazy(address)
+            .map_err(|e| e.to_string())?;
         let client = ShuffleClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

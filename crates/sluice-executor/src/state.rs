@@ -214,6 +214,20 @@ impl StateCache {
         }
     }
 
+    /// Rows and bytes of the latest version of every partition held here.
+    pub fn size(&self) -> (u64, u64) {
+        let all = self.versions.lock().unwrap();
+        all.values()
+            .filter_map(|v| v.last_key_value())
+            .flat_map(|(_, batches)| batches.iter())
+            .fold((0, 0), |(rows, bytes), b| {
+                (
+                    rows + b.num_rows() as u64,
+                    bytes + b.get_array_memory_size() as u64,
+                )
+            })
+    }
+
     /// Drops everything kept for a job that ended.
     pub fn drop_job(&self, job_id: &str) {
         self.versions.lock().unwrap().retain(|k, _| k.0 != job_id);

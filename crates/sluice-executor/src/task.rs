@@ -2,6 +2,7 @@
 //! operators, and keep the output as a map output or write it to the sink.
 
 use crate::Executor;
+use crate::metrics::ExecutorMetrics;
 use crate::shuffle::fetch_block;
 use futures::future::join_all;
 use sluice_core::{SourceSplit, StageInput};
@@ -25,6 +26,7 @@ pub struct TaskRunner {
     /// arrives at the driver's stages.
     /// Keyed by job id, with the SQL they came from: a resumed job may run changed SQL.
     jobs: Mutex<HashMap<String, (String, Arc<CompiledJob>)>>,
+    metrics: ExecutorMetrics,
 }
 
 /// A task failure and whether retrying could help.
@@ -45,7 +47,7 @@ impl Failure {
 }
 
 impl TaskRunner {
-    pub fn new(slots: u32, fail_all: bool) -> Self {
+    pub fn new(slots: u32, fail_all: bool, metrics: ExecutorMetrics) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(slots as usize)
             .thread_name("sluice-task")
@@ -58,7 +60,14 @@ impl TaskRunner {
             running: AtomicUsize::new(0),
             fail_all,
             jobs: Mutex::new(HashMap::new()),
+            metrics,
         }
+    }
+
+    pub fn report_state_size(&self, state: &crate::state::StateCache) {
+        let (rows, bytes) = state.size();
+        self.metrics.state_rows.set(rows as i64);
+        self.metrics.state_bytes.set(bytes as i64);
     }
 
     pub async fn forget_job(&self, job_id: &str) {
@@ -73,6 +82,7 @@ impl TaskRunner {
         let this = &executor.tasks;
         let _permit = this.slots.acquire().await.expect("semaphore open");
         this.running.fetch_add(1, Ordering::Relaxed);
+        this.metrics.tasks_running.inc();
         let started = Instant::now();
         let key = launch.key.clone().unwrap_or_default();
         let handle = this.runtime.as_ref().expect("runtime").handle().clone();
@@ -82,6 +92,10 @@ impl TaskRunner {
             .await
             .unwrap_or_else(|e| Err(Failure::retryable(format!("task panicked: {e}"))));
         this.running.fetch_sub(1, Ordering::Relaxed);
+        this.metrics.tasks_running.dec();
+        this.metrics
+            .task_done(outcome.is_ok(), started.elapsed().as_secs_f64());
+        this.report_state_size(&executor.state);
         let duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(mut r) => {

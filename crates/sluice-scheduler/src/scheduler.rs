@@ -66,6 +66,11 @@ pub enum Event {
     CancelJob {
         job_id: JobId,
     },
+    /// The executor is shutting down (SIGTERM): it keeps its running tasks and map outputs
+    /// but takes no new task; its state partitions move elsewhere.
+    ExecutorDraining {
+        id: ExecutorId,
+    },
     /// Time passed: pending retries whose backoff elapsed may launch.
     Tick,
 }
@@ -119,11 +124,19 @@ struct ExecutorState {
     running: BTreeSet<TaskKey>,
     consecutive_failures: u32,
     excluded_until_ms: u64,
+    draining: bool,
 }
 
 impl ExecutorState {
+    fn free_slots(&self) -> usize {
+        if self.draining {
+            return 0;
+        }
+        (self.slots as usize).saturating_sub(self.running.len())
+    }
+
     fn has_free_slot(&self) -> bool {
-        self.running.len() < self.slots as usize
+        self.free_slots() > 0
     }
 }
 
@@ -215,8 +228,15 @@ impl Scheduler {
                         running: BTreeSet::new(),
                         consecutive_failures: 0,
                         excluded_until_ms: 0,
+                        draining: false,
                     },
                 );
+            }
+            Event::ExecutorDraining { id } => {
+                if let Some(e) = self.executors.get_mut(&id) {
+                    e.draining = true;
+                    self.state_homes.retain(|_, h| *h != id);
+                }
             }
             Event::ExecutorLost { id, reason } => self.executor_lost(&id, &reason, now_ms),
             Event::SubmitBatch(sub) => {
@@ -622,7 +642,7 @@ fn pick_executor(
     avoid: Option<&str>,
     now_ms: u64,
 ) -> Option<ExecutorId> {
-    let free = |e: &ExecutorState| e.slots as usize - e.running.len().min(e.slots as usize);
+    let free = ExecutorState::free_slots;
     let best = |skip: Option<&str>| {
         executors
             .iter()

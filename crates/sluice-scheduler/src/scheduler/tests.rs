@@ -612,3 +612,28 @@ fn no_wakeups_while_tasks_wait_only_for_slots() {
     assert_eq!(launches(&s.handle(submit(3, None, 1), 0)).len(), 1);
     assert_eq!(s.next_wakeup_ms(5), None);
 }
+
+/// Scaling down: a draining executor finishes what it runs, gets nothing new, and the batch
+/// completes on the others without counting a loss.
+#[test]
+fn a_draining_executor_gets_no_new_tasks() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 1);
+    register(&mut s, "b", 1);
+    let first = launches(&s.handle(submit(4, None, 1), 0));
+    assert_eq!(first.len(), 2);
+    let on_a = first.iter().find(|(e, _)| e == "a").unwrap().clone();
+    let on_b = first.iter().find(|(e, _)| e == "b").unwrap().clone();
+    s.handle(Event::ExecutorDraining { id: "a".into() }, 1);
+    // a's task finishes: its freed slot is not reused.
+    assert!(launches(&succeed(&mut s, &on_a, 2)).is_empty());
+    let mut next = launches(&succeed(&mut s, &on_b, 3));
+    let mut report = None;
+    while let Some(l) = next.pop() {
+        assert_eq!(l.0, "b");
+        let actions = succeed(&mut s, &l, 4);
+        report = done(&actions).cloned().or(report);
+        next.extend(launches(&actions));
+    }
+    assert_eq!(report.expect("done").tasks_rerun, 0);
+}
