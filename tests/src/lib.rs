@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// target/<profile>/, where cargo puts the binaries next to the test's deps/ directory.
@@ -74,6 +74,45 @@ fn spawn_in(
     }
     cmd.spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
+/// SIGTERM, then waits up to `timeout` for the process to exit (SIGKILL and panic if not).
+pub fn terminate(mut child: Child, timeout: Duration) -> ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!(
+        "process {} did not exit within {timeout:?} of SIGTERM",
+        child.id()
+    );
+}
+
+/// GET `path` from an HTTP endpoint on loopback: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_string())
 }
 
 pub struct Cluster {
@@ -170,9 +209,10 @@ impl Cluster {
             "2".into(),
         ];
         let log = self.path(&format!("executor-{i}.log"));
-        let mut env: Vec<(&str, &str)> = env.to_vec();
-        env.extend(self.env_refs());
-        let env = env.as_slice();
+        // The executor's own variables win over the cluster's.
+        let mut all = self.env_refs();
+        all.extend(env.iter().copied());
+        let env = all.as_slice();
         self.executors.push(Some(spawn(
             &self.bins.join("sluice-executor"),
             &args,
@@ -258,6 +298,21 @@ impl Cluster {
             n += 1;
         }
         let _ = std::fs::rename(&log, self.path(&format!("driver.{n}.log")));
+    }
+
+    /// SIGTERMs executor `i` and waits for it to exit; its exit status.
+    pub fn terminate_executor(&mut self, i: usize, timeout: Duration) -> ExitStatus {
+        let child = self.executors[i].take().expect("executor running");
+        terminate(child, timeout)
+    }
+
+    /// SIGTERMs the driver and waits for it to exit; its exit status. Its log is kept as
+    /// driver.N.log, like after `kill_driver`.
+    pub fn terminate_driver(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.driver.take().expect("driver running");
+        let status = terminate(child, timeout);
+        self.kill_driver();
+        status
     }
 
     pub fn kill_executor(&mut self, i: usize) {
