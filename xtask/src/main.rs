@@ -69,15 +69,19 @@ fn cache_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/sluice"))
 }
 
-/// Installs moto into a cached virtualenv (once per version) and returns its server binary.
-fn ensure_moto() -> anyhow::Result<PathBuf> {
-    let venv = cache_dir()?.join("moto-venv");
-    let server = venv.join("bin/moto_server");
+/// kubernetes-validate: the Kubernetes schemas, to check the manifests offline.
+const K8S_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Installs a Python package into its own cached virtualenv (once per version) and returns
+/// `bin/<program>` of it.
+fn ensure_venv(name: &str, package: &str, program: &str) -> anyhow::Result<PathBuf> {
+    let venv = cache_dir()?.join(name);
+    let bin = venv.join("bin").join(program);
     let marker = venv.join(".installed");
-    if server.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(MOTO) {
-        return Ok(server);
+    if bin.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(package) {
+        return Ok(bin);
     }
-    eprintln!("==> installing {MOTO} into {}", venv.display());
+    eprintln!("==> installing {package} into {}", venv.display());
     let started = Instant::now();
     let _ = std::fs::remove_dir_all(&venv);
     std::fs::create_dir_all(venv.parent().context("cache dir")?)?;
@@ -89,22 +93,73 @@ fn ensure_moto() -> anyhow::Result<PathBuf> {
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-        .context("python3 is needed to install moto (the S3 server the tests use)")?;
+        .with_context(|| format!("python3 is needed to install {package}"))?;
     let ok = Command::new(python)
         .args(["-m", "venv"])
         .arg(&venv)
         .status()?
         .success()
         && Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", MOTO])
+            .args(["install", "--quiet", "--disable-pip-version-check", package])
             .status()?
             .success();
-    if !ok || !server.exists() {
-        bail!("installing {MOTO} failed");
+    if !ok || !bin.exists() {
+        bail!("installing {package} failed");
     }
-    std::fs::write(&marker, MOTO)?;
+    std::fs::write(&marker, package)?;
     eprintln!("    ({:.0} s)", started.elapsed().as_secs_f64());
-    Ok(server)
+    Ok(bin)
+}
+
+/// Debian's kubectl (its kustomize renders the manifests), unpacked under the cache without
+/// installing the package, so the same version runs on every machine.
+fn ensure_kubectl() -> anyhow::Result<PathBuf> {
+    let root = cache_dir()?.join("kubectl");
+    let bin = root.join("usr/bin/kubectl");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    eprintln!(
+        "==> unpacking Debian's kubernetes-client into {}",
+        root.display()
+    );
+    let download = cache_dir()?.join("kubectl-deb");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    let fetch = || {
+        Command::new("apt-get")
+            .args(["download", "kubernetes-client"])
+            .current_dir(&download)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !fetch() {
+        // A fresh machine's package lists may be empty.
+        let updated = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !updated || !fetch() {
+            bail!(
+                "cannot download Debian's kubernetes-client (apt-get download kubernetes-client)"
+            );
+        }
+    }
+    let deb = std::fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("no .deb downloaded")?;
+    let ok = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()?
+        .success();
+    if !ok || !bin.exists() {
+        bail!("cannot unpack {}", deb.display());
+    }
+    Ok(bin)
 }
 
 const TANSU_VERSION: &str = "0.6.0";
@@ -149,11 +204,15 @@ fn ensure_tansu() -> anyhow::Result<PathBuf> {
 
 fn ci() -> anyhow::Result<()> {
     let started = Instant::now();
-    let moto = ensure_moto()?;
+    let moto = ensure_venv("moto-venv", MOTO, "moto_server")?;
+    let validate = ensure_venv("k8s-venv", K8S_VALIDATE, "kubernetes-validate")?;
+    let kubectl = ensure_kubectl()?;
     let tansu = ensure_tansu()?;
     // SAFETY: single-threaded here; the tests we start inherit them.
     unsafe {
         std::env::set_var("SLUICE_MOTO_SERVER", &moto);
+        std::env::set_var("SLUICE_K8S_VALIDATE", &validate);
+        std::env::set_var("SLUICE_KUBECTL", &kubectl);
         std::env::set_var("SLUICE_TANSU", &tansu);
     }
     cargo(&["fmt", "--all", "--", "--check"])?;
