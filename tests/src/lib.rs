@@ -124,6 +124,8 @@ pub struct Cluster {
     pub state: Option<String>,
     /// Environment of every process the cluster starts (e.g. an S3 endpoint).
     pub env: Vec<(String, String)>,
+    /// "https" when the cluster's processes serve TLS.
+    pub scheme: &'static str,
     bins: PathBuf,
     driver: Option<Child>,
     executors: Vec<Option<Child>>,
@@ -145,6 +147,7 @@ impl Cluster {
             driver_args: Vec::new(),
             state: None,
             env: Vec::new(),
+            scheme: "http",
             bins,
             driver: None,
             executors: Vec::new(),
@@ -168,7 +171,7 @@ impl Cluster {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -310,3 +310,96 @@ INSERT INTO o SELECT _batch, k, count(*) FROM g GROUP BY _batch, k;
         .collect();
     assert!(failed.is_empty(), "no task failed: {failed:?}");
 }
+
+/// A CA and one certificate for 127.0.0.1 signed by it, made with the openssl CLI.
+fn certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=sluice-test-ca"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=localhost"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "node.key", "-out", "node.csr"]);
+    run(&csr);
+    std::fs::write(
+        dir.join("node.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "node.ext",
+        "-out",
+        "node.pem",
+    ]);
+}
+
+#[test]
+fn with_tls_every_call_is_encrypted_and_plain_text_is_refused() {
+    let mut c = Cluster::new();
+    let certs = c.path("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    certificates(&certs);
+    let file = |f: &str| certs.join(f).display().to_string();
+    c.env = vec![
+        ("SLUICE_TOKEN".into(), TOKEN.into()),
+        ("SLUICE_TLS_CERT".into(), file("node.pem")),
+        ("SLUICE_TLS_KEY".into(), file("node.key")),
+        ("SLUICE_TLS_CA".into(), file("ca.pem")),
+    ];
+    c.scheme = "https";
+    let c = &mut Cluster::start_with(c, 2);
+    // Two executors and a shuffle: task launches, results and shuffle fetches all use TLS.
+    let sql = format!(
+        "SET 'trigger' = 'available_now';
+SET 'partitions' = '4';
+CREATE TABLE g (k BIGINT) WITH (connector = 'datagen', rows_per_second = '1000', total_rows = '3000', splits = '4', 'fields.k.max' = '99');
+CREATE TABLE o (batch BIGINT, k BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _batch, k, count(*) FROM g GROUP BY _batch, k;
+",
+        c.path("out").display()
+    );
+    let id = c.submit(&sql).unwrap();
+    wait_finished(c, &id);
+    assert_eq!(counted(c).values().sum::<u64>(), 3000);
+    assert!(shuffle_address(c, 0).starts_with("https://"));
+    // Plain text to the TLS port does not get through.
+    let plain = format!("http://127.0.0.1:{}", c.port);
+    let out = c.sluice_at(&plain, &["jobs"]);
+    assert!(!out.status.success(), "plain text was accepted");
+}
