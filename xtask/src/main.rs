@@ -35,6 +35,13 @@ enum Task {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Build the container image without a container engine: static musl binaries, assembled
+    /// FROM scratch with umoci into target/image (an OCI layout and an .oci.tar archive)
+    Image {
+        /// Cargo profile of the binaries (release for an image you ship)
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Task::Ci => ci(),
         Task::Bench { rows } => bench(&root, rows),
         Task::Chaos { minutes, seed } => chaos(&root, minutes, seed),
+        Task::Image { profile } => image(&root, &profile),
     }
 }
 
@@ -742,5 +750,200 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&results)?,
     )?;
     println!("\nwrote bench/results.json");
+    Ok(())
+}
+
+const MUSL: &str = "x86_64-unknown-linux-musl";
+const IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
+
+/// Installs Debian packages that are missing (the image build needs musl-gcc and umoci).
+fn ensure_debs(programs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = programs
+        .iter()
+        .filter(|(program, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("==> apt-get install {}", missing.join(" "));
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        if !install() {
+            bail!("cannot install {} with apt-get", missing.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The image deploy/Dockerfile describes, assembled with umoci: /sluice, /sluice-driver,
+/// /sluice-executor (static, stripped), the CA bundle, /tmp, user 65532, no shell.
+fn image(root: &Path, profile: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    ensure_debs(&[("musl-gcc", "musl-tools"), ("umoci", "umoci")])?;
+    run("rustup", &["target", "add", MUSL])?;
+    cargo(&[
+        "build",
+        "--locked",
+        "--profile",
+        profile,
+        "--target",
+        MUSL,
+        "--bins",
+    ])?;
+    let dir_name = if profile == "dev" { "debug" } else { profile };
+    let built = root.join("target").join(MUSL).join(dir_name);
+    let out = root.join("target/image");
+    let _ = std::fs::remove_dir_all(&out);
+    let files = out.join("files");
+    std::fs::create_dir_all(files.join("etc/ssl/certs"))?;
+    std::fs::create_dir_all(files.join("tmp"))?;
+    std::fs::set_permissions(
+        files.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )?;
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        files.join("etc/ssl/certs/ca-certificates.crt"),
+    )
+    .context("the CA bundle (/etc/ssl/certs/ca-certificates.crt, package ca-certificates)")?;
+    for bin in ["sluice", "sluice-driver", "sluice-executor"] {
+        let to = files.join(bin);
+        run(
+            "strip",
+            &[
+                "-o",
+                to.to_str().context("path")?,
+                built.join(bin).to_str().context("path")?,
+            ],
+        )?;
+    }
+    let layout = out.join("oci");
+    let layout_s = layout.to_str().context("path")?;
+    let image = format!("{layout_s}:{IMAGE_TAG}");
+    let bundle = out.join("bundle");
+    let bundle_s = bundle.to_str().context("path")?;
+    run("umoci", &["init", "--layout", layout_s])?;
+    run("umoci", &["new", "--image", &image])?;
+    run(
+        "umoci",
+        &["unpack", "--rootless", "--image", &image, bundle_s],
+    )?;
+    run(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", files.display()),
+            &format!("{bundle_s}/rootfs/"),
+        ],
+    )?;
+    run("umoci", &["repack", "--image", &image, bundle_s])?;
+    run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            &image,
+            "--config.user",
+            "65532:65532",
+            "--config.entrypoint",
+            "/sluice",
+            "--config.workingdir",
+            "/",
+            "--config.label",
+            "org.opencontainers.image.title=sluice",
+            "--config.label",
+            &format!("org.opencontainers.image.version={IMAGE_TAG}"),
+        ],
+    )?;
+    run("umoci", &["gc", "--layout", layout_s])?;
+    // Check the image, not the build: unpack it afresh and run what it holds.
+    let check = out.join("check");
+    run(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &image,
+            check.to_str().context("path")?,
+        ],
+    )?;
+    let rootfs = check.join("rootfs");
+    let mut listing: Vec<String> = std::fs::read_dir(&rootfs)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    listing.sort();
+    for bin in ["sluice", "sluice-driver", "sluice-executor"] {
+        let out = Command::new(rootfs.join(bin))
+            .arg("--version")
+            .env_clear()
+            .output()
+            .with_context(|| format!("running /{bin} from the image"))?;
+        if !out.status.success() {
+            bail!("/{bin} --version failed in the image: {out:?}");
+        }
+        eprintln!(
+            "    /{bin}: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    let config = Command::new("umoci")
+        .args(["stat", "--image", &image, "--json"])
+        .output()?;
+    if !config.status.success() {
+        bail!("umoci stat failed");
+    }
+    let archive = out.join(format!("sluice-{IMAGE_TAG}.oci.tar"));
+    run(
+        "tar",
+        &[
+            "-C",
+            layout_s,
+            "-cf",
+            archive.to_str().context("path")?,
+            ".",
+        ],
+    )?;
+    let _ = std::fs::remove_dir_all(&bundle);
+    let _ = std::fs::remove_dir_all(&check);
+    let _ = std::fs::remove_dir_all(&files);
+    let size = std::fs::metadata(&archive)?.len();
+    println!(
+        "image sluice:{IMAGE_TAG}: {} ({:.1} MiB), contents /{}; OCI layout {}; took {:.0} s",
+        archive.display(),
+        size as f64 / (1024.0 * 1024.0),
+        listing.join(" /"),
+        layout.display(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "load it with: skopeo copy oci-archive:{} docker-daemon:sluice:{IMAGE_TAG}",
+        archive.display()
+    );
     Ok(())
 }
