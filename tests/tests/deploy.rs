@@ -353,23 +353,19 @@ fn the_manifests_run_as_given_and_their_probes_answer() {
         }
     };
     let mut procs = Procs(Vec::new());
-    let (child, driver_log) = run(
-        &driver,
-        dir.path(),
-        &|t| to_local(Some(&driver_ports), t),
-        "driver.log",
-    );
-    procs.0.push(child);
-    wait_probes(&driver, &driver_ports, &driver_log);
-    let (child, executor_log) = run(
-        &executor,
-        dir.path(),
-        &|t| to_local(Some(&executor_ports), t),
-        "executor.log",
-    );
-    procs.0.push(child);
-    wait_probes(&executor, &executor_ports, &executor_log);
-    let text = std::fs::read_to_string(&driver_log).unwrap();
+    let mut logs = Vec::new();
+    // The driver first: the executor's readiness needs it.
+    for (c, ports, log) in [
+        (&driver, &driver_ports, "driver.log"),
+        (&executor, &executor_ports, "executor.log"),
+    ] {
+        let (child, log) = run(c, dir.path(), &|t| to_local(Some(ports), t), log);
+        procs.0.push(child);
+        wait_probes(c, ports, &log);
+        logs.push(log);
+    }
+    let driver_log = &logs[0];
+    let text = std::fs::read_to_string(driver_log).unwrap();
     assert!(
         text.contains("token=true"),
         "the Secret's token is in use:\n{text}"
@@ -399,7 +395,7 @@ fn the_manifests_run_as_given_and_their_probes_answer() {
         assert!(
             Instant::now() < deadline,
             "{s}\n{}",
-            std::fs::read_to_string(&driver_log).unwrap()
+            std::fs::read_to_string(driver_log).unwrap()
         );
         std::thread::sleep(Duration::from_millis(200));
     }

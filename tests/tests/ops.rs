@@ -22,6 +22,20 @@ INSERT INTO o SELECT _batch, k, count(*) FROM g GROUP BY _batch, k;
     )
 }
 
+/// Counts generated rows per batch and key through a shuffle into files: `total` rows over
+/// `splits` map tasks and 4 reducers; the counts must add up to `total`.
+fn counting(c: &Cluster, trigger: &str, total: u64, splits: u32) -> String {
+    format!(
+        "SET 'trigger' = '{trigger}';
+SET 'partitions' = '4';
+CREATE TABLE g (k BIGINT) WITH (connector = 'datagen', rows_per_second = '1000', total_rows = '{total}', splits = '{splits}', 'fields.k.max' = '99');
+CREATE TABLE o (batch BIGINT, k BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _batch, k, count(*) FROM g GROUP BY _batch, k;
+",
+        c.path("out").display()
+    )
+}
+
 fn batches(c: &Cluster, id: &str) -> u64 {
     c.status(id).expect("status")["batches_committed"]
         .as_u64()
@@ -193,15 +207,7 @@ fn probes_answer_and_metrics_count_what_ran() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let sql = format!(
-        "SET 'trigger' = 'available_now';
-CREATE TABLE g (k BIGINT) WITH (connector = 'datagen', rows_per_second = '1000', total_rows = '3000', 'fields.k.max' = '9');
-CREATE TABLE o (batch BIGINT, k BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
-INSERT INTO o SELECT _batch, k, count(*) FROM g GROUP BY _batch, k;
-",
-        c.path("out").display()
-    );
-    let id = c.submit(&sql).unwrap();
+    let id = c.submit(&counting(&c, "available_now", 3000, 2)).unwrap();
     let status = wait_finished(&c, &id);
     let committed = status["batches_committed"].as_u64().unwrap();
     assert!(committed >= 3, "{status}");
@@ -257,16 +263,7 @@ fn sigterm_drains_an_executor_and_the_driver_and_loses_or_repeats_nothing() {
     c.env.push(("SLUICE_SHUTDOWN_GRACE".into(), "20s".into()));
     let c = &mut Cluster::start_with(c, 2);
     let total = 6000;
-    let sql = format!(
-        "SET 'trigger' = '250ms';
-SET 'partitions' = '4';
-CREATE TABLE g (k BIGINT) WITH (connector = 'datagen', rows_per_second = '1000', total_rows = '{total}', splits = '4', 'fields.k.max' = '99');
-CREATE TABLE o (batch BIGINT, k BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
-INSERT INTO o SELECT _batch, k, count(*) FROM g GROUP BY _batch, k;
-",
-        c.path("out").display()
-    );
-    let id = c.submit(&sql).unwrap();
+    let id = c.submit(&counting(c, "250ms", total, 4)).unwrap();
     wait_batches(c, &id, 3);
 
     // Scale down by one executor while batches run.
@@ -385,16 +382,7 @@ fn with_tls_every_call_is_encrypted_and_plain_text_is_refused() {
     c.scheme = "https";
     let c = &mut Cluster::start_with(c, 2);
     // Two executors and a shuffle: task launches, results and shuffle fetches all use TLS.
-    let sql = format!(
-        "SET 'trigger' = 'available_now';
-SET 'partitions' = '4';
-CREATE TABLE g (k BIGINT) WITH (connector = 'datagen', rows_per_second = '1000', total_rows = '3000', splits = '4', 'fields.k.max' = '99');
-CREATE TABLE o (batch BIGINT, k BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
-INSERT INTO o SELECT _batch, k, count(*) FROM g GROUP BY _batch, k;
-",
-        c.path("out").display()
-    );
-    let id = c.submit(&sql).unwrap();
+    let id = c.submit(&counting(c, "available_now", 3000, 4)).unwrap();
     wait_finished(c, &id);
     assert_eq!(counted(c).values().sum::<u64>(), 3000);
     assert!(shuffle_address(c, 0).starts_with("https://"));
