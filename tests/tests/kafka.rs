@@ -70,7 +70,10 @@ fn per_batch_counts_by_key_are_exact_and_the_rate_limit_splits_the_backlog() {
     let broker = KafkaBroker::start();
     broker.create_topic("events", 4);
     broker.produce("events", &records(0..2000));
-    let c = Cluster::start(2);
+    let mut c = Cluster::new();
+    let ops = format!("127.0.0.1:{}", sluice_cluster_tests::free_port());
+    c.driver_args = vec!["--metrics-listen".into(), ops.clone()];
+    let c = Cluster::start_with(c, 2);
     let sql = format!(
         "SET 'trigger' = 'available_now';
 {}
@@ -92,6 +95,14 @@ INSERT INTO o SELECT _batch, _key, count(*) FROM events GROUP BY _batch, _key;
     assert_eq!(
         broker.group_offsets("sluice-test", "events", 4),
         vec![500; 4]
+    );
+    // And the driver's lag metric says the same.
+    let (_, metrics) = sluice_cluster_tests::http_get(&ops, "/metrics");
+    let job = s["job_id"].as_str().unwrap();
+    let lag = format!("sluice_kafka_lag_records{{job=\"{job}\"}} 0");
+    assert!(
+        metrics.lines().any(|l| l == lag),
+        "{lag} not in:\n{metrics}"
     );
 }
 
