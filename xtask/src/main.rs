@@ -45,16 +45,13 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?
-        .to_path_buf();
+    let root = root_dir()?;
     std::env::set_current_dir(&root)?;
     match Args::parse().command {
         Task::Ci => ci(),
         Task::Bench { rows } => bench(&root, rows),
         Task::Chaos { minutes, seed } => chaos(&root, minutes, seed),
-        Task::Image { profile } => image(&root, &profile),
+        Task::Image { profile } => image(&root, &profile, &root.join("target")),
     }
 }
 
@@ -71,6 +68,13 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
 
 /// moto's S3-compatible server, for the tests that need real object storage.
 const MOTO: &str = "moto[server]==5.2.5";
+
+fn root_dir() -> anyhow::Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf())
+}
 
 fn cache_dir() -> anyhow::Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;
@@ -235,11 +239,17 @@ fn ci() -> anyhow::Result<()> {
     // The cluster tests start these binaries.
     cargo(&["build", "--workspace", "--bins"])?;
     let (passed, failed) = run_tests()?;
+    // The image of deploy/, built and checked without a container engine.
+    let image_built = image(&root_dir()?, "release", &cache_dir()?.join("image-target"));
     eprintln!("ci took {:.0} s", started.elapsed().as_secs_f64());
+    if let Err(e) = &image_built {
+        eprintln!("image: {e:#}");
+    }
     println!("ci: {passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {
         bail!("tests failed");
     }
+    image_built?;
     Ok(())
 }
 
@@ -801,7 +811,9 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 
 /// The image deploy/Dockerfile describes, assembled with umoci: /sluice, /sluice-driver,
 /// /sluice-executor (static, stripped), the CA bundle, /tmp, user 65532, no shell.
-fn image(root: &Path, profile: &str) -> anyhow::Result<()> {
+/// `target_dir`: where cargo builds the musl binaries (CI keeps them under the cache, so only
+/// its first run pays for the release build).
+fn image(root: &Path, profile: &str, target_dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     ensure_debs(&[("musl-gcc", "musl-tools"), ("umoci", "umoci")])?;
     run("rustup", &["target", "add", MUSL])?;
@@ -812,10 +824,13 @@ fn image(root: &Path, profile: &str) -> anyhow::Result<()> {
         profile,
         "--target",
         MUSL,
-        "--bins",
+        "--bin",
+        "sluice",
+        "--target-dir",
+        target_dir.to_str().context("path")?,
     ])?;
     let dir_name = if profile == "dev" { "debug" } else { profile };
-    let built = root.join("target").join(MUSL).join(dir_name);
+    let built = target_dir.join(MUSL).join(dir_name);
     let out = root.join("target/image");
     let _ = std::fs::remove_dir_all(&out);
     let files = out.join("files");
@@ -830,16 +845,18 @@ fn image(root: &Path, profile: &str) -> anyhow::Result<()> {
         files.join("etc/ssl/certs/ca-certificates.crt"),
     )
     .context("the CA bundle (/etc/ssl/certs/ca-certificates.crt, package ca-certificates)")?;
-    for bin in ["sluice", "sluice-driver", "sluice-executor"] {
-        let to = files.join(bin);
-        run(
-            "strip",
-            &[
-                "-o",
-                to.to_str().context("path")?,
-                built.join(bin).to_str().context("path")?,
-            ],
-        )?;
+    // One binary under three names: `sluice` is also the driver and the executor when called
+    // by their names, so the image holds one copy instead of three.
+    run(
+        "strip",
+        &[
+            "-o",
+            files.join("sluice").to_str().context("path")?,
+            built.join("sluice").to_str().context("path")?,
+        ],
+    )?;
+    for bin in ["sluice-driver", "sluice-executor"] {
+        std::fs::hard_link(files.join("sluice"), files.join(bin))?;
     }
     let layout = out.join("oci");
     let layout_s = layout.to_str().context("path")?;
@@ -904,13 +921,11 @@ fn image(root: &Path, profile: &str) -> anyhow::Result<()> {
             .env_clear()
             .output()
             .with_context(|| format!("running /{bin} from the image"))?;
-        if !out.status.success() {
+        let version = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !version.starts_with(&format!("{bin} ")) {
             bail!("/{bin} --version failed in the image: {out:?}");
         }
-        eprintln!(
-            "    /{bin}: {}",
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
+        eprintln!("    /{bin}: {}", version.trim());
     }
     let config = Command::new("umoci")
         .args(["stat", "--image", &image, "--json"])

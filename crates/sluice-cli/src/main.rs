@@ -109,8 +109,36 @@ fn driver(config: &CliConfig) -> anyhow::Result<DriverAddr> {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
+    // The container image ships this one binary under three names (hard links): called as
+    // sluice-driver or sluice-executor, it is that program, flags and all.
+    let name = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let result = match name.as_str() {
+        "sluice-driver" => {
+            let args = sluice_driver::DriverArgs::parse();
+            sluice_driver::init_logging();
+            match sluice_driver::DriverConfig::load(&args) {
+                Ok(config) => sluice_driver::run(config).await,
+                Err(e) => Err(e),
+            }
+        }
+        "sluice-executor" => {
+            let args = sluice_executor::ExecutorArgs::parse();
+            sluice_executor::init_logging();
+            match sluice_executor::ExecutorConfig::load(&args) {
+                Ok(config) => sluice_executor::run(config).await,
+                Err(e) => Err(e),
+            }
+        }
+        _ => run(Cli::parse()).await,
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
