@@ -275,6 +275,11 @@ fn sigterm_drains_an_executor_and_the_driver_and_loses_or_repeats_nothing() {
     c.wait_for_log("driver.log", &["executor draining"], 1, LONG);
     let after = batches(c, &id);
     wait_batches(c, &id, after + 2);
+    // And up again: the new executor joins the running job.
+    c.add_executor();
+    c.wait_for_log("driver.log", &["executor registered"], 3, LONG);
+    let after = batches(c, &id);
+    wait_batches(c, &id, after + 2);
 
     // Then stop the driver the way Kubernetes does, and start it again.
     let status = c.terminate_driver(Duration::from_secs(30));
