@@ -285,27 +285,38 @@ fn run(c: &Container, dir: &Path, rewrite: &dyn Fn(&str) -> String, log: &str) -
     (child, log)
 }
 
+/// Calls `check` until it succeeds, for up to a minute; on timeout, fails with its last
+/// complaint and the process log.
+fn eventually<T>(log: &Path, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "{last}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Asks the container's liveness and readiness probes until both answer 200.
 fn wait_probes(c: &Container, ports: &Ports, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
     for probe in ["livenessProbe", "readinessProbe"] {
         let get = &c.spec[probe]["httpGet"];
         let addr = format!("127.0.0.1:{}", ports.local(&get["port"]));
         let path = get["path"].as_str().unwrap();
-        loop {
+        eventually(log, || {
             let answer = std::net::TcpStream::connect(&addr)
                 .ok()
                 .map(|_| http_get(&addr, path).0);
-            if answer == Some(200) {
-                break;
+            match answer {
+                Some(200) => Ok(()),
+                other => Err(format!("{probe} {path} on {addr}: {other:?}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{probe} {path} on {addr}: {answer:?}\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
     }
 }
 
@@ -380,23 +391,17 @@ fn the_manifests_run_as_given_and_their_probes_answer() {
     let job = out.trim().to_string();
     // It runs on the cluster the manifests describe.
     let sluice = sluice_cluster_tests::bin_dir().join("sluice");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let s = eventually(driver_log, || {
         let status = Command::new(&sluice)
             .args(["status", &job, "--json", "--driver", &local_driver])
             .env("SLUICE_TOKEN", &driver.env["SLUICE_TOKEN"])
             .output()
             .unwrap();
         let s: Value = serde_json::from_slice(&status.stdout).unwrap_or(Value::Null);
-        if s["batches_committed"].as_u64().unwrap_or(0) >= 2 {
-            assert_eq!(s["state"], "running", "{s}");
-            break;
+        match s["batches_committed"].as_u64() {
+            Some(n) if n >= 2 => Ok(s),
+            _ => Err(format!("job {job} has not committed 2 batches: {s}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{s}\n{}",
-            std::fs::read_to_string(driver_log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
+    assert_eq!(s["state"], "running", "{s}");
 }
