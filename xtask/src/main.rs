@@ -55,10 +55,33 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A cargo command without the variables `cargo xtask` set for this process: build scripts
+/// that watch them (ring watches CARGO_MANIFEST_DIR) would otherwise rebuild whenever cargo
+/// runs from elsewhere, and CI's cached image build would never be reused.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
+}
+
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     eprintln!("==> cargo {}", args.join(" "));
     let started = Instant::now();
-    let status = Command::new(env!("CARGO")).args(args).status()?;
+    let status = cargo_command().args(args).status()?;
     eprintln!("    ({:.0} s)", started.elapsed().as_secs_f64());
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
@@ -190,7 +213,7 @@ fn ensure_tansu() -> anyhow::Result<PathBuf> {
         root.display()
     );
     let started = Instant::now();
-    let status = Command::new(env!("CARGO"))
+    let status = cargo_command()
         .args([
             "install",
             "tansu",
@@ -256,7 +279,7 @@ fn ci() -> anyhow::Result<()> {
 /// Runs every test, echoing cargo's output and adding up its "test result" lines.
 fn run_tests() -> anyhow::Result<(u64, u64)> {
     eprintln!("==> cargo test --workspace --all-targets");
-    let mut child = Command::new(env!("CARGO"))
+    let mut child = cargo_command()
         .args(["test", "--workspace", "--all-targets"])
         .stdout(Stdio::piped())
         .spawn()?;
