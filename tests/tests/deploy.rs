@@ -47,20 +47,8 @@ fn render(dir: &str) -> String {
 /// Runs kubernetes-validate --strict on `yaml`: Ok or the validator's complaint.
 fn validate(yaml: &str) -> Result<(), String> {
     let validator = tool("SLUICE_K8S_VALIDATE", "kubernetes-validate");
-    let mut child = Command::new(&validator)
-        .args(["--strict", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let out = pipe(Command::new(&validator).args(["--strict", "-"]), yaml)
         .unwrap_or_else(|e| panic!("cannot run {validator} (cargo xtask ci installs it): {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -73,6 +61,17 @@ fn validate(yaml: &str) -> Result<(), String> {
     }
 }
 
+/// Runs `cmd` with `input` on its standard input; its output.
+fn pipe(cmd: &mut Command, input: &str) -> std::io::Result<std::process::Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    child.wait_with_output()
+}
+
 /// The rendered YAML as JSON documents (PyYAML comes with kubernetes-validate).
 fn documents(yaml: &str) -> Vec<Value> {
     let validator = PathBuf::from(tool("SLUICE_K8S_VALIDATE", "kubernetes-validate"));
@@ -81,23 +80,15 @@ fn documents(yaml: &str) -> Vec<Value> {
         .map(|d| d.join("python"))
         .filter(|p| p.exists())
         .unwrap_or_else(|| "python3".into());
-    let mut child = Command::new(python)
-        .args([
+    let out = pipe(
+        Command::new(python).args([
             "-c",
             "import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+        ]),
+        yaml,
+    )
+    .expect("python");
+    assert!(out.status.success(), "{out:?}");
     serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
 }
 

@@ -161,24 +161,8 @@ fn ensure_kubectl() -> anyhow::Result<PathBuf> {
     let download = cache_dir()?.join("kubectl-deb");
     let _ = std::fs::remove_dir_all(&download);
     std::fs::create_dir_all(&download)?;
-    let fetch = || {
-        Command::new("apt-get")
-            .args(["download", "kubernetes-client"])
-            .current_dir(&download)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !fetch() {
-        // A fresh machine's package lists may be empty.
-        let updated = Command::new("apt-get")
-            .args(["update", "-qq"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !updated || !fetch() {
-            bail!(
-                "cannot download Debian's kubernetes-client (apt-get download kubernetes-client)"
-            );
-        }
+    if !apt_get(&["download", "kubernetes-client"], &download) {
+        bail!("cannot download Debian's kubernetes-client (apt-get download kubernetes-client)");
     }
     let deb = std::fs::read_dir(&download)?
         .flatten()
@@ -805,20 +789,30 @@ fn ensure_debs(programs: &[(&str, &str)]) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("==> apt-get install {}", missing.join(" "));
-    let install = || {
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend(&missing);
+    if !apt_get(&args, Path::new(".")) {
+        bail!("cannot install {} with apt-get", missing.join(" "));
+    }
+    Ok(())
+}
+
+/// `apt-get ARGS` in `dir`; once more after `apt-get update` if it fails, since a fresh
+/// machine's package lists may be empty. Whether it succeeded.
+fn apt_get(args: &[&str], dir: &Path) -> bool {
+    let attempt = || {
         Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
+            .args(args)
+            .current_dir(dir)
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !install() {
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-        if !install() {
-            bail!("cannot install {} with apt-get", missing.join(" "));
-        }
-    }
-    Ok(())
+    attempt()
+        || (Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status()
+            .is_ok_and(|s| s.success())
+            && attempt())
 }
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {

@@ -166,10 +166,11 @@ impl Core {
                 .min(Duration::from_millis(250)),
         );
         loop {
+            let now = self.now_ms();
             let wake = self
                 .scheduler
-                .next_wakeup_ms(self.now_ms())
-                .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())))
+                .next_wakeup_ms(now)
+                .map(|t| Duration::from_millis(t - now))
                 .unwrap_or(Duration::from_secs(3600));
             let events = tokio::select! {
                 msg = rx.recv() => match msg {
