@@ -37,6 +37,19 @@ pub enum CheckpointError {
     Fenced { file: String },
 }
 
+impl CheckpointError {
+    /// A corrupted file stays corrupted; a store error may pass (unless access is refused).
+    pub fn kind(&self) -> sluice_core::FailureKind {
+        match self {
+            CheckpointError::Store { source, .. } => {
+                sluice_core::failure::store_failure_kind(source)
+            }
+            CheckpointError::Corrupted { .. } => sluice_core::FailureKind::BadPlan,
+            CheckpointError::Fenced { .. } => sluice_core::FailureKind::BadPlan,
+        }
+    }
+}
+
 pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

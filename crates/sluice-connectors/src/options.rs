@@ -1,6 +1,7 @@
 //! Table declarations and their `WITH (...)` options.
 
 use arrow::datatypes::SchemaRef;
+use sluice_core::{Failure, FailureKind};
 use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,12 +17,20 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
-    /// Errors that a retry cannot fix (bad input data, bad options).
-    pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            ConnectorError::Options { .. } | ConnectorError::Read(_)
-        )
+    /// What kind of failure this is: bad options and undecodable data fail the same way on
+    /// every attempt; a write or a store call may work on the next one, unless the store
+    /// refused us for good (no permission, no credentials, an invalid path).
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ConnectorError::Options { .. } => FailureKind::BadPlan,
+            ConnectorError::Read(_) => FailureKind::BadInput,
+            ConnectorError::Write(_) => FailureKind::Outage,
+            ConnectorError::Store(e) => sluice_core::failure::store_failure_kind(e),
+        }
+    }
+
+    pub fn into_failure(self) -> Failure {
+        Failure::new(self.kind(), self.to_string())
     }
 }
 

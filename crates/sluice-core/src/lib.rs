@@ -2,11 +2,13 @@
 //! pulling in DataFusion or the Kafka client.
 
 pub mod config;
+pub mod failure;
 pub mod plan;
 pub mod restart;
 pub mod settings;
 pub mod split;
 
+pub use failure::{Failure, FailureKind};
 pub use plan::{ShuffleKind, StageInput, StageOutput, StageSpec};
 pub use settings::{JobSettings, OutputMode, Trigger};
 pub use split::SourceSplit;

@@ -2,6 +2,7 @@
 //! runners and timers send it messages; it feeds them to the state machine and carries out the
 //! actions (send a launch down an executor's stream, answer a job runner).
 
+use sluice_core::{Failure, FailureKind};
 use sluice_proto::driver_message::Kind as DriverKind;
 use sluice_proto::{DriverMessage, LaunchTask, ReleaseShuffle, TaskResult};
 use sluice_scheduler::{
@@ -16,13 +17,8 @@ use tonic::Status;
 
 pub type Outbound = mpsc::Sender<Result<DriverMessage, Status>>;
 
-/// Why a batch failed on the cluster.
-#[derive(Debug, Clone)]
-pub struct BatchError {
-    pub message: String,
-    /// A rerun cannot help (bad input, invalid plan).
-    pub fatal: bool,
-}
+/// Excluded executors by job, as the status shows them.
+type Exclusions = std::collections::BTreeMap<String, Vec<String>>;
 
 pub enum CoreMsg {
     Register {
@@ -49,7 +45,7 @@ pub enum CoreMsg {
     Submit {
         sub: BatchSubmission,
         code: JobCode,
-        reply: oneshot::Sender<Result<BatchReport, BatchError>>,
+        reply: oneshot::Sender<Result<BatchReport, Failure>>,
     },
     Cancel {
         job_id: String,
@@ -73,7 +69,7 @@ pub struct JobCode {
 pub struct CoreHandle {
     tx: mpsc::Sender<CoreMsg>,
     alive: Arc<AtomicUsize>,
-    excluded: Arc<std::sync::Mutex<Vec<String>>>,
+    excluded: Arc<std::sync::Mutex<Exclusions>>,
 }
 
 impl CoreHandle {
@@ -87,21 +83,25 @@ impl CoreHandle {
         &self,
         sub: BatchSubmission,
         code: JobCode,
-    ) -> Result<BatchReport, BatchError> {
+    ) -> Result<BatchReport, Failure> {
         let (reply, rx) = oneshot::channel();
         self.send(CoreMsg::Submit { sub, code, reply }).await;
-        rx.await.map_err(|_| BatchError {
-            message: "driver is shutting down".into(),
-            fatal: true,
-        })?
+        rx.await
+            .map_err(|_| Failure::new(FailureKind::Outage, "driver is shutting down"))?
     }
 
     pub fn alive_executors(&self) -> usize {
         self.alive.load(Ordering::Relaxed)
     }
 
-    pub fn excluded_executors(&self) -> Vec<String> {
-        self.excluded.lock().unwrap().clone()
+    /// Executors excluded from `job_id`'s tasks for failing them.
+    pub fn excluded_executors(&self, job_id: &str) -> Vec<String> {
+        self.excluded
+            .lock()
+            .unwrap()
+            .get(job_id)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -121,7 +121,7 @@ struct Conn {
 pub fn start(config: CoreConfig) -> CoreHandle {
     let (tx, rx) = mpsc::channel(4096);
     let alive = Arc::new(AtomicUsize::new(0));
-    let excluded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let excluded = Arc::new(std::sync::Mutex::new(Exclusions::new()));
     let core = Core {
         scheduler: Scheduler::with_config(config.scheduler),
         stages_started: HashSet::new(),
@@ -145,9 +145,9 @@ struct Core {
     scheduler: Scheduler,
     /// (job, batch, stage, stage attempt) already announced in the log.
     stages_started: HashSet<(String, u64, u32, u32)>,
-    excluded: Arc<std::sync::Mutex<Vec<String>>>,
+    excluded: Arc<std::sync::Mutex<Exclusions>>,
     conns: HashMap<String, Conn>,
-    waiting: HashMap<String, oneshot::Sender<Result<BatchReport, BatchError>>>,
+    waiting: HashMap<String, oneshot::Sender<Result<BatchReport, Failure>>>,
     code: HashMap<String, JobCode>,
     started: Instant,
     alive: Arc<AtomicUsize>,
@@ -188,7 +188,7 @@ impl Core {
             let alive = self.scheduler.alive_executors();
             self.alive.store(alive, Ordering::Relaxed);
             self.config.executors_alive.set(alive as i64);
-            *self.excluded.lock().unwrap() = self.scheduler.excluded_executors(self.now_ms());
+            *self.excluded.lock().unwrap() = self.scheduler.exclusions_by_job(self.now_ms());
         }
     }
 
@@ -345,16 +345,12 @@ impl Core {
                 Action::BatchFailed {
                     job_id,
                     batch_id,
-                    error,
-                    fatal,
+                    failure,
                 } => {
                     self.stages_started.retain(|s| s.0 != job_id);
-                    tracing::error!(job = %job_id, batch = batch_id, fatal, "batch failed: {error}");
+                    tracing::error!(job = %job_id, batch = batch_id, "batch failed: {failure}");
                     if let Some(reply) = self.waiting.remove(&job_id) {
-                        let _ = reply.send(Err(BatchError {
-                            message: error,
-                            fatal,
-                        }));
+                        let _ = reply.send(Err(failure));
                     }
                 }
             }
@@ -399,8 +395,12 @@ fn result_event(executor: String, r: TaskResult) -> Event {
         Event::TaskFailed {
             key,
             executor,
-            error: r.error,
-            fatal: r.fatal,
+            failure: Failure::new(
+                sluice_proto::FailureKind::try_from(r.failure_kind)
+                    .unwrap_or_default()
+                    .into(),
+                r.error,
+            ),
             fetch_failure: r.fetch_failure.map(|f| (f.map_partition, f.executor_id)),
         }
     }

@@ -320,7 +320,7 @@ impl Registry {
     fn view(&self, status: &JobStatus) -> JobStatus {
         let mut s = status.clone();
         s.executors = self.core.alive_executors() as u32;
-        s.excluded_executors = self.core.excluded_executors();
+        s.excluded_executors = self.core.excluded_executors(&s.job_id);
         if s.state == state::RUNNING && s.executors == 0 {
             s.state = state::WAITING.into();
             if s.error.is_empty() {

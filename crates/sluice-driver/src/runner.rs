@@ -5,9 +5,9 @@
 use crate::core::{CoreHandle, CoreMsg, JobCode};
 use crate::jobs::{Registry, state};
 use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
-use sluice_connectors::{PlanContext, SinkKind, SourceProgress, render_console};
+use sluice_connectors::{ConnectorError, PlanContext, SinkKind, SourceProgress, render_console};
 use sluice_core::restart::Restarts;
-use sluice_core::{BatchId, Trigger, now_ms};
+use sluice_core::{BatchId, Failure as JobFailure, FailureKind, Trigger, now_ms};
 use sluice_proto::BatchStatus;
 use sluice_scheduler::{BatchReport, BatchSubmission};
 use sluice_sql::CompiledJob;
@@ -40,23 +40,20 @@ enum End {
 enum Failure {
     /// Another driver wrote the same checkpoint entry first: it owns the job now.
     Fenced(String),
-    /// A restart from the checkpoint may succeed.
-    Failed(String),
-    /// Restarting cannot help (bad input, corrupted checkpoint, invalid plan).
-    Fatal(String),
+    /// The job failed; the failure's kind says whether a restart from the checkpoint may help.
+    Failed(JobFailure),
 }
 
-impl From<String> for Failure {
-    fn from(e: String) -> Self {
-        Failure::Failed(e)
+impl From<JobFailure> for Failure {
+    fn from(f: JobFailure) -> Self {
+        Failure::Failed(f)
     }
 }
 
 fn checkpoint_failure(e: sluice_checkpoint::CheckpointError) -> Failure {
     match e {
         sluice_checkpoint::CheckpointError::Fenced { .. } => Failure::Fenced(e.to_string()),
-        sluice_checkpoint::CheckpointError::Corrupted { .. } => Failure::Fatal(e.to_string()),
-        other => Failure::Failed(other.to_string()),
+        other => Failure::Failed(JobFailure::new(other.kind(), other.to_string())),
     }
 }
 
@@ -65,11 +62,11 @@ impl JobRunner {
         let mut restarts = Restarts::new(self.job.settings.restart.clone());
         let outcome = loop {
             let result = self.run_batches().await;
-            if matches!(result, Err(Failure::Failed(_) | Failure::Fatal(_))) {
+            if matches!(result, Err(Failure::Failed(_))) {
                 self.registry.metrics.batch_failed(&self.job_id);
             }
             match result {
-                Err(Failure::Failed(e)) => match restarts.on_failure(now_ms()) {
+                Err(Failure::Failed(e)) if e.retryable() => match restarts.on_failure(now_ms()) {
                     Ok(delay) => {
                         tracing::warn!(
                             job = %self.job_id,
@@ -86,7 +83,9 @@ impl JobRunner {
                         }
                         self.registry.update(&self.job_id, |s| s.error.clear());
                     }
-                    Err(why) => break Err(Failure::Failed(format!("{e} (not restarted: {why})"))),
+                    Err(why) => {
+                        break Err(Failure::Failed(e.context(format!("not restarted: {why}"))));
+                    }
                 },
                 other => break other,
             }
@@ -99,7 +98,7 @@ impl JobRunner {
         let (st, error) = match outcome {
             Ok(End::Finished) => (state::FINISHED, String::new()),
             Ok(End::Stopped) => (state::STOPPED, String::new()),
-            Err(Failure::Failed(e) | Failure::Fatal(e)) => (state::FAILED, e),
+            Err(Failure::Failed(e)) => (state::FAILED, e.to_string()),
             Err(Failure::Fenced(e)) => {
                 // The job is not ours to end: leave its checkpoint to the driver that fenced us.
                 tracing::error!(job = %self.job_id, "{e}");
@@ -165,14 +164,13 @@ impl JobRunner {
                         trigger,
                         default_splits: self.job.settings.partitions,
                     };
-                    let planned = self.job.source.plan(&progress, &ctx).await.map_err(|e| {
-                        // Bad options or input stay bad; an unreachable source may come back.
-                        if e.is_fatal() {
-                            Failure::Fatal(e.to_string())
-                        } else {
-                            Failure::Failed(e.to_string())
-                        }
-                    })?;
+                    // Bad options or input stay bad; an unreachable source may come back.
+                    let planned = self
+                        .job
+                        .source
+                        .plan(&progress, &ctx)
+                        .await
+                        .map_err(ConnectorError::into_failure)?;
                     if let Some(lag) = planned.backlog {
                         self.registry.metrics.kafka_lag(&self.job_id, lag);
                     }
@@ -258,7 +256,8 @@ impl JobRunner {
         if let Some((batch, position)) = cp.latest_compaction().await.map_err(checkpoint_failure)? {
             progress =
                 SourceProgress::from_json(&position[&self.job.source_table]).map_err(|e| {
-                    Failure::Fatal(format!("{}/offsets/compact-{batch}: {e}", cp.uri()))
+                    let file = format!("{}/offsets/compact-{batch}", cp.uri());
+                    JobFailure::new(FailureKind::BadPlan, format!("{file}: {e}"))
                 })?;
         }
         let mut last = None;
@@ -267,7 +266,10 @@ impl JobRunner {
                 .read_offsets(*b)
                 .await
                 .map_err(checkpoint_failure)?
-                .ok_or_else(|| format!("offsets/{b} vanished while recovering"))?;
+                .ok_or_else(|| {
+                    let message = format!("offsets/{b} vanished while recovering");
+                    JobFailure::new(FailureKind::Outage, message)
+                })?;
             if let Some(splits) = entry.sources.get(&self.job.source_table) {
                 progress.advance(splits);
             }
@@ -321,10 +323,9 @@ impl JobRunner {
         };
         let run = core.run_batch(sub, code);
         tokio::select! {
-            r = run => r.map(Some).map_err(|e| {
-                let message = format!("batch {} failed: {}", entry.batch_id, e.message);
-                if e.fatal { Failure::Fatal(message) } else { Failure::Failed(message) }
-            }),
+            r = run => r
+                .map(Some)
+                .map_err(|e| Failure::Failed(e.context(format!("batch {} failed", entry.batch_id)))),
             _ = stop_requested(&mut self.stop) => {
                 self.core.send(CoreMsg::Cancel { job_id: self.job_id.clone() }).await;
                 Ok(None)
@@ -342,13 +343,15 @@ impl JobRunner {
     ) -> Result<(), Failure> {
         let started = Instant::now();
         if let Some(dead) = &self.job.dead_letter {
-            dead.commit(batch_id).await.map_err(|e| e.to_string())?;
+            dead.commit(batch_id)
+                .await
+                .map_err(ConnectorError::into_failure)?;
         }
         self.job
             .sink
             .commit(batch_id)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ConnectorError::into_failure)?;
         let committed_at_ms = now_ms();
         self.checkpoint
             .write_commit(&CommitEntry {

@@ -6,7 +6,7 @@
 use arrow::record_batch::RecordBatch;
 use sluice_checkpoint::{CheckpointError, JobCheckpoint, StateKind, restore_plans};
 use sluice_connectors::{ipc_batches, ipc_bytes, store};
-use sluice_core::BatchId;
+use sluice_core::{BatchId, Failure, FailureKind};
 use sluice_sql::CompiledJob;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,20 +27,10 @@ pub struct StateCache {
     checkpoints: Mutex<HashMap<String, JobCheckpoint>>,
 }
 
-/// Why a state could not be had; `fatal` when retrying cannot help (no intact chain of files).
-#[derive(Debug)]
-pub struct StateError {
-    pub message: String,
-    pub fatal: bool,
-}
-
-impl From<String> for StateError {
-    fn from(message: String) -> Self {
-        StateError {
-            message,
-            fatal: false,
-        }
-    }
+/// Why a state could not be had: an unreadable store may come back (an outage); no intact
+/// chain of files never will (a bad checkpoint).
+fn outage(message: impl std::fmt::Display) -> Failure {
+    Failure::new(FailureKind::Outage, message.to_string())
 }
 
 /// Where a task's starting state came from, for logs.
@@ -70,7 +60,7 @@ impl StateCache {
         key: &PartitionKey,
         batch: BatchId,
         checkpoint_uri: &str,
-    ) -> Result<(Arc<Vec<RecordBatch>>, Origin), StateError> {
+    ) -> Result<(Arc<Vec<RecordBatch>>, Origin), Failure> {
         let Some(version) = batch.checked_sub(1) else {
             return Ok((Arc::new(Vec::new()), Origin::Empty));
         };
@@ -108,20 +98,20 @@ impl StateCache {
         (job_id, stage, partition): &PartitionKey,
         version: BatchId,
         checkpoint_uri: &str,
-    ) -> Result<Vec<RecordBatch>, StateError> {
-        let cp = self.checkpoint(checkpoint_uri)?;
-        let agg = job
-            .state_of(*stage as usize)
-            .ok_or_else(|| format!("stage {stage} of job {job_id} keeps no state"))?;
+    ) -> Result<Vec<RecordBatch>, Failure> {
+        let cp = self.checkpoint(checkpoint_uri).map_err(outage)?;
+        let agg = job.state_of(*stage as usize).ok_or_else(|| {
+            Failure::new(
+                FailureKind::Bug,
+                format!("stage {stage} of job {job_id} keeps no state"),
+            )
+        })?;
         let files = cp
             .state_files(&agg.operator, *partition)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(outage)?;
         let plans = restore_plans(&files, version);
-        let fatal = |message: String| StateError {
-            message,
-            fatal: true,
-        };
+        let fatal = |message: String| Failure::new(FailureKind::BadPlan, message);
         if plans.is_empty() {
             return Err(fatal(format!(
                 "cannot restore state version {version} of {}/state/{}/{partition}: no snapshot with a complete chain of deltas ({} files there)",
@@ -142,13 +132,13 @@ impl StateCache {
                     return job
                         .restore_state(*stage as usize, &parts)
                         .await
-                        .map_err(|e| StateError::from(e.to_string()));
+                        .map_err(|e| e.into_failure());
                 }
                 Err(e @ CheckpointError::Corrupted { .. }) => {
                     tracing::warn!("{e}; trying an older snapshot");
                     errors.push(e.to_string());
                 }
-                Err(e) => return Err(e.to_string().into()),
+                Err(e) => return Err(outage(e)),
             }
         }
         Err(fatal(format!(

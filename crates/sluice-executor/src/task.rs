@@ -5,9 +5,10 @@ use crate::Executor;
 use crate::metrics::ExecutorMetrics;
 use crate::shuffle::fetch_block;
 use futures::future::join_all;
-use sluice_core::{SourceSplit, StageInput};
+use sluice_connectors::ConnectorError;
+use sluice_core::{Failure, FailureKind, SourceSplit, StageInput};
 use sluice_proto::{FetchFailure, FetchRequest, LaunchTask, TaskKey, TaskResult};
-use sluice_sql::{CompiledJob, StageOutputData};
+use sluice_sql::{CompiledJob, SqlError, StageOutputData};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,21 +30,23 @@ pub struct TaskRunner {
     metrics: ExecutorMetrics,
 }
 
-/// A task failure and whether retrying could help.
-struct Failure {
-    error: String,
-    fatal: bool,
+/// A task failure, and which map output could not be fetched when that was the cause.
+struct TaskFailure {
+    failure: Failure,
     fetch: Option<FetchFailure>,
 }
 
-impl Failure {
-    fn retryable(error: impl Into<String>) -> Self {
-        Failure {
-            error: error.into(),
-            fatal: false,
+impl From<Failure> for TaskFailure {
+    fn from(failure: Failure) -> Self {
+        TaskFailure {
+            failure,
             fetch: None,
         }
     }
+}
+
+fn failure(kind: FailureKind, message: impl Into<String>) -> TaskFailure {
+    Failure::new(kind, message).into()
 }
 
 impl TaskRunner {
@@ -90,7 +93,7 @@ impl TaskRunner {
         let outcome = handle
             .spawn(async move { exec.tasks.execute(&exec, &self_id, &k, launch).await })
             .await
-            .unwrap_or_else(|e| Err(Failure::retryable(format!("task panicked: {e}"))));
+            .unwrap_or_else(|e| Err(failure(FailureKind::Bug, panic_message(e))));
         this.running.fetch_sub(1, Ordering::Relaxed);
         this.metrics.tasks_running.dec();
         this.metrics
@@ -104,12 +107,12 @@ impl TaskRunner {
                 r
             }
             Err(f) => {
-                tracing::warn!(?key, "task failed: {}", f.error);
+                tracing::warn!(?key, "task failed: {}", f.failure);
                 TaskResult {
                     key: Some(key),
                     ok: false,
-                    error: f.error,
-                    fatal: f.fatal,
+                    failure_kind: sluice_proto::FailureKind::from(f.failure.kind).into(),
+                    error: f.failure.message,
                     fetch_failure: f.fetch,
                     duration_ms,
                     ..Default::default()
@@ -118,7 +121,7 @@ impl TaskRunner {
         }
     }
 
-    async fn job(&self, job_id: &str, sql: &str) -> Result<Arc<CompiledJob>, Failure> {
+    async fn job(&self, job_id: &str, sql: &str) -> Result<Arc<CompiledJob>, TaskFailure> {
         let mut jobs = self.jobs.lock().await;
         if let Some((planned, j)) = jobs.get(job_id)
             && planned == sql
@@ -127,11 +130,7 @@ impl TaskRunner {
         }
         let job = CompiledJob::compile(sql, job_id)
             .await
-            .map_err(|e| Failure {
-                error: format!("cannot plan job: {e}"),
-                fatal: true,
-                fetch: None,
-            })?;
+            .map_err(|e| e.into_failure().context("cannot plan job"))?;
         let job = Arc::new(job);
         jobs.insert(job_id.to_string(), (sql.to_string(), job.clone()));
         Ok(job)
@@ -143,13 +142,13 @@ impl TaskRunner {
         self_id: &str,
         key: &TaskKey,
         launch: LaunchTask,
-    ) -> Result<TaskResult, Failure> {
+    ) -> Result<TaskResult, TaskFailure> {
         let job = self.job(&key.job_id, &launch.sql).await?;
         let stage = key.stage_id as usize;
         let fragment = job
             .fragments
             .get(stage)
-            .ok_or_else(|| Failure::retryable(format!("job has no stage {stage}")))?;
+            .ok_or_else(|| failure(FailureKind::Bug, format!("job has no stage {stage}")))?;
         // Executors plan the SQL themselves; a different plan (another Sluice version) must not
         // run silently.
         let planned_partitions = match &fragment.output {
@@ -158,23 +157,24 @@ impl TaskRunner {
             | sluice_sql::FragmentOutput::Range { partitions, .. } => *partitions,
         };
         if planned_partitions != launch.output_partitions {
-            return Err(Failure {
-                error: format!(
+            return Err(failure(
+                FailureKind::Bug,
+                format!(
                     "this executor planned stage {stage} with {planned_partitions} output partitions, the driver with {}: mismatched Sluice versions?",
                     launch.output_partitions
                 ),
-                fatal: true,
-                fetch: None,
-            });
+            ));
         }
         let first_attempt = key.task_attempt == 0;
         if job.settings.test_fail_task == Some((key.stage_id, key.partition)) && first_attempt {
-            return Err(Failure::retryable(
+            return Err(failure(
+                FailureKind::Outage,
                 "injected failure (sluice.test.fail_task)",
             ));
         }
         if self.fail_all {
-            return Err(Failure::retryable(
+            return Err(failure(
+                FailureKind::Outage,
                 "injected failure (test_fail_tasks executor)",
             ));
         }
@@ -190,23 +190,19 @@ impl TaskRunner {
         let input = match fragment.input {
             StageInput::Source => {
                 let split = SourceSplit::from_json(&launch.source_split)
-                    .map_err(|e| Failure::retryable(format!("bad source split: {e}")))?;
+                    .map_err(|e| failure(FailureKind::Bug, format!("bad source split: {e}")))?;
                 let read = job
                     .source
                     .read_split(&split, key.batch_id)
                     .await
-                    .map_err(|e| Failure {
-                        fatal: e.is_fatal(),
-                        error: e.to_string(),
-                        fetch: None,
-                    })?;
+                    .map_err(ConnectorError::into_failure)?;
                 // Bad records go to the dead-letter table under this (batch, partition), so a
                 // rerun overwrites them too; the driver commits that table with the batch.
                 if let (Some(dead), Some(sink)) = (read.dead_letters, &job.dead_letter) {
                     dead_letters = dead.num_rows() as u64;
                     sink.write(key.batch_id, key.partition, &[dead])
                         .await
-                        .map_err(|e| Failure::retryable(e.to_string()))?;
+                        .map_err(ConnectorError::into_failure)?;
                 }
                 read.rows
             }
@@ -224,9 +220,8 @@ impl TaskRunner {
                     async move {
                         fetch_block(executor, self_id, &loc.executor_id, &loc.address, request)
                             .await
-                            .map_err(|e| Failure {
-                                error: e,
-                                fatal: false,
+                            .map_err(|e| TaskFailure {
+                                failure: Failure::new(FailureKind::LostExecutor, e),
                                 fetch: Some(FetchFailure {
                                     map_partition: loc.map_partition,
                                     executor_id: loc.executor_id.clone(),
@@ -239,7 +234,7 @@ impl TaskRunner {
                     .into_iter()
                     .collect::<Result<Vec<_>, _>>()?;
                 job.shuffle_input(stage, &blocks)
-                    .map_err(|e| Failure::retryable(e.to_string()))?
+                    .map_err(SqlError::into_failure)?
             }
         };
         if let Some(d) = delay(job.settings.test_delay_after_input) {
@@ -253,11 +248,7 @@ impl TaskRunner {
                     .state
                     .before(&job, &state_key, key.batch_id, &launch.checkpoint_uri)
                     .await
-                    .map_err(|e| Failure {
-                        error: e.message,
-                        fatal: e.fatal,
-                        fetch: None,
-                    })?;
+                    .map_err(TaskFailure::from)?;
                 tracing::debug!(?key, ?origin, "state ready");
                 s
             }
@@ -266,7 +257,7 @@ impl TaskRunner {
         let (output, update) = job
             .run_stage(stage, input, &before)
             .await
-            .map_err(|e| Failure::retryable(e.to_string()))?;
+            .map_err(SqlError::into_failure)?;
         // The new state version is durable before the task reports success, so the batch
         // never commits ahead of its state.
         if let Some(update) = update {
@@ -280,7 +271,7 @@ impl TaskRunner {
                     update,
                 )
                 .await
-                .map_err(Failure::retryable)?;
+                .map_err(|e| failure(FailureKind::Outage, e))?;
         }
         let mut result = TaskResult {
             key: Some(key.clone()),
@@ -313,13 +304,27 @@ impl TaskRunner {
                     .sink
                     .write(key.batch_id, key.partition, &batches)
                     .await
-                    .map_err(|e| Failure::retryable(e.to_string()))?;
+                    .map_err(ConnectorError::into_failure)?;
                 result.rows_out = rows;
                 result.console = written.console;
             }
         }
         Ok(result)
     }
+}
+
+/// What a panicking task said, for the job's error: a panic is a bug, and the same input
+/// would panic again.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    let Ok(payload) = e.try_into_panic() else {
+        return "task was cancelled".into();
+    };
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    format!("task panicked: {text}")
 }
 
 impl Drop for TaskRunner {

@@ -80,8 +80,11 @@ pub(crate) struct TaskRun {
     pub state: TaskState,
     /// Launches so far; the next launch uses this number as its task attempt.
     pub launches: u32,
-    /// Failures of the task itself (not executor loss), bounded by max_task_attempts.
+    /// Failures of the task, its executor dying under it included; bounded by
+    /// max_task_attempts.
     pub failures: u32,
+    /// Why the executor it last ran on was lost, when it was.
+    pub lost_with_executor: Option<String>,
     pub output: Option<TaskOutput>,
 }
 
@@ -136,6 +139,7 @@ impl BatchRun {
                         state: TaskState::Idle,
                         launches: 0,
                         failures: 0,
+                        lost_with_executor: None,
                         output: None,
                     })
                     .collect(),

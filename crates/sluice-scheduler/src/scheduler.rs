@@ -1,7 +1,7 @@
 //! Executors, running batches, and the single `handle` entry point.
 
 use crate::batch::{BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskState, range_bounds};
-use sluice_core::{BatchId, ExecutorId, JobId, StageInput, StageOutput};
+use sluice_core::{BatchId, ExecutorId, Failure, FailureKind, JobId, StageInput, StageOutput};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One attempt of one task. Every launch and every result carries it; a result whose key does
@@ -57,9 +57,8 @@ pub enum Event {
     TaskFailed {
         key: TaskKey,
         executor: ExecutorId,
-        error: String,
-        /// Retrying cannot help (bad input, invalid plan).
-        fatal: bool,
+        /// What went wrong; its kind decides whether the task is retried.
+        failure: Failure,
         /// A shuffle block could not be fetched: (map partition, executor that should have it).
         fetch_failure: Option<(u32, ExecutorId)>,
     },
@@ -89,18 +88,18 @@ pub enum Action {
     BatchFailed {
         job_id: JobId,
         batch_id: BatchId,
-        error: String,
-        /// A rerun cannot help (bad input, invalid plan): do not restart the job.
-        fatal: bool,
+        /// Its kind tells the job's restart strategy whether a rerun can help.
+        failure: Failure,
     },
 }
 
 /// Cluster-wide scheduling policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
-    /// Consecutive task failures after which an executor gets no tasks for a while.
+    /// Consecutive retryable task failures of one job after which an executor gets no more of
+    /// that job's tasks for a while.
     pub exclude_after_failures: u32,
-    /// How long an excluded executor gets no tasks.
+    /// How long an excluded executor gets no tasks of that job.
     pub exclude_for_ms: u64,
     /// How long a stateful task waits for the busy executor holding its state before it runs
     /// elsewhere (restoring from the checkpoint), so another job cannot starve it.
@@ -122,9 +121,15 @@ struct ExecutorState {
     address: String,
     slots: u32,
     running: BTreeSet<TaskKey>,
-    consecutive_failures: u32,
-    excluded_until_ms: u64,
     draining: bool,
+}
+
+/// An executor's record of failing one job's tasks. Exclusion is per job, so one job's bad
+/// input or broken sink never slows another job down.
+#[derive(Debug, Clone, Default)]
+struct Exclusion {
+    consecutive_failures: u32,
+    until_ms: u64,
 }
 
 impl ExecutorState {
@@ -150,6 +155,7 @@ pub struct Scheduler {
     batches: BTreeMap<JobId, BatchRun>,
     /// Which executor holds each stateful partition's latest state in memory.
     state_homes: BTreeMap<(JobId, u32, u32), ExecutorId>,
+    exclusions: BTreeMap<(JobId, ExecutorId), Exclusion>,
 }
 
 impl Scheduler {
@@ -164,13 +170,25 @@ impl Scheduler {
         }
     }
 
-    /// Executors currently excluded for failing tasks.
-    pub fn excluded_executors(&self, now_ms: u64) -> Vec<ExecutorId> {
-        self.executors
-            .iter()
-            .filter(|(_, e)| e.excluded_until_ms > now_ms)
-            .map(|(id, _)| id.clone())
-            .collect()
+    /// Executors currently excluded from `job`'s tasks for failing them.
+    pub fn excluded_executors(&self, job: &str, now_ms: u64) -> Vec<ExecutorId> {
+        self.exclusions_by_job(now_ms)
+            .remove(job)
+            .unwrap_or_default()
+    }
+
+    /// Every job's excluded executors (alive ones only).
+    pub fn exclusions_by_job(&self, now_ms: u64) -> BTreeMap<JobId, Vec<ExecutorId>> {
+        let mut by_job: BTreeMap<JobId, Vec<ExecutorId>> = BTreeMap::new();
+        for ((job, executor), x) in &self.exclusions {
+            if x.until_ms > now_ms && self.executors.contains_key(executor) {
+                by_job
+                    .entry(job.clone())
+                    .or_default()
+                    .push(executor.clone());
+            }
+        }
+        by_job
     }
 
     pub fn alive_executors(&self) -> usize {
@@ -207,9 +225,9 @@ impl Scheduler {
             return None;
         }
         let exclusion_ends = self
-            .executors
+            .exclusions
             .values()
-            .map(|e| e.excluded_until_ms)
+            .map(|x| x.until_ms)
             .filter(|t| *t > now_ms)
             .min();
         task_times.into_iter().chain(exclusion_ends).min()
@@ -226,8 +244,6 @@ impl Scheduler {
                         address,
                         slots: slots.max(1),
                         running: BTreeSet::new(),
-                        consecutive_failures: 0,
-                        excluded_until_ms: 0,
                         draining: false,
                     },
                 );
@@ -251,23 +267,22 @@ impl Scheduler {
             Event::TaskFailed {
                 key,
                 executor,
-                error,
-                fatal,
+                failure,
                 fetch_failure,
             } => {
-                if let Some(a) =
-                    self.task_failed(key, executor, error, fatal, fetch_failure, now_ms)
-                {
+                if let Some(a) = self.task_failed(key, executor, failure, fetch_failure, now_ms) {
                     actions.push(a);
                 }
             }
             Event::CancelJob { job_id } => {
                 self.batches.remove(&job_id);
                 self.state_homes.retain(|(j, _, _), _| *j != job_id);
+                self.exclusions.retain(|(j, _), _| *j != job_id);
             }
             Event::Tick => {}
         }
         self.fail_exhausted_batches(&mut actions);
+        self.fail_lost_tasks(&mut actions);
         self.finish_batches(now_ms, &mut actions);
         self.refresh(now_ms);
         self.dispatch(now_ms, &mut actions);
@@ -292,8 +307,12 @@ impl Scheduler {
                 let mut lost_output = false;
                 for task in &mut stage.tasks {
                     match &task.state {
+                        // A task that kills its executor would kill every executor: its loss
+                        // counts against the task's attempts (as spark.task.maxFailures does).
                         TaskState::Running { executor, .. } if executor == id => {
                             task.state = TaskState::Idle;
+                            task.failures += 1;
+                            task.lost_with_executor = Some(reason.to_string());
                             lost += 1;
                         }
                         // Sink output is durable; only shuffle outputs die with their executor,
@@ -354,9 +373,8 @@ impl Scheduler {
         if !self.release_slot(&key, &executor) {
             return;
         }
-        if let Some(e) = self.executors.get_mut(&executor) {
-            e.consecutive_failures = 0;
-        }
+        self.exclusions
+            .remove(&(key.job_id.clone(), executor.clone()));
         let Some((batch, s)) = self.current_task(&key, &executor) else {
             tracing::debug!(?key, "ignoring stale task result");
             return;
@@ -400,83 +418,48 @@ impl Scheduler {
         &mut self,
         key: TaskKey,
         executor: ExecutorId,
-        error: String,
-        fatal: bool,
+        failure: Failure,
         fetch_failure: Option<(u32, ExecutorId)>,
         now_ms: u64,
     ) -> Option<Action> {
         if !self.release_slot(&key, &executor) {
             return None;
         }
-        if let Some((_, lost_on)) = &fetch_failure {
-            // The reducer could not read a map output: treat that executor's outputs as lost
-            // and put the reducer back to wait for their recomputation.
-            tracing::warn!(?key, executor = %lost_on, "shuffle fetch failed: {error}");
-            let (batch, s) = self.current_task(&key, &executor)?;
-            batch.stages[s].tasks[key.partition as usize].state = TaskState::Idle;
-            batch.rerun.fetch_failed += 1;
-            batch.lost_work(now_ms);
-            let lost_on = lost_on.clone();
-            if s > 0 {
-                let prev = &mut batch.stages[s - 1];
-                let mut lost = 0;
-                for t in &mut prev.tasks {
-                    if matches!(&t.state, TaskState::Done { executor, .. } if *executor == lost_on)
-                    {
-                        t.state = TaskState::Idle;
-                        lost += 1;
-                    }
-                }
-                if lost > 0 {
-                    prev.attempt += 1;
-                    batch.rerun.fetch_failed += lost;
-                }
-            }
+        if let Some((_, lost_on)) = fetch_failure {
+            self.fetch_failed(&key, &executor, &lost_on, &failure, now_ms);
             return None;
         }
-        let config = self.config;
-        if let Some(e) = self.executors.get_mut(&executor) {
-            e.consecutive_failures += 1;
-            if config.exclude_after_failures > 0
-                && e.consecutive_failures >= config.exclude_after_failures
-            {
-                tracing::warn!(
-                    executor,
-                    failures = e.consecutive_failures,
-                    "excluding executor for {} ms",
-                    config.exclude_for_ms
-                );
-                e.excluded_until_ms = now_ms + config.exclude_for_ms;
-                e.consecutive_failures = 0;
-            }
+        // Only a failure a retry may fix says something about the executor; bad input fails
+        // the same way everywhere and must not exclude healthy executors.
+        if failure.retryable() {
+            self.count_against(&key.job_id, &executor, now_ms);
         }
         let (batch, s) = self.current_task(&key, &executor)?;
         let (job_id, batch_id) = (batch.sub.job_id.clone(), batch.sub.batch_id);
         batch.rerun.task_failed += 1;
         let task = &mut batch.stages[s].tasks[key.partition as usize];
         task.failures += 1;
-        if fatal || task.failures >= batch.sub.max_task_attempts {
-            let why = if fatal {
-                String::new()
-            } else {
+        if !failure.retryable() || task.failures >= batch.sub.max_task_attempts {
+            let why = if failure.retryable() {
                 format!(" (failed {} times)", task.failures)
+            } else {
+                String::new()
             };
             self.batches.remove(&job_id);
             return Some(Action::BatchFailed {
                 job_id,
                 batch_id,
-                fatal,
-                error: format!(
-                    "task {}.{} of batch {batch_id}{why}: {error}",
+                failure: failure.context(format!(
+                    "task {}.{} of batch {batch_id}{why}",
                     key.stage_id, key.partition
-                ),
+                )),
             });
         }
         let backoff = batch.sub.task_backoff_ms << (task.failures - 1).min(16);
         tracing::warn!(
             ?key,
             executor,
-            "task failed, retrying in {backoff} ms: {error}"
+            "task failed, retrying in {backoff} ms: {failure}"
         );
         task.state = TaskState::Pending {
             not_before_ms: now_ms + backoff,
@@ -485,28 +468,118 @@ impl Scheduler {
         None
     }
 
-    fn fail_exhausted_batches(&mut self, actions: &mut Vec<Action>) {
-        let failed: Vec<(JobId, String)> = self
+    /// The reducer could not read a map output: treat that executor's outputs as lost and put
+    /// the reducer back to wait for their recomputation.
+    fn fetch_failed(
+        &mut self,
+        key: &TaskKey,
+        executor: &str,
+        lost_on: &str,
+        failure: &Failure,
+        now_ms: u64,
+    ) {
+        tracing::warn!(?key, executor = %lost_on, "shuffle fetch failed: {failure}");
+        let Some((batch, s)) = self.current_task(key, executor) else {
+            return;
+        };
+        batch.stages[s].tasks[key.partition as usize].state = TaskState::Idle;
+        batch.rerun.fetch_failed += 1;
+        batch.lost_work(now_ms);
+        if s == 0 {
+            return;
+        }
+        let prev = &mut batch.stages[s - 1];
+        let mut lost = 0;
+        for t in &mut prev.tasks {
+            if matches!(&t.state, TaskState::Done { executor, .. } if executor == lost_on) {
+                t.state = TaskState::Idle;
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            prev.attempt += 1;
+            batch.rerun.fetch_failed += lost;
+        }
+    }
+
+    /// One more retryable failure of `job`'s tasks on `executor`; enough in a row exclude it
+    /// from that job for a while.
+    fn count_against(&mut self, job: &str, executor: &str, now_ms: u64) {
+        let config = self.config;
+        let x = self
+            .exclusions
+            .entry((job.to_string(), executor.to_string()))
+            .or_default();
+        x.consecutive_failures += 1;
+        if config.exclude_after_failures > 0
+            && x.consecutive_failures >= config.exclude_after_failures
+        {
+            tracing::warn!(
+                job,
+                executor,
+                failures = x.consecutive_failures,
+                "excluding executor from the job for {} ms",
+                config.exclude_for_ms
+            );
+            x.until_ms = now_ms + config.exclude_for_ms;
+            x.consecutive_failures = 0;
+        }
+    }
+
+    /// Fails batches with a task that was running on lost executors as often as the task may
+    /// fail: it most likely kills them.
+    fn fail_lost_tasks(&mut self, actions: &mut Vec<Action>) {
+        let failed: Vec<(JobId, Failure)> = self
             .batches
             .iter()
             .filter_map(|(job, b)| {
-                let stage = b.exhausted_stage()?;
-                Some((
-                    job.clone(),
+                let (s, p, t) = b.stages.iter().enumerate().find_map(|(s, st)| {
+                    st.tasks.iter().enumerate().find_map(|(p, t)| {
+                        (t.lost_with_executor.is_some() && t.failures >= b.sub.max_task_attempts)
+                            .then_some((s, p, t))
+                    })
+                })?;
+                let failure = Failure::new(
+                    FailureKind::LostExecutor,
                     format!(
-                        "stage {} of batch {} lost its map outputs {} times (executor lost or fetch failed); giving up",
-                        stage.spec.id, b.sub.batch_id, stage.attempt
+                        "task {s}.{p} of batch {} was running on {} executors that were lost, the last: {}",
+                        b.sub.batch_id,
+                        t.failures,
+                        t.lost_with_executor.as_deref().unwrap_or_default()
                     ),
-                ))
+                );
+                Some((job.clone(), failure))
             })
             .collect();
-        for (job_id, error) in failed {
+        for (job_id, failure) in failed {
             let b = self.batches.remove(&job_id).expect("present");
             actions.push(Action::BatchFailed {
                 job_id,
                 batch_id: b.sub.batch_id,
-                error,
-                fatal: false,
+                failure,
+            });
+        }
+    }
+
+    fn fail_exhausted_batches(&mut self, actions: &mut Vec<Action>) {
+        let failed: Vec<(JobId, Failure)> = self
+            .batches
+            .iter()
+            .filter_map(|(job, b)| {
+                let stage = b.exhausted_stage()?;
+                let message = format!(
+                    "stage {} of batch {} lost its map outputs {} times (executor lost or fetch failed); giving up",
+                    stage.spec.id, b.sub.batch_id, stage.attempt
+                );
+                Some((job.clone(), Failure::new(FailureKind::LostExecutor, message)))
+            })
+            .collect();
+        for (job_id, failure) in failed {
+            let b = self.batches.remove(&job_id).expect("present");
+            actions.push(Action::BatchFailed {
+                job_id,
+                batch_id: b.sub.batch_id,
+                failure,
             });
         }
     }
@@ -569,6 +642,13 @@ impl Scheduler {
     fn dispatch(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         let homes = &self.state_homes;
         for batch in self.batches.values_mut() {
+            let job = batch.sub.job_id.clone();
+            let exclusions = &self.exclusions;
+            let excluded = |e: &str| {
+                exclusions
+                    .get(&(job.clone(), e.to_string()))
+                    .is_some_and(|x| x.until_ms > now_ms)
+            };
             for s in 0..batch.stages.len() {
                 for p in 0..batch.stages[s].tasks.len() {
                     let TaskState::Pending {
@@ -599,18 +679,16 @@ impl Scheduler {
                         .flatten()
                         .filter(|h| {
                             avoid.as_deref() != Some(h.as_str())
-                                && self
-                                    .executors
-                                    .get(*h)
-                                    .is_some_and(|e| e.excluded_until_ms <= now_ms)
+                                && self.executors.contains_key(*h)
+                                && !excluded(h)
                         });
                     let waited = now_ms - *not_before_ms;
                     let executor = match home {
                         Some(h) if self.executors[h].has_free_slot() => h.clone(),
                         Some(_) if waited < self.config.locality_wait_ms => continue,
-                        _ => match pick_executor(&self.executors, avoid.as_deref(), now_ms) {
+                        _ => match pick_executor(&self.executors, avoid.as_deref(), &excluded) {
                             Some(e) => e,
-                            None => return,
+                            None => continue,
                         },
                     };
                     let launch = build_launch(batch, s, p, &self.executors);
@@ -636,19 +714,17 @@ impl Scheduler {
 }
 
 /// The executor with the most free slots, avoiding `avoid` when another one has room and never
-/// one that is excluded.
+/// one that is excluded from the job.
 fn pick_executor(
     executors: &BTreeMap<ExecutorId, ExecutorState>,
     avoid: Option<&str>,
-    now_ms: u64,
+    excluded: &impl Fn(&str) -> bool,
 ) -> Option<ExecutorId> {
     let free = ExecutorState::free_slots;
     let best = |skip: Option<&str>| {
         executors
             .iter()
-            .filter(|(id, e)| {
-                free(e) > 0 && e.excluded_until_ms <= now_ms && Some(id.as_str()) != skip
-            })
+            .filter(|(id, e)| free(e) > 0 && !excluded(id) && Some(id.as_str()) != skip)
             .max_by_key(|(id, e)| (free(e), std::cmp::Reverse((*id).clone())))
             .map(|(id, _)| id.clone())
     };

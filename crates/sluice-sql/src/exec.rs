@@ -50,7 +50,7 @@ impl MapOutput {
             MapOutput::Hash { blocks } => blocks
                 .get(reduce as usize)
                 .cloned()
-                .ok_or_else(|| SqlError::Exec(format!("no shuffle partition {reduce}"))),
+                .ok_or_else(|| SqlError::internal(format!("no shuffle partition {reduce}"))),
             MapOutput::Range(r) => {
                 let idx: UInt32Array = r
                     .keys

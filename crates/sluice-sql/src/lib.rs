@@ -11,6 +11,7 @@ mod state;
 pub use exec::{MapOutput, RangeKeys, StageOutputData};
 pub use parse::{JobFile, parse_job, split_inserts};
 pub use plan::{CompiledJob, Fragment, FragmentOutput};
+use sluice_core::{Failure, FailureKind};
 pub use state::{StateUpdate, StatefulAgg};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,18 +35,74 @@ pub enum SqlError {
     Setting(#[from] sluice_core::settings::SettingError),
     #[error("{0}")]
     Connector(#[from] sluice_connectors::ConnectorError),
-    #[error("{0}")]
-    Exec(String),
+    /// Running a stage failed; the kind says whether the data, the plan or Sluice is at fault.
+    #[error("{message}")]
+    Exec { message: String, kind: FailureKind },
+}
+
+impl SqlError {
+    /// A broken invariant of Sluice's own (a bug, not the job's fault).
+    pub fn internal(message: impl Into<String>) -> Self {
+        SqlError::Exec {
+            message: message.into(),
+            kind: FailureKind::Bug,
+        }
+    }
+
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            SqlError::Exec { kind, .. } => *kind,
+            SqlError::Connector(e) => e.kind(),
+            _ => FailureKind::BadPlan,
+        }
+    }
+
+    pub fn into_failure(self) -> Failure {
+        Failure::new(self.kind(), self.to_string())
+    }
 }
 
 impl From<datafusion::error::DataFusionError> for SqlError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        SqlError::Exec(e.to_string())
+        SqlError::Exec {
+            kind: datafusion_failure_kind(&e),
+            message: e.to_string(),
+        }
     }
 }
 
 impl From<arrow::error::ArrowError> for SqlError {
     fn from(e: arrow::error::ArrowError) -> Self {
-        SqlError::Exec(e.to_string())
+        SqlError::Exec {
+            kind: arrow_failure_kind(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A SQL runtime error on a value (a division by zero, a failed CAST) repeats on every
+/// attempt; only I/O, memory and a store may be better next time.
+fn datafusion_failure_kind(e: &datafusion::error::DataFusionError) -> FailureKind {
+    use datafusion::error::DataFusionError as E;
+    match e.find_root() {
+        E::ArrowError(a, _) => arrow_failure_kind(a),
+        E::ObjectStore(s) => sluice_core::failure::store_failure_kind(s),
+        E::IoError(_) | E::ResourcesExhausted(_) | E::ExecutionJoin(_) => FailureKind::Outage,
+        E::Internal(_) => FailureKind::Bug,
+        E::SQL(..)
+        | E::Plan(_)
+        | E::SchemaError(..)
+        | E::Configuration(_)
+        | E::NotImplemented(_) => FailureKind::BadPlan,
+        _ => FailureKind::BadInput,
+    }
+}
+
+fn arrow_failure_kind(e: &arrow::error::ArrowError) -> FailureKind {
+    use arrow::error::ArrowError as A;
+    match e {
+        A::IoError(..) | A::MemoryError(_) => FailureKind::Outage,
+        A::SchemaError(_) | A::NotYetImplemented(_) => FailureKind::BadPlan,
+        _ => FailureKind::BadInput,
     }
 }

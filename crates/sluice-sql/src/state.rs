@@ -363,7 +363,7 @@ impl CompiledJob {
 }
 
 fn no_state(stage: usize) -> SqlError {
-    SqlError::Exec(format!("stage {stage} keeps no state"))
+    SqlError::internal(format!("stage {stage} keeps no state"))
 }
 
 fn strip_alias(e: &Expr) -> &Expr {

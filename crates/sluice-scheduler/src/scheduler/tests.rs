@@ -86,17 +86,29 @@ fn succeed(s: &mut Scheduler, (executor, task): &Launched, now: u64) -> Vec<Acti
     )
 }
 
-fn fail(s: &mut Scheduler, (executor, task): &Launched, fatal: bool, now: u64) -> Vec<Action> {
+/// Fails the task; `retryable` picks an outage (retried) or bad input (not).
+fn fail(s: &mut Scheduler, (executor, task): &Launched, retryable: bool, now: u64) -> Vec<Action> {
+    let kind = if retryable {
+        FailureKind::Outage
+    } else {
+        FailureKind::BadInput
+    };
     s.handle(
         Event::TaskFailed {
             key: task.key.clone(),
             executor: executor.clone(),
-            error: "boom".into(),
-            fatal,
+            failure: Failure::new(kind, "boom"),
             fetch_failure: None,
         },
         now,
     )
+}
+
+fn failed(actions: &[Action]) -> Option<&Failure> {
+    actions.iter().find_map(|a| match a {
+        Action::BatchFailed { failure, .. } => Some(failure),
+        _ => None,
+    })
 }
 
 fn done(actions: &[Action]) -> Option<&BatchReport> {
@@ -178,7 +190,7 @@ fn failed_task_retries_after_backoff_on_another_executor_then_fails_the_batch() 
     register(&mut s, "b", 1);
     let first = launches(&s.handle(submit(1, None, 1), 0));
     assert!(
-        launches(&fail(&mut s, &first[0], false, 10)).is_empty(),
+        launches(&fail(&mut s, &first[0], true, 10)).is_empty(),
         "backoff not elapsed"
     );
     assert_eq!(s.next_wakeup_ms(10), Some(110));
@@ -187,32 +199,27 @@ fn failed_task_retries_after_backoff_on_another_executor_then_fails_the_batch() 
     assert_ne!(retry[0].0, first[0].0, "retried on the other executor");
     assert_eq!(retry[0].1.key.task_attempt, 1);
     // Second failure: backoff doubles.
-    assert!(launches(&fail(&mut s, &retry[0], false, 120)).is_empty());
+    assert!(launches(&fail(&mut s, &retry[0], true, 120)).is_empty());
     assert_eq!(s.next_wakeup_ms(120), Some(320));
     let third = launches(&s.handle(Event::Tick, 320));
-    let actions = fail(&mut s, &third[0], false, 330);
-    let err = actions.iter().find_map(|a| match a {
-        Action::BatchFailed {
-            error,
-            fatal: false,
-            ..
-        } => Some(error.clone()),
-        _ => None,
-    });
-    let err = err.expect("batch failed");
-    assert!(err.contains("(failed 3 times): boom"), "{err}");
+    let actions = fail(&mut s, &third[0], true, 330);
+    let err = failed(&actions).expect("batch failed");
+    assert!(err.retryable());
+    assert!(err.message.contains("(failed 3 times): boom"), "{err}");
 }
 
 #[test]
-fn fatal_error_fails_at_once() {
-    let mut s = Scheduler::new();
+fn bad_input_fails_at_once_and_excludes_nobody() {
+    let mut s = Scheduler::with_config(SchedulerConfig {
+        exclude_after_failures: 1,
+        ..SchedulerConfig::default()
+    });
     register(&mut s, "a", 1);
     let first = launches(&s.handle(submit(1, None, 1), 0));
-    let actions = fail(&mut s, &first[0], true, 1);
-    assert!(matches!(
-        actions[0],
-        Action::BatchFailed { fatal: true, .. }
-    ));
+    let actions = fail(&mut s, &first[0], false, 1);
+    let err = failed(&actions).expect("failed at once");
+    assert_eq!(err.kind, FailureKind::BadInput);
+    assert!(s.excluded_executors("job-1", 2).is_empty());
 }
 
 #[test]
@@ -280,13 +287,10 @@ fn map_outputs_lost_too_often_fail_the_batch() {
         actions = s.handle(lost, 2);
         alive = next;
         if round == 2 {
-            let err = actions.iter().find_map(|a| match a {
-                Action::BatchFailed { error, .. } => Some(error.clone()),
-                _ => None,
-            });
-            let err = err.expect("third loss fails the batch");
+            let err = failed(&actions).expect("third loss fails the batch");
             assert!(
-                err.contains("stage 0 of batch 7 lost its map outputs 3 times"),
+                err.message
+                    .contains("stage 0 of batch 7 lost its map outputs 3 times"),
                 "{err}"
             );
         } else {
@@ -319,9 +323,9 @@ fn an_executor_that_keeps_failing_is_excluded_for_a_while() {
     }
     let first = launches(&s.handle(sub, 0));
     assert_eq!(first.len(), 4);
-    fail(&mut s, &first[0], false, 1);
-    fail(&mut s, &first[1], false, 2);
-    assert_eq!(s.excluded_executors(2), vec!["flaky".to_string()]);
+    fail(&mut s, &first[0], true, 1);
+    fail(&mut s, &first[1], true, 2);
+    assert_eq!(s.excluded_executors("job-1", 2), vec!["flaky".to_string()]);
     // Excluded: nothing launches there even after the backoff.
     assert!(launches(&s.handle(Event::Tick, 500)).is_empty());
     register(&mut s, "good", 4);
@@ -329,7 +333,7 @@ fn an_executor_that_keeps_failing_is_excluded_for_a_while() {
     assert_eq!(retried.len(), 2);
     assert!(retried.iter().all(|(e, _)| e == "good"));
     // The exclusion ends.
-    assert!(s.excluded_executors(1003).is_empty());
+    assert!(s.excluded_executors("job-1", 1003).is_empty());
     let actions = s.handle(Event::Tick, 1003);
     let mut report = None;
     for l in retried.iter().chain(&first[2..]) {
@@ -337,6 +341,60 @@ fn an_executor_that_keeps_failing_is_excluded_for_a_while() {
     }
     let _ = actions;
     assert_eq!(report.expect("done").rerun.task_failed, 2);
+}
+
+#[test]
+fn exclusion_is_per_job() {
+    let mut s = Scheduler::with_config(SchedulerConfig {
+        exclude_after_failures: 1,
+        exclude_for_ms: 1000,
+        ..SchedulerConfig::default()
+    });
+    register(&mut s, "only", 4);
+    let first = launches(&s.handle(submit(1, None, 1), 0));
+    fail(&mut s, &first[0], true, 1);
+    assert_eq!(s.excluded_executors(JOB, 2), vec!["only".to_string()]);
+    // Another job's tasks still run there.
+    let mut other = submit(2, None, 1);
+    if let Event::SubmitBatch(b) = &mut other {
+        b.job_id = "job-2".into();
+    }
+    let theirs = launches(&s.handle(other, 2));
+    assert_eq!(theirs.len(), 2);
+    assert!(
+        theirs
+            .iter()
+            .all(|(e, t)| e == "only" && t.key.job_id == "job-2")
+    );
+    assert!(s.excluded_executors("job-2", 2).is_empty());
+}
+
+#[test]
+fn a_task_whose_executors_keep_dying_fails_the_batch() {
+    let mut s = Scheduler::new();
+    let mut sub = submit(1, None, 1);
+    if let Event::SubmitBatch(b) = &mut sub {
+        b.max_task_attempts = 2;
+    }
+    register(&mut s, "e0", 1);
+    let mut running = launches(&s.handle(sub, 0));
+    for i in 1..=2 {
+        register(&mut s, &format!("e{i}"), 1);
+        let lost = Event::ExecutorLost {
+            id: running[0].0.clone(),
+            reason: "stream closed".into(),
+        };
+        let actions = s.handle(lost, i);
+        if i == 2 {
+            let err = failed(&actions).expect("batch failed");
+            assert_eq!(err.kind, FailureKind::LostExecutor);
+            assert!(err.message.contains("2 executors"), "{err}");
+            return;
+        }
+        running = launches(&actions);
+        assert_eq!(running.len(), 1, "rerun after the first loss");
+    }
+    unreachable!();
 }
 
 #[test]
@@ -352,8 +410,7 @@ fn fetch_failure_recomputes_that_map_output() {
         Event::TaskFailed {
             key: t.key.clone(),
             executor: e.clone(),
-            error: "connection refused".into(),
-            fatal: false,
+            failure: Failure::new(FailureKind::Outage, "connection refused"),
             fetch_failure: Some((0, maps[0].0.clone())),
         },
         3,
