@@ -72,3 +72,136 @@ INSERT INTO out SELECT a / b AS q FROM src;",
     assert_eq!(h["excluded_executors"], Value::Array(vec![]), "{h}");
     assert!(!c.path("out/batch=0/_SUCCESS").exists());
 }
+
+#[test]
+fn file_names_with_url_characters_are_read_once_each() {
+    let c = Cluster::start(2);
+    let names = [
+        "a~1.jsonl",
+        "x[1].jsonl",
+        "100%.jsonl",
+        "a#b.jsonl",
+        "a b.jsonl",
+    ];
+    let mut input = String::new();
+    for (f, name) in names.iter().enumerate() {
+        let rows: String = (0..12)
+            .map(|i| format!("{{\"a\": {}, \"b\": 1}}\n", f * 100 + i))
+            .collect();
+        input = input_file(&c, "in", name, &rows);
+    }
+    let out = c.path("out");
+    let id = c
+        .submit(&format!(
+            "SET 'trigger' = 'once';
+CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = 'file://{input}');
+CREATE TABLE out WITH (connector = 'files', path = '{}');
+INSERT INTO out SELECT a FROM src;",
+            out.display()
+        ))
+        .expect("submit");
+    sluice_cluster_tests::wait_finished(&c, &id);
+    let mut got: Vec<u64> = sluice_cluster_tests::committed_jsonl(&out)
+        .into_values()
+        .flatten()
+        .map(|r| r["a"].as_u64().unwrap())
+        .collect();
+    got.sort();
+    let want: Vec<u64> = (0..5u64)
+        .flat_map(|f| (0..12).map(move |i| f * 100 + i))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_fifo_or_a_missing_directory_fails_only_its_own_job_by_name() {
+    let c = Cluster::start(2);
+    let healthy = healthy_job(&c);
+    let dir = input_file(&c, "fifo", "in-0.jsonl", "{\"a\": 1, \"b\": 1}\n");
+    let fifo = std::ffi::CString::new(format!("{dir}/in-1.jsonl")).unwrap();
+    // SAFETY: mkfifo(3) on a path in the test's own directory.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let job = |path: &str, trigger: &str| {
+        format!(
+            "SET 'trigger' = '{trigger}';
+CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{path}');
+CREATE TABLE out WITH (connector = 'blackhole');
+INSERT INTO out SELECT a FROM src;"
+        )
+    };
+    let with_fifo = c.submit(&job(&dir, "100ms")).expect("submit");
+    let typo = c.path("no-such-dir").display().to_string();
+    let missing = c.submit(&job(&typo, "once")).expect("submit");
+    let s = c.wait_for(&with_fifo, &["failed"], LONG);
+    let error = s["error"].as_str().unwrap_or_default();
+    assert!(error.contains("in-1.jsonl is not a regular file"), "{s}");
+    let s = c.wait_for(&missing, &["failed"], LONG);
+    let error = s["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("no-such-dir does not exist") && error.contains("option 'path'"),
+        "{s}"
+    );
+    keeps_committing(&c, &healthy, 3);
+}
+
+#[test]
+fn settings_out_of_range_are_refused_and_non_ascii_text_splits_cleanly() {
+    let c = Cluster::start(1);
+    let job = |setting: &str| {
+        format!(
+            "SET {setting};
+CREATE TABLE gen (page TEXT) WITH (connector = 'datagen');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT page FROM gen;"
+        )
+    };
+    for (setting, named) in [
+        (
+            "'restart.backoff_multiplier' = 'inf'",
+            "restart.backoff_multiplier",
+        ),
+        ("'restart.max_backoff' = '10ms'", "restart.max_backoff"),
+        ("'partitions' = '0'", "partitions"),
+    ] {
+        let err = c.submit(&job(setting)).unwrap_err().to_string();
+        assert!(err.contains(named), "{setting}: {err}");
+    }
+    let input = input_file(
+        &c,
+        "in",
+        "in-0.jsonl",
+        "{\"page\": \"café\"}\n{\"page\": \"naïve\"}\n{\"page\": \"plain\"}\n",
+    );
+    let out = |n: u32| c.path(&format!("out{n}")).display().to_string();
+    let sql = format!(
+        "SET 'trigger' = 'once';
+CREATE TABLE src (page TEXT) WITH (connector = 'files', path = '{input}');
+CREATE TABLE o1 WITH (connector = 'files', path = '{}');
+CREATE TABLE o2 WITH (connector = 'files', path = '{}');
+CREATE TABLE o3 WITH (connector = 'files', path = '{}');
+INSERT INTO o1 SELECT page FROM src WHERE page = 'café';
+INSERT INTO o2 SELECT page FROM src WHERE page <> 'café' AND page <> 'naïve';
+INSERT INTO o3 SELECT page FROM src;",
+        out(1),
+        out(2),
+        out(3)
+    );
+    let ids = c.submit(&sql).expect("three jobs");
+    let ids: Vec<&str> = ids.lines().collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let pages = |n: u32| {
+        let mut p: Vec<String> = sluice_cluster_tests::committed_jsonl(&c.path(&format!("out{n}")))
+            .into_values()
+            .flatten()
+            .map(|r| r["page"].as_str().unwrap().to_string())
+            .collect();
+        p.sort();
+        p
+    };
+    for id in &ids {
+        sluice_cluster_tests::wait_finished(&c, id);
+    }
+    assert_eq!(pages(1), vec!["café"]);
+    assert_eq!(pages(2), vec!["plain"]);
+    assert_eq!(pages(3), vec!["café", "naïve", "plain"]);
+}

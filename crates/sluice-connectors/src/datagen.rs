@@ -68,15 +68,22 @@ impl DatagenSource {
         let mut fields = Vec::new();
         for f in spec.schema.fields() {
             let o = per_field.remove(f.name().as_str()).unwrap_or_default();
+            // Bounded so that every generated value fits its column and a string stays small.
             let num = |k: &str, d: f64| -> Result<f64> {
+                let max = if k == "length" { 1e6 } else { 1e15 };
                 o.get(k)
                     .map(|v| {
-                        v.parse::<f64>().map_err(|_| {
-                            spec.error(format!(
-                                "option 'fields.{}.{k}' = '{v}' is not a number",
-                                f.name()
-                            ))
-                        })
+                        v.trim()
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|n| (-max..=max).contains(n) && (k != "length" || *n >= 0.0))
+                            .ok_or_else(|| {
+                                spec.error(format!(
+                                    "option 'fields.{}.{k}' = '{v}' must be a number from {} to {max}",
+                                    f.name(),
+                                    if k == "length" { 0.0 } else { -max }
+                                ))
+                            })
                     })
                     .unwrap_or(Ok(d))
             };
@@ -106,17 +113,16 @@ impl DatagenSource {
             };
             fields.push(g);
         }
-        let rows_per_second = opts.parse::<u64>("rows_per_second")?.unwrap_or(1000);
-        if rows_per_second == 0 {
-            return Err(spec.error("option 'rows_per_second' must be at least 1"));
-        }
+        let rows_per_second = opts
+            .number_in("rows_per_second", 1..=1_000_000_000u64)?
+            .unwrap_or(1000);
         Ok(DatagenSource {
             table: spec.name.clone(),
             schema: spec.schema.clone(),
             rows_per_second,
             total_rows: opts.parse("total_rows")?,
             seed: opts.parse("seed")?.unwrap_or(0),
-            splits: opts.parse("splits")?,
+            splits: opts.number_in("splits", 1..=4096)?,
             fields,
         })
     }

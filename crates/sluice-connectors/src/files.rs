@@ -78,10 +78,7 @@ impl FilesSource {
         let opts = spec.options(OPTIONS, &[])?;
         let location =
             store::open(opts.required("path")?).map_err(|e| spec.error(e.to_string()))?;
-        let max_files_per_batch = opts.parse::<usize>("max_files_per_batch")?;
-        if max_files_per_batch == Some(0) {
-            return Err(spec.error("option 'max_files_per_batch' must be at least 1"));
-        }
+        let max_files_per_batch = opts.number_in("max_files_per_batch", 1..=1_000_000usize)?;
         Ok(FilesSource {
             table: spec.name.clone(),
             location,
@@ -92,6 +89,7 @@ impl FilesSource {
     }
 
     pub async fn plan(&self, seen: &BTreeSet<String>, ctx: &PlanContext) -> Result<Planned> {
+        self.check_directory(ctx.trigger)?;
         let listing = match self
             .location
             .store
@@ -113,6 +111,9 @@ impl FilesSource {
             .filter(|(uri, _)| !seen.contains(uri))
             .collect();
         files.sort();
+        for (uri, _) in &files {
+            self.check_regular(uri)?;
+        }
         if ctx.trigger != Trigger::Once
             && let Some(max) = self.max_files_per_batch
         {
@@ -128,6 +129,40 @@ impl FilesSource {
         })
     }
 
+    /// A directory that does not exist is a typo in a job that runs once; a streaming job
+    /// waits for it to appear. (Object stores have no directories: only local paths are checked.)
+    fn check_directory(&self, trigger: Trigger) -> Result<()> {
+        let Some(dir) = self.location.local_path() else {
+            return Ok(());
+        };
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(ConnectorError::Options {
+                table: self.table.clone(),
+                message: format!("option 'path': {} is not a directory", self.location.uri),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !trigger.is_bounded() => Ok(()),
+            Err(e) => Err(ConnectorError::Options {
+                table: self.table.clone(),
+                message: format!("option 'path': {} does not exist ({e})", self.location.uri),
+            }),
+        }
+    }
+
+    /// Reading a FIFO or a device would block or never end: refuse it by name.
+    fn check_regular(&self, uri: &str) -> Result<()> {
+        let Some(path) = uri.strip_prefix("file://") else {
+            return Ok(());
+        };
+        match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => Err(ConnectorError::Read(format!(
+                "table '{}': {uri} is not a regular file (a FIFO, socket or device); move it out of {}",
+                self.table, self.location.uri
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn read(&self, uri: &str) -> Result<Vec<RecordBatch>> {
         let name = uri
             .strip_prefix(self.location.uri.trim_end_matches('/'))
@@ -138,7 +173,12 @@ impl FilesSource {
                     self.table, self.location.uri
                 ))
             })?;
-        let path = self.location.child(name);
+        // The name as listed, not encoded again ('%' in a name would become '%25').
+        let path = object_store::path::Path::parse(format!("{}/{name}", self.location.prefix))
+            .map_err(|e| {
+                ConnectorError::Read(format!("table '{}': cannot read {uri}: {e}", self.table))
+            })?;
+        self.check_regular(uri)?;
         let bytes = self
             .location
             .store
@@ -225,6 +265,97 @@ mod tests {
             Field::new("user_id", DataType::Int64, true),
             Field::new("page", DataType::Utf8, true),
         ]))
+    }
+
+    fn source(dir: &std::path::Path) -> FilesSource {
+        let spec = TableSpec {
+            name: "src".into(),
+            schema: schema(),
+            options: [("path".to_string(), format!("file://{}", dir.display()))]
+                .into_iter()
+                .collect(),
+        };
+        FilesSource::new(&spec).unwrap()
+    }
+
+    fn ctx(trigger: Trigger) -> PlanContext {
+        PlanContext {
+            now_ms: 0,
+            job_start_ms: 0,
+            trigger,
+            default_splits: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn names_with_url_characters_are_listed_and_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "a~1.jsonl",
+            "x[1].jsonl",
+            "100%.jsonl",
+            "a#b.jsonl",
+            "a b.jsonl",
+        ];
+        for n in names {
+            std::fs::write(dir.path().join(n), "{\"user_id\": 1, \"page\": \"p\"}\n").unwrap();
+        }
+        let src = source(dir.path());
+        let planned = src
+            .plan(&BTreeSet::new(), &ctx(Trigger::Once))
+            .await
+            .unwrap();
+        assert_eq!(planned.splits.len(), names.len());
+        let mut rows = 0;
+        for split in &planned.splits {
+            let SourceSplit::File { uri, .. } = split else {
+                panic!("{split:?}")
+            };
+            assert!(
+                names.iter().any(|n| uri.ends_with(n)),
+                "{uri} is not a file's name"
+            );
+            rows += src.read(uri).await.unwrap()[0].num_rows();
+        }
+        assert_eq!(rows, names.len());
+    }
+
+    #[tokio::test]
+    async fn a_fifo_is_refused_by_name_instead_of_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.jsonl");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = source(dir.path())
+            .plan(&BTreeSet::new(), &ctx(Trigger::Once))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pipe.jsonl") && err.contains("not a regular file"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_fails_a_bounded_job_and_waits_for_a_streaming_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(&dir.path().join("typo"));
+        let err = src
+            .plan(&BTreeSet::new(), &ctx(Trigger::Once))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert_eq!(err.kind(), sluice_core::FailureKind::BadPlan);
+        let streaming = ctx(Trigger::ProcessingTime(std::time::Duration::ZERO));
+        assert!(
+            src.plan(&BTreeSet::new(), &streaming)
+                .await
+                .unwrap()
+                .splits
+                .is_empty()
+        );
     }
 
     #[test]

@@ -242,10 +242,7 @@ impl KafkaSource {
                 ))
             })?),
         };
-        let max_offsets_per_trigger = opts.parse::<u64>("max_offsets_per_trigger")?;
-        if max_offsets_per_trigger == Some(0) {
-            return Err(opts.error("option 'max_offsets_per_trigger' must be at least 1"));
-        }
+        let max_offsets_per_trigger = opts.number_in("max_offsets_per_trigger", 1..=u64::MAX)?;
         let dead_letter_table = match opts.one_of("on_error", &["fail", "dead_letter"], "fail")? {
             "dead_letter" => Some(
                 opts.str("dead_letter.table")

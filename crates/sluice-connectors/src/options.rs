@@ -131,6 +131,28 @@ impl Options<'_> {
             .transpose()
     }
 
+    /// A number that must lie in `range` (a NaN or an infinity never does).
+    pub fn number_in<T>(
+        &self,
+        key: &str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<Option<T>, ConnectorError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display,
+    {
+        let Some(v) = self.str(key) else {
+            return Ok(None);
+        };
+        match v.trim().parse::<T>() {
+            Ok(n) if range.contains(&n) => Ok(Some(n)),
+            _ => Err(self.spec.error(format!(
+                "option '{key}' = '{v}' must be a number from {} to {}",
+                range.start(),
+                range.end()
+            ))),
+        }
+    }
+
     pub fn bool(&self, key: &str, default: bool) -> Result<bool, ConnectorError> {
         Ok(self.one_of(
             key,

@@ -11,6 +11,9 @@ use object_store::PutPayload;
 use sluice_core::BatchId;
 
 const CONSOLE_OPTIONS: &[&str] = &["num_rows"];
+/// The driver holds every row a console sink shows: bounded, as Spark's console sink is in
+/// practice.
+const MAX_CONSOLE_ROWS: usize = 10_000;
 const FILES_OPTIONS: &[&str] = &["path", "format", "csv.header", "csv.delimiter"];
 /// Marks a files-sink batch directory as complete.
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
@@ -49,7 +52,7 @@ impl Sink {
             "console" => {
                 let o = spec.options(CONSOLE_OPTIONS, &[])?;
                 SinkKind::Console {
-                    num_rows: o.parse("num_rows")?.unwrap_or(20),
+                    num_rows: o.number_in("num_rows", 0..=MAX_CONSOLE_ROWS)?.unwrap_or(20),
                 }
             }
             "blackhole" => {

@@ -29,6 +29,13 @@ impl Location {
         Path::from_iter(self.prefix.parts().chain(Path::from(part).parts()))
     }
 
+    /// The local directory this location points at, when it is on the local filesystem.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        self.uri
+            .strip_prefix("file://")
+            .map(std::path::PathBuf::from)
+    }
+
     /// The URI of a path inside this location, for messages.
     pub fn uri_of(&self, path: &Path) -> String {
         let rel: Vec<_> = path

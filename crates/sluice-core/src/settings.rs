@@ -278,11 +278,14 @@ fn restart_strategy(map: &BTreeMap<String, String>) -> Result<RestartStrategy, S
         parse_duration(map.get(key).map(String::as_str).unwrap_or(default))
             .map_err(|r| invalid(key, &r))
     };
-    let number = |key: &str, default: u32| -> Result<u32, SettingError> {
+    let number = |key: &str, default: u32, lo: u32| -> Result<u32, SettingError> {
+        const HI: u32 = 1_000_000;
         map.get(key).map_or(Ok(default), |v| {
             v.trim()
                 .parse()
-                .map_err(|_| invalid(key, "expected a whole number"))
+                .ok()
+                .filter(|n| (lo..=HI).contains(n))
+                .ok_or_else(|| invalid(key, &format!("expected a whole number from {lo} to {HI}")))
         })
     };
     let strategy = map
@@ -293,28 +296,13 @@ fn restart_strategy(map: &BTreeMap<String, String>) -> Result<RestartStrategy, S
             "none" | "no-restart" => (RestartStrategy::None, &[]),
             "fixed-delay" => (
                 RestartStrategy::FixedDelay {
-                    attempts: number("restart.attempts", 3)?,
+                    attempts: number("restart.attempts", 3, 0)?,
                     delay: duration("restart.delay", "1s")?,
                 },
                 &["restart.attempts", "restart.delay"],
             ),
             "exponential-backoff" | "exponential-delay" => (
-                RestartStrategy::ExponentialBackoff {
-                    initial: duration("restart.initial_backoff", "1s")?,
-                    max: duration("restart.max_backoff", "60s")?,
-                    multiplier: map
-                        .get("restart.backoff_multiplier")
-                        .map_or(Ok(2.0), |v| v.trim().parse::<f64>())
-                        .ok()
-                        .filter(|m| *m >= 1.0)
-                        .ok_or_else(|| {
-                            invalid(
-                                "restart.backoff_multiplier",
-                                "expected a number of at least 1.0",
-                            )
-                        })?,
-                    reset_after: duration("restart.reset_backoff_after", "10m")?,
-                },
+                exponential_backoff(map, &duration, &invalid)?,
                 &[
                     "restart.initial_backoff",
                     "restart.max_backoff",
@@ -324,7 +312,7 @@ fn restart_strategy(map: &BTreeMap<String, String>) -> Result<RestartStrategy, S
             ),
             "failure-rate" => (
                 RestartStrategy::FailureRate {
-                    max_failures: number("restart.max_failures_per_interval", 3)?,
+                    max_failures: number("restart.max_failures_per_interval", 3, 0)?,
                     interval: duration("restart.failure_rate_interval", "5m")?,
                     delay: duration("restart.delay", "1s")?,
                 },
@@ -360,6 +348,39 @@ fn restart_strategy(map: &BTreeMap<String, String>) -> Result<RestartStrategy, S
         }
     }
     Ok(strategy)
+}
+
+fn exponential_backoff(
+    map: &BTreeMap<String, String>,
+    duration: &dyn Fn(&str, &str) -> Result<Duration, SettingError>,
+    invalid: &dyn Fn(&str, &str) -> SettingError,
+) -> Result<RestartStrategy, SettingError> {
+    let initial = duration("restart.initial_backoff", "1s")?;
+    let max = duration("restart.max_backoff", "60s")?;
+    if max < initial {
+        return Err(invalid(
+            "restart.max_backoff",
+            &format!("must be at least restart.initial_backoff ({initial:?})"),
+        ));
+    }
+    // Finite: an infinite multiplier turns the first retry's delay into forever.
+    let multiplier = map
+        .get("restart.backoff_multiplier")
+        .map_or(Ok(2.0), |v| v.trim().parse::<f64>())
+        .ok()
+        .filter(|m| (1.0..=1000.0).contains(m))
+        .ok_or_else(|| {
+            invalid(
+                "restart.backoff_multiplier",
+                "expected a finite number from 1.0 to 1000",
+            )
+        })?;
+    Ok(RestartStrategy::ExponentialBackoff {
+        initial,
+        max,
+        multiplier,
+        reset_after: duration("restart.reset_backoff_after", "10m")?,
+    })
 }
 
 fn parse_trigger(value: &str) -> Result<Trigger, String> {
@@ -477,5 +498,30 @@ mod tests {
         assert!(err.to_string().contains("partitions"), "{err}");
         let err = JobSettings::from_map(&map(&[("trigger", "5 parsecs")])).unwrap_err();
         assert!(err.to_string().contains("unknown duration unit"), "{err}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        for (key, value) in [
+            ("restart.backoff_multiplier", "inf"),
+            ("restart.backoff_multiplier", "NaN"),
+            ("restart.backoff_multiplier", "0.5"),
+            ("restart.max_backoff", "10ms"),
+            ("partitions", "0"),
+            ("partitions", "100000"),
+            ("task.max_attempts", "-1"),
+            ("state.snapshot_interval", "0"),
+            ("checkpoint.retain_batches", "0"),
+            ("trigger", "-1s"),
+            ("task.backoff", "1e400s"),
+        ] {
+            let err = JobSettings::from_map(&map(&[(key, value)]))
+                .err()
+                .unwrap_or_else(|| panic!("{key} = {value} was accepted"));
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let mut failure_rate = map(&[("restart.strategy", "failure-rate")]);
+        failure_rate.insert("restart.max_failures_per_interval".into(), "1e9".into());
+        assert!(JobSettings::from_map(&failure_rate).is_err());
     }
 }

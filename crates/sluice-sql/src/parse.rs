@@ -197,7 +197,9 @@ pub fn split_inserts(sql: &str, origin: &str) -> Result<Vec<String>, SqlError> {
     Ok((0..ranges.len())
         .map(|keep| {
             let mut text = sql.to_string();
-            for (i, (s, e)) in ranges.iter().enumerate() {
+            // Last first: a blanked character may be shorter in bytes than what it replaces
+            // ('é' is two), which would shift every later range.
+            for (i, (s, e)) in ranges.iter().enumerate().rev() {
                 if i != keep {
                     let blank: String = sql[*s..*e]
                         .chars()
@@ -495,5 +497,26 @@ mod tests {
             split_inserts("INSERT INTO o SELECT 1;", "x").unwrap().len(),
             1
         );
+    }
+
+    #[test]
+    fn non_ascii_text_in_an_insert_keeps_the_others_intact() {
+        let sql = "CREATE TABLE a (page TEXT) WITH (connector = 'datagen');
+CREATE TABLE o1 WITH (connector = 'blackhole');
+CREATE TABLE o2 WITH (connector = 'blackhole');
+CREATE TABLE o3 WITH (connector = 'blackhole');
+INSERT INTO o1 SELECT page FROM a WHERE page = 'café';
+INSERT INTO o2 SELECT page FROM a WHERE page = 'naïve – ✓';
+INSERT INTO o3 SELECT page FROM a;
+";
+        let parts = split_inserts(sql, "j.sql").unwrap();
+        assert_eq!(parts.len(), 3);
+        for (i, part) in parts.iter().enumerate() {
+            let job = parse_job(part, "j.sql").unwrap_or_else(|e| panic!("part {i}: {e}"));
+            let insert = job.insert.unwrap();
+            assert_eq!(insert.target, format!("o{}", i + 1));
+            assert_eq!(insert.line, 5 + i as u64);
+        }
+        assert!(parts[0].contains("'café'") && parts[1].contains("'naïve – ✓'"));
     }
 }
