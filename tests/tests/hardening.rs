@@ -205,3 +205,89 @@ INSERT INTO o3 SELECT page FROM src;",
     assert_eq!(pages(2), vec!["plain"]);
     assert_eq!(pages(3), vec!["café", "naïve", "plain"]);
 }
+
+#[test]
+fn one_truncated_checkpoint_file_fails_only_its_job_after_a_driver_restart() {
+    let mut c = Cluster::start(2);
+    let broken = healthy_job(&c);
+    let healthy = healthy_job(&c);
+    keeps_committing(&c, &broken, 2);
+    keeps_committing(&c, &healthy, 2);
+    c.kill_driver();
+    // What a power loss can leave: the file exists, its bytes do not.
+    let commit = c.path(&format!("state/jobs/{broken}/commits/0"));
+    std::fs::write(&commit, b"").unwrap();
+    c.start_driver();
+    c.wait_for_driver();
+    let s = c.wait_for(&broken, &["failed"], LONG);
+    let error = s["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("commits/0") && error.contains("corrupted"),
+        "{s}"
+    );
+    keeps_committing(&c, &healthy, 3);
+}
+
+#[test]
+fn a_huge_expression_is_refused_by_line_and_a_long_one_runs() {
+    let c = Cluster::start(1);
+    let healthy = healthy_job(&c);
+    let input = input_file(
+        &c,
+        "in",
+        "in-0.jsonl",
+        "{\"a\": 7, \"b\": 1}\n{\"a\": -1, \"b\": 1}\n",
+    );
+    let out = c.path("out");
+    let job = |terms: i64| {
+        let chain: Vec<String> = (0..terms).map(|i| format!("a = {i}")).collect();
+        format!(
+            "SET 'trigger' = 'once';
+CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{input}');
+CREATE TABLE out WITH (connector = 'files', path = '{}');
+INSERT INTO out SELECT a FROM src
+  WHERE {};",
+            out.display(),
+            chain.join(" OR ")
+        )
+    };
+    let err = c.submit(&job(30_000)).unwrap_err().to_string();
+    assert!(
+        err.contains(":5:") && err.contains("nested more than 1000 levels"),
+        "{err}"
+    );
+    let id = c
+        .submit(&job(450))
+        .expect("a long expression within the limit");
+    sluice_cluster_tests::wait_finished(&c, &id);
+    let rows: Vec<Value> = sluice_cluster_tests::committed_jsonl(&out)
+        .into_values()
+        .flatten()
+        .collect();
+    assert_eq!(rows, vec![serde_json::json!({"a": 7})]);
+    keeps_committing(&c, &healthy, 3);
+}
+
+#[test]
+fn a_panic_in_one_jobs_loop_fails_that_job_and_no_other() {
+    let c = Cluster::start(1);
+    let healthy = healthy_job(&c);
+    let panicking = c
+        .submit(
+            "SET 'trigger' = '100ms';
+SET 'sluice.test.panic_at' = 'before_tasks:1';
+CREATE TABLE gen (page TEXT) WITH (connector = 'datagen', rows_per_second = '100');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT page FROM gen;",
+        )
+        .expect("submit");
+    let s = c.wait_for(&panicking, &["failed"], LONG);
+    let error = s["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("panicked: injected panic at before_tasks of batch 1")
+            && error.contains("(bug; a retry cannot help)"),
+        "{s}"
+    );
+    assert_eq!(committed(&s), 1, "{s}");
+    keeps_committing(&c, &healthy, 3);
+}

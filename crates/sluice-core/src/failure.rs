@@ -81,6 +81,15 @@ impl Failure {
     }
 }
 
+/// What a panic said (its payload is a `&str` or a `String` when it came from `panic!`).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// Whether an object store error can go away by itself.
 #[cfg(feature = "store")]
 pub fn store_failure_kind(e: &object_store::Error) -> FailureKind {

@@ -100,6 +100,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "test only: '<step>:<batch>:<duration>' pauses the driver at a step of a batch (before_offsets, before_tasks, before_commit, after_commit)",
     ),
     (
+        "sluice.test.panic_at",
+        "test only: '<step>:<batch>' makes the driver's loop for the job panic at a step of a batch",
+    ),
+    (
         "sluice.test.delay_after_input",
         "test only: '<stage>:<ms>' delays the first attempt of that stage's tasks after they read input",
     ),
@@ -150,6 +154,8 @@ pub struct JobSettings {
     pub test_delay_after_input: Option<(u32, Duration)>,
     /// (step, batch, pause) for the driver's batch loop.
     pub test_pause_at: Option<(String, u64, Duration)>,
+    /// (step, batch) at which the driver's batch loop panics.
+    pub test_panic_at: Option<(String, u64)>,
 }
 
 impl Default for JobSettings {
@@ -169,6 +175,7 @@ impl Default for JobSettings {
             test_delay_task: None,
             test_delay_after_input: None,
             test_pause_at: None,
+            test_panic_at: None,
         }
     }
 }
@@ -219,7 +226,7 @@ impl JobSettings {
                 }
                 "checkpoint.retain_batches" => s.retain_batches = whole(1, u32::MAX as u64)?,
                 "stage.max_attempts" => s.stage_max_attempts = whole(1, 100)? as u32,
-                "sluice.test.pause_at" => {
+                "sluice.test.pause_at" | "sluice.test.panic_at" => {
                     const STEPS: [&str; 4] = [
                         "before_offsets",
                         "before_tasks",
@@ -233,8 +240,20 @@ impl JobSettings {
                             .ok()
                             .zip(parse_duration(pause).ok())
                             .map(|(b, d)| (step.to_string(), b, d)),
+                        [step, batch] if STEPS.contains(step) && key == "sluice.test.panic_at" => {
+                            batch
+                                .parse()
+                                .ok()
+                                .map(|b| (step.to_string(), b, Duration::ZERO))
+                        }
                         _ => None,
                     };
+                    if key == "sluice.test.panic_at" {
+                        let (step, batch, _) =
+                            parsed.ok_or_else(|| invalid("expected '<step>:<batch>'"))?;
+                        s.test_panic_at = Some((step, batch));
+                        continue;
+                    }
                     s.test_pause_at = Some(parsed.ok_or_else(|| {
                         invalid(&format!(
                             "expected '<step>:<batch>:<duration>' with step one of {}",
@@ -476,6 +495,7 @@ mod tests {
             "sluice.test.fail_task" => "0:0",
             "sluice.test.delay_task" | "sluice.test.delay_after_input" => "0:1s",
             "sluice.test.pause_at" => "before_tasks:1:1s",
+            "sluice.test.panic_at" => "before_tasks:1",
             "name" => "x",
             "output_mode" => "complete",
             _ => "2",

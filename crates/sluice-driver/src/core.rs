@@ -133,7 +133,17 @@ pub fn start(config: CoreConfig) -> CoreHandle {
         alive: alive.clone(),
         config,
     };
-    tokio::spawn(core.run(rx));
+    tokio::spawn(async move {
+        // Every job depends on the event loop: if it panics, no job can be judged failed by
+        // it. Exit non-zero and let the next driver resume them all from their checkpoints.
+        if let Err(e) = tokio::spawn(core.run(rx)).await
+            && let Ok(payload) = e.try_into_panic()
+        {
+            let text = sluice_core::failure::panic_text(&*payload);
+            tracing::error!("the scheduler's event loop panicked: {text}; exiting");
+            std::process::exit(70);
+        }
+    });
     CoreHandle {
         tx,
         alive,

@@ -235,17 +235,52 @@ impl Registry {
             stop: stop_rx,
         };
         self.jobs.lock().unwrap().insert(
-            job_id,
+            job_id.clone(),
             JobEntry {
                 status,
                 stop: stop_tx,
             },
         );
-        tokio::spawn(runner.run());
+        let registry = self.clone();
+        tokio::spawn(async move {
+            // A panic in one job's loop is that job's bug: it fails that job, not the driver.
+            if let Err(e) = tokio::spawn(runner.run()).await
+                && let Ok(payload) = e.try_into_panic()
+            {
+                let text = sluice_core::failure::panic_text(&*payload);
+                registry.fail_after_panic(&job_id, &text).await;
+            }
+        });
+    }
+
+    async fn fail_after_panic(&self, job_id: &str, text: &str) {
+        let failure = sluice_core::Failure::new(
+            sluice_core::FailureKind::Bug,
+            format!("the job's batch loop panicked: {text}"),
+        );
+        tracing::error!(job = %job_id, "{failure}");
+        self.core
+            .send(crate::core::CoreMsg::Ended {
+                job_id: job_id.to_string(),
+            })
+            .await;
+        let end = sluice_checkpoint::FinalState {
+            state: state::FAILED.to_string(),
+            error: failure.to_string(),
+            at_ms: now_ms(),
+        };
+        if let Err(e) = self.checkpoint(job_id).write_final(&end).await {
+            tracing::error!(job = %job_id, "cannot record how the job ended: {e}");
+        }
+        self.update(job_id, |s| {
+            s.state = state::FAILED.into();
+            s.error = failure.to_string();
+        });
     }
 
     /// Reads the job catalog under --state and resumes every job that had not ended: each one
-    /// reruns its last logged but uncommitted batch with exactly its logged input.
+    /// reruns its last logged but uncommitted batch with exactly its logged input. A job whose
+    /// checkpoint cannot be read is reported failed, naming the file; the others resume.
     pub async fn recover(&self) -> anyhow::Result<usize> {
         let prefix = self.state.child("jobs");
         let listing = match self.state.store.list_with_delimiter(Some(&prefix)).await {
@@ -258,53 +293,74 @@ impl Registry {
             let Some(job_id) = dir.filename().map(str::to_string) else {
                 continue;
             };
-            let checkpoint = self.checkpoint(&job_id);
-            let Some((_, meta)) = checkpoint.current_metadata().await? else {
-                tracing::warn!(job = %job_id, "no metadata; not a job, skipped");
-                continue;
-            };
-            let mut status = JobStatus {
-                job_id: job_id.clone(),
-                name: meta.name.clone(),
-                state: state::RUNNING.into(),
-                submitted_at_ms: meta.submitted_at_ms,
-                ..Default::default()
-            };
-            for b in checkpoint.batches("commits").await? {
-                if let Some(c) = checkpoint.read_commit(b).await? {
-                    status.batches_committed += 1;
-                    status.rows_in += c.rows_in;
-                    status.rows_out += c.rows_out;
-                }
-            }
-            if let Some(end) = checkpoint.read_final().await? {
-                status.state = end.state;
-                status.error = end.error;
-                let (stop, _) = watch::channel(true);
-                self.jobs
-                    .lock()
-                    .unwrap()
-                    .insert(job_id, JobEntry { status, stop });
-                continue;
-            }
-            match CompiledJob::compile(&meta.sql, &meta.origin).await {
-                Ok(job) => {
-                    tracing::info!(job = %job_id, name = %meta.name, "resuming job");
-                    self.start(status, &meta.sql, job, checkpoint);
-                    resumed += 1;
-                }
+            match self.recover_job(&job_id).await {
+                Ok(started) => resumed += usize::from(started),
                 Err(e) => {
-                    status.state = state::FAILED.into();
-                    status.error = format!("cannot resume: {e}");
-                    let (stop, _) = watch::channel(true);
-                    self.jobs
-                        .lock()
-                        .unwrap()
-                        .insert(job_id, JobEntry { status, stop });
+                    tracing::error!(job = %job_id, "cannot resume: {e}");
+                    let status = JobStatus {
+                        job_id: job_id.clone(),
+                        name: job_id.clone(),
+                        state: state::FAILED.into(),
+                        error: format!("cannot resume: {e}"),
+                        ..Default::default()
+                    };
+                    self.insert_ended(status);
                 }
             }
         }
         Ok(resumed)
+    }
+
+    /// Rebuilds one job's status from its checkpoint and starts its runner unless it ended;
+    /// true when it was started.
+    async fn recover_job(&self, job_id: &str) -> Result<bool, sluice_checkpoint::CheckpointError> {
+        let checkpoint = self.checkpoint(job_id);
+        let Some((_, meta)) = checkpoint.current_metadata().await? else {
+            tracing::warn!(job = %job_id, "no metadata; not a job, skipped");
+            return Ok(false);
+        };
+        let mut status = JobStatus {
+            job_id: job_id.to_string(),
+            name: meta.name.clone(),
+            state: state::RUNNING.into(),
+            submitted_at_ms: meta.submitted_at_ms,
+            ..Default::default()
+        };
+        for b in checkpoint.batches("commits").await? {
+            if let Some(c) = checkpoint.read_commit(b).await? {
+                status.batches_committed += 1;
+                status.rows_in += c.rows_in;
+                status.rows_out += c.rows_out;
+            }
+        }
+        if let Some(end) = checkpoint.read_final().await? {
+            status.state = end.state;
+            status.error = end.error;
+            self.insert_ended(status);
+            return Ok(false);
+        }
+        match CompiledJob::compile(&meta.sql, &meta.origin).await {
+            Ok(job) => {
+                tracing::info!(job = %job_id, name = %meta.name, "resuming job");
+                self.start(status, &meta.sql, job, checkpoint);
+                Ok(true)
+            }
+            Err(e) => {
+                status.state = state::FAILED.into();
+                status.error = format!("cannot resume: {e}");
+                self.insert_ended(status);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Records a job that has ended (or cannot run) in the catalog, without a runner.
+    fn insert_ended(&self, status: JobStatus) {
+        let (stop, _) = watch::channel(true);
+        self.jobs
+            .lock()
+            .unwrap()
+            .insert(status.job_id.clone(), JobEntry { status, stop });
     }
 
     pub fn update(&self, job_id: &str, f: impl FnOnce(&mut JobStatus)) {

@@ -236,8 +236,12 @@ impl JobRunner {
         }
     }
 
-    /// Test only: holds the loop at `step` of `batch` so a test can kill the driver there.
+    /// Test only: holds the loop at `step` of `batch` so a test can kill the driver there (or
+    /// panics there, as a bug in the loop would).
     async fn test_pause(&self, step: &str, batch: BatchId) {
+        if self.job.settings.test_panic_at == Some((step.to_string(), batch)) {
+            panic!("injected panic at {step} of batch {batch} (sluice.test.panic_at)");
+        }
         if let Some((s, b, pause)) = &self.job.settings.test_pause_at
             && s == step
             && *b == batch

@@ -313,18 +313,15 @@ impl TaskRunner {
     }
 }
 
-/// What a panicking task said, for the job's error: a panic is a bug, and the same input
-/// would panic again.
+/// A panicking task is a bug, and the same input would panic again.
 fn panic_message(e: tokio::task::JoinError) -> String {
-    let Ok(payload) = e.try_into_panic() else {
-        return "task was cancelled".into();
-    };
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into());
-    format!("task panicked: {text}")
+    match e.try_into_panic() {
+        Ok(payload) => format!(
+            "task panicked: {}",
+            sluice_core::failure::panic_text(&*payload)
+        ),
+        Err(_) => "task was cancelled".into(),
+    }
 }
 
 impl Drop for TaskRunner {

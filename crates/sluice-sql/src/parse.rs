@@ -163,6 +163,76 @@ fn significant_tokens(sql: &str, origin: &str) -> Result<Vec<TokenWithSpan>, Sql
         .collect())
 }
 
+/// How deep an expression may nest. SQL syntax trees are cloned and dropped by recursive code
+/// (sqlparser's and DataFusion's derived Clone and Drop) that no stack guard protects, so a
+/// 30,000-term OR chain would overflow a thread's stack and abort the whole process.
+pub const MAX_EXPRESSION_DEPTH: usize = 1000;
+
+/// Refuses a statement whose expressions could nest deeper than [`MAX_EXPRESSION_DEPTH`],
+/// judged from its tokens before any tree is built: along every path, each operator of a chain
+/// (`a OR b OR c` is a left-deep tree) and each parenthesis adds a level; a comma starts a
+/// sibling, which does not.
+fn check_nesting(tokens: &[TokenWithSpan], origin: &str) -> Result<(), SqlError> {
+    // Operators seen so far at each parenthesis level, between commas.
+    let mut levels: Vec<usize> = vec![0];
+    for t in tokens {
+        match &t.token {
+            Token::LParen => levels.push(0),
+            Token::RParen if levels.len() > 1 => {
+                levels.pop();
+            }
+            Token::Comma => *levels.last_mut().expect("never empty") = 0,
+            tok if is_operator(tok) => *levels.last_mut().expect("never empty") += 1,
+            _ => {}
+        }
+        let depth = levels.len() + levels.iter().sum::<usize>();
+        if depth > MAX_EXPRESSION_DEPTH {
+            return Err(SqlError::Syntax {
+                origin: origin.to_string(),
+                line: t.span.start.line,
+                column: t.span.start.column,
+                message: format!(
+                    "expression nested more than {MAX_EXPRESSION_DEPTH} levels deep; write a long list of alternatives as `x IN (v1, v2, ...)`"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn is_operator(t: &Token) -> bool {
+    match t {
+        Token::Word(w) => matches!(
+            w.keyword,
+            Keyword::AND
+                | Keyword::OR
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::BETWEEN
+                | Keyword::WHEN
+        ),
+        Token::Plus
+        | Token::Minus
+        | Token::Mul
+        | Token::Div
+        | Token::Mod
+        | Token::Eq
+        | Token::DoubleEq
+        | Token::Neq
+        | Token::Lt
+        | Token::Gt
+        | Token::LtEq
+        | Token::GtEq
+        | Token::StringConcat
+        | Token::Ampersand
+        | Token::Pipe
+        | Token::Caret => true,
+        _ => false,
+    }
+}
+
 /// A job file with several INSERT statements is several jobs (as Flink's SQL client runs each
 /// INSERT as its own job): one text per INSERT, holding every SET and CREATE TABLE and that
 /// INSERT, with the other INSERTs blanked out so that line and column numbers stay true.
@@ -221,6 +291,7 @@ pub fn parse_job(sql: &str, origin: &str) -> Result<JobFile, SqlError> {
         if stmt_tokens.is_empty() {
             continue;
         }
+        check_nesting(stmt_tokens, origin)?;
         let mut s = Stmt {
             origin,
             tokens: stmt_tokens,
@@ -497,6 +568,40 @@ mod tests {
             split_inserts("INSERT INTO o SELECT 1;", "x").unwrap().len(),
             1
         );
+    }
+
+    #[test]
+    fn expressions_nested_too_deep_are_refused_before_any_tree_is_built() {
+        let chain = |n: usize| {
+            (0..n)
+                .map(|i| format!("a = {i}"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        };
+        let job = |cond: String| {
+            format!(
+                "CREATE TABLE t (a BIGINT) WITH (connector = 'datagen');\nCREATE TABLE o WITH (connector = 'blackhole');\nINSERT INTO o SELECT a FROM t\n  WHERE {cond};"
+            )
+        };
+        let err = parse_job(&job(chain(30_000)), "j.sql")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("j.sql:4:") && err.contains("nested more than 1000"),
+            "{err}"
+        );
+        let parens = format!("{}a{}", "(".repeat(2000), ")".repeat(2000));
+        assert!(parse_job(&job(format!("{parens} = 1")), "j.sql").is_err());
+        parse_job(&job(chain(200)), "j.sql").unwrap();
+        // Many siblings are wide, not deep.
+        let wide = (0..3000)
+            .map(|i| format!("a + {i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "CREATE TABLE t (a BIGINT) WITH (connector = 'datagen');\nCREATE TABLE o WITH (connector = 'blackhole');\nINSERT INTO o SELECT {wide} FROM t;"
+        );
+        parse_job(&sql, "j.sql").unwrap();
     }
 
     #[test]
