@@ -291,3 +291,40 @@ INSERT INTO sink SELECT page FROM gen;",
     assert_eq!(committed(&s), 1, "{s}");
     keeps_committing(&c, &healthy, 3);
 }
+
+#[test]
+fn each_driver_restart_starts_the_executors_reconnect_delay_over() {
+    let mut c = Cluster::start(1);
+    let job = healthy_job(&c);
+    for round in 1..=4 {
+        keeps_committing(&c, &job, 2);
+        c.kill_driver();
+        std::thread::sleep(Duration::from_millis(300 * round));
+        c.start_driver();
+        c.wait_for_driver();
+    }
+    keeps_committing(&c, &job, 2);
+    // The first delay after every successful registration is the first step again.
+    let log = c.log("executor-0.log");
+    let mut after_registration = Vec::new();
+    let mut registered = false;
+    for line in log.lines() {
+        if line.contains("registered with driver") {
+            registered = true;
+        } else if let Some(ms) = line
+            .split("retrying in ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            && registered
+        {
+            after_registration.push(ms);
+            registered = false;
+        }
+    }
+    assert_eq!(after_registration.len(), 4, "{log}");
+    assert!(
+        after_registration.iter().all(|ms| *ms <= 200),
+        "{after_registration:?}\n{log}"
+    );
+}

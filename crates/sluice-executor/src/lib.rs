@@ -177,25 +177,59 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Delays between attempts to reach the driver: growing while it cannot be reached, back to
+/// the first one as soon as a registration succeeds. (Resetting only after a clean end made
+/// every restart of a killed driver take longer than the last.)
+struct Reconnect {
+    builder: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Reconnect {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        let builder = backon::ExponentialBuilder::new()
+            .with_min_delay(Self::FIRST)
+            .with_max_delay(Self::MAX)
+            .with_jitter()
+            .without_max_times();
+        Reconnect {
+            delays: builder.build(),
+            builder,
+        }
+    }
+
+    fn registered(&mut self) {
+        self.delays = self.builder.build();
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(Self::MAX)
+    }
+}
+
 /// Registers with the driver again and again (a restarted driver, a dropped stream).
 async fn sessions(config: ExecutorConfig, shuffle_address: String, executor: Arc<Executor>) {
-    let reconnect = backon::ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times();
-    let mut delays = reconnect.build();
+    let mut reconnect = Reconnect::new();
     loop {
         let id = uuid::Uuid::new_v4().to_string();
-        let result = session(&config, &id, &shuffle_address, &executor).await;
+        let mut registered = false;
+        let result = session(&config, &id, &shuffle_address, &executor, || {
+            registered = true
+        })
+        .await;
+        if registered {
+            reconnect.registered();
+        }
         executor.ready.set(false);
         match result {
             Ok(()) => {
                 tracing::warn!(executor = %id, "driver closed the connection; reconnecting");
-                delays = reconnect.build();
             }
             Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                let delay = reconnect.next_delay();
                 tracing::warn!(
                     "driver at {} not reachable ({e:#}); retrying in {} ms",
                     config.driver,
@@ -242,6 +276,7 @@ async fn session(
     id: &str,
     shuffle_address: &str,
     executor: &Arc<Executor>,
+    on_registered: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let mut client = DriverClient::new(executor.security.connect(&config.driver).await?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -269,6 +304,7 @@ async fn session(
         other => anyhow::bail!("expected Registered, got {other:?}"),
     };
     tracing::info!(executor = %id, "registered with driver {}", config.driver);
+    on_registered();
     executor.ready.set(!*executor.draining.borrow());
     let hb_tx = tx.clone();
     let hb_exec = executor.clone();
@@ -332,4 +368,19 @@ async fn session(
     heartbeat.abort();
     drain_notice.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reconnect;
+
+    #[test]
+    fn a_registration_resets_the_reconnect_delay() {
+        let mut r = Reconnect::new();
+        let grown: Vec<_> = (0..8).map(|_| r.next_delay()).collect();
+        assert!(grown[7] >= Reconnect::MAX / 2, "{grown:?}");
+        r.registered();
+        // Jitter adds at most the delay itself.
+        assert!(r.next_delay() <= Reconnect::FIRST * 2);
+    }
 }
