@@ -328,3 +328,80 @@ fn each_driver_restart_starts_the_executors_reconnect_delay_over() {
         "{after_registration:?}\n{log}"
     );
 }
+
+#[test]
+fn a_stopped_and_resumed_batch_commits_exactly_one_runs_output() {
+    let c = Cluster::start(2);
+    let input = c.path("in");
+    for f in 0..4 {
+        let rows: String = (0..2000)
+            .map(|i| format!("{{\"a\": {}, \"b\": 1}}\n", f * 2000 + i))
+            .collect();
+        input_file(&c, "in", &format!("in-{f}.jsonl"), &rows);
+    }
+    let out = c.path("out");
+    let job = |settings: &str| {
+        format!(
+            "SET 'trigger' = 'once';
+{settings}
+CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{}');
+CREATE TABLE out WITH (connector = 'files', path = '{}');
+INSERT INTO out SELECT _batch, a, count(*) AS n FROM src GROUP BY _batch, a;",
+            input.display(),
+            out.display()
+        )
+    };
+    // The reducers of batch 0 hold after reading their input, long enough to be stopped.
+    let id = c
+        .submit(&job(
+            "SET 'partitions' = '8';\nSET 'sluice.test.delay_after_input' = '1:3s';",
+        ))
+        .expect("submit");
+    c.wait_for_log("driver.log", &["stage started", "stage=1"], 1, LONG);
+    let stop = c.sluice(&["stop", &id]);
+    assert!(stop.status.success(), "{stop:?}");
+    let said = String::from_utf8_lossy(&stop.stdout);
+    assert!(said.trim().ends_with(": stopped"), "{said}");
+    // Stopped means no task of that run is left to write anything.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!out.join("batch=0/part-00005.jsonl").exists());
+    let resumed = c
+        .submit_with(&job("SET 'partitions' = '4';"), &["--resume", &id])
+        .expect("resume");
+    sluice_cluster_tests::wait_finished(&c, &resumed);
+    let mut parts: Vec<String> = std::fs::read_dir(out.join("batch=0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("part-"))
+        .collect();
+    parts.sort();
+    assert!(parts.len() <= 4, "{parts:?}");
+    assert!(parts.iter().all(|p| p.as_str() < "part-00004"), "{parts:?}");
+    let rows: Vec<Value> = sluice_cluster_tests::committed_jsonl(&out)
+        .into_values()
+        .flatten()
+        .collect();
+    assert_eq!(rows.len(), 8000);
+    let mut keys: Vec<u64> = rows.iter().map(|r| r["a"].as_u64().unwrap()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 8000);
+}
+
+#[test]
+fn a_dead_letter_table_cannot_be_the_main_sink() {
+    let c = Cluster::start(1);
+    let err = c
+        .submit(
+            "CREATE TABLE src (a BIGINT) WITH (connector = 'kafka', 'bootstrap.servers' = '127.0.0.1:1',
+  topic = 't', on_error = 'dead_letter', 'dead_letter.table' = 'out');
+CREATE TABLE out WITH (connector = 'blackhole');
+INSERT INTO out SELECT a FROM src;",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'dead_letter.table' = 'out' is the INSERT's sink"),
+        "{err}"
+    );
+}

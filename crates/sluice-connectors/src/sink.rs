@@ -9,6 +9,7 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use object_store::PutPayload;
 use sluice_core::BatchId;
+use std::collections::BTreeSet;
 
 const CONSOLE_OPTIONS: &[&str] = &["num_rows"];
 /// The driver holds every row a console sink shows: bounded, as Spark's console sink is in
@@ -133,8 +134,29 @@ impl Sink {
     }
 
     /// Makes the batch visible to readers (driver side, after every task succeeded).
-    pub async fn commit(&self, batch_id: BatchId) -> Result<()> {
-        if let SinkKind::Files { location, .. } = &self.kind {
+    /// `written`: the partitions this run of the batch wrote. Any other part under the batch
+    /// (an earlier or abandoned run, with more partitions or other rows) is removed first, so a
+    /// committed batch holds exactly one run's output.
+    pub async fn commit(&self, batch_id: BatchId, written: &[u32]) -> Result<()> {
+        if let SinkKind::Files { location, format } = &self.kind {
+            let dir = location.child(&format!("batch={batch_id}"));
+            let keep: BTreeSet<String> = written
+                .iter()
+                .map(|p| format!("part-{p:05}.{}", format.extension()))
+                .collect();
+            let listed = location.store.list_with_delimiter(Some(&dir)).await;
+            let objects = match listed {
+                Ok(l) => l.objects,
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            for o in objects {
+                let name = o.location.filename().unwrap_or_default();
+                if name.starts_with("part-") && !keep.contains(name) {
+                    tracing::info!(sink = %self.table, batch = batch_id, name, "removing a part of an earlier run");
+                    location.store.delete(&o.location).await?;
+                }
+            }
             let path = location.child(&format!("batch={batch_id}/{SUCCESS_MARKER}"));
             location
                 .store
@@ -299,13 +321,33 @@ mod tests {
                     .join(format!("{format}/batch=3/_SUCCESS"))
                     .exists()
             );
-            sink.commit(3).await.unwrap();
+            sink.commit(3, &[1]).await.unwrap();
             assert!(
                 dir.path()
                     .join(format!("{format}/batch=3/_SUCCESS"))
                     .exists()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn committing_removes_parts_this_run_did_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = files_sink(dir.path(), "jsonl");
+        // An earlier run of batch 0 with more partitions, then this run with fewer.
+        for p in 0..8 {
+            sink.write(0, p, &[batch()]).await.unwrap();
+        }
+        for p in [0, 2] {
+            sink.write(0, p, &[batch()]).await.unwrap();
+        }
+        sink.commit(0, &[0, 2]).await.unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path().join("batch=0"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["_SUCCESS", "part-00000.jsonl", "part-00002.jsonl"]);
     }
 
     #[tokio::test]

@@ -47,8 +47,10 @@ pub enum CoreMsg {
         code: JobCode,
         reply: oneshot::Sender<Result<BatchReport, Failure>>,
     },
+    /// Stop the job's batch; `done` is answered once none of its tasks runs anywhere.
     Cancel {
         job_id: String,
+        done: oneshot::Sender<()>,
     },
     /// The job ended: executors may drop everything they keep for it.
     Ended {
@@ -128,6 +130,7 @@ pub fn start(config: CoreConfig) -> CoreHandle {
         excluded: excluded.clone(),
         conns: HashMap::new(),
         waiting: HashMap::new(),
+        cancelling: HashMap::new(),
         code: HashMap::new(),
         started: Instant::now(),
         alive: alive.clone(),
@@ -158,6 +161,8 @@ struct Core {
     excluded: Arc<std::sync::Mutex<Exclusions>>,
     conns: HashMap<String, Conn>,
     waiting: HashMap<String, oneshot::Sender<Result<BatchReport, Failure>>>,
+    /// Stopped jobs whose tasks still run somewhere, and who waits for them to end.
+    cancelling: HashMap<String, Vec<oneshot::Sender<()>>>,
     code: HashMap<String, JobCode>,
     started: Instant,
     alive: Arc<AtomicUsize>,
@@ -195,6 +200,7 @@ impl Core {
                 let actions = self.scheduler.handle(event, now);
                 self.apply(actions).await;
             }
+            self.answer_cancelled();
             let alive = self.scheduler.alive_executors();
             self.alive.store(alive, Ordering::Relaxed);
             self.config.executors_alive.set(alive as i64);
@@ -246,8 +252,12 @@ impl Core {
                 self.waiting.insert(sub.job_id.clone(), reply);
                 vec![Event::SubmitBatch(sub)]
             }
-            CoreMsg::Cancel { job_id } => {
+            CoreMsg::Cancel { job_id, done } => {
                 self.waiting.remove(&job_id);
+                self.cancelling
+                    .entry(job_id.clone())
+                    .or_default()
+                    .push(done);
                 vec![Event::CancelJob { job_id }]
             }
             CoreMsg::Ended { job_id } => {
@@ -261,6 +271,20 @@ impl Core {
                 vec![Event::CancelJob { job_id }]
             }
         }
+    }
+
+    /// Tells whoever stopped a job once its last task is gone (reported, or its executor lost).
+    fn answer_cancelled(&mut self) {
+        let scheduler = &self.scheduler;
+        self.cancelling.retain(|job, waiters| {
+            if scheduler.running_tasks_of(job) > 0 {
+                return true;
+            }
+            for done in waiters.drain(..) {
+                let _ = done.send(());
+            }
+            false
+        });
     }
 
     /// Executors whose heartbeats stopped (a hung or partitioned process).
@@ -352,6 +376,15 @@ impl Core {
                         job_ended: false,
                     });
                 }
+                Action::CancelTasks { executor, job_id } => {
+                    tracing::info!(job = %job_id, %executor, "cancelling the job's tasks");
+                    let msg = DriverMessage {
+                        kind: Some(DriverKind::Cancel(sluice_proto::CancelTasks { job_id })),
+                    };
+                    if let Some(conn) = self.conns.get(&executor) {
+                        let _ = conn.outbound.send(Ok(msg)).await;
+                    }
+                }
                 Action::BatchFailed {
                     job_id,
                     batch_id,
@@ -371,6 +404,7 @@ impl Core {
 fn to_proto_key(k: &TaskKey) -> sluice_proto::TaskKey {
     sluice_proto::TaskKey {
         job_id: k.job_id.clone(),
+        run: k.run,
         batch_id: k.batch_id,
         stage_id: k.stage_id,
         stage_attempt: k.stage_attempt,
@@ -383,6 +417,7 @@ fn result_event(executor: String, r: TaskResult) -> Event {
     let k = r.key.unwrap_or_default();
     let key = TaskKey {
         job_id: k.job_id,
+        run: k.run,
         batch_id: k.batch_id,
         stage_id: k.stage_id,
         stage_attempt: k.stage_attempt,

@@ -414,8 +414,9 @@ impl Registry {
             e.stop.subscribe()
         };
         drop(rx);
-        // The runner notices within one trigger tick; report what it ends up as.
-        for _ in 0..100 {
+        // The runner notices at once and waits for the job's running tasks to be cancelled,
+        // which a lost executor bounds by the heartbeat timeout; report what it ends up as.
+        for _ in 0..3000 {
             if let Some(s) = self.get(job_id)
                 && s.state != state::RUNNING
                 && s.state != state::WAITING
@@ -424,7 +425,7 @@ impl Registry {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Some(state::STOPPED.into())
+        self.get(job_id).map(|s| s.state)
     }
 }
 

@@ -331,7 +331,10 @@ impl JobRunner {
                 .map(Some)
                 .map_err(|e| Failure::Failed(e.context(format!("batch {} failed", entry.batch_id)))),
             _ = stop_requested(&mut self.stop) => {
-                self.core.send(CoreMsg::Cancel { job_id: self.job_id.clone() }).await;
+                // Stopped means stopped: no task of this run writes anything after this returns.
+                let (done, gone) = tokio::sync::oneshot::channel();
+                self.core.send(CoreMsg::Cancel { job_id: self.job_id.clone(), done }).await;
+                let _ = gone.await;
                 Ok(None)
             }
         }
@@ -347,13 +350,13 @@ impl JobRunner {
     ) -> Result<(), Failure> {
         let started = Instant::now();
         if let Some(dead) = &self.job.dead_letter {
-            dead.commit(batch_id)
+            dead.commit(batch_id, &report.dead_letter_partitions)
                 .await
                 .map_err(ConnectorError::into_failure)?;
         }
         self.job
             .sink
-            .commit(batch_id)
+            .commit(batch_id, &report.sink_partitions)
             .await
             .map_err(ConnectorError::into_failure)?;
         let committed_at_ms = now_ms();

@@ -359,6 +359,7 @@ async fn session(
                     }
                     executor.tasks.report_state_size(&executor.state);
                 }
+                Some(DriverKind::Cancel(c)) => executor.tasks.cancel_job(&c.job_id),
                 Some(DriverKind::Registered(_)) | None => {}
             }
         }

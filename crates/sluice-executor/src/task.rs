@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, watch};
 
 pub struct TaskRunner {
     /// Tasks run on their own runtime so that CPU-heavy operators never delay heartbeats,
@@ -27,7 +27,36 @@ pub struct TaskRunner {
     /// arrives at the driver's stages.
     /// Keyed by job id, with the SQL they came from: a resumed job may run changed SQL.
     jobs: Mutex<HashMap<String, (String, Arc<CompiledJob>)>>,
+    /// Per job, a signal its tasks watch: sent when the driver cancels the job's tasks.
+    cancels: std::sync::Mutex<HashMap<String, watch::Sender<()>>>,
     metrics: ExecutorMetrics,
+}
+
+/// Counts a task as running for as long as it lives, however it ends.
+struct Running<'a>(&'a TaskRunner);
+
+impl<'a> Running<'a> {
+    fn start(runner: &'a TaskRunner) -> Self {
+        runner.running.fetch_add(1, Ordering::Relaxed);
+        runner.metrics.tasks_running.inc();
+        Running(runner)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.tasks_running.dec();
+    }
+}
+
+/// Aborts the task on the task runtime when the future awaiting it is dropped (cancelled).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A task failure, and which map output could not be fetched when that was the cause.
@@ -63,6 +92,7 @@ impl TaskRunner {
             running: AtomicUsize::new(0),
             fail_all,
             jobs: Mutex::new(HashMap::new()),
+            cancels: std::sync::Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -75,6 +105,24 @@ impl TaskRunner {
 
     pub async fn forget_job(&self, job_id: &str) {
         self.jobs.lock().await.remove(job_id);
+        self.cancels.lock().unwrap().remove(job_id);
+    }
+
+    /// Aborts every task of the job running or waiting for a slot here; each reports back as
+    /// cancelled.
+    pub fn cancel_job(&self, job_id: &str) {
+        if let Some(tx) = self.cancels.lock().unwrap().remove(job_id) {
+            tracing::info!(job = job_id, "cancelling the job's tasks");
+            let _ = tx.send(());
+        }
+    }
+
+    fn cancel_signal(&self, job_id: &str) -> watch::Receiver<()> {
+        let mut cancels = self.cancels.lock().unwrap();
+        cancels
+            .entry(job_id.to_string())
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe()
     }
 
     pub fn running(&self) -> usize {
@@ -83,19 +131,26 @@ impl TaskRunner {
 
     pub async fn run(executor: Arc<Executor>, self_id: String, launch: LaunchTask) -> TaskResult {
         let this = &executor.tasks;
-        let _permit = this.slots.acquire().await.expect("semaphore open");
-        this.running.fetch_add(1, Ordering::Relaxed);
-        this.metrics.tasks_running.inc();
-        let started = Instant::now();
         let key = launch.key.clone().unwrap_or_default();
-        let handle = this.runtime.as_ref().expect("runtime").handle().clone();
-        let (exec, k) = (executor.clone(), key.clone());
-        let outcome = handle
-            .spawn(async move { exec.tasks.execute(&exec, &self_id, &k, launch).await })
-            .await
-            .unwrap_or_else(|e| Err(failure(FailureKind::Bug, panic_message(e))));
-        this.running.fetch_sub(1, Ordering::Relaxed);
-        this.metrics.tasks_running.dec();
+        let mut cancelled = this.cancel_signal(&key.job_id);
+        let started = Instant::now();
+        let work = async {
+            let _permit = this.slots.acquire().await.expect("semaphore open");
+            let _running = Running::start(this);
+            let handle = this.runtime.as_ref().expect("runtime").handle().clone();
+            let (exec, k) = (executor.clone(), key.clone());
+            let task =
+                handle.spawn(async move { exec.tasks.execute(&exec, &self_id, &k, launch).await });
+            let _abort = AbortOnDrop(task.abort_handle());
+            task.await
+                .unwrap_or_else(|e| Err(failure(FailureKind::Bug, panic_message(e))))
+        };
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            _ = cancelled.changed() => {
+                Err(failure(FailureKind::Outage, "task cancelled: the job was stopped"))
+            }
+        };
         this.metrics
             .task_done(outcome.is_ok(), started.elapsed().as_secs_f64());
         this.report_state_size(&executor.state);

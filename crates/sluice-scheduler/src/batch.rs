@@ -43,6 +43,11 @@ pub struct BatchReport {
     pub recovery_ms: u64,
     /// Console-sink rows (Arrow IPC) of each final-stage partition, in partition order.
     pub console: Vec<Vec<u8>>,
+    /// Final-stage partitions that wrote rows to the sink, and source partitions that wrote
+    /// dead letters: a partition without rows writes no file, so these name every file of
+    /// this run, and committing removes the rest (parts of an earlier run of the batch).
+    pub sink_partitions: Vec<u32>,
+    pub dead_letter_partitions: Vec<u32>,
     pub duration_ms: u64,
 }
 
@@ -112,6 +117,8 @@ impl StageRun {
 #[derive(Debug, Clone)]
 pub(crate) struct BatchRun {
     pub sub: BatchSubmission,
+    /// Unique within the scheduler; every launch of this run carries it.
+    pub run: u64,
     pub stages: Vec<StageRun>,
     pub started_ms: u64,
     pub rerun: RerunCounts,
@@ -120,7 +127,7 @@ pub(crate) struct BatchRun {
 }
 
 impl BatchRun {
-    pub fn new(sub: BatchSubmission, now_ms: u64) -> Self {
+    pub fn new(sub: BatchSubmission, run: u64, now_ms: u64) -> Self {
         let mut stages = Vec::with_capacity(sub.stages.len());
         let mut prev_partitions = sub.splits.len() as u32;
         for spec in &sub.stages {
@@ -148,6 +155,7 @@ impl BatchRun {
         }
         BatchRun {
             sub,
+            run,
             stages,
             started_ms: now_ms,
             rerun: RerunCounts::default(),
@@ -228,8 +236,19 @@ impl BatchRun {
                 .filter(|c| !c.is_empty())
                 .collect(),
             duration_ms: now_ms.saturating_sub(self.started_ms),
+            sink_partitions: partitions_where(last, |o| o.rows_out > 0),
+            dead_letter_partitions: partitions_where(first, |o| o.dead_letters > 0),
         }
     }
+}
+
+fn partitions_where(stage: Option<&StageRun>, keep: impl Fn(&TaskOutput) -> bool) -> Vec<u32> {
+    stage
+        .into_iter()
+        .flat_map(|s| s.tasks.iter().enumerate())
+        .filter(|(_, t)| t.output.as_ref().is_some_and(&keep))
+        .map(|(p, _)| p as u32)
+        .collect()
 }
 
 /// Picks `partitions - 1` boundaries from the sorted samples so that each range gets about the

@@ -9,6 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaskKey {
     pub job_id: JobId,
+    /// The run of the batch this launch belongs to, unique within the scheduler: a batch run
+    /// again (after a stop and a resume, or a failure and a restart) never accepts a result
+    /// from an earlier run, even one with the same attempt numbers.
+    pub run: u64,
     pub batch_id: BatchId,
     pub stage_id: u32,
     pub stage_attempt: u32,
@@ -91,6 +95,8 @@ pub enum Action {
         /// Its kind tells the job's restart strategy whether a rerun can help.
         failure: Failure,
     },
+    /// The job was cancelled: the executor should abort its running tasks of the job.
+    CancelTasks { executor: ExecutorId, job_id: JobId },
 }
 
 /// Cluster-wide scheduling policy.
@@ -156,6 +162,8 @@ pub struct Scheduler {
     /// Which executor holds each stateful partition's latest state in memory.
     state_homes: BTreeMap<(JobId, u32, u32), ExecutorId>,
     exclusions: BTreeMap<(JobId, ExecutorId), Exclusion>,
+    /// The run number the next submitted batch gets.
+    next_run: u64,
 }
 
 impl Scheduler {
@@ -197,6 +205,15 @@ impl Scheduler {
 
     pub fn running_tasks(&self) -> usize {
         self.executors.values().map(|e| e.running.len()).sum()
+    }
+
+    /// Tasks of `job` still running on live executors (a cancelled job's until they report).
+    pub fn running_tasks_of(&self, job: &str) -> usize {
+        self.executors
+            .values()
+            .flat_map(|e| e.running.iter())
+            .filter(|k| k.job_id == job)
+            .count()
     }
 
     /// The next time, after `now_ms`, at which a pending task could launch without any event
@@ -257,7 +274,9 @@ impl Scheduler {
             Event::ExecutorLost { id, reason } => self.executor_lost(&id, &reason, now_ms),
             Event::SubmitBatch(sub) => {
                 let job = sub.job_id.clone();
-                self.batches.insert(job, BatchRun::new(sub, now_ms));
+                self.next_run += 1;
+                self.batches
+                    .insert(job, BatchRun::new(sub, self.next_run, now_ms));
             }
             Event::TaskSucceeded {
                 key,
@@ -278,6 +297,14 @@ impl Scheduler {
                 self.batches.remove(&job_id);
                 self.state_homes.retain(|(j, _, _), _| *j != job_id);
                 self.exclusions.retain(|(j, _), _| *j != job_id);
+                for (executor, e) in &self.executors {
+                    if e.running.iter().any(|k| k.job_id == job_id) {
+                        actions.push(Action::CancelTasks {
+                            executor: executor.clone(),
+                            job_id: job_id.clone(),
+                        });
+                    }
+                }
             }
             Event::Tick => {}
         }
@@ -343,7 +370,7 @@ impl Scheduler {
     /// "running" forever.
     fn current_task(&mut self, key: &TaskKey, executor: &str) -> Option<(&mut BatchRun, usize)> {
         let batch = self.batches.get_mut(&key.job_id)?;
-        if batch.sub.batch_id != key.batch_id {
+        if batch.sub.batch_id != key.batch_id || batch.run != key.run {
             return None;
         }
         let s = key.stage_id as usize;
@@ -740,6 +767,7 @@ fn build_launch(
     let stage = &batch.stages[s];
     let key = TaskKey {
         job_id: batch.sub.job_id.clone(),
+        run: batch.run,
         batch_id: batch.sub.batch_id,
         stage_id: s as u32,
         stage_attempt: stage.attempt,

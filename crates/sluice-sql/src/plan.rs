@@ -132,6 +132,12 @@ impl CompiledJob {
         let source = Source::from_spec(source_spec)?;
         let dead_letter = match source.dead_letter_table() {
             None => None,
+            Some(name) if name == insert.target => {
+                return Err(plan_err(format!(
+                    "table '{}': option 'dead_letter.table' = '{name}' is the INSERT's sink; bad records need a table of their own",
+                    source_spec.name
+                )));
+            }
             Some(name) => {
                 let t = job
                     .tables

@@ -398,6 +398,30 @@ fn a_task_whose_executors_keep_dying_fails_the_batch() {
 }
 
 #[test]
+fn a_result_from_an_earlier_run_of_the_batch_is_never_accepted() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 2);
+    let old = launches(&s.handle(submit(1, None, 1), 0));
+    // The job is stopped while its task runs; the executor is told to abort it.
+    let actions = s.handle(Event::CancelJob { job_id: JOB.into() }, 1);
+    assert!(actions.contains(&Action::CancelTasks {
+        executor: "a".into(),
+        job_id: JOB.into()
+    }));
+    assert_eq!(s.running_tasks_of(JOB), 1, "running until it reports");
+    // Resumed: the same batch runs again, with the same attempt numbers.
+    let new = launches(&s.handle(submit(1, None, 1), 2));
+    assert_eq!(new[0].1.key.task_attempt, old[0].1.key.task_attempt);
+    assert_ne!(new[0].1.key.run, old[0].1.key.run);
+    assert!(
+        done(&succeed(&mut s, &old[0], 3)).is_none(),
+        "stale run accepted"
+    );
+    assert_eq!(s.running_tasks_of(JOB), 1);
+    assert!(done(&succeed(&mut s, &new[0], 4)).is_some());
+}
+
+#[test]
 fn fetch_failure_recomputes_that_map_output() {
     let mut s = Scheduler::new();
     register(&mut s, "a", 2);
