@@ -405,3 +405,41 @@ INSERT INTO out SELECT a FROM src;",
         "{err}"
     );
 }
+
+#[test]
+fn a_task_past_its_timeout_is_failed_and_retried() {
+    let c = Cluster::start(2);
+    let input = input_file(
+        &c,
+        "in",
+        "in-0.jsonl",
+        "{\"a\": 1, \"b\": 1}\n{\"a\": 2, \"b\": 1}\n",
+    );
+    let out = c.path("out");
+    // The first attempt of every stage-0 task hangs for a minute; its timeout is one second.
+    let id = c
+        .submit(&format!(
+            "SET 'trigger' = 'once';
+SET 'task.timeout' = '1s';
+SET 'sluice.test.delay_task' = '0:60s';
+CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{input}');
+CREATE TABLE out WITH (connector = 'files', path = '{}');
+INSERT INTO out SELECT a FROM src;",
+            out.display()
+        ))
+        .expect("submit");
+    let s = sluice_cluster_tests::wait_finished(&c, &id);
+    let batch = &s["recent_batches"][0];
+    assert_eq!(batch["rerun"]["task_failed"], 1, "{s}");
+    let mut got: Vec<u64> = sluice_cluster_tests::committed_jsonl(&out)
+        .into_values()
+        .flatten()
+        .map(|r| r["a"].as_u64().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![1, 2]);
+    assert!(
+        c.log("driver.log")
+            .contains("task timed out after 1s (task.timeout)")
+    );
+}

@@ -44,6 +44,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "delay before a task's first retry, doubled for each further one (default '200ms')",
     ),
     (
+        "task.timeout",
+        "a task running longer than this is failed and retried elsewhere (default '10m')",
+    ),
+    (
         "stage.max_attempts",
         "times a stage may lose its map outputs (executor lost, fetch failed) before the batch fails (default 4)",
     ),
@@ -144,6 +148,7 @@ pub struct JobSettings {
     pub snapshot_interval: u64,
     pub task_max_attempts: u32,
     pub task_backoff: Duration,
+    pub task_timeout: Duration,
     pub stage_max_attempts: u32,
     /// Offsets and commit entries kept; older ones are compacted away.
     pub retain_batches: u64,
@@ -168,6 +173,7 @@ impl Default for JobSettings {
             snapshot_interval: 10,
             task_max_attempts: 4,
             task_backoff: Duration::from_millis(200),
+            task_timeout: Duration::from_secs(600),
             stage_max_attempts: 4,
             retain_batches: 100,
             restart: crate::restart::RestartStrategy::default(),
@@ -223,6 +229,12 @@ impl JobSettings {
                 "state.snapshot_interval" => s.snapshot_interval = whole(1, 1_000_000)?,
                 "task.backoff" => {
                     s.task_backoff = parse_duration(value).map_err(|r| invalid(&r))?
+                }
+                "task.timeout" => {
+                    s.task_timeout = parse_duration(value)
+                        .ok()
+                        .filter(|d| *d >= Duration::from_millis(100))
+                        .ok_or_else(|| invalid("expected a duration of at least '100ms'"))?
                 }
                 "checkpoint.retain_batches" => s.retain_batches = whole(1, u32::MAX as u64)?,
                 "stage.max_attempts" => s.stage_max_attempts = whole(1, 100)? as u32,

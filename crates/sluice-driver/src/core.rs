@@ -195,10 +195,11 @@ impl Core {
                 _ = tokio::time::sleep(wake) => vec![Event::Tick],
                 _ = liveness.tick() => self.expired(),
             };
-            for event in events {
+            let mut events = std::collections::VecDeque::from(events);
+            while let Some(event) = events.pop_front() {
                 let now = self.now_ms();
                 let actions = self.scheduler.handle(event, now);
-                self.apply(actions).await;
+                events.extend(self.apply(actions));
             }
             self.answer_cancelled();
             let alive = self.scheduler.alive_executors();
@@ -316,13 +317,17 @@ impl Core {
         }
     }
 
-    async fn apply(&mut self, actions: Vec<Action>) {
+    /// Carries out the scheduler's actions without ever waiting on an executor's stream: one
+    /// that is full belongs to an executor that stopped reading, which is then lost (the
+    /// returned events say so).
+    fn apply(&mut self, actions: Vec<Action>) -> Vec<Event> {
+        let mut lost = Vec::new();
         for action in actions {
             match action {
                 Action::Launch { executor, task } => {
-                    let Some(conn) = self.conns.get(&executor) else {
+                    if !self.conns.contains_key(&executor) {
                         continue;
-                    };
+                    }
                     let k = &task.key;
                     let stage = (k.job_id.clone(), k.batch_id, k.stage_id, k.stage_attempt);
                     if self.stages_started.insert(stage) {
@@ -353,11 +358,11 @@ impl Core {
                                 .collect(),
                             range_bounds: task.range_bounds,
                             output_partitions: task.output_partitions,
+                            timeout_ms: task.timeout_ms,
                         })),
                     };
-                    if conn.outbound.send(Ok(msg)).await.is_err() {
-                        // The stream is gone; its reader reports the loss and the task reruns.
-                        tracing::warn!(%executor, "launch failed: executor stream closed");
+                    if let Some(event) = self.send(&executor, msg) {
+                        lost.push(event);
                     }
                 }
                 Action::BatchDone {
@@ -381,8 +386,8 @@ impl Core {
                     let msg = DriverMessage {
                         kind: Some(DriverKind::Cancel(sluice_proto::CancelTasks { job_id })),
                     };
-                    if let Some(conn) = self.conns.get(&executor) {
-                        let _ = conn.outbound.send(Ok(msg)).await;
+                    if let Some(event) = self.send(&executor, msg) {
+                        lost.push(event);
                     }
                 }
                 Action::BatchFailed {
@@ -396,6 +401,28 @@ impl Core {
                         let _ = reply.send(Err(failure));
                     }
                 }
+            }
+        }
+        lost
+    }
+
+    /// Queues a message on an executor's stream; the loss event when it cannot take it.
+    fn send(&mut self, executor: &str, msg: DriverMessage) -> Option<Event> {
+        let conn = self.conns.get(executor)?;
+        match conn.outbound.try_send(Ok(msg)) {
+            Ok(()) => None,
+            // The stream is gone; its reader reports the loss and the task reruns.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::warn!(%executor, "send failed: executor stream closed");
+                None
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%executor, "executor stopped reading its stream; declaring it lost");
+                self.conns.remove(executor);
+                Some(Event::ExecutorLost {
+                    id: executor.to_string(),
+                    reason: "its control stream is full (it stopped reading)".into(),
+                })
             }
         }
     }

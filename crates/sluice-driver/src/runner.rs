@@ -318,6 +318,7 @@ impl JobRunner {
             splits: splits.iter().map(|s| s.to_json()).collect(),
             max_task_attempts: self.job.settings.task_max_attempts,
             task_backoff_ms: self.job.settings.task_backoff.as_millis() as u64,
+            task_timeout_ms: self.job.settings.task_timeout.as_millis() as u64,
             max_stage_attempts: self.job.settings.stage_max_attempts,
         };
         let core = self.core.clone();

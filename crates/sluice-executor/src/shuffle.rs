@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
 const CHUNK_BYTES: usize = 1024 * 1024;
+/// A peer that stopped answering (a SIGSTOPped process keeps its sockets open) must not hold a
+/// reducer forever: past this, the fetch fails and the map output is recomputed.
+const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// (job, batch, stage, stage attempt, map partition)
 pub type OutputKey = (String, u64, u32, u32, u32);
@@ -137,15 +140,22 @@ pub async fn fetch_block(
             .map_err(|e| e.to_string());
     }
     let mut client = executor.store.client(address)?;
-    let result = async {
+    let fetch = async {
         let mut stream = client.fetch(request).await?.into_inner();
         let mut data = Vec::new();
         while let Some(chunk) = stream.message().await? {
             data.extend_from_slice(&chunk.data);
         }
         Ok::<_, Status>(data)
-    }
-    .await;
+    };
+    let result = tokio::time::timeout(FETCH_DEADLINE, fetch)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "no complete answer within {} s",
+                FETCH_DEADLINE.as_secs()
+            )))
+        });
     result.map_err(|s| {
         executor.store.forget(address);
         format!("fetch from {address}: {}", s.message())

@@ -134,6 +134,10 @@ impl TaskRunner {
         let key = launch.key.clone().unwrap_or_default();
         let mut cancelled = this.cancel_signal(&key.job_id);
         let started = Instant::now();
+        let timeout = match launch.timeout_ms {
+            0 => std::time::Duration::MAX,
+            ms => std::time::Duration::from_millis(ms),
+        };
         let work = async {
             let _permit = this.slots.acquire().await.expect("semaphore open");
             let _running = Running::start(this);
@@ -142,8 +146,16 @@ impl TaskRunner {
             let task =
                 handle.spawn(async move { exec.tasks.execute(&exec, &self_id, &k, launch).await });
             let _abort = AbortOnDrop(task.abort_handle());
-            task.await
-                .unwrap_or_else(|e| Err(failure(FailureKind::Bug, panic_message(e))))
+            match tokio::time::timeout(timeout, task).await {
+                Ok(done) => {
+                    done.unwrap_or_else(|e| Err(failure(FailureKind::Bug, panic_message(e))))
+                }
+                // A read that never ends (a stalled store, a pipe) must not hold the slot.
+                Err(_) => Err(failure(
+                    FailureKind::Outage,
+                    format!("task timed out after {timeout:?} (task.timeout)"),
+                )),
+            }
         };
         let outcome = tokio::select! {
             outcome = work => outcome,

@@ -12,6 +12,8 @@ pub struct BatchSubmission {
     pub splits: Vec<String>,
     pub max_task_attempts: u32,
     pub task_backoff_ms: u64,
+    /// A task running longer is failed by its executor (and retried elsewhere).
+    pub task_timeout_ms: u64,
     /// Attempts of one stage (recomputations after lost map outputs) before the batch fails.
     pub max_stage_attempts: u32,
 }

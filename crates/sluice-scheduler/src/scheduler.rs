@@ -39,6 +39,7 @@ pub struct TaskLaunch {
     pub range_bounds: Vec<Vec<u8>>,
     /// Partitions of the shuffle this task writes (0 when it writes the sink).
     pub output_partitions: u32,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -810,6 +811,7 @@ fn build_launch(
             StageOutput::Shuffle { partitions, .. } => partitions,
             StageOutput::Sink => 0,
         },
+        timeout_ms: batch.sub.task_timeout_ms,
     }
 }
 

@@ -41,6 +41,7 @@ fn submit(splits: usize, kind: Option<ShuffleKind>, partitions: u32) -> Event {
         splits: (0..splits).map(|i| format!("split-{i}")).collect(),
         max_task_attempts: 3,
         task_backoff_ms: 100,
+        task_timeout_ms: 60_000,
         max_stage_attempts: 3,
     })
 }
