@@ -365,6 +365,16 @@ INSERT INTO out SELECT _batch, a, count(*) AS n FROM src GROUP BY _batch, a;",
     // Stopped means no task of that run is left to write anything.
     std::thread::sleep(Duration::from_secs(4));
     assert!(!out.join("batch=0/part-00005.jsonl").exists());
+    // Another directory is another source: its positions are not in this checkpoint.
+    let elsewhere = job("SET 'partitions' = '4';").replace(
+        &format!("path = '{}'", input.display()),
+        &format!("path = '{}'", c.path("other").display()),
+    );
+    let err = c
+        .submit_with(&elsewhere, &["--resume", &id])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the source's option 'path' changed"), "{err}");
     let resumed = c
         .submit_with(&job("SET 'partitions' = '4';"), &["--resume", &id])
         .expect("resume");

@@ -195,6 +195,18 @@ impl Source {
         Ok(SplitRead { rows, dead_letters })
     }
 
+    /// The options that say *which* data a source reads (a directory, a broker and topics, a
+    /// generator's seed): a checkpoint's positions mean nothing for another source, so a
+    /// resubmission may not change them.
+    pub fn identity_options(connector: &str) -> &'static [&'static str] {
+        match connector {
+            "files" => &["path", "format"],
+            "kafka" => &["bootstrap.servers", "topic", "topics", "topic_pattern"],
+            "datagen" => &["seed"],
+            _ => &[],
+        }
+    }
+
     /// The declared table bad records go to, if the source has one.
     pub fn dead_letter_table(&self) -> Option<&str> {
         match self {

@@ -23,6 +23,8 @@ impl CompiledJob {
                 previous.source_connector(),
                 self.source_connector()
             ));
+        } else {
+            changes.extend(self.source_identity_changes(previous));
         }
         match (previous.running_aggregate(), self.running_aggregate()) {
             (None, None) => {}
@@ -80,6 +82,35 @@ impl CompiledJob {
 
     fn running_aggregate(&self) -> Option<&crate::StatefulAgg> {
         self.fragments.iter().find_map(|f| f.state.as_ref())
+    }
+
+    /// Another path, broker or topic is another source, whose positions the checkpoint does
+    /// not hold.
+    fn source_identity_changes(&self, previous: &CompiledJob) -> Vec<String> {
+        let (Some(now), Some(was)) = (self.source_spec(), previous.source_spec()) else {
+            return Vec::new();
+        };
+        let connector = self.source_connector();
+        sluice_connectors::Source::identity_options(&connector)
+            .iter()
+            .filter(|k| now.options.get(**k) != was.options.get(**k))
+            .map(|k| {
+                let shown = |v: Option<&String>| v.map_or("(unset)".to_string(), |v| format!("'{v}'"));
+                format!(
+                    "the source's option '{k}' changed from {} to {} (the checkpoint's positions belong to the old source)",
+                    shown(was.options.get(*k)),
+                    shown(now.options.get(*k))
+                )
+            })
+            .collect()
+    }
+
+    fn source_spec(&self) -> Option<&sluice_connectors::TableSpec> {
+        self.job
+            .tables
+            .iter()
+            .find(|t| t.spec.name == self.source_table)
+            .map(|t| &t.spec)
     }
 
     fn source_connector(&self) -> String {

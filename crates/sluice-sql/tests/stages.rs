@@ -508,4 +508,18 @@ async fn resubmitting_onto_a_checkpoint_accepts_safe_changes_only() {
         .await
         .check_compatible(&a)
         .unwrap();
+    // Another seed (or path, or topic) is another source: the positions are not its own.
+    let elsewhere = SOURCE.replacen("seed = '7'", "seed = '8'", 1);
+    assert_ne!(elsewhere, SOURCE);
+    let moved = CompiledJob::compile(
+        &format!("{elsewhere}INSERT INTO out SELECT page FROM clicks;"),
+        "j.sql",
+    )
+    .await
+    .unwrap();
+    let e = moved.check_compatible(&a).unwrap_err();
+    assert!(
+        e.contains("the source's option 'seed' changed from '7' to '8'"),
+        "{e}"
+    );
 }
