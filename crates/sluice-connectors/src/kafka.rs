@@ -1002,61 +1002,74 @@ impl KafkaSink {
     }
 }
 
-/// One encoded value per row.
+/// One encoded value per row: each row is encoded on its own, so a value holding a newline
+/// (a quoted CSV field) or a row that encodes to an empty line stays one record.
 fn encode_rows(
     batch: &RecordBatch,
     format: RecordFormat,
 ) -> std::result::Result<Vec<Vec<u8>>, String> {
-    match format {
-        RecordFormat::Jsonl => {
-            let mut buf = Vec::new();
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-            w.write(batch).map_err(|e| e.to_string())?;
-            w.finish().map_err(|e| e.to_string())?;
-            drop(w);
-            Ok(buf
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect())
+    if let RecordFormat::Raw = format {
+        if batch.num_columns() != 1 {
+            return Err(format!(
+                "format 'raw' writes one column, but the rows have {}",
+                batch.num_columns()
+            ));
         }
-        RecordFormat::Csv { delimiter } => {
-            let mut buf = Vec::new();
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(false)
-                .with_delimiter(delimiter)
-                .build(&mut buf);
-            w.write(batch).map_err(|e| e.to_string())?;
-            drop(w);
-            Ok(buf
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect())
-        }
-        RecordFormat::Raw => {
-            if batch.num_columns() != 1 {
-                return Err(format!(
-                    "format 'raw' writes one column, but the rows have {}",
-                    batch.num_columns()
-                ));
-            }
-            let col = batch.column(0);
-            Ok((0..batch.num_rows())
-                .map(|i| {
-                    arrow::util::display::array_value_to_string(col, i)
-                        .unwrap_or_default()
-                        .into_bytes()
-                })
-                .collect())
-        }
+        let col = batch.column(0);
+        return Ok((0..batch.num_rows())
+            .map(|i| {
+                arrow::util::display::array_value_to_string(col, i)
+                    .unwrap_or_default()
+                    .into_bytes()
+            })
+            .collect());
     }
+    (0..batch.num_rows())
+        .map(|i| {
+            let row = batch.slice(i, 1);
+            let mut buf = Vec::new();
+            match format {
+                RecordFormat::Csv { delimiter } => arrow::csv::WriterBuilder::new()
+                    .with_header(false)
+                    .with_delimiter(delimiter)
+                    .build(&mut buf)
+                    .write(&row),
+                _ => {
+                    let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+                    w.write(&row).and_then(|_| w.finish())
+                }
+            }
+            .map_err(|e| e.to_string())?;
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+            }
+            Ok(buf)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use sluice_core::Trigger;
+
+    #[test]
+    fn the_sink_encodes_one_record_per_row_whatever_the_values_hold() {
+        use arrow::array::StringArray;
+        let col = StringArray::from(vec![Some("two\nlines"), Some(""), None, Some("a,b")]);
+        let batch = RecordBatch::try_from_iter([("v", Arc::new(col) as _)]).unwrap();
+        for format in [
+            RecordFormat::Jsonl,
+            RecordFormat::Csv { delimiter: b',' },
+            RecordFormat::Raw,
+        ] {
+            let rows = encode_rows(&batch, format).unwrap();
+            assert_eq!(rows.len(), 4, "{format:?}: {rows:?}");
+        }
+        let csv = encode_rows(&batch, RecordFormat::Csv { delimiter: b',' }).unwrap();
+        assert_eq!(csv[0], b"\"two\nlines\"");
+        assert_eq!(csv[3], b"\"a,b\"");
+    }
 
     fn ctx() -> PlanContext {
         PlanContext {
