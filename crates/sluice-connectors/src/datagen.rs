@@ -138,7 +138,21 @@ impl DatagenSource {
         let end = match ctx.trigger {
             // available_now respects the rate as a per-batch cap; once takes everything.
             Trigger::AvailableNow => available.min(next_row + self.rows_per_second),
-            _ => available,
+            Trigger::Once => available,
+            // After a long pause (a driver down for an hour) the rows due are caught up over
+            // several batches of at most a minute's worth (or two intervals), not one.
+            Trigger::ProcessingTime(interval) => {
+                let span = (interval.as_secs_f64() * 2.0).max(60.0);
+                let cap = (self.rows_per_second as f64 * span) as u64;
+                if available > next_row.saturating_add(cap) {
+                    tracing::info!(
+                        table = %self.table,
+                        behind = available - next_row,
+                        "batch capped at {cap} rows ({span:.0} s at rows_per_second)"
+                    );
+                }
+                available.min(next_row.saturating_add(cap))
+            }
         };
         let exhausted = self.total_rows.is_some_and(|t| end >= t);
         let n = u64::from(self.splits.unwrap_or(ctx.default_splits).max(1));
@@ -373,6 +387,23 @@ mod tests {
                 end: 2500
             })
         );
+    }
+
+    #[test]
+    fn catching_up_after_a_long_pause_takes_several_bounded_batches() {
+        let d = DatagenSource::new(&spec(&[("rows_per_second", "1000")])).unwrap();
+        let t = Trigger::ProcessingTime(Duration::from_secs(1));
+        // An hour of rows is due: the batch takes a minute of them.
+        let p = d.plan(0, &ctx(t, 3_600_000));
+        let end = p
+            .splits
+            .iter()
+            .map(|s| match s {
+                SourceSplit::Datagen { end, .. } => *end,
+                _ => 0,
+            })
+            .max();
+        assert_eq!(end, Some(60_000));
     }
 
     #[test]

@@ -18,6 +18,9 @@ const OPTIONS: &[&str] = &[
     "csv.delimiter",
 ];
 
+/// Files per batch when `max_files_per_batch` is not set.
+pub const DEFAULT_MAX_FILES_PER_BATCH: usize = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
     Jsonl,
@@ -114,10 +117,19 @@ impl FilesSource {
         for (uri, _) in &files {
             self.check_regular(uri)?;
         }
-        if ctx.trigger != Trigger::Once
-            && let Some(max) = self.max_files_per_batch
-        {
-            files.truncate(max);
+        // A batch is bounded even when no limit is set (a trigger 'once' takes everything).
+        if ctx.trigger != Trigger::Once {
+            let max = self
+                .max_files_per_batch
+                .unwrap_or(DEFAULT_MAX_FILES_PER_BATCH);
+            if files.len() > max {
+                tracing::info!(
+                    table = %self.table,
+                    new_files = files.len(),
+                    "batch capped at {max} files (max_files_per_batch); the rest go to the next batches"
+                );
+                files.truncate(max);
+            }
         }
         Ok(Planned {
             splits: files

@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_core::SourceSplit;
+use sluice_core::{SourceSplit, Trigger};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,9 @@ pub const KEY_COLUMN: &str = "_key";
 pub const PARTITION_COLUMN: &str = "_partition";
 pub const OFFSET_COLUMN: &str = "_offset";
 pub const TIMESTAMP_COLUMN: &str = "_timestamp";
+
+/// Offsets per batch when `max_offsets_per_trigger` is not set.
+pub const DEFAULT_MAX_OFFSETS_PER_TRIGGER: u64 = 1_000_000;
 
 const SOURCE_OPTIONS: &[&str] = &[
     "bootstrap.servers",
@@ -304,11 +307,17 @@ impl KafkaSource {
     /// Decides the next batch's offset ranges from the positions read so far.
     pub async fn plan(&self, positions: &Positions, ctx: &PlanContext) -> Result<Planned> {
         let marks = self.watermarks().await?;
+        // A batch is bounded even when no limit is set (a trigger 'once' takes everything).
+        let cap = match (self.max_offsets_per_trigger, ctx.trigger) {
+            (Some(max), _) => Some(max),
+            (None, Trigger::Once) => None,
+            (None, _) => Some(DEFAULT_MAX_OFFSETS_PER_TRIGGER),
+        };
         plan_ranges(
             &marks,
             positions,
             &self.starting,
-            self.max_offsets_per_trigger,
+            cap,
             self.fail_on_data_loss,
             ctx,
         )
@@ -322,8 +331,18 @@ impl KafkaSource {
                     "offsets deleted by retention before they were read were skipped (fail_on_data_loss = false)"
                 );
             }
+            let behind = backlog(&marks, positions, &splits);
+            if let Some(cap) = cap
+                && behind > 0
+            {
+                tracing::info!(
+                    table = %self.table,
+                    behind,
+                    "batch capped at {cap} offsets (max_offsets_per_trigger); the rest go to the next batches"
+                );
+            }
             Planned {
-                backlog: Some(backlog(&marks, positions, &splits)),
+                backlog: Some(behind),
                 splits,
                 exhausted: false,
             }
