@@ -120,6 +120,32 @@ impl JobCheckpoint {
         format!("{}/{rel}", self.uri.trim_end_matches('/'))
     }
 
+    /// On a local --state, a written file counts only once it and its directory entry are on
+    /// disk: object_store's local backend renames into place without syncing, so a power loss
+    /// could leave a commit entry empty (and the job's checkpoint unreadable).
+    async fn sync(&self, rel: &str) -> Result<()> {
+        let Some(root) = self.uri.strip_prefix("file://") else {
+            return Ok(());
+        };
+        let file = std::path::Path::new(root).join(rel);
+        let synced = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            match file.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        synced.map_err(|e| CheckpointError::Store {
+            file: self.name(rel),
+            source: object_store::Error::Generic {
+                store: "local",
+                source: Box::new(e),
+            },
+        })
+    }
+
     pub async fn write_metadata(&self, meta: &JobMetadata) -> Result<()> {
         self.create("metadata", meta).await
     }
@@ -292,7 +318,7 @@ impl JobCheckpoint {
             .put_opts(&self.path(rel), PutPayload::from(Bytes::from(bytes)), opts)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => self.sync(rel).await,
             Err(object_store::Error::AlreadyExists { .. }) => Err(CheckpointError::Fenced {
                 file: self.name(rel),
             }),

@@ -113,7 +113,7 @@ impl JobCheckpoint {
                 file: self.name(&rel),
                 source,
             })?;
-        Ok(())
+        self.sync(&rel).await
     }
 
     /// Reads one state file's payload, checking its envelope; missing is an error too, since
