@@ -453,3 +453,41 @@ INSERT INTO out SELECT a FROM src;",
             .contains("task timed out after 1s (task.timeout)")
     );
 }
+
+#[test]
+fn the_driver_refuses_paths_outside_its_allowed_prefixes_and_code_loading_kafka_properties() {
+    let mut c = Cluster::new();
+    let allowed = c.path("data");
+    c.driver_args = vec!["--allowed-paths".into(), allowed.display().to_string()];
+    let c = Cluster::start_with(c, 1);
+    let job = |path: &str, extra: &str| {
+        format!(
+            "SET 'trigger' = 'once';
+CREATE TABLE gen (page TEXT) WITH (connector = 'datagen', total_rows = '10');
+CREATE TABLE out WITH (connector = 'files', path = '{path}'{extra});
+INSERT INTO out SELECT page FROM gen;"
+        )
+    };
+    let outside = c.path("elsewhere").display().to_string();
+    let err = c.submit(&job(&outside, "")).unwrap_err().to_string();
+    assert!(
+        err.contains("table 'out': option 'path'")
+            && err.contains("outside the paths this driver allows"),
+        "{err}"
+    );
+    let inside = allowed.join("out").display().to_string();
+    sluice_cluster_tests::run_to_end(&c, &job(&inside, ""));
+    let err = c
+        .submit(
+            "CREATE TABLE src (a BIGINT) WITH (connector = 'kafka', 'bootstrap.servers' = '127.0.0.1:1',
+  topic = 't', 'kafka.plugin.library.paths' = '/tmp/x.so');
+CREATE TABLE out WITH (connector = 'blackhole');
+INSERT INTO out SELECT a FROM src;",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'kafka.plugin.library.paths' is refused"),
+        "{err}"
+    );
+}

@@ -40,6 +40,8 @@ pub struct Registry {
     draining: Arc<AtomicBool>,
     /// Batches between "input decided" and "committed" (or failed).
     in_flight: Arc<AtomicUsize>,
+    /// What jobs may touch (paths, Kafka client properties); checked at submit and resume.
+    policy: Arc<crate::policy::JobPolicy>,
 }
 
 /// Counts a batch in flight while it lives.
@@ -52,8 +54,14 @@ impl Drop for InFlight {
 }
 
 impl Registry {
-    pub fn new(core: CoreHandle, state: Location, metrics: DriverMetrics) -> Self {
+    pub fn new(
+        core: CoreHandle,
+        state: Location,
+        metrics: DriverMetrics,
+        policy: crate::policy::JobPolicy,
+    ) -> Self {
         Registry {
+            policy: Arc::new(policy),
             jobs: Arc::default(),
             core,
             state,
@@ -104,9 +112,10 @@ impl Registry {
             return Ok(vec![self.submit(sql, origin, false).await?]);
         }
         for part in &parts {
-            CompiledJob::compile(part, &origin)
+            let job = CompiledJob::compile(part, &origin)
                 .await
                 .map_err(|e| e.to_string())?;
+            self.policy.check(&job)?;
         }
         let mut ids = Vec::new();
         for part in parts {
@@ -126,6 +135,7 @@ impl Registry {
         let compiled = CompiledJob::compile(&sql, &origin)
             .await
             .map_err(|e| e.to_string())?;
+        self.policy.check(&compiled)?;
         let job_id = uuid::Uuid::new_v4().to_string();
         let mut name = compiled.name(&origin);
         if by_sink {
@@ -177,6 +187,7 @@ impl Registry {
         let compiled = CompiledJob::compile(&sql, &origin)
             .await
             .map_err(|e| e.to_string())?;
+        self.policy.check(&compiled)?;
         let checkpoint = self.checkpoint(job_id);
         let (revision, previous) = checkpoint
             .current_metadata()

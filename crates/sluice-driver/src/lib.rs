@@ -4,6 +4,7 @@
 pub mod core;
 pub mod jobs;
 pub mod metrics;
+pub mod policy;
 pub mod runner;
 pub mod services;
 
@@ -65,6 +66,16 @@ pub struct DriverArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
+    /// Comma-separated URIs or paths under which files tables may live (default: anywhere
+    /// the processes can reach)
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_paths: Option<Vec<String>>,
+    /// Comma-separated librdkafka properties jobs may not set (default: those that load code
+    /// or run programs)
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_kafka_properties: Option<Vec<String>>,
     #[command(flatten)]
     #[serde(flatten)]
     pub security: sluice_net::SecurityArgs,
@@ -85,6 +96,8 @@ pub struct DriverConfig {
     pub locality_wait: String,
     pub metrics_listen: Option<String>,
     pub shutdown_grace: String,
+    pub allowed_paths: Vec<String>,
+    pub denied_kafka_properties: Vec<String>,
     #[serde(flatten)]
     pub security: sluice_net::SecurityConfig,
 }
@@ -100,6 +113,11 @@ impl Default for DriverConfig {
             locality_wait: "3s".into(),
             metrics_listen: None,
             shutdown_grace: "20s".into(),
+            allowed_paths: Vec::new(),
+            denied_kafka_properties: policy::DENIED_KAFKA_PROPERTIES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
             security: Default::default(),
         }
     }
@@ -112,6 +130,7 @@ impl DriverConfig {
         c.exclude_for()?;
         c.locality_wait()?;
         c.shutdown_grace()?;
+        c.policy()?;
         Ok(c)
     }
 
@@ -128,6 +147,11 @@ impl DriverConfig {
     pub fn locality_wait(&self) -> anyhow::Result<Duration> {
         parse_duration(&self.locality_wait)
             .map_err(|e| anyhow::anyhow!("configuration: locality_wait: {e}"))
+    }
+
+    pub fn policy(&self) -> anyhow::Result<policy::JobPolicy> {
+        policy::JobPolicy::new(&self.allowed_paths, &self.denied_kafka_properties)
+            .map_err(anyhow::Error::msg)
     }
 
     pub fn heartbeat_timeout(&self) -> anyhow::Result<Duration> {
@@ -164,7 +188,7 @@ pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
         },
         executors_alive: metrics.executors_alive.clone(),
     });
-    let registry = jobs::Registry::new(core.clone(), state.clone(), metrics);
+    let registry = jobs::Registry::new(core.clone(), state.clone(), metrics, config.policy()?);
     // Writes a crash interrupted left staging files; a write in flight is far younger.
     let uri = state.uri.clone();
     match tokio::task::spawn_blocking(move || {
