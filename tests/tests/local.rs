@@ -126,3 +126,63 @@ fn ctrl_c_stops_the_job_and_every_child() {
     let left: Vec<u32> = cluster.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "children left behind: {left:?}");
 }
+
+#[test]
+fn the_local_cluster_takes_only_its_users_token_and_keeps_its_state_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("local");
+    let job = dir.path().join("forever.sql");
+    std::fs::write(
+        &job,
+        "SET 'trigger' = '200ms';\nCREATE TABLE g (k BIGINT) WITH (connector = 'datagen', rows_per_second = '100');\nCREATE TABLE o WITH (connector = 'blackhole');\nINSERT INTO o SELECT k FROM g;\n",
+    )
+    .unwrap();
+    let mut child = Command::new(bin_dir().join("sluice"))
+        .args(["local", job.to_str().unwrap(), "--executors", "1"])
+        .args(["--state", state.to_str().unwrap()])
+        .env_remove("SLUICE_TOKEN")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("{first}"))
+        .trim_end_matches(',')
+        .to_string();
+    let drain = std::thread::spawn(move || lines.count());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    let port = url.rsplit(':').next().unwrap();
+    let home = std::env::var("HOME").unwrap();
+    let token = std::path::Path::new(&home).join(format!(".sluice/local/127.0.0.1-{port}.token"));
+    assert_eq!(mode(&token), 0o600);
+    let jobs = |home: &str| {
+        Command::new(bin_dir().join("sluice"))
+            .args(["jobs", "--driver", &url])
+            .env("HOME", home)
+            .env_remove("SLUICE_TOKEN")
+            .output()
+            .unwrap()
+    };
+    // This user's CLI finds the token; another user (another HOME) has none and is refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !jobs(&home).status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(jobs(&home).status.success());
+    let stranger = jobs(dir.path().to_str().unwrap());
+    assert!(!stranger.status.success());
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("refused"),
+        "{stranger:?}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    drain.join().unwrap();
+    assert!(!token.exists(), "the token goes with the cluster");
+}

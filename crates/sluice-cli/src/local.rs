@@ -86,6 +86,64 @@ impl Cluster {
     }
 }
 
+/// Creates `dir` private to this user (0700), or tightens one of ours; refuses a directory
+/// that belongs to someone else, whose owner could read the state or swap its files.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: getuid(2) cannot fail.
+    let me = unsafe { libc::getuid() };
+    if !meta.is_dir() || meta.uid() != me {
+        bail!(
+            "{} is not a directory of yours (owner uid {}); sluice local keeps its state private: choose another --state",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Where `sluice local` keeps the token of the cluster on `port`, readable by this user only;
+/// the CLI finds it there for a loopback driver without a token of its own.
+pub fn token_path(port: u16) -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    Some(PathBuf::from(home).join(format!(".sluice/local/127.0.0.1-{port}.token")))
+}
+
+/// A fresh random cluster token in a 0600 file, so another user of this machine cannot
+/// submit to the local cluster.
+fn write_token(port: u16) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = token_path(port).context("HOME is not set")?;
+    private_dir(path.parent().expect("has a parent"))?;
+    let token = random_hex(32)?;
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(token.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut random = vec![0u8; bytes];
+    File::open("/dev/urandom")?.read_exact(&mut random)?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -109,12 +167,23 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     let state = match &args.state {
         Some(s) => s.clone(),
-        None => std::env::temp_dir().join(format!("sluice-local-{}", std::process::id())),
+        // Not guessable, so nobody can create it first.
+        None => std::env::temp_dir().join(format!("sluice-local-{}", random_hex(8)?)),
     };
+    private_dir(&state)?;
     let logs = state.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let port = free_port()?;
     let driver = format!("http://127.0.0.1:{port}");
+    // The user's own SLUICE_TOKEN (inherited by the children) wins over a generated one.
+    let token = match std::env::var_os(sluice_net::TOKEN_ENV) {
+        Some(_) => None,
+        None => Some(write_token(port)?),
+    };
+    let token_arg: Vec<String> = token
+        .iter()
+        .flat_map(|t| ["--token-file".to_string(), t.display().to_string()])
+        .collect();
     let mut cluster = Cluster {
         children: Vec::new(),
     };
@@ -126,7 +195,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             format!("127.0.0.1:{port}"),
             "--state".into(),
             state.join("state").display().to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(token_arg.iter().cloned())
+        .collect::<Vec<_>>(),
         &logs.join("driver.log"),
     )?;
     for i in 0..args.executors {
@@ -140,7 +212,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 "127.0.0.1:0".into(),
                 "--slots".into(),
                 args.slots.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(token_arg.iter().cloned())
+            .collect::<Vec<_>>(),
             &logs.join(format!("executor-{i}.log")),
         )?;
     }
@@ -149,10 +224,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         args.executors,
         state.display()
     );
-    // The processes run with this environment, so they share SLUICE_TOKEN if it is set.
     let target = crate::DriverAddr {
         url: driver.clone(),
-        security: sluice_net::Security::load(&Default::default())?,
+        security: sluice_net::Security::load(&sluice_net::SecurityConfig {
+            token_file: token.clone(),
+            ..Default::default()
+        })?,
     };
     let result = tokio::select! {
         r = drive(&mut cluster, &target, sql, origin) => r,
@@ -162,6 +239,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         }
     };
     cluster.shutdown().await;
+    if let Some(t) = &token {
+        let _ = std::fs::remove_file(t);
+    }
     result
 }
 

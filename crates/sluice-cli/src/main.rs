@@ -101,9 +101,21 @@ impl Default for CliConfig {
 }
 
 fn driver(config: &CliConfig) -> anyhow::Result<DriverAddr> {
+    let mut security = config.security.clone();
+    // A cluster of `sluice local` keeps its token where only this user can read it.
+    if security.token_file.is_none()
+        && std::env::var_os(sluice_net::TOKEN_ENV).is_none()
+        && let Some(port) = config
+            .driver
+            .strip_prefix("http://127.0.0.1:")
+            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        && let Some(path) = local::token_path(port).filter(|p| p.exists())
+    {
+        security.token_file = Some(path);
+    }
     Ok(DriverAddr {
         url: config.driver.clone(),
-        security: Security::load(&config.security)?,
+        security: Security::load(&security)?,
     })
 }
 
