@@ -491,3 +491,191 @@ INSERT INTO out SELECT a FROM src;",
         "{err}"
     );
 }
+
+/// A job that commits a few batches and then waits for more input.
+fn small_job(c: &Cluster, name: &str) -> String {
+    let input = input_file(
+        c,
+        &format!("in-{name}"),
+        "in-0.jsonl",
+        "{\"a\": 1, \"b\": 1}\n",
+    );
+    c.submit(&format!(
+        "SET 'name' = '{name}';
+SET 'trigger' = '100ms';
+CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{input}');
+CREATE TABLE out WITH (connector = 'blackhole');
+INSERT INTO out SELECT a FROM src;"
+    ))
+    .expect("submit")
+}
+
+#[test]
+fn every_kind_of_broken_checkpoint_file_fails_only_its_job_naming_the_file() {
+    let mut c = Cluster::start(1);
+    let healthy = healthy_job(&c);
+    let jobs: Vec<(String, &str, &[u8])> = vec![
+        (small_job(&c, "metadata"), "metadata", b""),
+        (small_job(&c, "commit"), "commits/0", b"{\"format\": 1"),
+        (small_job(&c, "offsets"), "offsets/0", b"not json at all"),
+    ];
+    // A resumed job has a revision; a finished job has a final record.
+    let resumed = small_job(&c, "revision");
+    c.wait_until(&resumed, LONG, |s| committed(s) >= 1);
+    assert!(c.sluice(&["stop", &resumed]).status.success());
+    let sql = std::fs::read_to_string(c.path(&format!("state/jobs/{resumed}/metadata"))).unwrap();
+    assert!(sql.contains("revision"));
+    let input = c.path("in-revision").display().to_string();
+    c.submit_with(
+        &format!(
+            "SET 'name' = 'revision';
+SET 'trigger' = '100ms';
+CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{input}');
+CREATE TABLE out WITH (connector = 'blackhole');
+INSERT INTO out SELECT a + 1 FROM src;"
+        ),
+        &["--resume", &resumed],
+    )
+    .expect("resume");
+    let finished = sluice_cluster_tests::run_to_end(
+        &c,
+        "SET 'trigger' = 'once';
+CREATE TABLE gen (page TEXT) WITH (connector = 'datagen', total_rows = '10');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT page FROM gen;",
+    )["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (id, _, _) in &jobs {
+        c.wait_until(id, LONG, |s| committed(s) >= 1);
+    }
+    c.kill_driver();
+    let mut broken = jobs.clone();
+    broken.push((resumed, "revisions/1", b"\x00\x01"));
+    broken.push((finished, "final", b""));
+    for (id, file, bytes) in &broken {
+        let path = c.path(&format!("state/jobs/{id}/{file}"));
+        assert!(path.exists(), "{}", path.display());
+        std::fs::write(path, bytes).unwrap();
+    }
+    c.start_driver();
+    c.wait_for_driver();
+    for (id, file, _) in &broken {
+        let s = c.wait_for(id, &["failed"], LONG);
+        let error = s["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("{id}/{file}")) && error.contains("corrupted"),
+            "{file}: {s}"
+        );
+    }
+    keeps_committing(&c, &healthy, 3);
+}
+
+#[test]
+fn bad_job_files_are_refused_with_what_and_where_and_the_running_job_goes_on() {
+    let c = Cluster::start(1);
+    let healthy = healthy_job(&c);
+    let source = "CREATE TABLE gen (a BIGINT, page TEXT) WITH (connector = 'datagen');\n";
+    let sink = "CREATE TABLE out WITH (connector = 'blackhole');\n";
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            format!("{source}{sink}INSERT INTO out SELEC a FROM gen;"),
+            &["job-", "Line: 3, Column: 17"],
+        ),
+        (
+            format!("{source}{sink}INSERT INTO out SELECT nope FROM gen;"),
+            &["nope"],
+        ),
+        (
+            format!("SET 'partitons' = '4';\n{source}{sink}INSERT INTO out SELECT a FROM gen;"),
+            &["unknown setting 'partitons'", "partitions"],
+        ),
+        (
+            format!(
+                "SET 'task.max_attempts' = 'four';\n{source}{sink}INSERT INTO out SELECT a FROM gen;"
+            ),
+            &["'task.max_attempts' = 'four'"],
+        ),
+        (
+            format!(
+                "SET 'trigger' = '1 fortnight';\n{source}{sink}INSERT INTO out SELECT a FROM gen;"
+            ),
+            &["trigger", "unknown duration unit"],
+        ),
+        (
+            format!(
+                "CREATE TABLE gen (a BIGINT) WITH (connector = 'datagen', rows_per_second = '-5');\n{sink}INSERT INTO out SELECT a FROM gen;"
+            ),
+            &["table 'gen'", "'rows_per_second' = '-5'"],
+        ),
+        (
+            format!(
+                "CREATE TABLE gen (a BIGINT) WITH (connector = 'datagen', 'fields.a.max' = 'inf');\n{sink}INSERT INTO out SELECT a FROM gen;"
+            ),
+            &["'fields.a.max' = 'inf'"],
+        ),
+        (
+            format!(
+                "{source}CREATE TABLE out WITH (connector = 'console', num_rows = '100000000');\nINSERT INTO out SELECT a FROM gen;"
+            ),
+            &["table 'out'", "'num_rows'"],
+        ),
+        (
+            format!(
+                "CREATE TABLE src (a BIGINT) WITH (connector = 'files', path = '/tmp', colour = 'red');\n{sink}INSERT INTO out SELECT a FROM src;"
+            ),
+            &["unknown option 'colour'", "valid options"],
+        ),
+        (
+            format!(
+                "{source}CREATE TABLE out WITH (connector = 'teleport');\nINSERT INTO out SELECT a FROM gen;"
+            ),
+            &["unknown sink connector 'teleport'"],
+        ),
+    ];
+    for (sql, wanted) in &cases {
+        let err = c.submit(sql).unwrap_err().to_string();
+        for w in *wanted {
+            assert!(err.contains(w), "wanted {w:?} in: {err}\nfor:\n{sql}");
+        }
+    }
+    // A record that does not decode fails its job naming the file and the line.
+    let input = input_file(
+        &c,
+        "bad",
+        "in-0.jsonl",
+        "{\"a\": 1, \"b\": 1}\n{\"a\": \"x\"}\n",
+    );
+    let bad = c
+        .submit(&format!(
+            "SET 'trigger' = '100ms';
+CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{input}');
+{sink}INSERT INTO out SELECT a FROM src;"
+        ))
+        .expect("submit");
+    let s = c.wait_for(&bad, &["failed"], LONG);
+    let error = s["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("in-0.jsonl line 2") && error.contains("bad input"),
+        "{s}"
+    );
+    // A directory where a file path is expected, and a file where a directory is.
+    let file = c.path("bad/in-0.jsonl").display().to_string();
+    let err_job = c
+        .submit(&format!(
+            "SET 'trigger' = 'once';
+CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{file}');
+{sink}INSERT INTO out SELECT a FROM src;"
+        ))
+        .expect("submit");
+    let s = c.wait_for(&err_job, &["failed"], LONG);
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is not a directory"),
+        "{s}"
+    );
+    keeps_committing(&c, &healthy, 3);
+}
