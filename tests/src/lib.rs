@@ -681,6 +681,27 @@ impl KafkaBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Deletes a topic and its records.
+    pub fn delete_topic(&self, name: &str) {
+        let out = Command::new(&self.bin)
+            .args([
+                "topic",
+                "delete",
+                name,
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .current_dir(self.dir.path())
+            .output()
+            .expect("tansu topic delete");
+        assert!(
+            out.status.success(),
+            "topic delete {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Creates a topic (producing to a missing topic would hang).
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let out = Command::new(&self.bin)

@@ -476,3 +476,47 @@ INSERT INTO o SELECT _batch, _key, count(*) FROM events GROUP BY _batch, _key;
         "{s}"
     );
 }
+
+#[test]
+fn a_logged_batch_whose_topic_was_deleted_follows_fail_on_data_loss() {
+    for fail in [true, false] {
+        let broker = KafkaBroker::start();
+        broker.create_topic("events", 2);
+        broker.produce("events", &records(0..40));
+        let mut c = Cluster::start(1);
+        let extra = format!(", fail_on_data_loss = '{fail}'");
+        // The driver logs batch 0's offsets and is killed before any task reads them.
+        let id = c
+            .submit(&format!(
+                "SET 'trigger' = '100ms';
+SET 'sluice.test.pause_at' = 'before_tasks:0:5s';
+{}
+CREATE TABLE out WITH (connector = 'blackhole');
+INSERT INTO out SELECT user FROM events;",
+                source(&broker, &extra)
+            ))
+            .expect("submit");
+        c.wait_for_log("driver.log", &["test pause", "before_tasks"], 1, LONG);
+        c.kill_driver();
+        broker.delete_topic("events");
+        c.start_driver();
+        if fail {
+            let s = c.wait_for(&id, &["failed"], LONG);
+            let error = s["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains("topic 'events' partition")
+                    && error.contains("of a logged batch can no longer be read")
+                    && error.contains("bad input"),
+                "{s}"
+            );
+        } else {
+            // The rerun skips what is gone and the batch commits (empty).
+            let s = c.wait_until(&id, LONG, |s| s["batches_committed"].as_u64() >= Some(1));
+            assert_eq!(s["recent_batches"][0]["rows_in"], 0, "{s}");
+            assert!(
+                c.log("executor-0.log")
+                    .contains("of a logged batch are skipped")
+            );
+        }
+    }
+}

@@ -361,6 +361,7 @@ impl KafkaSource {
     ) -> Result<(RecordBatch, Option<RecordBatch>)> {
         let reader = RangeReader {
             dead_letters: self.dead_letter_table.is_some(),
+            fail_on_data_loss: self.fail_on_data_loss,
             table: self.table.clone(),
             config: self.config.clone(),
             format: self.format,
@@ -468,6 +469,7 @@ fn commit_offsets(
 /// One task's read of one partition's range, run on a blocking thread.
 struct RangeReader {
     dead_letters: bool,
+    fail_on_data_loss: bool,
     table: String,
     config: ClientConfig,
     format: RecordFormat,
@@ -482,6 +484,7 @@ impl RangeReader {
     fn read(self) -> Result<(RecordBatch, Option<RecordBatch>)> {
         let RangeReader {
             dead_letters,
+            fail_on_data_loss,
             table,
             config,
             format,
@@ -492,9 +495,6 @@ impl RangeReader {
             until,
         } = self;
         let schema = with_metadata_columns(&value_schema);
-        if until <= from {
-            return Ok((RecordBatch::new_empty(schema), None));
-        }
         let consumer: BaseConsumer = config
             .clone()
             .set("enable.auto.commit", "false")
@@ -503,6 +503,16 @@ impl RangeReader {
             .set("group.id", format!("sluice-direct-{table}"))
             .create()
             .map_err(|e| ConnectorError::Write(format!("cannot create a Kafka client: {e}")))?;
+        let gone = Gone {
+            table: &table,
+            topic: &topic,
+            partition,
+            fail_on_data_loss,
+        };
+        let from = gone.first_readable(&consumer, from, until)?;
+        if until <= from {
+            return Ok((RecordBatch::new_empty(schema), None));
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, partition, Offset::Offset(from))
             .map_err(|e| ConnectorError::Write(e.to_string()))?;
@@ -512,12 +522,15 @@ impl RangeReader {
         let mut records = Records::default();
         let mut last = from - 1;
         let started = Instant::now();
-        let deadline = started + READ_TIMEOUT;
+        // A deadline on progress, not on the whole range: a large range read slowly goes on as
+        // long as records keep coming.
+        let mut deadline = started + READ_TIMEOUT;
         while last < until - 1 {
             if Instant::now() > deadline {
                 // Retryable: the broker may be slow or restarting.
                 return Err(ConnectorError::Write(format!(
-                    "table '{table}': timed out reading topic '{topic}' partition {partition} offsets [{from}, {until}): got up to {last}"
+                    "table '{table}': no record for {} s reading topic '{topic}' partition {partition} offsets [{from}, {until}): got up to {last}",
+                    READ_TIMEOUT.as_secs()
                 )));
             }
             let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
@@ -538,6 +551,7 @@ impl RangeReader {
             }
             last = offset;
             records.push(&msg);
+            deadline = Instant::now() + READ_TIMEOUT;
         }
         tracing::debug!(
             %topic,
@@ -564,6 +578,66 @@ impl RangeReader {
         let dead = (!rejected.is_empty()).then(|| rejected.into_batch(&topic, partition));
         Ok((batch, dead))
     }
+}
+
+/// A logged range whose records the broker no longer has (deleted by retention, or the topic
+/// deleted while the job was down): fail naming it, or skip it, as `fail_on_data_loss` says.
+struct Gone<'a> {
+    table: &'a str,
+    topic: &'a str,
+    partition: i32,
+    fail_on_data_loss: bool,
+}
+
+impl Gone<'_> {
+    /// The first offset of `[from, until)` the broker still has (`until` when none).
+    fn first_readable(&self, consumer: &BaseConsumer, from: i64, until: i64) -> Result<i64> {
+        if until <= from {
+            return Ok(from);
+        }
+        let low = match consumer.fetch_watermarks(self.topic, self.partition, REQUEST_TIMEOUT) {
+            Ok((low, _)) => low,
+            Err(e) if unknown_partition(&e) => i64::MAX,
+            Err(e) => {
+                return Err(ConnectorError::Write(format!(
+                    "table '{}': cannot read the offsets of topic '{}' partition {}: {e}",
+                    self.table, self.topic, self.partition
+                )));
+            }
+        };
+        if low <= from {
+            return Ok(from);
+        }
+        let missing_until = low.min(until);
+        let why = if low == i64::MAX {
+            "the topic or partition no longer exists"
+        } else {
+            "they were deleted (by retention)"
+        };
+        if self.fail_on_data_loss {
+            // Bad input: the logged batch can never be read again, whatever we retry.
+            return Err(ConnectorError::Read(format!(
+                "table '{}': topic '{}' partition {} offsets [{from}, {missing_until}) of a logged batch can no longer be read: {why}; set fail_on_data_loss = 'false' to skip them",
+                self.table, self.topic, self.partition
+            )));
+        }
+        tracing::warn!(
+            table = self.table,
+            topic = self.topic,
+            partition = self.partition,
+            skipped = missing_until - from,
+            "offsets [{from}, {missing_until}) of a logged batch are skipped: {why} (fail_on_data_loss = false)"
+        );
+        Ok(missing_until)
+    }
+}
+
+fn unknown_partition(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::UnknownTopicOrPartition | C::UnknownPartition | C::UnknownTopic)
+    )
 }
 
 /// The rows a dead-letter table receives: where the record was, its raw key and value, and

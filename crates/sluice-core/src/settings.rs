@@ -503,7 +503,7 @@ mod tests {
     fn every_documented_setting_is_accepted() {
         let sample = |key: &str| match key {
             "trigger" => "1s",
-            "task.backoff" | "restart.delay" => "1s",
+            "task.backoff" | "task.timeout" | "restart.delay" => "1s",
             "sluice.test.fail_task" => "0:0",
             "sluice.test.delay_task" | "sluice.test.delay_after_input" => "0:1s",
             "sluice.test.pause_at" => "before_tasks:1:1s",
