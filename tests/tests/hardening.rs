@@ -31,6 +31,16 @@ fn keeps_committing(c: &Cluster, job: &str, more: u64) {
     assert_eq!(s["state"], "running", "{s}");
 }
 
+/// Waits for `job` to fail and asserts its error holds every one of `needles`; its status.
+fn fails_with(c: &Cluster, job: &str, needles: &[&str]) -> Value {
+    let s = c.wait_for(job, &["failed"], LONG);
+    let error = s["error"].as_str().unwrap_or_default();
+    for n in needles {
+        assert!(error.contains(n), "wanted {n:?} in the error: {s}");
+    }
+    s
+}
+
 fn input_file(c: &Cluster, dir: &str, name: &str, text: &str) -> String {
     let dir = c.path(dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -57,11 +67,10 @@ INSERT INTO out SELECT a / b AS q FROM src;",
             c.path("out").display()
         ))
         .expect("submit");
-    let s = c.wait_for(&bad, &["failed"], LONG);
-    let error = s["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("Divide by zero") && error.contains("bad input; a retry cannot help"),
-        "{s}"
+    let s = fails_with(
+        &c,
+        &bad,
+        &["Divide by zero", "bad input; a retry cannot help"],
     );
     assert_eq!(s["restarts"].as_u64().unwrap_or(0), 0, "{s}");
     // One attempt, on one executor: no retries, nobody excluded.
@@ -132,14 +141,11 @@ INSERT INTO out SELECT a FROM src;"
     let with_fifo = c.submit(&job(&dir, "100ms")).expect("submit");
     let typo = c.path("no-such-dir").display().to_string();
     let missing = c.submit(&job(&typo, "once")).expect("submit");
-    let s = c.wait_for(&with_fifo, &["failed"], LONG);
-    let error = s["error"].as_str().unwrap_or_default();
-    assert!(error.contains("in-1.jsonl is not a regular file"), "{s}");
-    let s = c.wait_for(&missing, &["failed"], LONG);
-    let error = s["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("no-such-dir does not exist") && error.contains("option 'path'"),
-        "{s}"
+    fails_with(&c, &with_fifo, &["in-1.jsonl is not a regular file"]);
+    fails_with(
+        &c,
+        &missing,
+        &["no-such-dir does not exist", "option 'path'"],
     );
     keeps_committing(&c, &healthy, 3);
 }
@@ -219,12 +225,7 @@ fn one_truncated_checkpoint_file_fails_only_its_job_after_a_driver_restart() {
     std::fs::write(&commit, b"").unwrap();
     c.start_driver();
     c.wait_for_driver();
-    let s = c.wait_for(&broken, &["failed"], LONG);
-    let error = s["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("commits/0") && error.contains("corrupted"),
-        "{s}"
-    );
+    fails_with(&c, &broken, &["commits/0", "corrupted"]);
     keeps_committing(&c, &healthy, 3);
 }
 
@@ -281,12 +282,13 @@ CREATE TABLE sink WITH (connector = 'blackhole');
 INSERT INTO sink SELECT page FROM gen;",
         )
         .expect("submit");
-    let s = c.wait_for(&panicking, &["failed"], LONG);
-    let error = s["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("panicked: injected panic at before_tasks of batch 1")
-            && error.contains("(bug; a retry cannot help)"),
-        "{s}"
+    let s = fails_with(
+        &c,
+        &panicking,
+        &[
+            "panicked: injected panic at before_tasks of batch 1",
+            "(bug; a retry cannot help)",
+        ],
     );
     assert_eq!(committed(&s), 1, "{s}");
     keeps_committing(&c, &healthy, 3);
@@ -562,12 +564,7 @@ INSERT INTO sink SELECT page FROM gen;",
     c.start_driver();
     c.wait_for_driver();
     for (id, file, _) in &broken {
-        let s = c.wait_for(id, &["failed"], LONG);
-        let error = s["error"].as_str().unwrap_or_default();
-        assert!(
-            error.contains(&format!("{id}/{file}")) && error.contains("corrupted"),
-            "{file}: {s}"
-        );
+        fails_with(&c, id, &[&format!("{id}/{file}"), "corrupted"]);
     }
     keeps_committing(&c, &healthy, 3);
 }
@@ -654,12 +651,7 @@ CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{input}
 {sink}INSERT INTO out SELECT a FROM src;"
         ))
         .expect("submit");
-    let s = c.wait_for(&bad, &["failed"], LONG);
-    let error = s["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("in-0.jsonl line 2") && error.contains("bad input"),
-        "{s}"
-    );
+    fails_with(&c, &bad, &["in-0.jsonl line 2", "bad input"]);
     // A directory where a file path is expected, and a file where a directory is.
     let file = c.path("bad/in-0.jsonl").display().to_string();
     let err_job = c
@@ -669,13 +661,6 @@ CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{file}'
 {sink}INSERT INTO out SELECT a FROM src;"
         ))
         .expect("submit");
-    let s = c.wait_for(&err_job, &["failed"], LONG);
-    assert!(
-        s["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("is not a directory"),
-        "{s}"
-    );
+    fails_with(&c, &err_job, &["is not a directory"]);
     keeps_committing(&c, &healthy, 3);
 }

@@ -1,6 +1,9 @@
 //! One running batch: its stages, each stage's tasks, and where each map output lives.
 
-use sluice_core::{BatchId, ExecutorId, JobId, ShuffleKind, StageInput, StageOutput, StageSpec};
+use sluice_core::{
+    BatchId, ExecutorId, Failure, FailureKind, JobId, ShuffleKind, StageInput, StageOutput,
+    StageSpec,
+};
 
 /// What the driver hands the scheduler to run one batch.
 #[derive(Debug, Clone)]
@@ -196,11 +199,34 @@ impl BatchRun {
         self.first_loss_ms.get_or_insert(now_ms);
     }
 
-    /// The first stage whose attempts exceed the limit, if any.
-    pub fn exhausted_stage(&self) -> Option<&StageRun> {
-        self.stages
+    /// Why executor losses doomed this batch, if they did: a stage lost its map outputs too
+    /// often, or a task was running on lost executors as often as it may fail (it most likely
+    /// kills them).
+    pub fn lost_too_often(&self) -> Option<Failure> {
+        let batch = self.sub.batch_id;
+        if let Some(stage) = self
+            .stages
             .iter()
             .find(|s| s.attempt >= self.sub.max_stage_attempts.max(1))
+        {
+            let message = format!(
+                "stage {} of batch {batch} lost its map outputs {} times (executor lost or fetch failed); giving up",
+                stage.spec.id, stage.attempt
+            );
+            return Some(Failure::new(FailureKind::LostExecutor, message));
+        }
+        self.stages.iter().enumerate().find_map(|(s, st)| {
+            st.tasks.iter().enumerate().find_map(|(p, t)| {
+                let reason = t.lost_with_executor.as_deref()?;
+                (t.failures >= self.sub.max_task_attempts).then(|| {
+                    let message = format!(
+                        "task {s}.{p} of batch {batch} was running on {} executors that were lost, the last: {reason}",
+                        t.failures
+                    );
+                    Failure::new(FailureKind::LostExecutor, message)
+                })
+            })
+        })
     }
 
     pub fn is_complete(&self) -> bool {

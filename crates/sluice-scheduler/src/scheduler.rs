@@ -1,7 +1,7 @@
 //! Executors, running batches, and the single `handle` entry point.
 
 use crate::batch::{BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskState, range_bounds};
-use sluice_core::{BatchId, ExecutorId, Failure, FailureKind, JobId, StageInput, StageOutput};
+use sluice_core::{BatchId, ExecutorId, Failure, JobId, StageInput, StageOutput};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One attempt of one task. Every launch and every result carries it; a result whose key does
@@ -309,8 +309,7 @@ impl Scheduler {
             }
             Event::Tick => {}
         }
-        self.fail_exhausted_batches(&mut actions);
-        self.fail_lost_tasks(&mut actions);
+        self.fail_lost_batches(&mut actions);
         self.finish_batches(now_ms, &mut actions);
         self.refresh(now_ms);
         self.dispatch(now_ms, &mut actions);
@@ -554,53 +553,12 @@ impl Scheduler {
         }
     }
 
-    /// Fails batches with a task that was running on lost executors as often as the task may
-    /// fail: it most likely kills them.
-    fn fail_lost_tasks(&mut self, actions: &mut Vec<Action>) {
+    /// Fails the batches that executor losses doomed ([`BatchRun::lost_too_often`]).
+    fn fail_lost_batches(&mut self, actions: &mut Vec<Action>) {
         let failed: Vec<(JobId, Failure)> = self
             .batches
             .iter()
-            .filter_map(|(job, b)| {
-                let (s, p, t) = b.stages.iter().enumerate().find_map(|(s, st)| {
-                    st.tasks.iter().enumerate().find_map(|(p, t)| {
-                        (t.lost_with_executor.is_some() && t.failures >= b.sub.max_task_attempts)
-                            .then_some((s, p, t))
-                    })
-                })?;
-                let failure = Failure::new(
-                    FailureKind::LostExecutor,
-                    format!(
-                        "task {s}.{p} of batch {} was running on {} executors that were lost, the last: {}",
-                        b.sub.batch_id,
-                        t.failures,
-                        t.lost_with_executor.as_deref().unwrap_or_default()
-                    ),
-                );
-                Some((job.clone(), failure))
-            })
-            .collect();
-        for (job_id, failure) in failed {
-            let b = self.batches.remove(&job_id).expect("present");
-            actions.push(Action::BatchFailed {
-                job_id,
-                batch_id: b.sub.batch_id,
-                failure,
-            });
-        }
-    }
-
-    fn fail_exhausted_batches(&mut self, actions: &mut Vec<Action>) {
-        let failed: Vec<(JobId, Failure)> = self
-            .batches
-            .iter()
-            .filter_map(|(job, b)| {
-                let stage = b.exhausted_stage()?;
-                let message = format!(
-                    "stage {} of batch {} lost its map outputs {} times (executor lost or fetch failed); giving up",
-                    stage.spec.id, b.sub.batch_id, stage.attempt
-                );
-                Some((job.clone(), Failure::new(FailureKind::LostExecutor, message)))
-            })
+            .filter_map(|(job, b)| Some((job.clone(), b.lost_too_often()?)))
             .collect();
         for (job_id, failure) in failed {
             let b = self.batches.remove(&job_id).expect("present");

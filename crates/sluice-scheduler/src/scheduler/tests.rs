@@ -1,7 +1,7 @@
 //! The scheduler driven through failure stories, with no network.
 
 use super::*;
-use sluice_core::{ShuffleKind, StageSpec};
+use sluice_core::{FailureKind, ShuffleKind, StageSpec};
 
 const JOB: &str = "job-1";
 
