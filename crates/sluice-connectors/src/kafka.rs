@@ -1038,24 +1038,31 @@ impl KafkaSink {
         let producer = self.producer()?;
         let mut pending = Vec::new();
         for batch in batches {
-            let values = encode_rows(batch, self.format)
-                .map_err(|e| ConnectorError::Write(format!("table '{}': {e}", self.table)))?;
+            // A row that cannot be encoded in the sink's format is the job's mistake: every
+            // attempt would fail the same way.
+            let values =
+                encode_rows(batch, self.format).map_err(|message| ConnectorError::Options {
+                    table: self.table.clone(),
+                    message,
+                })?;
             let keys: Vec<Option<String>> = match &self.key_column {
                 None => vec![None; batch.num_rows()],
                 Some(k) => {
-                    let col = batch.column_by_name(k).ok_or_else(|| {
-                        ConnectorError::Write(format!(
-                            "table '{}': option 'key.column' = '{k}' is not a column of the rows ({})",
-                            self.table,
-                            batch
-                                .schema()
-                                .fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ))
-                    })?;
+                    let col = batch
+                        .column_by_name(k)
+                        .ok_or_else(|| ConnectorError::Options {
+                            table: self.table.clone(),
+                            message: format!(
+                                "option 'key.column' = '{k}' is not a column of the rows ({})",
+                                batch
+                                    .schema()
+                                    .fields()
+                                    .iter()
+                                    .map(|f| f.name().as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        })?;
                     (0..batch.num_rows())
                         .map(|i| {
                             (!col.is_null(i)).then(|| {

@@ -127,7 +127,23 @@ impl Sink {
                     .store
                     .put(&path, PutPayload::from(Bytes::from(data)))
                     .await
-                    .map_err(|e| self.write_error(batch_id, partition, e.to_string()))?;
+                    .map_err(|e| {
+                        // An unwritable path stays unwritable: the job's mistake, not an outage.
+                        let refused = sluice_core::failure::store_failure_kind(&e)
+                            == sluice_core::FailureKind::BadPlan;
+                        let message = format!(
+                            "cannot write batch {batch_id} partition {partition} under {}: {e}",
+                            location.uri
+                        );
+                        if refused {
+                            ConnectorError::Options {
+                                table: self.table.clone(),
+                                message,
+                            }
+                        } else {
+                            self.write_error(batch_id, partition, e.to_string())
+                        }
+                    })?;
             }
         }
         Ok(out)
@@ -328,6 +344,23 @@ mod tests {
                     .exists()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_directory_is_the_jobs_mistake_not_an_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the sink's directory should be: no retry gets past it (root included).
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, b"").unwrap();
+        let err = files_sink(&blocked.join("out"), "jsonl")
+            .write(0, 0, &[batch()])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), sluice_core::FailureKind::BadPlan, "{err}");
+        assert!(
+            err.to_string().contains("cannot write batch 0 partition 0"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -101,19 +101,24 @@ pub fn store_failure_kind(e: &object_store::Error) -> FailureKind {
         | E::NotSupported { .. }
         | E::NotImplemented
         | E::UnknownConfigurationKey { .. } => FailureKind::BadPlan,
-        E::Generic { source, .. } if io_permission_denied(source.as_ref()) => FailureKind::BadPlan,
+        E::Generic { source, .. } if io_refused(source.as_ref()) => FailureKind::BadPlan,
         _ => FailureKind::Outage,
     }
 }
 
-/// A local store reports an unwritable directory as a generic error around an io::Error.
+/// A local store reports an unwritable path as a generic error around an io::Error.
 #[cfg(feature = "store")]
-fn io_permission_denied(mut e: &(dyn std::error::Error + 'static)) -> bool {
+fn io_refused(mut e: &(dyn std::error::Error + 'static)) -> bool {
     loop {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::PermissionDenied
-        {
-            return true;
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            // Permanent: retrying the same write cannot get past any of these.
+            if matches!(
+                io.kind(),
+                K::PermissionDenied | K::NotADirectory | K::IsADirectory | K::ReadOnlyFilesystem
+            ) {
+                return true;
+            }
         }
         match e.source() {
             Some(inner) => e = inner,
