@@ -110,7 +110,7 @@ impl Sink {
                     left -= take;
                 }
                 if rows > 0 {
-                    out.console = ipc_bytes(&shown, batches[0].schema())?;
+                    out.console = console_rows(&shown, batches[0].schema(), &self.table)?;
                 }
             }
             SinkKind::Files { location, format } => {
@@ -245,6 +245,35 @@ pub fn ipc_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
 }
 
 /// Renders a console-sink batch the way Spark's console sink does.
+/// The rows a console sink shows travel to the driver in the task's result: wide rows are
+/// cut to fewer until they fit, and the cut is logged.
+const MAX_CONSOLE_BYTES: usize = 1024 * 1024;
+
+fn console_rows(
+    shown: &[RecordBatch],
+    schema: arrow::datatypes::SchemaRef,
+    table: &str,
+) -> Result<Vec<u8>> {
+    let all = arrow::compute::concat_batches(&schema, shown)
+        .map_err(|e| ConnectorError::Write(e.to_string()))?;
+    let mut n = all.num_rows();
+    loop {
+        let bytes = ipc_bytes(&[all.slice(0, n)], schema.clone())?;
+        if bytes.len() <= MAX_CONSOLE_BYTES || n <= 1 {
+            if n < all.num_rows() {
+                tracing::info!(
+                    sink = table,
+                    "console rows cut to {n} of {} to stay under {} KiB",
+                    all.num_rows(),
+                    MAX_CONSOLE_BYTES >> 10
+                );
+            }
+            return Ok(bytes);
+        }
+        n /= 2;
+    }
+}
+
 pub fn render_console(
     table: &str,
     batch_id: BatchId,
@@ -361,6 +390,32 @@ mod tests {
             err.to_string().contains("cannot write batch 0 partition 0"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn console_rows_are_cut_to_fit_the_task_result() {
+        let wide = StringArray::from(vec!["x".repeat(100 * 1024); 20]);
+        let batch = RecordBatch::try_from_iter([("v", Arc::new(wide) as _)]).unwrap();
+        let mut options = BTreeMap::new();
+        options.insert("connector".to_string(), "console".to_string());
+        let sink = Sink::from_spec(&TableSpec {
+            name: "out".into(),
+            schema: batch.schema(),
+            options,
+        })
+        .unwrap();
+        let written = sink.write(0, 0, &[batch]).await.unwrap();
+        assert!(
+            written.console.len() <= MAX_CONSOLE_BYTES,
+            "{}",
+            written.console.len()
+        );
+        let rows: usize = ipc_batches(&written.console)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert!((1..20).contains(&rows), "{rows}");
     }
 
     #[tokio::test]

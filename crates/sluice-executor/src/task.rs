@@ -167,7 +167,7 @@ impl TaskRunner {
             .task_done(outcome.is_ok(), started.elapsed().as_secs_f64());
         this.report_state_size(&executor.state);
         let duration_ms = started.elapsed().as_millis() as u64;
-        match outcome {
+        match outcome.and_then(within_limit) {
             Ok(mut r) => {
                 r.duration_ms = duration_ms;
                 tracing::debug!(?key, duration_ms, "task succeeded");
@@ -179,7 +179,7 @@ impl TaskRunner {
                     key: Some(key),
                     ok: false,
                     failure_kind: sluice_proto::FailureKind::from(f.failure.kind).into(),
-                    error: f.failure.message,
+                    error: shortened(f.failure.message),
                     fetch_failure: f.fetch,
                     duration_ms,
                     ..Default::default()
@@ -380,6 +380,36 @@ impl TaskRunner {
     }
 }
 
+/// A result must fit one control-stream message with room to spare: one that does not would
+/// end the executor's session every time, so it fails the task, saying why.
+const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
+/// An error's text is for people; a decoder that quotes a whole record gets cut.
+const MAX_ERROR_CHARS: usize = 4096;
+
+fn within_limit(r: TaskResult) -> Result<TaskResult, TaskFailure> {
+    use prost::Message;
+    let bytes = r.encoded_len();
+    if bytes > MAX_RESULT_BYTES {
+        return Err(failure(
+            FailureKind::BadPlan,
+            format!(
+                "the task's result is {bytes} bytes, over the {} MiB limit (console rows or sampled sort keys too large)",
+                MAX_RESULT_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+fn shortened(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR_CHARS) {
+        let total = message.chars().count();
+        message.truncate(cut);
+        message.push_str(&format!("… ({} more characters)", total - MAX_ERROR_CHARS));
+    }
+    message
+}
+
 /// A panicking task is a bug, and the same input would panic again.
 fn panic_message(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
@@ -397,5 +427,31 @@ impl Drop for TaskRunner {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_over_the_limit_fails_the_task_and_long_errors_are_cut() {
+        let small = TaskResult {
+            ok: true,
+            key_sample: vec![vec![0u8; 1024]; 4],
+            ..Default::default()
+        };
+        assert!(within_limit(small).is_ok());
+        let huge = TaskResult {
+            ok: true,
+            key_sample: vec![vec![0u8; 1 << 20]; 17],
+            ..Default::default()
+        };
+        let err = within_limit(huge).expect_err("over the limit").failure;
+        assert_eq!(err.kind, FailureKind::BadPlan);
+        assert!(err.message.contains("over the 16 MiB limit"), "{err}");
+        let cut = shortened("é".repeat(5000));
+        assert!(cut.starts_with(&"é".repeat(4096)) && cut.ends_with("(904 more characters)"));
+        assert_eq!(shortened("short".into()), "short");
     }
 }
