@@ -303,6 +303,25 @@ impl Cluster {
         let _ = std::fs::rename(&log, self.path(&format!("driver.{n}.log")));
     }
 
+    /// Waits for the driver to exit by itself; its exit status (its log is kept as driver.N.log,
+    /// like after `kill_driver`).
+    pub fn wait_for_driver_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.driver.take().expect("driver running");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the driver did not exit:\n{}", self.log("driver.log"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.kill_driver();
+        status
+    }
+
     /// SIGTERMs executor `i` and waits for it to exit; its exit status.
     pub fn terminate_executor(&mut self, i: usize, timeout: Duration) -> ExitStatus {
         let child = self.executors[i].take().expect("executor running");

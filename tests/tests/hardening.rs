@@ -664,3 +664,23 @@ CREATE TABLE src (a BIGINT, b BIGINT) WITH (connector = 'files', path = '{file}'
     fails_with(&c, &err_job, &["is not a directory"]);
     keeps_committing(&c, &healthy, 3);
 }
+
+#[test]
+fn a_panic_in_the_schedulers_loop_exits_the_driver_and_the_next_one_resumes_every_job() {
+    let mut c = Cluster::new();
+    c.env = vec![("SLUICE_TEST_PANIC_SCHEDULER_AT".into(), "8".into())];
+    let mut c = Cluster::start_with(c, 1);
+    let jobs = [healthy_job(&c), healthy_job(&c)];
+    let status = c.wait_for_driver_exit(LONG);
+    assert_eq!(status.code(), Some(70), "{}", c.log("driver.1.log"));
+    // Nothing judged the jobs failed: no final record, and the next driver resumes both.
+    for id in &jobs {
+        assert!(!c.path(&format!("state/jobs/{id}/final")).exists());
+    }
+    c.env.clear();
+    c.start_driver();
+    c.wait_for_driver();
+    for id in &jobs {
+        keeps_committing(&c, id, 3);
+    }
+}

@@ -135,6 +135,10 @@ pub fn start(config: CoreConfig) -> CoreHandle {
         started: Instant::now(),
         alive: alive.clone(),
         config,
+        submissions: 0,
+        panic_at_submission: std::env::var("SLUICE_TEST_PANIC_SCHEDULER_AT")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     };
     tokio::spawn(async move {
         // Every job depends on the event loop: if it panics, no job can be judged failed by
@@ -167,6 +171,10 @@ struct Core {
     started: Instant,
     alive: Arc<AtomicUsize>,
     config: CoreConfig,
+    /// Batches submitted so far, and (test only, from SLUICE_TEST_PANIC_SCHEDULER_AT) the
+    /// submission at which the loop panics, as a bug in it would.
+    submissions: u64,
+    panic_at_submission: Option<u64>,
 }
 
 impl Core {
@@ -249,6 +257,10 @@ impl Core {
             }
             CoreMsg::Submit { sub, code, reply } => {
                 tracing::info!(job = %sub.job_id, batch = sub.batch_id, splits = sub.splits.len(), "batch submitted");
+                self.submissions += 1;
+                if self.panic_at_submission == Some(self.submissions) {
+                    panic!("injected panic (SLUICE_TEST_PANIC_SCHEDULER_AT)");
+                }
                 self.code.insert(sub.job_id.clone(), code);
                 self.waiting.insert(sub.job_id.clone(), reply);
                 vec![Event::SubmitBatch(sub)]
