@@ -1,6 +1,8 @@
-//! The streaming plan's shape as the scheduler sees it: a chain of stages cut at shuffles.
-//! The operators inside a stage are the SQL crate's business; executors rebuild them from the
-//! job's SQL, so only this outline travels to the scheduler.
+//! The streaming plan's shape as the scheduler sees it: stages cut at shuffles, each naming
+//! the edge it reads (a source's splits, or the exchange of an upstream stage), so the
+//! scheduler follows edges and never assumes a chain. Stage ids are in topological order: an
+//! upstream stage has a lower id. The operators inside a stage are the SQL crate's business;
+//! executors rebuild them from the job's SQL, so only this outline travels to the scheduler.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +18,18 @@ pub enum ShuffleKind {
 pub enum StageInput {
     /// One task per source split of the batch.
     Source,
-    /// One task per shuffle partition, reading every map output of the previous stage.
-    Shuffle(ShuffleKind),
+    /// One task per shuffle partition, reading every map output of stage `from`.
+    Shuffle { from: u32, kind: ShuffleKind },
+}
+
+impl StageInput {
+    /// The stage whose output this one reads, if it reads one.
+    pub fn upstream(&self) -> Option<u32> {
+        match self {
+            StageInput::Source => None,
+            StageInput::Shuffle { from, .. } => Some(*from),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

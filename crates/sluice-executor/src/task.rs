@@ -273,12 +273,12 @@ impl TaskRunner {
                 }
                 read.rows
             }
-            StageInput::Shuffle(_) => {
+            StageInput::Shuffle { from, .. } => {
                 let fetches = launch.inputs.iter().map(|loc| {
                     let request = FetchRequest {
                         job_id: key.job_id.clone(),
                         batch_id: key.batch_id,
-                        stage_id: key.stage_id - 1,
+                        stage_id: from,
                         stage_attempt: loc.stage_attempt,
                         map_partition: loc.map_partition,
                         reduce_partition: key.partition,

@@ -133,16 +133,16 @@ pub(crate) struct BatchRun {
 
 impl BatchRun {
     pub fn new(sub: BatchSubmission, run: u64, now_ms: u64) -> Self {
-        let mut stages = Vec::with_capacity(sub.stages.len());
-        let mut prev_partitions = sub.splits.len() as u32;
+        let mut stages: Vec<StageRun> = Vec::with_capacity(sub.stages.len());
         for spec in &sub.stages {
+            // A shuffle stage has one task per partition of the exchange it reads.
             let n = match spec.input {
                 StageInput::Source => sub.splits.len() as u32,
-                StageInput::Shuffle(_) => prev_partitions,
+                StageInput::Shuffle { from, .. } => match stages[from as usize].spec.output {
+                    StageOutput::Shuffle { partitions, .. } => partitions,
+                    StageOutput::Sink => 0,
+                },
             };
-            if let StageOutput::Shuffle { partitions, .. } = spec.output {
-                prev_partitions = partitions;
-            }
             stages.push(StageRun {
                 spec: spec.clone(),
                 attempt: 0,
@@ -168,13 +168,18 @@ impl BatchRun {
         }
     }
 
-    /// Whether stage `s` can run: stage 0 always; later stages once every map output of the
-    /// stage before exists (and, for a range shuffle, its boundaries are known).
+    /// The stage whose map outputs stage `s` reads, if it reads a shuffle.
+    pub fn upstream(&self, s: usize) -> Option<usize> {
+        self.stages[s].spec.input.upstream().map(|u| u as usize)
+    }
+
+    /// Whether stage `s` can run: a source stage always; a shuffle stage once every map output
+    /// of its upstream stage exists (and, for a range shuffle, its boundaries are known).
     pub fn inputs_ready(&self, s: usize) -> bool {
-        if s == 0 {
+        let Some(up) = self.upstream(s) else {
             return true;
-        }
-        let prev = &self.stages[s - 1];
+        };
+        let prev = &self.stages[up];
         let range = matches!(
             prev.spec.output,
             StageOutput::Shuffle {
@@ -185,12 +190,17 @@ impl BatchRun {
         prev.all_done() && (!range || prev.range_bounds.is_some())
     }
 
-    /// Whether stage `s`'s outputs are still wanted: the last stage until it is done, a map
-    /// stage while any task of the next stage still has to run.
+    /// Whether stage `s`'s outputs are still wanted: a sink stage until it is done, a map
+    /// stage while any task of a stage reading it still has to run.
     pub fn needed(&self, s: usize) -> bool {
-        match self.stages.get(s + 1) {
+        let mut readers = self
+            .stages
+            .iter()
+            .filter(|r| r.spec.input.upstream() == Some(s as u32))
+            .peekable();
+        match readers.peek() {
             None => !self.stages[s].all_done(),
-            Some(next) => !next.all_done(),
+            Some(_) => readers.any(|r| !r.all_done()),
         }
     }
 

@@ -327,7 +327,8 @@ impl Scheduler {
         self.state_homes.retain(|_, e| e != id);
         for batch in self.batches.values_mut() {
             let mut lost = 0;
-            // Last stage first: a later stage's lost outputs make the stage before it needed.
+            // Downstream first (ids are topological): a reader's lost outputs make the stage it
+            // reads needed again.
             for s in (0..batch.stages.len()).rev() {
                 let outputs_matter = batch.stages[s].writes_shuffle() && batch.needed(s);
                 let stage = &mut batch.stages[s];
@@ -512,10 +513,10 @@ impl Scheduler {
         batch.stages[s].tasks[key.partition as usize].state = TaskState::Idle;
         batch.rerun.fetch_failed += 1;
         batch.lost_work(now_ms);
-        if s == 0 {
+        let Some(up) = batch.upstream(s) else {
             return;
-        }
-        let prev = &mut batch.stages[s - 1];
+        };
+        let prev = &mut batch.stages[up];
         let mut lost = 0;
         for t in &mut prev.tasks {
             if matches!(&t.state, TaskState::Done { executor, .. } if executor == lost_on) {
@@ -650,9 +651,9 @@ impl Scheduler {
                     // A reducer launches only with every map output of its input: one that
                     // waited for a slot while a map output was lost waits for its recompute
                     // (launching it would silently drop that map's rows).
-                    if s > 0
-                        && matches!(batch.stages[s].spec.input, StageInput::Shuffle(_))
-                        && !batch.stages[s - 1].all_done()
+                    if batch
+                        .upstream(s)
+                        .is_some_and(|up| !batch.stages[up].all_done())
                     {
                         continue;
                     }
@@ -735,8 +736,8 @@ fn build_launch(
     };
     let (inputs, range_bounds) = match stage.spec.input {
         StageInput::Source => (Vec::new(), Vec::new()),
-        StageInput::Shuffle(_) => {
-            let prev = &batch.stages[s - 1];
+        StageInput::Shuffle { from, .. } => {
+            let prev = &batch.stages[from as usize];
             let inputs = prev
                 .tasks
                 .iter()

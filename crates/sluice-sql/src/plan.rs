@@ -427,14 +427,22 @@ impl Cutter<'_> {
     /// Ends the current stage with `plan`, writing a shuffle (`cut`) or the sink (`None`).
     /// Returns the leaf that reads this stage's output in the next stage.
     fn push(&mut self, plan: LogicalPlan, cut: Option<Cut>) -> Result<LogicalPlan, String> {
+        // The stage cut last is the one this stage reads.
+        let from = self.fragments.len().saturating_sub(1) as u32;
         let input = match self.fragments.last().map(|f| &f.output) {
             None => StageInput::Source,
-            Some(FragmentOutput::Range { .. }) => StageInput::Shuffle(ShuffleKind::Range),
-            Some(_) => StageInput::Shuffle(ShuffleKind::Hash),
+            Some(FragmentOutput::Range { .. }) => StageInput::Shuffle {
+                from,
+                kind: ShuffleKind::Range,
+            },
+            Some(_) => StageInput::Shuffle {
+                from,
+                kind: ShuffleKind::Hash,
+            },
         };
         let (leaf_table, leaf_schema) = match input {
             StageInput::Source => (self.source_table.clone(), self.source_schema.clone()),
-            StageInput::Shuffle(_) => (
+            StageInput::Shuffle { .. } => (
                 SHUFFLE_TABLE.to_string(),
                 flat_schema(
                     self.fragments

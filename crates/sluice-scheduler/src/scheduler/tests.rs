@@ -24,7 +24,7 @@ fn stages(kind: Option<ShuffleKind>, partitions: u32) -> Vec<StageSpec> {
             },
             StageSpec {
                 id: 1,
-                input: StageInput::Shuffle(kind),
+                input: StageInput::Shuffle { from: 0, kind },
                 output: StageOutput::Sink,
                 stateful: false,
                 describe: "aggregate -> sink".into(),
