@@ -2,6 +2,7 @@
 //! progress, and a clean shutdown on Ctrl-C or when the job ends.
 
 use anyhow::{Context, bail};
+use sluice_core::JobState;
 use sluice_proto::GetRequest;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -275,7 +276,7 @@ async fn drive(
     }
     let several = job_ids.len() > 1;
     let mut shown: std::collections::HashMap<String, u64> = Default::default();
-    let mut last_state: std::collections::HashMap<String, String> = Default::default();
+    let mut last_state: std::collections::HashMap<String, JobState> = Default::default();
     let mut ended: std::collections::HashSet<String> = Default::default();
     loop {
         if let Some(crash) = cluster.crashed() {
@@ -324,22 +325,23 @@ async fn drive(
                 }
                 shown.insert(job_id.clone(), b.batch_id);
             }
-            if last_state.get(job_id) != Some(&s.state) {
-                if s.state == "waiting" {
+            let state = s.job_state();
+            if last_state.get(job_id) != Some(&state) {
+                if state == JobState::Waiting {
                     println!("{tag}waiting: {}", s.error);
                 }
-                last_state.insert(job_id.clone(), s.state.clone());
+                last_state.insert(job_id.clone(), state);
             }
-            match s.state.as_str() {
-                "finished" => {
+            match state {
+                JobState::Finished => {
                     println!(
                         "{tag}job finished: {} batches, {} rows in, {} rows out",
                         s.batches_committed, s.rows_in, s.rows_out
                     );
                     ended.insert(job_id.clone());
                 }
-                "failed" => bail!("{tag}job failed: {}", s.error),
-                "stopped" => {
+                JobState::Failed => bail!("{tag}job failed: {}", s.error),
+                JobState::Stopped => {
                     println!("{tag}job stopped");
                     ended.insert(job_id.clone());
                 }

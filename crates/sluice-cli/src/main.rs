@@ -208,7 +208,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for j in jobs {
                     println!(
                         "{:<36}  {:<24}  {:<9}  {:>8}  {:>12}",
-                        j.job_id, j.name, j.state, j.batches_committed, j.rows_in
+                        j.job_id,
+                        j.name,
+                        j.job_state(),
+                        j.batches_committed,
+                        j.rows_in
                     );
                 }
             }
@@ -239,7 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{job}: {}", r.state);
+            println!("{job}: {}", r.job_state());
             Ok(())
         }
     }
@@ -317,7 +321,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
     serde_json::json!({
         "job_id": s.job_id,
         "name": s.name,
-        "state": s.state,
+        "state": s.job_state().name(),
         "error": s.error,
         "executors": s.executors,
         "excluded_executors": s.excluded_executors,
@@ -350,7 +354,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
 fn print_status(s: &JobStatus) {
     println!("job        {}", s.job_id);
     println!("name       {}", s.name);
-    println!("state      {}", s.state);
+    println!("state      {}", s.job_state());
     if !s.error.is_empty() {
         println!("error      {}", s.error);
     }

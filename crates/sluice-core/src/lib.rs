@@ -3,12 +3,14 @@
 
 pub mod config;
 pub mod failure;
+pub mod job_state;
 pub mod plan;
 pub mod restart;
 pub mod settings;
 pub mod split;
 
 pub use failure::{Failure, FailureKind};
+pub use job_state::JobState;
 pub use plan::{ShuffleKind, StageInput, StageOutput, StageSpec};
 pub use settings::{JobSettings, OutputMode, Trigger};
 pub use split::SourceSplit;

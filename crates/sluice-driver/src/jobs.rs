@@ -5,7 +5,7 @@ use crate::metrics::DriverMetrics;
 use crate::runner::JobRunner;
 use sluice_checkpoint::{JobCheckpoint, JobMetadata};
 use sluice_connectors::store::Location;
-use sluice_core::now_ms;
+use sluice_core::{JobState, now_ms};
 use sluice_proto::JobStatus;
 use sluice_sql::CompiledJob;
 use std::collections::BTreeMap;
@@ -16,14 +16,6 @@ use tokio::sync::watch;
 
 /// Batches kept in a job's status for `sluice status` and `sluice local`.
 const RECENT_BATCHES: usize = 50;
-
-pub mod state {
-    pub const RUNNING: &str = "running";
-    pub const WAITING: &str = "waiting";
-    pub const FINISHED: &str = "finished";
-    pub const FAILED: &str = "failed";
-    pub const STOPPED: &str = "stopped";
-}
 
 struct JobEntry {
     status: JobStatus,
@@ -158,7 +150,7 @@ impl Registry {
         let status = JobStatus {
             job_id: job_id.clone(),
             name,
-            state: state::RUNNING.into(),
+            state: sluice_proto::JobState::Running.into(),
             submitted_at_ms,
             ..Default::default()
         };
@@ -176,10 +168,10 @@ impl Registry {
     ) -> Result<String, String> {
         match self.get(job_id) {
             None => return Err(format!("no job '{job_id}' to resume")),
-            Some(s) if s.state == state::RUNNING || s.state == state::WAITING => {
+            Some(s) if s.job_state().is_active() => {
                 return Err(format!(
                     "job '{job_id}' is {}; stop it first (sluice stop {job_id})",
-                    s.state
+                    s.job_state()
                 ));
             }
             Some(_) => {}
@@ -216,7 +208,7 @@ impl Registry {
         checkpoint.clear_final().await.map_err(|e| e.to_string())?;
         let mut status = self.get(job_id).expect("checked above");
         status.name = name;
-        status.state = state::RUNNING.into();
+        status.set_job_state(JobState::Running);
         status.error.clear();
         tracing::info!(job = %job_id, revision = revision + 1, "job resumed with new SQL");
         self.start(status, &sql, compiled, checkpoint);
@@ -276,7 +268,7 @@ impl Registry {
             })
             .await;
         let end = sluice_checkpoint::FinalState {
-            state: state::FAILED.to_string(),
+            state: JobState::Failed.name().to_string(),
             error: failure.to_string(),
             at_ms: now_ms(),
         };
@@ -284,7 +276,7 @@ impl Registry {
             tracing::error!(job = %job_id, "cannot record how the job ended: {e}");
         }
         self.update(job_id, |s| {
-            s.state = state::FAILED.into();
+            s.set_job_state(JobState::Failed);
             s.error = failure.to_string();
         });
     }
@@ -311,7 +303,7 @@ impl Registry {
                     let status = JobStatus {
                         job_id: job_id.clone(),
                         name: job_id.clone(),
-                        state: state::FAILED.into(),
+                        state: sluice_proto::JobState::Failed.into(),
                         error: format!("cannot resume: {e}"),
                         ..Default::default()
                     };
@@ -333,7 +325,7 @@ impl Registry {
         let mut status = JobStatus {
             job_id: job_id.to_string(),
             name: meta.name.clone(),
-            state: state::RUNNING.into(),
+            state: sluice_proto::JobState::Running.into(),
             submitted_at_ms: meta.submitted_at_ms,
             ..Default::default()
         };
@@ -345,7 +337,7 @@ impl Registry {
             }
         }
         if let Some(end) = checkpoint.read_final().await? {
-            status.state = end.state;
+            status.set_job_state(JobState::from_name(&end.state).unwrap_or(JobState::Failed));
             status.error = end.error;
             self.insert_ended(status);
             return Ok(false);
@@ -357,7 +349,7 @@ impl Registry {
                 Ok(true)
             }
             Err(e) => {
-                status.state = state::FAILED.into();
+                status.set_job_state(JobState::Failed);
                 status.error = format!("cannot resume: {e}");
                 self.insert_ended(status);
                 Ok(false)
@@ -388,8 +380,8 @@ impl Registry {
         let mut s = status.clone();
         s.executors = self.core.alive_executors() as u32;
         s.excluded_executors = self.core.excluded_executors(&s.job_id);
-        if s.state == state::RUNNING && s.executors == 0 {
-            s.state = state::WAITING.into();
+        if s.job_state() == JobState::Running && s.executors == 0 {
+            s.set_job_state(JobState::Waiting);
             if s.error.is_empty() {
                 s.error = "no executors registered; waiting for one".into();
             }
@@ -414,12 +406,12 @@ impl Registry {
     }
 
     /// Asks a job to stop; returns its state (already final jobs stay as they are).
-    pub async fn stop(&self, job_id: &str) -> Option<String> {
+    pub async fn stop(&self, job_id: &str) -> Option<JobState> {
         let rx = {
             let jobs = self.jobs.lock().unwrap();
             let e = jobs.get(job_id)?;
-            if e.status.state != state::RUNNING {
-                return Some(e.status.state.clone());
+            if e.status.job_state() != JobState::Running {
+                return Some(e.status.job_state());
             }
             let _ = e.stop.send(true);
             e.stop.subscribe()
@@ -429,14 +421,13 @@ impl Registry {
         // which a lost executor bounds by the heartbeat timeout; report what it ends up as.
         for _ in 0..3000 {
             if let Some(s) = self.get(job_id)
-                && s.state != state::RUNNING
-                && s.state != state::WAITING
+                && !s.job_state().is_active()
             {
-                return Some(s.state);
+                return Some(s.job_state());
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        self.get(job_id).map(|s| s.state)
+        self.get(job_id).map(|s| s.job_state())
     }
 }
 

@@ -3,11 +3,11 @@
 //! from start to end.
 
 use crate::core::{CoreHandle, CoreMsg, JobCode};
-use crate::jobs::{Registry, state};
+use crate::jobs::Registry;
 use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
 use sluice_connectors::{ConnectorError, PlanContext, SinkKind, SourceProgress, render_console};
 use sluice_core::restart::Restarts;
-use sluice_core::{BatchId, Failure as JobFailure, FailureKind, Trigger, now_ms};
+use sluice_core::{BatchId, Failure as JobFailure, FailureKind, JobState, Trigger, now_ms};
 use sluice_proto::BatchStatus;
 use sluice_scheduler::{BatchReport, BatchSubmission};
 use sluice_sql::CompiledJob;
@@ -96,14 +96,14 @@ impl JobRunner {
             })
             .await;
         let (st, error) = match outcome {
-            Ok(End::Finished) => (state::FINISHED, String::new()),
-            Ok(End::Stopped) => (state::STOPPED, String::new()),
-            Err(Failure::Failed(e)) => (state::FAILED, e.to_string()),
+            Ok(End::Finished) => (JobState::Finished, String::new()),
+            Ok(End::Stopped) => (JobState::Stopped, String::new()),
+            Err(Failure::Failed(e)) => (JobState::Failed, e.to_string()),
             Err(Failure::Fenced(e)) => {
                 // The job is not ours to end: leave its checkpoint to the driver that fenced us.
                 tracing::error!(job = %self.job_id, "{e}");
                 self.registry.update(&self.job_id, |s| {
-                    s.state = state::FAILED.into();
+                    s.set_job_state(JobState::Failed);
                     s.error = e;
                 });
                 return;
@@ -115,7 +115,7 @@ impl JobRunner {
             tracing::error!(job = %self.job_id, "job failed: {error}");
         }
         let end = FinalState {
-            state: st.to_string(),
+            state: st.name().to_string(),
             error: error.clone(),
             at_ms: now_ms(),
         };
@@ -123,7 +123,7 @@ impl JobRunner {
             tracing::error!(job = %self.job_id, "cannot record how the job ended: {e}");
         }
         self.registry.update(&self.job_id, |s| {
-            s.state = st.into();
+            s.set_job_state(st);
             s.error = error;
         });
     }

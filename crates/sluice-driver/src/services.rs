@@ -144,6 +144,8 @@ impl sluice_proto::jobs_server::Jobs for JobsService {
             .stop(&id)
             .await
             .ok_or_else(|| Status::not_found(format!("no job '{id}'")))?;
-        Ok(Response::new(StopResponse { state }))
+        Ok(Response::new(StopResponse {
+            state: sluice_proto::JobState::from(state).into(),
+        }))
     }
 }

@@ -29,3 +29,46 @@ impl From<FailureKind> for sluice_core::FailureKind {
         }
     }
 }
+
+impl From<sluice_core::JobState> for JobState {
+    fn from(s: sluice_core::JobState) -> Self {
+        use sluice_core::JobState as S;
+        match s {
+            S::Running => JobState::Running,
+            S::Waiting => JobState::Waiting,
+            S::Finished => JobState::Finished,
+            S::Failed => JobState::Failed,
+            S::Stopped => JobState::Stopped,
+        }
+    }
+}
+
+impl From<JobState> for sluice_core::JobState {
+    /// A value this build does not know reads as failed.
+    fn from(s: JobState) -> Self {
+        use sluice_core::JobState as S;
+        match s {
+            JobState::Running => S::Running,
+            JobState::Waiting => S::Waiting,
+            JobState::Finished => S::Finished,
+            JobState::Stopped => S::Stopped,
+            JobState::Failed | JobState::Unspecified => S::Failed,
+        }
+    }
+}
+
+impl StopResponse {
+    pub fn job_state(&self) -> sluice_core::JobState {
+        self.state().into()
+    }
+}
+
+impl JobStatus {
+    pub fn job_state(&self) -> sluice_core::JobState {
+        self.state().into()
+    }
+
+    pub fn set_job_state(&mut self, s: sluice_core::JobState) {
+        self.set_state(s.into());
+    }
+}
