@@ -684,3 +684,29 @@ fn a_panic_in_the_schedulers_loop_exits_the_driver_and_the_next_one_resumes_ever
         keeps_committing(&c, id, 3);
     }
 }
+
+#[test]
+fn a_storage_outage_on_submit_is_reported_as_unavailable_not_as_a_bad_job() {
+    let mut c = Cluster::new();
+    // Every write to the driver's --state fails, as when its store is down.
+    c.env = vec![("SLUICE_TEST_STORE_FAULTS".into(), "put=1.0".into())];
+    let c = Cluster::start_with(c, 1);
+    let err = c
+        .submit(
+            "CREATE TABLE gen (page TEXT) WITH (connector = 'datagen');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT page FROM gen;",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("storage or network is unavailable, try again") && err.contains("metadata"),
+        "{err}"
+    );
+    // A bad job is still the job's fault.
+    let err = c.submit("SELECT 1;").unwrap_err().to_string();
+    assert!(
+        !err.contains("unavailable") && err.contains("expected SET"),
+        "{err}"
+    );
+}

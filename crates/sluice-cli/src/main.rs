@@ -284,6 +284,13 @@ impl DriverAddr {
 fn status_error(s: tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unauthenticated => anyhow::anyhow!("refused by the driver: {}", s.message()),
+        tonic::Code::Unavailable => {
+            anyhow::anyhow!(
+                "the driver's storage or network is unavailable, try again: {}",
+                s.message()
+            )
+        }
+        tonic::Code::Internal => anyhow::anyhow!("a bug in the driver: {}", s.message()),
         _ => anyhow::anyhow!("{}", s.message()),
     }
 }

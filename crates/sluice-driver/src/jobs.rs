@@ -5,9 +5,9 @@ use crate::metrics::DriverMetrics;
 use crate::runner::JobRunner;
 use sluice_checkpoint::{JobCheckpoint, JobMetadata};
 use sluice_connectors::store::Location;
-use sluice_core::{JobState, now_ms};
+use sluice_core::{Failure, FailureKind, JobState, now_ms};
 use sluice_proto::JobStatus;
-use sluice_sql::CompiledJob;
+use sluice_sql::{CompiledJob, SqlError};
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -98,16 +98,16 @@ impl Registry {
 
     /// Submits a job file: one job per INSERT statement. Every part is checked before any
     /// starts, so a bad file starts nothing.
-    pub async fn submit_file(&self, sql: String, origin: String) -> Result<Vec<String>, String> {
-        let parts = sluice_sql::split_inserts(&sql, &origin).map_err(|e| e.to_string())?;
+    pub async fn submit_file(&self, sql: String, origin: String) -> Result<Vec<String>, Failure> {
+        let parts = sluice_sql::split_inserts(&sql, &origin).map_err(SqlError::into_failure)?;
         if parts.len() == 1 {
             return Ok(vec![self.submit(sql, origin, false).await?]);
         }
         for part in &parts {
             let job = CompiledJob::compile(part, &origin)
                 .await
-                .map_err(|e| e.to_string())?;
-            self.policy.check(&job)?;
+                .map_err(SqlError::into_failure)?;
+            self.policy.check(&job).map_err(refused)?;
         }
         let mut ids = Vec::new();
         for part in parts {
@@ -123,11 +123,11 @@ impl Registry {
         sql: String,
         origin: String,
         by_sink: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, Failure> {
         let compiled = CompiledJob::compile(&sql, &origin)
             .await
-            .map_err(|e| e.to_string())?;
-        self.policy.check(&compiled)?;
+            .map_err(SqlError::into_failure)?;
+        self.policy.check(&compiled).map_err(refused)?;
         let job_id = uuid::Uuid::new_v4().to_string();
         let mut name = compiled.name(&origin);
         if by_sink {
@@ -145,7 +145,7 @@ impl Registry {
                 plan_fingerprint: fingerprint(&compiled),
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(stored)?;
         tracing::info!(job = %job_id, %name, stages = compiled.fragments.len(), "job submitted");
         let status = JobStatus {
             job_id: job_id.clone(),
@@ -165,31 +165,34 @@ impl Registry {
         job_id: &str,
         sql: String,
         origin: String,
-    ) -> Result<String, String> {
+    ) -> Result<String, Failure> {
         match self.get(job_id) {
-            None => return Err(format!("no job '{job_id}' to resume")),
+            None => return Err(refused(format!("no job '{job_id}' to resume"))),
             Some(s) if s.job_state().is_active() => {
-                return Err(format!(
+                return Err(refused(format!(
                     "job '{job_id}' is {}; stop it first (sluice stop {job_id})",
                     s.job_state()
-                ));
+                )));
             }
             Some(_) => {}
         }
         let compiled = CompiledJob::compile(&sql, &origin)
             .await
-            .map_err(|e| e.to_string())?;
-        self.policy.check(&compiled)?;
+            .map_err(SqlError::into_failure)?;
+        self.policy.check(&compiled).map_err(refused)?;
         let checkpoint = self.checkpoint(job_id);
         let (revision, previous) = checkpoint
             .current_metadata()
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{}: no metadata", checkpoint.uri()))?;
+            .map_err(stored)?
+            .ok_or_else(|| refused(format!("{}: no metadata", checkpoint.uri())))?;
         let before = CompiledJob::compile(&previous.sql, &previous.origin)
             .await
-            .map_err(|e| format!("the checkpoint's own SQL no longer plans: {e}"))?;
-        compiled.check_compatible(&before)?;
+            .map_err(|e| {
+                e.into_failure()
+                    .context("the checkpoint's own SQL no longer plans")
+            })?;
+        compiled.check_compatible(&before).map_err(refused)?;
         let name = compiled.name(&origin);
         checkpoint
             .write_revision(
@@ -204,8 +207,8 @@ impl Registry {
                 },
             )
             .await
-            .map_err(|e| e.to_string())?;
-        checkpoint.clear_final().await.map_err(|e| e.to_string())?;
+            .map_err(stored)?;
+        checkpoint.clear_final().await.map_err(stored)?;
         let mut status = self.get(job_id).expect("checked above");
         status.name = name;
         status.set_job_state(JobState::Running);
@@ -429,6 +432,16 @@ impl Registry {
         }
         self.get(job_id).map(|s| s.job_state())
     }
+}
+
+/// A submission the job's own content or state rules out: retrying the same request cannot help.
+fn refused(message: impl std::fmt::Display) -> Failure {
+    Failure::new(FailureKind::BadPlan, message.to_string())
+}
+
+/// The checkpoint could not be written or read: an outage unless the store refused us for good.
+fn stored(e: sluice_checkpoint::CheckpointError) -> Failure {
+    Failure::new(e.kind(), e.to_string())
 }
 
 /// Identifies the plan's shape, recorded in the metadata for inspection.

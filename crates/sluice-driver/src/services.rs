@@ -92,6 +92,17 @@ impl sluice_proto::driver_server::Driver for DriverService {
     }
 }
 
+/// The gRPC status that says what went wrong: the request's content (invalid argument), the
+/// driver's storage or network (unavailable: try again), or a bug (internal).
+fn status_of(f: sluice_core::Failure) -> Status {
+    use sluice_core::FailureKind as K;
+    match f.kind {
+        K::BadInput | K::BadPlan => Status::invalid_argument(f.message),
+        K::Outage | K::LostExecutor => Status::unavailable(f.message),
+        K::Bug => Status::internal(f.message),
+    }
+}
+
 pub struct JobsService {
     pub registry: Registry,
 }
@@ -116,7 +127,7 @@ impl sluice_proto::jobs_server::Jobs for JobsService {
                 .await
                 .map(|id| vec![id])
         }
-        .map_err(Status::invalid_argument)?;
+        .map_err(status_of)?;
         Ok(Response::new(SubmitResponse {
             job_id: job_ids[0].clone(),
             job_ids,
