@@ -702,43 +702,26 @@ impl KafkaBroker {
 
     /// Deletes a topic and its records.
     pub fn delete_topic(&self, name: &str) {
-        let out = Command::new(&self.bin)
-            .args([
-                "topic",
-                "delete",
-                name,
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-            ])
-            .current_dir(self.dir.path())
-            .output()
-            .expect("tansu topic delete");
-        assert!(
-            out.status.success(),
-            "topic delete {name}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.topic_command("delete", name, &[]);
     }
 
     /// Creates a topic (producing to a missing topic would hang).
     pub fn create_topic(&self, name: &str, partitions: u32) {
+        self.topic_command("create", name, &["--partitions", &partitions.to_string()]);
+    }
+
+    /// Runs `tansu topic <verb> <name> --broker ... <extra>` and asserts it succeeded.
+    fn topic_command(&self, verb: &str, name: &str, extra: &[&str]) {
         let out = Command::new(&self.bin)
-            .args([
-                "topic",
-                "create",
-                name,
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-                "--partitions",
-                &partitions.to_string(),
-            ])
+            .args(["topic", verb, name, "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(extra)
             .current_dir(self.dir.path())
             .output()
-            .expect("tansu topic create");
+            .unwrap_or_else(|e| panic!("tansu topic {verb}: {e}"));
         assert!(
             out.status.success(),
-            "topic create {name}: {}{}",
+            "topic {verb} {name}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );

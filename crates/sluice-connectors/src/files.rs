@@ -114,9 +114,6 @@ impl FilesSource {
             .filter(|(uri, _)| !seen.contains(uri))
             .collect();
         files.sort();
-        for (uri, _) in &files {
-            self.check_regular(uri)?;
-        }
         // A batch is bounded even when no limit is set (a trigger 'once' takes everything).
         if ctx.trigger != Trigger::Once {
             let max = self
@@ -130,6 +127,10 @@ impl FilesSource {
                 );
                 files.truncate(max);
             }
+        }
+        // Only the files this batch takes: a backlog of thousands is not stat'ed every batch.
+        for (uri, _) in &files {
+            self.check_regular(uri)?;
         }
         Ok(Planned {
             splits: files
