@@ -32,11 +32,28 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// A port nobody listens on, below Linux's ephemeral range (32768 and up): a port the kernel
+/// handed out as ephemeral could be handed out again, to an executor's listener or an outgoing
+/// connection, before the driver binds it (a driver restarted on its port did hit that). Ports
+/// are walked from a per-process start so that two calls, or two test processes, differ.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// A child that dies with the test process, even when the test runner is killed.

@@ -14,11 +14,16 @@ pub enum ShuffleKind {
     Range,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// One input edge of a stage. A stage reads either source tables (one task per split of each,
+/// tables in the order listed: a UNION ALL of two tables is one stage whose tasks each read one
+/// split of one table, as Spark's UnionRDD) or the exchanges of upstream stages (one task per
+/// partition, reading that partition of every upstream's map outputs: two branches feeding one
+/// shuffle).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StageInput {
-    /// One task per source split of the batch.
-    Source,
-    /// One task per shuffle partition, reading every map output of stage `from`.
+    /// One task per split of source table `table` in the batch.
+    Source { table: String },
+    /// Partition p's task reads partition p of every map output of stage `from`.
     Shuffle { from: u32, kind: ShuffleKind },
 }
 
@@ -26,8 +31,16 @@ impl StageInput {
     /// The stage whose output this one reads, if it reads one.
     pub fn upstream(&self) -> Option<u32> {
         match self {
-            StageInput::Source => None,
+            StageInput::Source { .. } => None,
             StageInput::Shuffle { from, .. } => Some(*from),
+        }
+    }
+
+    /// The source table this edge reads, if it reads one.
+    pub fn source(&self) -> Option<&str> {
+        match self {
+            StageInput::Source { table } => Some(table),
+            StageInput::Shuffle { .. } => None,
         }
     }
 }
@@ -41,11 +54,28 @@ pub enum StageOutput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageSpec {
     pub id: u32,
-    pub input: StageInput,
+    /// Its input edges: all source tables, or all upstream exchanges (never a mix).
+    pub inputs: Vec<StageInput>,
     pub output: StageOutput,
     /// Keeps per-partition state across batches: a partition's task goes back to the executor
     /// that holds its state in memory while that executor lives.
     pub stateful: bool,
     /// Human description of the operators, for logs and `sluice status`.
     pub describe: String,
+}
+
+impl StageSpec {
+    /// The stages whose exchanges this one reads.
+    pub fn upstreams(&self) -> impl Iterator<Item = u32> + '_ {
+        self.inputs.iter().filter_map(StageInput::upstream)
+    }
+
+    /// The source tables this stage reads, in task order.
+    pub fn sources(&self) -> impl Iterator<Item = &str> + '_ {
+        self.inputs.iter().filter_map(StageInput::source)
+    }
+
+    pub fn reads_sources(&self) -> bool {
+        self.sources().next().is_some()
+    }
 }

@@ -256,7 +256,7 @@ impl Core {
                 vec![Event::ExecutorLost { id, reason }]
             }
             CoreMsg::Submit { sub, code, reply } => {
-                tracing::info!(job = %sub.job_id, batch = sub.batch_id, splits = sub.splits.len(), "batch submitted");
+                tracing::info!(job = %sub.job_id, batch = sub.batch_id, splits = sub.splits.values().map(Vec::len).sum::<usize>(), "batch submitted");
                 self.submissions += 1;
                 if self.panic_at_submission == Some(self.submissions) {
                     panic!("injected panic (SLUICE_TEST_PANIC_SCHEDULER_AT)");
@@ -358,10 +358,12 @@ impl Core {
                             sql: code.sql.to_string(),
                             checkpoint_uri: code.checkpoint_uri.to_string(),
                             source_split: task.split.unwrap_or_default(),
+                            source_table: task.source.unwrap_or_default(),
                             inputs: task
                                 .inputs
                                 .into_iter()
                                 .map(|l| sluice_proto::MapOutputLocation {
+                                    stage_id: l.stage_id,
                                     map_partition: l.map_partition,
                                     stage_attempt: l.stage_attempt,
                                     executor_id: l.executor_id,

@@ -7,10 +7,13 @@ use crate::jobs::Registry;
 use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
 use sluice_connectors::{ConnectorError, PlanContext, SinkKind, SourceProgress, render_console};
 use sluice_core::restart::Restarts;
-use sluice_core::{BatchId, Failure as JobFailure, FailureKind, JobState, Trigger, now_ms};
+use sluice_core::{
+    BatchId, Failure as JobFailure, FailureKind, JobState, SourceSplit, Trigger, now_ms,
+};
 use sluice_proto::BatchStatus;
 use sluice_scheduler::{BatchReport, BatchSubmission};
 use sluice_sql::CompiledJob;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -164,19 +167,13 @@ impl JobRunner {
                         trigger,
                         default_splits: self.job.settings.partitions,
                     };
-                    // Bad options or input stay bad; an unreachable source may come back.
-                    let planned = self
-                        .job
-                        .source
-                        .plan(&progress, &ctx)
-                        .await
-                        .map_err(ConnectorError::into_failure)?;
+                    let planned = self.plan_sources(&progress, &ctx).await?;
                     if let Some(lag) = planned.backlog {
                         self.registry.metrics.kafka_lag(&self.job_id, lag);
                     }
                     let tick = Instant::now();
                     next_trigger = (next_trigger + interval).max(tick);
-                    if planned.splits.is_empty() {
+                    if planned.splits.values().all(Vec::is_empty) {
                         if planned.exhausted || trigger.is_bounded() {
                             return Ok(End::Finished);
                         }
@@ -188,9 +185,7 @@ impl JobRunner {
                     let entry = OffsetsEntry {
                         batch_id: next_batch,
                         planned_at_ms: ctx.now_ms,
-                        sources: [(self.job.source_table.clone(), planned.splits)]
-                            .into_iter()
-                            .collect(),
+                        sources: planned.splits,
                     };
                     // Write-ahead: the batch's input is fixed before any task runs.
                     let started = Instant::now();
@@ -199,7 +194,7 @@ impl JobRunner {
                         .await
                         .map_err(checkpoint_failure)?;
                     offsets_ms = started.elapsed().as_millis() as u64;
-                    progress.advance(&entry.sources[&self.job.source_table]);
+                    advance(&mut progress, &entry);
                     (entry, planned.exhausted)
                 }
             };
@@ -213,13 +208,15 @@ impl JobRunner {
             self.commit(batch_id, &report, offsets_ms).await?;
             // Progress reported upstream (Kafka consumer group) only once durable; the
             // checkpoint stays the source of truth, so a failure here is only a warning.
-            if let Err(e) = self.job.source.committed(&progress).await {
-                tracing::warn!(job = %self.job_id, batch = batch_id, "{e}");
+            for (table, source) in &self.job.sources {
+                if let Err(e) = source.committed(&progress[table]).await {
+                    tracing::warn!(job = %self.job_id, batch = batch_id, table, "{e}");
+                }
             }
             self.test_pause("after_commit", batch_id).await;
             let retain = self.job.settings.retain_batches;
             if (batch_id + 1) % retain == 0 {
-                let position = serde_json::json!({ &self.job.source_table: progress });
+                let position = serde_json::json!(progress);
                 self.checkpoint
                     .compact(batch_id, &position, retain)
                     .await
@@ -251,18 +248,52 @@ impl JobRunner {
         }
     }
 
-    /// Rebuilds the source's progress from the offsets log and finds the batch to run next.
-    async fn recover(&self) -> Result<(SourceProgress, BatchId, Option<OffsetsEntry>), Failure> {
+    /// Plans every source's part of the next batch from its own position. Bad options or
+    /// input stay bad; an unreachable source may come back.
+    async fn plan_sources(&self, progress: &Progress, ctx: &PlanContext) -> Result<Plan, Failure> {
+        let mut plan = Plan {
+            splits: BTreeMap::new(),
+            exhausted: true,
+            backlog: None,
+        };
+        for (table, source) in &self.job.sources {
+            let planned = source
+                .plan(&progress[table], ctx)
+                .await
+                .map_err(|e| e.into_failure().context(format!("source table '{table}'")))?;
+            plan.exhausted &= planned.exhausted;
+            if let Some(lag) = planned.backlog {
+                *plan.backlog.get_or_insert(0) += lag;
+            }
+            plan.splits.insert(table.clone(), planned.splits);
+        }
+        Ok(plan)
+    }
+
+    /// Rebuilds every source's progress from the offsets log and finds the batch to run next.
+    async fn recover(&self) -> Result<(Progress, BatchId, Option<OffsetsEntry>), Failure> {
         let cp = &self.checkpoint;
         let logged = cp.batches("offsets").await.map_err(checkpoint_failure)?;
-        let mut progress = self.job.source.new_progress();
+        let mut progress: Progress = self
+            .job
+            .sources
+            .iter()
+            .map(|(table, source)| (table.clone(), source.new_progress()))
+            .collect();
         // The compacted position covers every entry deleted by retention.
         if let Some((batch, position)) = cp.latest_compaction().await.map_err(checkpoint_failure)? {
-            progress =
-                SourceProgress::from_json(&position[&self.job.source_table]).map_err(|e| {
+            for (table, at) in progress.iter_mut() {
+                let Some(stored) = position.get(table) else {
+                    continue;
+                };
+                *at = SourceProgress::from_json(stored).map_err(|e| {
                     let file = format!("{}/offsets/compact-{batch}", cp.uri());
-                    JobFailure::new(FailureKind::BadPlan, format!("{file}: {e}"))
+                    JobFailure::new(
+                        FailureKind::BadPlan,
+                        format!("{file}: table '{table}': {e}"),
+                    )
                 })?;
+            }
         }
         let mut last = None;
         for b in &logged {
@@ -274,9 +305,7 @@ impl JobRunner {
                     let message = format!("offsets/{b} vanished while recovering");
                     JobFailure::new(FailureKind::Outage, message)
                 })?;
-            if let Some(splits) = entry.sources.get(&self.job.source_table) {
-                progress.advance(splits);
-            }
+            advance(&mut progress, &entry);
             last = Some(entry);
         }
         match last {
@@ -308,14 +337,15 @@ impl JobRunner {
     async fn run_batch(&mut self, entry: &OffsetsEntry) -> Result<Option<BatchReport>, Failure> {
         let splits = entry
             .sources
-            .get(&self.job.source_table)
-            .cloned()
-            .unwrap_or_default();
+            .iter()
+            .filter(|(table, _)| self.job.sources.contains_key(*table))
+            .map(|(table, splits)| (table.clone(), splits.iter().map(|s| s.to_json()).collect()))
+            .collect();
         let sub = BatchSubmission {
             job_id: self.job_id.clone(),
             batch_id: entry.batch_id,
             stages: self.job.stage_specs(),
-            splits: splits.iter().map(|s| s.to_json()).collect(),
+            splits,
             max_task_attempts: self.job.settings.task_max_attempts,
             task_backoff_ms: self.job.settings.task_backoff.as_millis() as u64,
             task_timeout_ms: self.job.settings.task_timeout.as_millis() as u64,
@@ -350,7 +380,7 @@ impl JobRunner {
         offsets_ms: u64,
     ) -> Result<(), Failure> {
         let started = Instant::now();
-        if let Some(dead) = &self.job.dead_letter {
+        for dead in self.job.dead_letters.values() {
             dead.commit(batch_id, &report.dead_letter_partitions)
                 .await
                 .map_err(ConnectorError::into_failure)?;
@@ -425,6 +455,27 @@ impl JobRunner {
             });
         });
         Ok(())
+    }
+}
+
+/// How far each source table has been read.
+type Progress = BTreeMap<String, SourceProgress>;
+
+/// The next batch's input, over every source.
+struct Plan {
+    splits: BTreeMap<String, Vec<SourceSplit>>,
+    /// Every source will never have more input.
+    exhausted: bool,
+    /// Records left for later, summed over the sources that can tell.
+    backlog: Option<u64>,
+}
+
+/// Records that a logged batch read its splits, source by source.
+fn advance(progress: &mut Progress, entry: &OffsetsEntry) {
+    for (table, splits) in &entry.sources {
+        if let Some(p) = progress.get_mut(table) {
+            p.advance(splits);
+        }
     }
 }
 

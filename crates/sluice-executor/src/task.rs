@@ -6,9 +6,9 @@ use crate::metrics::ExecutorMetrics;
 use crate::shuffle::fetch_block;
 use futures::future::join_all;
 use sluice_connectors::ConnectorError;
-use sluice_core::{Failure, FailureKind, SourceSplit, StageInput};
+use sluice_core::{Failure, FailureKind, SourceSplit};
 use sluice_proto::{FetchFailure, FetchRequest, LaunchTask, TaskKey, TaskResult};
-use sluice_sql::{CompiledJob, SqlError, StageOutputData};
+use sluice_sql::{CompiledJob, SqlError, StageOutputData, TaskInput};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -253,61 +253,48 @@ impl TaskRunner {
         if let Some(d) = delay(job.settings.test_delay_task) {
             tokio::time::sleep(d).await;
         }
-        let mut dead_letters = 0;
-        let input = match fragment.input {
-            StageInput::Source => {
-                let split = SourceSplit::from_json(&launch.source_split)
-                    .map_err(|e| failure(FailureKind::Bug, format!("bad source split: {e}")))?;
-                let read = job
-                    .source
-                    .read_split(&split, key.batch_id)
-                    .await
-                    .map_err(ConnectorError::into_failure)?;
-                // Bad records go to the dead-letter table under this (batch, partition), so a
-                // rerun overwrites them too; the driver commits that table with the batch.
-                if let (Some(dead), Some(sink)) = (read.dead_letters, &job.dead_letter) {
-                    dead_letters = dead.num_rows() as u64;
-                    sink.write(key.batch_id, key.partition, &[dead])
+        let (input, dead_letters) = if fragment.inputs.iter().any(|i| i.source().is_some()) {
+            read_split(&job, key, &launch).await?
+        } else {
+            let fetches = launch.inputs.iter().map(|loc| {
+                let request = FetchRequest {
+                    job_id: key.job_id.clone(),
+                    batch_id: key.batch_id,
+                    stage_id: loc.stage_id,
+                    stage_attempt: loc.stage_attempt,
+                    map_partition: loc.map_partition,
+                    reduce_partition: key.partition,
+                    range_bounds: launch.range_bounds.clone(),
+                };
+                async move {
+                    fetch_block(executor, self_id, &loc.executor_id, &loc.address, request)
                         .await
-                        .map_err(ConnectorError::into_failure)?;
+                        .map_err(|e| TaskFailure {
+                            failure: Failure::new(FailureKind::LostExecutor, e),
+                            fetch: Some(FetchFailure {
+                                map_partition: loc.map_partition,
+                                executor_id: loc.executor_id.clone(),
+                            }),
+                        })
                 }
-                read.rows
-            }
-            StageInput::Shuffle { from, .. } => {
-                let fetches = launch.inputs.iter().map(|loc| {
-                    let request = FetchRequest {
-                        job_id: key.job_id.clone(),
-                        batch_id: key.batch_id,
-                        stage_id: from,
-                        stage_attempt: loc.stage_attempt,
-                        map_partition: loc.map_partition,
-                        reduce_partition: key.partition,
-                        range_bounds: launch.range_bounds.clone(),
-                    };
-                    async move {
-                        fetch_block(executor, self_id, &loc.executor_id, &loc.address, request)
-                            .await
-                            .map_err(|e| TaskFailure {
-                                failure: Failure::new(FailureKind::LostExecutor, e),
-                                fetch: Some(FetchFailure {
-                                    map_partition: loc.map_partition,
-                                    executor_id: loc.executor_id.clone(),
-                                }),
-                            })
-                    }
-                });
-                let blocks = join_all(fetches)
-                    .await
-                    .into_iter()
-                    .collect::<Result<Vec<_>, _>>()?;
-                job.shuffle_input(stage, &blocks)
-                    .map_err(SqlError::into_failure)?
-            }
+            });
+            let blocks = join_all(fetches)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+            let rows = job
+                .shuffle_input(stage, &blocks)
+                .map_err(SqlError::into_failure)?;
+            (TaskInput::Shuffle(rows), 0)
         };
         if let Some(d) = delay(job.settings.test_delay_after_input) {
             tokio::time::sleep(d).await;
         }
-        let rows_in: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
+        let rows_in: u64 = match &input {
+            TaskInput::Split { rows, .. } | TaskInput::Shuffle(rows) => {
+                rows.iter().map(|b| b.num_rows() as u64).sum()
+            }
+        };
         let state_key = (key.job_id.clone(), key.stage_id, key.partition);
         let before = match job.state_of(stage) {
             Some(_) => {
@@ -378,6 +365,40 @@ impl TaskRunner {
         }
         Ok(result)
     }
+}
+
+/// Reads the task's split of its source table. Bad records go to that table's dead-letter
+/// table under this (batch, partition), so a rerun overwrites them too; the driver commits that
+/// table with the batch. Returns the rows and how many records went to the dead letters.
+async fn read_split(
+    job: &CompiledJob,
+    key: &TaskKey,
+    launch: &LaunchTask,
+) -> Result<(TaskInput, u64), TaskFailure> {
+    let table = &launch.source_table;
+    let bug = |m: String| failure(FailureKind::Bug, m);
+    let source = job
+        .sources
+        .get(table)
+        .ok_or_else(|| bug(format!("the job reads no source table '{table}'")))?;
+    let split = SourceSplit::from_json(&launch.source_split)
+        .map_err(|e| bug(format!("bad source split: {e}")))?;
+    let read = source
+        .read_split(&split, key.batch_id)
+        .await
+        .map_err(ConnectorError::into_failure)?;
+    let mut dead_letters = 0;
+    if let (Some(dead), Some(sink)) = (read.dead_letters, job.dead_letters.get(table)) {
+        dead_letters = dead.num_rows() as u64;
+        sink.write(key.batch_id, key.partition, &[dead])
+            .await
+            .map_err(ConnectorError::into_failure)?;
+    }
+    let input = TaskInput::Split {
+        table: table.clone(),
+        rows: read.rows,
+    };
+    Ok((input, dead_letters))
 }
 
 /// A result must fit one control-stream message with room to spare: one that does not would

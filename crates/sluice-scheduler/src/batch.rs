@@ -1,9 +1,9 @@
 //! One running batch: its stages, each stage's tasks, and where each map output lives.
 
 use sluice_core::{
-    BatchId, ExecutorId, Failure, FailureKind, JobId, ShuffleKind, StageInput, StageOutput,
-    StageSpec,
+    BatchId, ExecutorId, Failure, FailureKind, JobId, ShuffleKind, StageOutput, StageSpec,
 };
+use std::collections::BTreeMap;
 
 /// What the driver hands the scheduler to run one batch.
 #[derive(Debug, Clone)]
@@ -11,8 +11,9 @@ pub struct BatchSubmission {
     pub job_id: JobId,
     pub batch_id: BatchId,
     pub stages: Vec<StageSpec>,
-    /// JSON source split per stage-0 task.
-    pub splits: Vec<String>,
+    /// Per source table, its splits (JSON) in this batch: a stage reading that table runs one
+    /// task per split.
+    pub splits: BTreeMap<String, Vec<String>>,
     pub max_task_attempts: u32,
     pub task_backoff_ms: u64,
     /// A task running longer is failed by its executor (and retried elsewhere).
@@ -135,14 +136,21 @@ impl BatchRun {
     pub fn new(sub: BatchSubmission, run: u64, now_ms: u64) -> Self {
         let mut stages: Vec<StageRun> = Vec::with_capacity(sub.stages.len());
         for spec in &sub.stages {
-            // A shuffle stage has one task per partition of the exchange it reads.
-            let n = match spec.input {
-                StageInput::Source => sub.splits.len() as u32,
-                StageInput::Shuffle { from, .. } => match stages[from as usize].spec.output {
-                    StageOutput::Shuffle { partitions, .. } => partitions,
-                    StageOutput::Sink => 0,
-                },
-            };
+            // A source stage has one task per split of each table it reads, a shuffle stage one
+            // per partition of the exchanges it reads (the planner gives them the same count).
+            let splits = spec
+                .sources()
+                .map(|t| sub.splits.get(t).map_or(0, Vec::len) as u32)
+                .sum::<u32>();
+            let partitions = spec
+                .upstreams()
+                .filter_map(|from| match stages[from as usize].spec.output {
+                    StageOutput::Shuffle { partitions, .. } => Some(partitions),
+                    StageOutput::Sink => None,
+                })
+                .max()
+                .unwrap_or(0);
+            let n = splits + partitions;
             stages.push(StageRun {
                 spec: spec.clone(),
                 attempt: 0,
@@ -168,26 +176,44 @@ impl BatchRun {
         }
     }
 
-    /// The stage whose map outputs stage `s` reads, if it reads a shuffle.
-    pub fn upstream(&self, s: usize) -> Option<usize> {
-        self.stages[s].spec.input.upstream().map(|u| u as usize)
+    /// The stages whose map outputs stage `s` reads.
+    pub fn upstreams(&self, s: usize) -> impl Iterator<Item = usize> + '_ {
+        self.stages[s].spec.upstreams().map(|u| u as usize)
+    }
+
+    /// Which split task `p` of source stage `s` reads: (table, split), counting through the
+    /// stage's tables in order.
+    pub fn source_split(&self, s: usize, p: usize) -> Option<(&str, &str)> {
+        let mut p = p;
+        for table in self.stages[s].spec.sources() {
+            let splits = self.sub.splits.get(table).map_or(&[][..], Vec::as_slice);
+            match splits.get(p) {
+                Some(split) => return Some((table, split)),
+                None => p -= splits.len(),
+            }
+        }
+        None
+    }
+
+    /// Whether every map output stage `s` reads exists.
+    pub fn upstreams_done(&self, s: usize) -> bool {
+        self.upstreams(s).all(|up| self.stages[up].all_done())
     }
 
     /// Whether stage `s` can run: a source stage always; a shuffle stage once every map output
-    /// of its upstream stage exists (and, for a range shuffle, its boundaries are known).
+    /// of its upstream stages exists (and, for a range shuffle, its boundaries are known).
     pub fn inputs_ready(&self, s: usize) -> bool {
-        let Some(up) = self.upstream(s) else {
-            return true;
-        };
-        let prev = &self.stages[up];
-        let range = matches!(
-            prev.spec.output,
-            StageOutput::Shuffle {
-                kind: ShuffleKind::Range,
-                ..
-            }
-        );
-        prev.all_done() && (!range || prev.range_bounds.is_some())
+        self.upstreams(s).all(|up| {
+            let prev = &self.stages[up];
+            let range = matches!(
+                prev.spec.output,
+                StageOutput::Shuffle {
+                    kind: ShuffleKind::Range,
+                    ..
+                }
+            );
+            prev.all_done() && (!range || prev.range_bounds.is_some())
+        })
     }
 
     /// Whether stage `s`'s outputs are still wanted: a sink stage until it is done, a map
@@ -196,7 +222,7 @@ impl BatchRun {
         let mut readers = self
             .stages
             .iter()
-            .filter(|r| r.spec.input.upstream() == Some(s as u32))
+            .filter(|r| r.spec.upstreams().any(|u| u == s as u32))
             .peekable();
         match readers.peek() {
             None => !self.stages[s].all_done(),
@@ -239,20 +265,30 @@ impl BatchRun {
         })
     }
 
+    /// The stage that writes the sink (the graph's one root).
+    fn sink_stage(&self) -> Option<&StageRun> {
+        self.stages.iter().find(|s| !s.writes_shuffle())
+    }
+
     pub fn is_complete(&self) -> bool {
-        self.stages.last().is_none_or(StageRun::all_done)
+        self.sink_stage().is_none_or(StageRun::all_done)
     }
 
     pub fn report(&self, now_ms: u64) -> BatchReport {
-        let first = self.stages.first();
-        let last = self.stages.last();
-        let outputs = |s: Option<&StageRun>| {
-            s.into_iter()
+        let first: Vec<&StageRun> = self
+            .stages
+            .iter()
+            .filter(|s| s.spec.reads_sources())
+            .collect();
+        let last: Vec<&StageRun> = self.sink_stage().into_iter().collect();
+        let outputs = |s: &[&StageRun]| {
+            s.iter()
                 .flat_map(|s| s.tasks.iter())
                 .filter_map(|t| t.output.as_ref())
                 .cloned()
                 .collect::<Vec<_>>()
         };
+        let (first, last) = (&first[..], &last[..]);
         let tasks: u32 = self.stages.iter().map(|s| s.tasks.len() as u32).sum();
         let launches: u32 = self
             .stages
@@ -280,13 +316,19 @@ impl BatchRun {
     }
 }
 
-fn partitions_where(stage: Option<&StageRun>, keep: impl Fn(&TaskOutput) -> bool) -> Vec<u32> {
-    stage
-        .into_iter()
+/// Partition numbers of tasks whose output passes `keep`. Writers key their files by
+/// (batch, partition); the planner puts every source table in one stage, so the numbers of
+/// source tasks are unique.
+fn partitions_where(stages: &[&StageRun], keep: impl Fn(&TaskOutput) -> bool) -> Vec<u32> {
+    let mut partitions: Vec<u32> = stages
+        .iter()
         .flat_map(|s| s.tasks.iter().enumerate())
         .filter(|(_, t)| t.output.as_ref().is_some_and(&keep))
         .map(|(p, _)| p as u32)
-        .collect()
+        .collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    partitions
 }
 
 /// Picks `partitions - 1` boundaries from the sorted samples so that each range gets about the

@@ -1,7 +1,7 @@
 //! Executors, running batches, and the single `handle` entry point.
 
 use crate::batch::{BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskState, range_bounds};
-use sluice_core::{BatchId, ExecutorId, Failure, JobId, StageInput, StageOutput};
+use sluice_core::{BatchId, ExecutorId, Failure, JobId, StageOutput};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One attempt of one task. Every launch and every result carries it; a result whose key does
@@ -23,6 +23,8 @@ pub struct TaskKey {
 /// Where one map partition's shuffle output can be fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapOutputLocation {
+    /// The stage that wrote it (a stage may read several upstream stages' exchanges).
+    pub stage_id: u32,
     pub map_partition: u32,
     pub stage_attempt: u32,
     pub executor_id: ExecutorId,
@@ -32,8 +34,10 @@ pub struct MapOutputLocation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskLaunch {
     pub key: TaskKey,
-    /// Source split (JSON) for a stage-0 task.
+    /// Source split (JSON) for a task of a stage that reads sources.
     pub split: Option<String>,
+    /// The source table that split belongs to.
+    pub source: Option<String>,
     /// Map outputs to fetch, for a stage that reads a shuffle.
     pub inputs: Vec<MapOutputLocation>,
     pub range_bounds: Vec<Vec<u8>>,
@@ -513,20 +517,21 @@ impl Scheduler {
         batch.stages[s].tasks[key.partition as usize].state = TaskState::Idle;
         batch.rerun.fetch_failed += 1;
         batch.lost_work(now_ms);
-        let Some(up) = batch.upstream(s) else {
-            return;
-        };
-        let prev = &mut batch.stages[up];
-        let mut lost = 0;
-        for t in &mut prev.tasks {
-            if matches!(&t.state, TaskState::Done { executor, .. } if executor == lost_on) {
-                t.state = TaskState::Idle;
-                lost += 1;
+        // An executor that cannot serve one block has lost them all, of every upstream.
+        let upstreams: Vec<usize> = batch.upstreams(s).collect();
+        for up in upstreams {
+            let prev = &mut batch.stages[up];
+            let mut lost = 0;
+            for t in &mut prev.tasks {
+                if matches!(&t.state, TaskState::Done { executor, .. } if executor == lost_on) {
+                    t.state = TaskState::Idle;
+                    lost += 1;
+                }
             }
-        }
-        if lost > 0 {
-            prev.attempt += 1;
-            batch.rerun.fetch_failed += lost;
+            if lost > 0 {
+                prev.attempt += 1;
+                batch.rerun.fetch_failed += lost;
+            }
         }
     }
 
@@ -651,10 +656,7 @@ impl Scheduler {
                     // A reducer launches only with every map output of its input: one that
                     // waited for a slot while a map output was lost waits for its recompute
                     // (launching it would silently drop that map's rows).
-                    if batch
-                        .upstream(s)
-                        .is_some_and(|up| !batch.stages[up].all_done())
-                    {
+                    if !batch.upstreams_done(s) {
                         continue;
                     }
                     // A stateful partition waits for the executor holding its state while that
@@ -734,36 +736,37 @@ fn build_launch(
         partition: p as u32,
         task_attempt: stage.tasks[p].launches,
     };
-    let (inputs, range_bounds) = match stage.spec.input {
-        StageInput::Source => (Vec::new(), Vec::new()),
-        StageInput::Shuffle { from, .. } => {
-            let prev = &batch.stages[from as usize];
-            let inputs = prev
-                .tasks
-                .iter()
-                .enumerate()
-                .filter_map(|(m, t)| match &t.state {
-                    TaskState::Done {
-                        executor,
-                        stage_attempt,
-                    } => Some(MapOutputLocation {
-                        map_partition: m as u32,
-                        stage_attempt: *stage_attempt,
-                        executor_id: executor.clone(),
-                        address: executors
-                            .get(executor)
-                            .map(|e| e.address.clone())
-                            .unwrap_or_default(),
-                    }),
-                    _ => None,
-                })
-                .collect();
-            (inputs, prev.range_bounds.clone().unwrap_or_default())
+    let mut inputs = Vec::new();
+    let mut range_bounds = Vec::new();
+    for up in batch.upstreams(s) {
+        let prev = &batch.stages[up];
+        inputs.extend(prev.tasks.iter().enumerate().filter_map(|(m, t)| {
+            match &t.state {
+                TaskState::Done {
+                    executor,
+                    stage_attempt,
+                } => Some(MapOutputLocation {
+                    stage_id: up as u32,
+                    map_partition: m as u32,
+                    stage_attempt: *stage_attempt,
+                    executor_id: executor.clone(),
+                    address: executors
+                        .get(executor)
+                        .map(|e| e.address.clone())
+                        .unwrap_or_default(),
+                }),
+                _ => None,
+            }
+        }));
+        if let Some(bounds) = &prev.range_bounds {
+            range_bounds = bounds.clone();
         }
-    };
+    }
+    let split = batch.source_split(s, p);
     TaskLaunch {
         key,
-        split: matches!(stage.spec.input, StageInput::Source).then(|| batch.sub.splits[p].clone()),
+        split: split.map(|(_, split)| split.to_string()),
+        source: split.map(|(table, _)| table.to_string()),
         inputs,
         range_bounds,
         output_partitions: match stage.spec.output {

@@ -1,6 +1,6 @@
 //! Whether a changed job may continue from an existing checkpoint (`sluice submit --resume`).
 //!
-//! As in Spark, what the checkpoint holds decides: the offsets log belongs to one source, and
+//! As in Spark, what the checkpoint holds decides: the offsets log belongs to its sources, and
 //! the state to one running aggregation (its keys, aggregates, state columns and partition
 //! count). Filters and projections upstream of the state, the sink, output mode and trigger
 //! may change freely.
@@ -12,19 +12,27 @@ impl CompiledJob {
     /// lists every change that makes it unsafe.
     pub fn check_compatible(&self, previous: &CompiledJob) -> Result<(), String> {
         let mut changes = Vec::new();
-        if self.source_table != previous.source_table {
+        let (was, now): (Vec<&String>, Vec<&String>) = (
+            previous.sources.keys().collect(),
+            self.sources.keys().collect(),
+        );
+        if was != now {
+            let list = |t: &[&String]| {
+                t.iter()
+                    .map(|t| format!("'{t}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             changes.push(format!(
-                "the source table changed from '{}' to '{}' (the checkpoint's offsets belong to '{}')",
-                previous.source_table, self.source_table, previous.source_table
-            ));
-        } else if self.source_connector() != previous.source_connector() {
-            changes.push(format!(
-                "the source connector changed from '{}' to '{}'",
-                previous.source_connector(),
-                self.source_connector()
+                "the source tables changed from {} to {} (the checkpoint's offsets belong to {})",
+                list(&was),
+                list(&now),
+                list(&was)
             ));
         } else {
-            changes.extend(self.source_identity_changes(previous));
+            for table in now {
+                changes.extend(self.source_changes(previous, table));
+            }
         }
         match (previous.running_aggregate(), self.running_aggregate()) {
             (None, None) => {}
@@ -84,20 +92,28 @@ impl CompiledJob {
         self.fragments.iter().find_map(|f| f.state.as_ref())
     }
 
-    /// Another path, broker or topic is another source, whose positions the checkpoint does
-    /// not hold.
-    fn source_identity_changes(&self, previous: &CompiledJob) -> Vec<String> {
-        let (Some(now), Some(was)) = (self.source_spec(), previous.source_spec()) else {
+    /// Another connector, path, broker or topic is another source, whose positions the
+    /// checkpoint does not hold.
+    fn source_changes(&self, previous: &CompiledJob, table: &str) -> Vec<String> {
+        let (Some(now), Some(was)) = (self.spec_of(table), previous.spec_of(table)) else {
             return Vec::new();
         };
-        let connector = self.source_connector();
-        sluice_connectors::Source::identity_options(&connector)
+        let connector =
+            |s: &sluice_connectors::TableSpec| s.connector().unwrap_or_default().to_string();
+        if connector(now) != connector(was) {
+            return vec![format!(
+                "table '{table}': the source connector changed from '{}' to '{}'",
+                connector(was),
+                connector(now)
+            )];
+        }
+        sluice_connectors::Source::identity_options(&connector(now))
             .iter()
             .filter(|k| now.options.get(**k) != was.options.get(**k))
             .map(|k| {
                 let shown = |v: Option<&String>| v.map_or("(unset)".to_string(), |v| format!("'{v}'"));
                 format!(
-                    "the source's option '{k}' changed from {} to {} (the checkpoint's positions belong to the old source)",
+                    "table '{table}': the source's option '{k}' changed from {} to {} (the checkpoint's positions belong to the old source)",
                     shown(was.options.get(*k)),
                     shown(now.options.get(*k))
                 )
@@ -105,20 +121,11 @@ impl CompiledJob {
             .collect()
     }
 
-    fn source_spec(&self) -> Option<&sluice_connectors::TableSpec> {
+    fn spec_of(&self, table: &str) -> Option<&sluice_connectors::TableSpec> {
         self.job
             .tables
             .iter()
-            .find(|t| t.spec.name == self.source_table)
+            .find(|t| t.spec.name == table)
             .map(|t| &t.spec)
-    }
-
-    fn source_connector(&self) -> String {
-        self.job
-            .tables
-            .iter()
-            .find(|t| t.spec.name == self.source_table)
-            .and_then(|t| t.spec.connector().ok().map(str::to_string))
-            .unwrap_or_default()
     }
 }

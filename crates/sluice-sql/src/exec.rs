@@ -1,7 +1,7 @@
 //! Running one stage's operators on an executor, and partitioning its output for the shuffle.
 
 use crate::SqlError;
-use crate::plan::{CompiledJob, FragmentOutput, bind_table};
+use crate::plan::{CompiledJob, FragmentOutput, TaskInput, bind_table};
 use crate::state::{AGG_TABLE, StateUpdate};
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::{SortOptions, concat_batches, take_record_batch};
@@ -84,7 +84,7 @@ impl CompiledJob {
         stage: usize,
         blocks: &[Vec<u8>],
     ) -> Result<Vec<RecordBatch>, SqlError> {
-        let schema = self.fragments[stage].leaf_schema.clone();
+        let schema = self.shuffle_schema(stage)?;
         let mut out = Vec::new();
         for block in blocks {
             for b in ipc_batches(block)? {
@@ -102,16 +102,14 @@ impl CompiledJob {
     pub async fn run_stage(
         &self,
         stage: usize,
-        input: Vec<RecordBatch>,
+        input: TaskInput,
         state: &[RecordBatch],
     ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
         let f = &self.fragments[stage];
         let (plan, update) = match &f.state {
             None => (self.bind_input(stage, input)?, None),
             Some(agg) => {
-                let partials = self
-                    .partials(agg, &f.leaf_table, f.leaf_schema.clone(), input)
-                    .await?;
+                let partials = self.partials(agg, stage, input).await?;
                 let (update, emitted) = self.update_state(agg, partials, state).await?;
                 let plan = bind_table(f.plan.clone(), AGG_TABLE, agg.agg_schema.clone(), emitted)?;
                 (plan, Some(update))

@@ -1,7 +1,8 @@
 //! Planning: DataFusion turns the SELECT into an optimized logical plan, which is cut into
 //! stages at every operator that needs rows of one key together: an Aggregate (hash shuffle on
 //! its group keys) and a Sort (range shuffle on its sort keys). Each stage is a [`Fragment`]: a
-//! logical plan whose leaf is either the source scan or a scan of the fetched shuffle rows.
+//! logical plan whose leaves are either source scans (several under a UNION ALL) or a scan of
+//! the fetched shuffle rows.
 
 use crate::SqlError;
 use crate::parse::{JobFile, parse_job};
@@ -20,6 +21,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use sluice_connectors::{Sink, Source, TableSpec, source_schema, table_schema};
 use sluice_core::{BATCH_COLUMN, JobSettings, ShuffleKind, StageInput, StageOutput, StageSpec};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The scan that stands for a stage's shuffled input rows.
@@ -40,11 +42,10 @@ pub enum FragmentOutput {
 /// One stage's operators.
 pub struct Fragment {
     pub plan: LogicalPlan,
-    /// Name of the leaf scan that the stage's input replaces.
-    pub leaf_table: String,
-    /// Schema of the input rows the leaf scan expects.
-    pub leaf_schema: SchemaRef,
-    pub input: StageInput,
+    /// Schema of the shuffled rows the leaf scan expects, for a stage reading exchanges.
+    pub shuffle_schema: Option<SchemaRef>,
+    /// Its input edges: the source tables it scans, or the exchange it reads.
+    pub inputs: Vec<StageInput>,
     pub output: FragmentOutput,
     /// The running aggregate that runs first in this stage, over the shuffled input.
     pub state: Option<crate::state::StatefulAgg>,
@@ -55,12 +56,12 @@ pub struct Fragment {
 pub struct CompiledJob {
     pub job: JobFile,
     pub settings: JobSettings,
-    pub source_table: String,
-    pub source: Source,
+    /// The source tables the query reads, by name.
+    pub sources: BTreeMap<String, Source>,
     pub sink_table: String,
     pub sink: Sink,
-    /// Where the source's undecodable records go (Kafka on_error = 'dead_letter').
-    pub dead_letter: Option<Sink>,
+    /// Per source table, where its undecodable records go (Kafka on_error = 'dead_letter').
+    pub dead_letters: BTreeMap<String, Sink>,
     pub fragments: Vec<Fragment>,
     pub(crate) ctx: SessionContext,
 }
@@ -97,11 +98,11 @@ impl CompiledJob {
             .with_information_schema(false);
         let ctx = SessionContext::new_with_config(config);
         // Every other table is a candidate source; the query decides which one it reads.
-        let mut sources = Vec::new();
+        let mut source_specs = Vec::new();
         for t in job.tables.iter().filter(|t| t.spec.name != insert.target) {
             let schema = source_schema(&table_schema(&t.spec));
             ctx.register_table(&t.spec.name, Arc::new(EmptyTable::new(schema)))?;
-            sources.push(t.spec.clone());
+            source_specs.push(t.spec.clone());
         }
         let statement = DFStatement::Statement(Box::new(Statement::Query(insert.query.clone())));
         let state = ctx.state();
@@ -115,49 +116,31 @@ impl CompiledJob {
             .map_err(|e| plan_err(e.to_string()))?;
 
         let scanned = scanned_tables(&optimized);
-        let source_spec: &TableSpec = match scanned.as_slice() {
-            [one] => sources
+        if scanned.is_empty() {
+            return Err(plan_err("the SELECT reads no source table".into()));
+        }
+        let mut sources = BTreeMap::new();
+        let mut dead_letters = BTreeMap::new();
+        for name in &scanned {
+            let spec = source_specs
                 .iter()
-                .find(|s| &s.name == one)
-                .ok_or_else(|| plan_err(format!("'{one}' is the sink table; it cannot be read")))?,
-            [] => return Err(plan_err("the SELECT reads no source table".into())),
-            many => {
-                return Err(plan_err(format!(
-                    "the SELECT reads {} tables ({}); joins and unions of sources are not supported yet",
-                    many.len(),
-                    many.join(", ")
-                )));
+                .find(|s| &s.name == name)
+                .ok_or_else(|| {
+                    plan_err(format!("'{name}' is the sink table; it cannot be read"))
+                })?;
+            let source = Source::from_spec(spec)?;
+            if let Some(dead) =
+                dead_letter_sink(&job, spec, &source, &insert.target).map_err(&plan_err)?
+            {
+                dead_letters.insert(name.clone(), dead);
             }
-        };
-        let source = Source::from_spec(source_spec)?;
-        let dead_letter = match source.dead_letter_table() {
-            None => None,
-            Some(name) if name == insert.target => {
-                return Err(plan_err(format!(
-                    "table '{}': option 'dead_letter.table' = '{name}' is the INSERT's sink; bad records need a table of their own",
-                    source_spec.name
-                )));
-            }
-            Some(name) => {
-                let t = job
-                    .tables
-                    .iter()
-                    .find(|t| t.spec.name == name && name != source_spec.name)
-                    .ok_or_else(|| {
-                        plan_err(format!(
-                            "table '{}': option 'dead_letter.table' = '{name}' is not a declared table; declared tables: {}",
-                            source_spec.name,
-                            table_names(&job)
-                        ))
-                    })?;
-                Some(Sink::from_spec(&t.spec)?)
-            }
-        };
+            sources.insert(name.clone(), source);
+        }
 
         let mut cutter = Cutter {
             ctx: &ctx,
-            source_table: source_spec.name.clone(),
-            source_schema: source_schema(&table_schema(source_spec)),
+            sources: sources.keys().cloned().collect(),
+            scanned: Vec::new(),
             partitions: settings.partitions,
             output_mode: settings.output_mode,
             fragments: Vec::new(),
@@ -173,11 +156,10 @@ impl CompiledJob {
             ));
         }
         Ok(CompiledJob {
-            source_table: source_spec.name.clone(),
-            source,
+            sources,
             sink_table: sink_decl.spec.name.clone(),
             sink,
-            dead_letter,
+            dead_letters,
             fragments,
             settings,
             job,
@@ -192,7 +174,7 @@ impl CompiledJob {
             .enumerate()
             .map(|(i, f)| StageSpec {
                 id: i as u32,
-                input: f.input,
+                inputs: f.inputs.clone(),
                 output: match &f.output {
                     FragmentOutput::Sink => StageOutput::Sink,
                     FragmentOutput::Hash { partitions, .. } => StageOutput::Shuffle {
@@ -220,15 +202,73 @@ impl CompiledJob {
         })
     }
 
-    /// Builds the logical plan of `stage` reading `input` (all of it in memory).
+    /// Builds the logical plan of `stage` reading `input` (all of it in memory). A split's
+    /// rows replace its table's scans; the stage's other source tables read nothing in this
+    /// task (their splits are other tasks').
     pub(crate) fn bind_input(
         &self,
         stage: usize,
-        input: Vec<arrow::record_batch::RecordBatch>,
+        input: TaskInput,
+    ) -> Result<LogicalPlan, SqlError> {
+        self.bind_plan(self.fragments[stage].plan.clone(), stage, input)
+    }
+
+    /// Binds the leaves of `plan` (stage `stage`'s operators or a part of them) to `input`.
+    pub(crate) fn bind_plan(
+        &self,
+        plan: LogicalPlan,
+        stage: usize,
+        input: TaskInput,
     ) -> Result<LogicalPlan, SqlError> {
         let f = &self.fragments[stage];
-        bind_table(f.plan.clone(), &f.leaf_table, f.leaf_schema.clone(), input)
+        match input {
+            TaskInput::Shuffle(rows) => {
+                bind_table(plan, SHUFFLE_TABLE, self.shuffle_schema(stage)?, rows)
+            }
+            TaskInput::Split { table, rows } => {
+                let mut plan = plan;
+                let mut rows = Some(rows);
+                for t in f.inputs.iter().filter_map(StageInput::source) {
+                    let mine = if t == table { rows.take() } else { None };
+                    plan = bind_table(plan, t, self.source_schema(t)?, mine.unwrap_or_default())?;
+                }
+                match rows {
+                    None => Ok(plan),
+                    Some(_) => Err(SqlError::internal(format!(
+                        "stage {stage} does not read source table '{table}'"
+                    ))),
+                }
+            }
+        }
     }
+
+    /// The rows of a source table in SQL: its declared columns and `_batch`.
+    pub fn source_schema(&self, table: &str) -> Result<SchemaRef, SqlError> {
+        self.job
+            .tables
+            .iter()
+            .find(|t| t.spec.name == table)
+            .map(|t| source_schema(&table_schema(&t.spec)))
+            .ok_or_else(|| SqlError::internal(format!("no source table '{table}'")))
+    }
+
+    pub(crate) fn shuffle_schema(&self, stage: usize) -> Result<SchemaRef, SqlError> {
+        self.fragments[stage]
+            .shuffle_schema
+            .clone()
+            .ok_or_else(|| SqlError::internal(format!("stage {stage} reads no exchange")))
+    }
+}
+
+/// One task's input rows.
+pub enum TaskInput {
+    /// The rows of one split of source table `table`.
+    Split {
+        table: String,
+        rows: Vec<arrow::record_batch::RecordBatch>,
+    },
+    /// The rows fetched from the upstream exchanges for this task's partition.
+    Shuffle(Vec<arrow::record_batch::RecordBatch>),
 }
 
 /// Replaces the scan of `table` in `plan` with a scan of `input` (all of it in memory).
@@ -257,6 +297,39 @@ pub(crate) fn bind_table(
         })?
         .data;
     Ok(plan)
+}
+
+/// The dead-letter sink of `source`, if it declares one: a declared table other than the
+/// INSERT's sink and the source itself.
+fn dead_letter_sink(
+    job: &JobFile,
+    spec: &TableSpec,
+    source: &Source,
+    target: &str,
+) -> Result<Option<Sink>, String> {
+    let Some(name) = source.dead_letter_table() else {
+        return Ok(None);
+    };
+    if name == target {
+        return Err(format!(
+            "table '{}': option 'dead_letter.table' = '{name}' is the INSERT's sink; bad records need a table of their own",
+            spec.name
+        ));
+    }
+    let t = job
+        .tables
+        .iter()
+        .find(|t| t.spec.name == name && name != spec.name)
+        .ok_or_else(|| {
+            format!(
+                "table '{}': option 'dead_letter.table' = '{name}' is not a declared table; declared tables: {}",
+                spec.name,
+                table_names(job)
+            )
+        })?;
+    Sink::from_spec(&t.spec)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 fn table_names(job: &JobFile) -> String {
@@ -324,8 +397,10 @@ fn scanned_tables(plan: &LogicalPlan) -> Vec<String> {
 
 struct Cutter<'a> {
     ctx: &'a SessionContext,
-    source_table: String,
-    source_schema: SchemaRef,
+    /// The tables the query reads as sources.
+    sources: std::collections::BTreeSet<String>,
+    /// Source tables scanned by the stage being built, in order of appearance.
+    scanned: Vec<String>,
     partitions: u32,
     output_mode: Option<sluice_core::settings::OutputMode>,
     fragments: Vec<Fragment>,
@@ -389,11 +464,30 @@ impl Cutter<'_> {
                 }))
             }
             LogicalPlan::TableScan(ref scan) => {
-                if scan.table_name.table() == self.source_table {
-                    Ok(plan)
-                } else {
-                    Err(format!("unexpected scan of '{}'", scan.table_name))
+                let table = scan.table_name.table().to_string();
+                if !self.sources.contains(&table) {
+                    return Err(format!("unexpected scan of '{}'", scan.table_name));
                 }
+                if !self.scanned.contains(&table) {
+                    self.scanned.push(table);
+                }
+                Ok(plan)
+            }
+            LogicalPlan::Union(_) => {
+                // A UNION ALL stays inside one stage, whose tasks each read one split of one
+                // of its tables; a branch cut by its own aggregation would need a stage graph
+                // with several branches, which the planner does not build yet.
+                let stages = self.fragments.len();
+                let inputs = plan
+                    .inputs()
+                    .into_iter()
+                    .map(|p| self.cut(p.clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if self.fragments.len() != stages {
+                    return Err("a UNION ALL whose branches aggregate or sort on their own is not supported yet; aggregate the union instead".into());
+                }
+                plan.with_new_exprs(plan.expressions(), inputs)
+                    .map_err(|e| e.to_string())
             }
             LogicalPlan::Projection(_)
             | LogicalPlan::Filter(_)
@@ -427,30 +521,33 @@ impl Cutter<'_> {
     /// Ends the current stage with `plan`, writing a shuffle (`cut`) or the sink (`None`).
     /// Returns the leaf that reads this stage's output in the next stage.
     fn push(&mut self, plan: LogicalPlan, cut: Option<Cut>) -> Result<LogicalPlan, String> {
-        // The stage cut last is the one this stage reads.
+        // The stage cut last is the one this stage reads, unless this stage scans sources.
         let from = self.fragments.len().saturating_sub(1) as u32;
-        let input = match self.fragments.last().map(|f| &f.output) {
-            None => StageInput::Source,
-            Some(FragmentOutput::Range { .. }) => StageInput::Shuffle {
-                from,
-                kind: ShuffleKind::Range,
-            },
-            Some(_) => StageInput::Shuffle {
-                from,
-                kind: ShuffleKind::Hash,
-            },
-        };
-        let (leaf_table, leaf_schema) = match input {
-            StageInput::Source => (self.source_table.clone(), self.source_schema.clone()),
-            StageInput::Shuffle { .. } => (
-                SHUFFLE_TABLE.to_string(),
-                flat_schema(
-                    self.fragments
-                        .last()
-                        .map(|f| f.plan.schema())
-                        .expect("previous stage"),
-                ),
+        let scanned = std::mem::take(&mut self.scanned);
+        let (inputs, shuffle_schema) = match self.fragments.last() {
+            None => (
+                scanned
+                    .into_iter()
+                    .map(|table| StageInput::Source { table })
+                    .collect(),
+                None,
             ),
+            Some(_) if !scanned.is_empty() => {
+                return Err(format!(
+                    "the source tables {} are read after an aggregation or sort of another; this is not supported yet",
+                    scanned.join(", ")
+                ));
+            }
+            Some(prev) => {
+                let kind = match prev.output {
+                    FragmentOutput::Range { .. } => ShuffleKind::Range,
+                    _ => ShuffleKind::Hash,
+                };
+                (
+                    vec![StageInput::Shuffle { from, kind }],
+                    Some(flat_schema(prev.plan.schema())),
+                )
+            }
         };
         let schema = plan.schema().clone();
         let physical = |e: &Expr| {
@@ -502,9 +599,8 @@ impl Cutter<'_> {
         }
         steps.push(suffix);
         self.fragments.push(Fragment {
-            leaf_table,
-            leaf_schema,
-            input,
+            shuffle_schema,
+            inputs,
             output,
             state,
             describe: steps.join(" -> "),

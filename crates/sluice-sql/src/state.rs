@@ -9,7 +9,7 @@
 //! Restoring version N is the same merge over the latest snapshot and the deltas after it.
 
 use crate::SqlError;
-use crate::plan::{CompiledJob, bind_table, flat_leaf, flat_schema};
+use crate::plan::{CompiledJob, flat_leaf, flat_schema};
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -215,11 +215,10 @@ impl CompiledJob {
     pub(crate) async fn partials(
         &self,
         agg: &StatefulAgg,
-        leaf_table: &str,
-        leaf_schema: SchemaRef,
-        input: Vec<RecordBatch>,
+        stage: usize,
+        input: crate::TaskInput,
     ) -> Result<Vec<RecordBatch>, SqlError> {
-        let plan = bind_table(agg.partial.clone(), leaf_table, leaf_schema, input)?;
+        let plan = self.bind_plan(agg.partial.clone(), stage, input)?;
         let out = self.ctx.execute_logical_plan(plan).await?.collect().await?;
         conform(out, &agg.state_schema)
     }

@@ -5,7 +5,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
 use sluice_core::{ShuffleKind, SourceSplit, StageInput, StageOutput};
-use sluice_sql::{CompiledJob, StageOutputData};
+use sluice_sql::{CompiledJob, StageOutputData, TaskInput};
 use std::collections::BTreeMap;
 
 const SOURCE: &str = "CREATE TABLE clicks (user_id BIGINT, page TEXT, ts TIMESTAMP)
@@ -46,9 +46,11 @@ async fn run_with_state(
     state: &mut Vec<Vec<RecordBatch>>,
     deltas: &mut [Vec<Vec<RecordBatch>>],
 ) -> Vec<Vec<RecordBatch>> {
-    let mut inputs: Vec<Vec<RecordBatch>> = Vec::new();
+    let mut inputs: Vec<TaskInput> = Vec::new();
     for split in splits {
-        inputs.push(job.source.read(split, batch_id).await.unwrap());
+        let rows = job.sources["clicks"].read(split, batch_id).await.unwrap();
+        let table = "clicks".to_string();
+        inputs.push(TaskInput::Split { table, rows });
     }
     for stage in 0..job.fragments.len() {
         let mut outputs = Vec::new();
@@ -90,7 +92,7 @@ async fn run_with_state(
                     .iter()
                     .map(|(m, _)| m.block(r, &bounds).unwrap())
                     .collect();
-                job.shuffle_input(stage + 1, &blocks).unwrap()
+                TaskInput::Shuffle(job.shuffle_input(stage + 1, &blocks).unwrap())
             })
             .collect();
     }
@@ -103,15 +105,20 @@ async fn stateless_job_is_one_stage() {
     let specs = job.stage_specs();
     assert_eq!(specs.len(), 1);
     assert_eq!(
-        (specs[0].input, specs[0].output),
-        (StageInput::Source, StageOutput::Sink)
+        (specs[0].inputs.clone(), specs[0].output),
+        (
+            vec![StageInput::Source {
+                table: "clicks".into()
+            }],
+            StageOutput::Sink
+        )
     );
     let parts = run(&job, 0).await;
     let rows: usize = parts.iter().flatten().map(|b| b.num_rows()).sum();
     let expected = {
         let mut n = 0;
         for s in splits() {
-            for b in job.source.read(&s, 0).await.unwrap() {
+            for b in job.sources["clicks"].read(&s, 0).await.unwrap() {
                 n += b
                     .column(0)
                     .as_primitive::<Int64Type>()
@@ -145,7 +152,7 @@ async fn per_batch_group_by_shuffles_by_key_and_counts_exactly() {
     let mut want: BTreeMap<String, (i64, i64, i64, i64, std::collections::BTreeSet<i64>)> =
         BTreeMap::new();
     for s in splits() {
-        for b in job.source.read(&s, 5).await.unwrap() {
+        for b in job.sources["clicks"].read(&s, 5).await.unwrap() {
             let users = b.column(0).as_primitive::<Int64Type>();
             let pages = b.column(1).as_string::<i32>();
             for i in 0..b.num_rows() {
@@ -317,7 +324,7 @@ async fn expected_running(job: &CompiledJob, batches: &[Vec<SourceSplit>]) -> Ru
     let mut want = Running::new();
     for (b, splits) in batches.iter().enumerate() {
         for s in splits {
-            for rb in job.source.read(s, b as u64).await.unwrap() {
+            for rb in job.sources["clicks"].read(s, b as u64).await.unwrap() {
                 let users = rb.column(0).as_primitive::<Int64Type>();
                 let pages = rb.column(1).as_string::<i32>();
                 for i in 0..rb.num_rows() {

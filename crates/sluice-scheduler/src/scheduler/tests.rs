@@ -1,7 +1,7 @@
 //! The scheduler driven through failure stories, with no network.
 
 use super::*;
-use sluice_core::{FailureKind, ShuffleKind, StageSpec};
+use sluice_core::{FailureKind, ShuffleKind, StageInput, StageSpec};
 
 const JOB: &str = "job-1";
 
@@ -9,7 +9,7 @@ fn stages(kind: Option<ShuffleKind>, partitions: u32) -> Vec<StageSpec> {
     match kind {
         None => vec![StageSpec {
             id: 0,
-            input: StageInput::Source,
+            inputs: vec![source("events")],
             output: StageOutput::Sink,
             stateful: false,
             describe: "scan -> sink".into(),
@@ -17,14 +17,14 @@ fn stages(kind: Option<ShuffleKind>, partitions: u32) -> Vec<StageSpec> {
         Some(kind) => vec![
             StageSpec {
                 id: 0,
-                input: StageInput::Source,
+                inputs: vec![source("events")],
                 output: StageOutput::Shuffle { kind, partitions },
                 stateful: false,
                 describe: "scan".into(),
             },
             StageSpec {
                 id: 1,
-                input: StageInput::Shuffle { from: 0, kind },
+                inputs: vec![StageInput::Shuffle { from: 0, kind }],
                 output: StageOutput::Sink,
                 stateful: false,
                 describe: "aggregate -> sink".into(),
@@ -33,12 +33,22 @@ fn stages(kind: Option<ShuffleKind>, partitions: u32) -> Vec<StageSpec> {
     }
 }
 
+fn source(table: &str) -> StageInput {
+    StageInput::Source {
+        table: table.into(),
+    }
+}
+
 fn submit(splits: usize, kind: Option<ShuffleKind>, partitions: u32) -> Event {
     Event::SubmitBatch(BatchSubmission {
         job_id: JOB.into(),
         batch_id: 7,
         stages: stages(kind, partitions),
-        splits: (0..splits).map(|i| format!("split-{i}")).collect(),
+        splits: [(
+            "events".to_string(),
+            (0..splits).map(|i| format!("split-{i}")).collect(),
+        )]
+        .into(),
         max_task_attempts: 3,
         task_backoff_ms: 100,
         task_timeout_ms: 60_000,
@@ -718,4 +728,148 @@ fn a_draining_executor_gets_no_new_tasks() {
         next.extend(launches(&actions));
     }
     assert_eq!(report.expect("done").tasks_rerun, 0);
+}
+
+/// Two source branches (`clicks` in stage 0, `views` in stage 1) hash-shuffled into one
+/// aggregating stage 2.
+fn two_branches(clicks: usize, views: usize, partitions: u32) -> Event {
+    let map = |id, table| StageSpec {
+        id,
+        inputs: vec![source(table)],
+        output: StageOutput::Shuffle {
+            kind: ShuffleKind::Hash,
+            partitions,
+        },
+        stateful: false,
+        describe: format!("scan {table}"),
+    };
+    let splits = |table: &str, n: usize| {
+        let splits = (0..n).map(|i| format!("{table}-{i}")).collect();
+        (table.to_string(), splits)
+    };
+    Event::SubmitBatch(BatchSubmission {
+        job_id: JOB.into(),
+        batch_id: 7,
+        stages: vec![
+            map(0, "clicks"),
+            map(1, "views"),
+            StageSpec {
+                id: 2,
+                inputs: (0..2)
+                    .map(|from| StageInput::Shuffle {
+                        from,
+                        kind: ShuffleKind::Hash,
+                    })
+                    .collect(),
+                output: StageOutput::Sink,
+                stateful: false,
+                describe: "aggregate -> sink".into(),
+            },
+        ],
+        splits: [splits("clicks", clicks), splits("views", views)].into(),
+        max_task_attempts: 3,
+        task_backoff_ms: 100,
+        task_timeout_ms: 60_000,
+        max_stage_attempts: 3,
+    })
+}
+
+fn split_of(l: &Launched) -> (u32, String, String) {
+    let t = &l.1;
+    let show = |v: &Option<String>| v.clone().unwrap_or_default();
+    (t.key.stage_id, show(&t.source), show(&t.split))
+}
+
+#[test]
+fn two_sources_feed_one_shuffle_and_its_reducers_read_both() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 8);
+    let maps = launches(&s.handle(two_branches(2, 1, 2), 0));
+    let got: Vec<_> = maps.iter().map(split_of).collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, "clicks".into(), "clicks-0".into()),
+            (0, "clicks".into(), "clicks-1".into()),
+            (1, "views".into(), "views-0".into()),
+        ],
+        "both branches start at once, each task with its table's split"
+    );
+    assert!(launches(&succeed(&mut s, &maps[0], 1)).is_empty());
+    assert!(launches(&succeed(&mut s, &maps[2], 2)).is_empty());
+    let reduces = launches(&succeed(&mut s, &maps[1], 3));
+    assert_eq!(reduces.len(), 2, "one task per partition of the exchange");
+    for (_, r) in &reduces {
+        assert_eq!((r.key.stage_id, r.split.as_deref()), (2, None));
+        let locs: Vec<_> = r
+            .inputs
+            .iter()
+            .map(|l| (l.stage_id, l.map_partition))
+            .collect();
+        assert_eq!(
+            locs,
+            vec![(0, 0), (0, 1), (1, 0)],
+            "every map output of both"
+        );
+    }
+    succeed(&mut s, &reduces[0], 4);
+    let report = done(&succeed(&mut s, &reduces[1], 5))
+        .expect("batch done")
+        .clone();
+    assert_eq!((report.rows_in, report.rows_out, report.tasks), (30, 10, 5));
+}
+
+#[test]
+fn a_loss_on_one_branch_recomputes_only_that_branch() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 2);
+    let clicks = launches(&s.handle(two_branches(2, 2, 2), 0));
+    let views = launches(&register(&mut s, "b", 2));
+    let on = |l: &[Launched]| {
+        l.iter()
+            .map(|t| (t.0.clone(), t.1.key.stage_id))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(on(&clicks), vec![("a".into(), 0), ("a".into(), 0)]);
+    assert_eq!(on(&views), vec![("b".into(), 1), ("b".into(), 1)]);
+    let mut launched = Vec::new();
+    for t in &clicks {
+        launched.extend(launches(&succeed(&mut s, t, 1)));
+    }
+    // The clicks branch's outputs die with a; the views branch is still running on b.
+    launched.extend(launches(&s.handle(
+        Event::ExecutorLost {
+            id: "a".into(),
+            reason: "killed".into(),
+        },
+        2,
+    )));
+    for t in &views {
+        launched.extend(launches(&succeed(&mut s, t, 3)));
+    }
+    assert_eq!(
+        on(&launched),
+        vec![("b".into(), 0), ("b".into(), 0)],
+        "only the clicks maps again"
+    );
+    let mut report = None;
+    let mut now = 4;
+    while let Some(t) = launched.pop() {
+        let actions = succeed(&mut s, &t, now);
+        now += 1;
+        assert!(launches(&actions).iter().all(|l| l.1.key.stage_id == 2));
+        launched.extend(launches(&actions));
+        report = report.or(done(&actions).cloned());
+    }
+    let report = report.expect("batch done");
+    assert_eq!(
+        (
+            report.rows_in,
+            report.tasks,
+            report.tasks_rerun,
+            report.rerun.executor_lost
+        ),
+        (40, 6, 2, 2),
+        "each split counted once; the two clicks maps ran twice"
+    );
 }
