@@ -262,9 +262,10 @@ fn ci() -> anyhow::Result<()> {
 
 /// Runs every test, echoing cargo's output and adding up its "test result" lines.
 fn run_tests() -> anyhow::Result<(u64, u64)> {
-    eprintln!("==> cargo test --workspace --all-targets");
+    eprintln!("==> cargo test --workspace --all-targets --no-fail-fast");
+    // Every test binary runs even after one fails, so one red run shows every failure.
     let mut child = cargo_command()
-        .args(["test", "--workspace", "--all-targets"])
+        .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .stdout(Stdio::piped())
         .spawn()?;
     let (mut passed, mut failed) = (0, 0);

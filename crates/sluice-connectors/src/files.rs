@@ -1,4 +1,6 @@
-//! The `files` source: each batch takes the directory's new complete files in name order.
+//! The `files` source: each batch takes the directory's new complete files in name order. With
+//! `static = 'true'` the table is instead read whole by every batch that joins it: each batch
+//! lists its files (names, sizes, ETags) and logs that version.
 
 use crate::source::{PlanContext, Planned};
 use crate::store::{self, Location};
@@ -16,6 +18,7 @@ const OPTIONS: &[&str] = &[
     "max_files_per_batch",
     "csv.header",
     "csv.delimiter",
+    "static",
 ];
 
 /// Files per batch when `max_files_per_batch` is not set.
@@ -29,14 +32,9 @@ pub enum FileFormat {
 }
 
 impl FileFormat {
-    /// Reads the `format` and `csv.*` options; `writable` allows parquet (sinks only).
-    pub fn from_options(opts: &crate::Options<'_>, writable: bool) -> Result<FileFormat> {
-        let valid: &[&str] = if writable {
-            &["jsonl", "csv", "parquet"]
-        } else {
-            &["jsonl", "csv"]
-        };
-        let format = opts.one_of("format", valid, "jsonl")?;
+    /// Reads the `format` and `csv.*` options.
+    pub fn from_options(opts: &crate::Options<'_>) -> Result<FileFormat> {
+        let format = opts.one_of("format", &["jsonl", "csv", "parquet"], "jsonl")?;
         Ok(match format {
             "csv" => {
                 let delimiter = match opts.str("csv.delimiter") {
@@ -74,6 +72,8 @@ pub struct FilesSource {
     format: FileFormat,
     schema: SchemaRef,
     max_files_per_batch: Option<usize>,
+    /// Read whole by every batch that joins it, not consumed file by file.
+    pub is_static: bool,
 }
 
 impl FilesSource {
@@ -85,10 +85,49 @@ impl FilesSource {
         Ok(FilesSource {
             table: spec.name.clone(),
             location,
-            format: FileFormat::from_options(&opts, false)?,
+            format: FileFormat::from_options(&opts)?,
             schema: spec.schema.clone(),
             max_files_per_batch,
+            is_static: opts.bool("static", false)?,
         })
+    }
+
+    /// A static table's current version: all of its files, with sizes and ETags. A table
+    /// with no files (a missing directory, a typo) fails the job: joining nothing is never
+    /// what was meant.
+    pub async fn list_static(&self) -> Result<Vec<SourceSplit>> {
+        let missing = |why: String| ConnectorError::Options {
+            table: self.table.clone(),
+            message: format!("static table: option 'path': {why}"),
+        };
+        self.check_directory(Trigger::Once)?;
+        let listing = match self
+            .location
+            .store
+            .list_with_delimiter(Some(&self.location.prefix))
+            .await
+        {
+            Ok(l) => l.objects,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut listing: Vec<_> = listing
+            .into_iter()
+            .filter(|m| listed(m.location.filename().unwrap_or_default()))
+            .collect();
+        listing.sort_by(|a, b| a.location.cmp(&b.location));
+        let files: Vec<SourceSplit> = listing
+            .into_iter()
+            .map(|m| SourceSplit::File {
+                uri: self.location.uri_of(&m.location),
+                size: m.size,
+                e_tag: m.e_tag,
+            })
+            .collect();
+        if files.is_empty() {
+            return Err(missing(format!("no files under {}", self.location.uri)));
+        }
+        Ok(files)
     }
 
     pub async fn plan(&self, seen: &BTreeSet<String>, ctx: &PlanContext) -> Result<Planned> {
@@ -106,10 +145,7 @@ impl FilesSource {
         };
         let mut files: Vec<(String, u64)> = listing
             .into_iter()
-            .filter(|m| {
-                let name = m.location.filename().unwrap_or_default();
-                !(name.starts_with('.') || name.starts_with('_') || name.ends_with(".tmp"))
-            })
+            .filter(|m| listed(m.location.filename().unwrap_or_default()))
             .map(|m| (self.location.uri_of(&m.location), m.size))
             .filter(|(uri, _)| !seen.contains(uri))
             .collect();
@@ -135,7 +171,11 @@ impl FilesSource {
         Ok(Planned {
             splits: files
                 .into_iter()
-                .map(|(uri, size)| SourceSplit::File { uri, size })
+                .map(|(uri, size)| SourceSplit::File {
+                    uri,
+                    size,
+                    e_tag: None,
+                })
                 .collect(),
             exhausted: false,
             backlog: None,
@@ -177,6 +217,11 @@ impl FilesSource {
     }
 
     pub async fn read(&self, uri: &str) -> Result<Vec<RecordBatch>> {
+        self.read_version(uri, None).await
+    }
+
+    /// Reads `uri`; with an ETag, only that version of it (a static table's logged version).
+    pub async fn read_version(&self, uri: &str, e_tag: Option<&str>) -> Result<Vec<RecordBatch>> {
         let name = uri
             .strip_prefix(self.location.uri.trim_end_matches('/'))
             .map(|r| r.trim_start_matches('/'))
@@ -192,16 +237,28 @@ impl FilesSource {
                 ConnectorError::Read(format!("table '{}': cannot read {uri}: {e}", self.table))
             })?;
         self.check_regular(uri)?;
-        let bytes = self
-            .location
-            .store
-            .get(&path)
-            .await
-            .map_err(|e| {
-                ConnectorError::Read(format!("table '{}': cannot read {uri}: {e}", self.table))
-            })?
-            .bytes()
-            .await?;
+        let options = object_store::GetOptions {
+            if_match: e_tag.map(str::to_string),
+            ..Default::default()
+        };
+        let bytes = match self.location.store.get_opts(&path, options).await {
+            Ok(got) => got.bytes().await?,
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) if e_tag.is_some() => {
+                return Err(ConnectorError::Read(format!(
+                    "static table '{}': {uri} was changed or removed after a batch logged its version (ETag {}); a rerun must join the version its batch logged — write a new version under a new name and delete the old one, never rewrite a file in place",
+                    self.table,
+                    e_tag.unwrap_or_default()
+                )));
+            }
+            Err(e) => {
+                return Err(ConnectorError::Read(format!(
+                    "table '{}': cannot read {uri}: {e}",
+                    self.table
+                )));
+            }
+        };
         decode(&bytes, self.format, &self.schema)
             .map_err(|e| ConnectorError::Read(format!("table '{}': {uri} {e}", self.table)))
     }
@@ -221,8 +278,42 @@ pub fn decode(
             .build(Cursor::new(bytes))
             .and_then(|r| r.collect::<std::result::Result<Vec<_>, _>>())
             .map_err(|e| csv_error_with_file_line(&e.to_string(), header)),
-        FileFormat::Parquet => Err("parquet is not readable by the files source".into()),
+        FileFormat::Parquet => decode_parquet(bytes, schema),
     }
+}
+
+/// Whether a listed name is a data file: hidden files, markers and temporaries are not.
+fn listed(name: &str) -> bool {
+    !(name.starts_with('.') || name.starts_with('_') || name.ends_with(".tmp"))
+}
+
+/// Reads the declared columns, by name, from a Parquet file, cast to the declared types.
+fn decode_parquet(
+    bytes: &[u8],
+    schema: &SchemaRef,
+) -> std::result::Result<Vec<RecordBatch>, String> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::copy_from_slice(bytes),
+    )
+    .and_then(|b| b.build())
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let column = batch
+                    .column_by_name(f.name())
+                    .ok_or_else(|| format!("no column '{}' in the file", f.name()))?;
+                arrow::compute::cast(column, f.data_type())
+                    .map_err(|e| format!("column '{}': {e}", f.name()))
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
 }
 
 /// arrow-csv counts data records from 1 ("at line N"); readers want the file's line.
@@ -395,5 +486,102 @@ mod tests {
         assert_eq!(batches[0].num_rows(), 2);
         let err = decode(b"user_id,page\n1,a\nx,b\n", fmt, &schema()).unwrap_err();
         assert!(err.starts_with("line 3: "), "{err}");
+    }
+
+    fn static_source(dir: &std::path::Path, format: &str) -> FilesSource {
+        let spec = TableSpec {
+            name: "dim".into(),
+            schema: schema(),
+            options: [
+                ("path", format!("file://{}", dir.display())),
+                ("format", format.to_string()),
+                ("static", "true".to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        };
+        FilesSource::new(&spec).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_static_version_is_read_as_logged_or_fails_naming_the_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("users.jsonl");
+        std::fs::write(&file, "{\"user_id\": 1, \"page\": \"p\"}\n").unwrap();
+        let src = static_source(dir.path(), "jsonl");
+        let version = src.list_static().await.unwrap();
+        let [SourceSplit::File { uri, size, e_tag }] = &version[..] else {
+            panic!("{version:?}")
+        };
+        assert_eq!((*size, e_tag.is_some()), (28, true));
+        let rows = src.read_version(uri, e_tag.as_deref()).await.unwrap();
+        assert_eq!(rows[0].num_rows(), 1);
+        // Rewritten in place: the logged version is gone, and the error says so.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(
+            &file,
+            "{\"user_id\": 2, \"page\": \"q\"}\n{\"user_id\": 3}\n",
+        )
+        .unwrap();
+        let err = src
+            .read_version(uri, e_tag.as_deref())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("users.jsonl")
+                && err.contains("was changed or removed after a batch logged its version"),
+            "{err}"
+        );
+        // An empty directory is as wrong as a missing one.
+        let empty = tempfile::tempdir().unwrap();
+        let err = static_source(empty.path(), "jsonl")
+            .list_static()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("table 'dim'") && err.contains("no files under"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn parquet_is_read_by_column_name_and_cast_to_the_declared_types() {
+        let dir = tempfile::tempdir().unwrap();
+        // Columns in another order, user_id as Int32: read by name, cast to BIGINT.
+        let written = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("page", DataType::Utf8, true),
+                Field::new("user_id", DataType::Int32, true),
+            ])),
+            vec![
+                Arc::new(arrow::array::StringArray::from(vec!["a", "b"])),
+                Arc::new(arrow::array::Int32Array::from(vec![7, 8])),
+            ],
+        )
+        .unwrap();
+        let mut bytes = Vec::new();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(&mut bytes, written.schema(), None).unwrap();
+        w.write(&written).unwrap();
+        w.close().unwrap();
+        std::fs::write(dir.path().join("d.parquet"), &bytes).unwrap();
+        let src = static_source(dir.path(), "parquet");
+        let version = src.list_static().await.unwrap();
+        let SourceSplit::File { uri, e_tag, .. } = &version[0] else {
+            panic!()
+        };
+        let rows = src.read_version(uri, e_tag.as_deref()).await.unwrap();
+        assert_eq!(rows[0].schema(), schema());
+        let ids = rows[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values(), &[7, 8]);
+        let err = decode(b"not parquet", FileFormat::Parquet, &schema()).unwrap_err();
+        assert!(!err.is_empty());
     }
 }

@@ -51,6 +51,11 @@ impl TableSpec {
             .ok_or_else(|| self.error("missing option 'connector'"))
     }
 
+    /// Declared `static = 'true'` (the files connector checks the value).
+    pub fn is_static(&self) -> bool {
+        self.options.get("static").is_some_and(|v| v == "true")
+    }
+
     pub fn error(&self, message: impl Into<String>) -> ConnectorError {
         ConnectorError::Options {
             table: self.name.clone(),

@@ -65,7 +65,7 @@ impl Sink {
                 SinkKind::Files {
                     location: store::open(o.required("path")?)
                         .map_err(|e| spec.error(e.to_string()))?,
-                    format: FileFormat::from_options(&o, true)?,
+                    format: FileFormat::from_options(&o)?,
                 }
             }
             "kafka" => SinkKind::Kafka(crate::kafka::KafkaSink::new(spec)?),

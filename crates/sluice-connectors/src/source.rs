@@ -207,6 +207,34 @@ impl Source {
         }
     }
 
+    /// Whether the table is static (`static = 'true'`): read whole by each batch that joins
+    /// it instead of consumed.
+    pub fn is_static(&self) -> bool {
+        matches!(self, Source::Files(f) if f.is_static)
+    }
+
+    /// A static table's current version, as the files to read.
+    pub async fn list_static(&self) -> Result<Vec<SourceSplit>> {
+        match self {
+            Source::Files(f) if f.is_static => f.list_static().await,
+            _ => Err(crate::ConnectorError::Read(
+                "only a files table with static = 'true' is static".into(),
+            )),
+        }
+    }
+
+    /// Reads one file of a static table's logged version (no `_batch`: it belongs to no batch).
+    pub async fn read_static(&self, split: &SourceSplit) -> Result<Vec<RecordBatch>> {
+        match (self, split) {
+            (Source::Files(f), SourceSplit::File { uri, e_tag, .. }) => {
+                f.read_version(uri, e_tag.as_deref()).await
+            }
+            (_, other) => Err(crate::ConnectorError::Read(format!(
+                "split {other:?} does not belong to a static table"
+            ))),
+        }
+    }
+
     /// The declared table bad records go to, if the source has one.
     pub fn dead_letter_table(&self) -> Option<&str> {
         match self {

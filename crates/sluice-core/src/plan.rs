@@ -25,14 +25,17 @@ pub enum StageInput {
     Source { table: String },
     /// Partition p's task reads partition p of every map output of stage `from`.
     Shuffle { from: u32, kind: ShuffleKind },
+    /// Every task reads all of static table `table` (the version its batch logged); adds no
+    /// task of its own.
+    Broadcast { table: String },
 }
 
 impl StageInput {
     /// The stage whose output this one reads, if it reads one.
     pub fn upstream(&self) -> Option<u32> {
         match self {
-            StageInput::Source { .. } => None,
             StageInput::Shuffle { from, .. } => Some(*from),
+            _ => None,
         }
     }
 
@@ -40,7 +43,15 @@ impl StageInput {
     pub fn source(&self) -> Option<&str> {
         match self {
             StageInput::Source { table } => Some(table),
-            StageInput::Shuffle { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// The static table this edge broadcasts, if it is one.
+    pub fn broadcast(&self) -> Option<&str> {
+        match self {
+            StageInput::Broadcast { table } => Some(table),
+            _ => None,
         }
     }
 }
@@ -54,7 +65,8 @@ pub enum StageOutput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageSpec {
     pub id: u32,
-    /// Its input edges: all source tables, or all upstream exchanges (never a mix).
+    /// Its input edges: all source tables or all upstream exchanges (never a mix), plus the
+    /// static tables it joins.
     pub inputs: Vec<StageInput>,
     pub output: StageOutput,
     /// Keeps per-partition state across batches: a partition's task goes back to the executor
@@ -73,6 +85,11 @@ impl StageSpec {
     /// The source tables this stage reads, in task order.
     pub fn sources(&self) -> impl Iterator<Item = &str> + '_ {
         self.inputs.iter().filter_map(StageInput::source)
+    }
+
+    /// The static tables every task of this stage reads whole.
+    pub fn broadcasts(&self) -> impl Iterator<Item = &str> + '_ {
+        self.inputs.iter().filter_map(StageInput::broadcast)
     }
 
     pub fn reads_sources(&self) -> bool {

@@ -6,8 +6,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceSplit {
-    /// One whole file of a `files` source.
-    File { uri: String, size: u64 },
+    /// One whole file of a `files` source. A static table's files carry their ETag, so a
+    /// rerun reads the version its batch logged or fails saying the file changed.
+    File {
+        uri: String,
+        size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        e_tag: Option<String>,
+    },
     /// Rows `[start, end)` of a `datagen` source.
     Datagen { start: u64, end: u64 },
     /// Offsets `[from, until)` of one Kafka topic-partition.

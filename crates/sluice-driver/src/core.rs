@@ -359,6 +359,11 @@ impl Core {
                             checkpoint_uri: code.checkpoint_uri.to_string(),
                             source_split: task.split.unwrap_or_default(),
                             source_table: task.source.unwrap_or_default(),
+                            broadcast: task
+                                .broadcast
+                                .into_iter()
+                                .map(|(t, splits)| (t, sluice_proto::StaticFiles { splits }))
+                                .collect(),
                             inputs: task
                                 .inputs
                                 .into_iter()

@@ -182,10 +182,12 @@ impl JobRunner {
                         }
                         continue;
                     }
+                    let mut sources = planned.splits;
+                    sources.extend(self.static_versions().await?);
                     let entry = OffsetsEntry {
                         batch_id: next_batch,
                         planned_at_ms: ctx.now_ms,
-                        sources: planned.splits,
+                        sources,
                     };
                     // Write-ahead: the batch's input is fixed before any task runs.
                     let started = Instant::now();
@@ -270,6 +272,21 @@ impl JobRunner {
         Ok(plan)
     }
 
+    /// The version of every static table the batch joins (its files, sizes and ETags): logged
+    /// with the batch's input so that a rerun joins the same one. A table that lists no files
+    /// fails the job.
+    async fn static_versions(&self) -> Result<BTreeMap<String, Vec<SourceSplit>>, Failure> {
+        let mut versions = BTreeMap::new();
+        for (table, source) in &self.job.statics {
+            let files = source
+                .list_static()
+                .await
+                .map_err(ConnectorError::into_failure)?;
+            versions.insert(table.clone(), files);
+        }
+        Ok(versions)
+    }
+
     /// Rebuilds every source's progress from the offsets log and finds the batch to run next.
     async fn recover(&self) -> Result<(Progress, BatchId, Option<OffsetsEntry>), Failure> {
         let cp = &self.checkpoint;
@@ -338,7 +355,7 @@ impl JobRunner {
         let splits = entry
             .sources
             .iter()
-            .filter(|(table, _)| self.job.sources.contains_key(*table))
+            .filter(|(t, _)| self.job.sources.contains_key(*t) || self.job.statics.contains_key(*t))
             .map(|(table, splits)| (table.clone(), splits.iter().map(|s| s.to_json()).collect()))
             .collect();
         let sub = BatchSubmission {

@@ -4,6 +4,7 @@
 pub mod metrics;
 mod shuffle;
 mod state;
+mod statics;
 mod task;
 
 use anyhow::Context;

@@ -4,11 +4,12 @@
 use crate::Executor;
 use crate::metrics::ExecutorMetrics;
 use crate::shuffle::fetch_block;
+use crate::statics::StaticCache;
 use futures::future::join_all;
 use sluice_connectors::ConnectorError;
 use sluice_core::{Failure, FailureKind, SourceSplit};
 use sluice_proto::{FetchFailure, FetchRequest, LaunchTask, TaskKey, TaskResult};
-use sluice_sql::{CompiledJob, SqlError, StageOutputData, TaskInput};
+use sluice_sql::{CompiledJob, SqlError, StageOutputData, Statics, TaskInput};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +30,8 @@ pub struct TaskRunner {
     jobs: Mutex<HashMap<String, (String, Arc<CompiledJob>)>>,
     /// Per job, a signal its tasks watch: sent when the driver cancels the job's tasks.
     cancels: std::sync::Mutex<HashMap<String, watch::Sender<()>>>,
+    /// Static tables read here, per job and table, one version each.
+    statics: StaticCache,
     metrics: ExecutorMetrics,
 }
 
@@ -93,6 +96,7 @@ impl TaskRunner {
             fail_all,
             jobs: Mutex::new(HashMap::new()),
             cancels: std::sync::Mutex::new(HashMap::new()),
+            statics: StaticCache::default(),
             metrics,
         }
     }
@@ -106,6 +110,7 @@ impl TaskRunner {
     pub async fn forget_job(&self, job_id: &str) {
         self.jobs.lock().await.remove(job_id);
         self.cancels.lock().unwrap().remove(job_id);
+        self.statics.forget_job(job_id);
     }
 
     /// Aborts every task of the job running or waiting for a slot here; each reports back as
@@ -308,8 +313,16 @@ impl TaskRunner {
             }
             None => Arc::new(Vec::new()),
         };
+        let mut statics = Statics::new();
+        for (table, files) in &launch.broadcast {
+            let rows = self
+                .statics
+                .get(&key.job_id, &job, table, &files.splits)
+                .await?;
+            statics.insert(table.clone(), rows);
+        }
         let (output, update) = job
-            .run_stage(stage, input, &before)
+            .run_task(stage, input, &statics, &before)
             .await
             .map_err(SqlError::into_failure)?;
         // The new state version is durable before the task reports success, so the batch

@@ -38,6 +38,8 @@ pub struct TaskLaunch {
     pub split: Option<String>,
     /// The source table that split belongs to.
     pub source: Option<String>,
+    /// Per static table the stage joins, its files (JSON splits) in this batch.
+    pub broadcast: BTreeMap<String, Vec<String>>,
     /// Map outputs to fetch, for a stage that reads a shuffle.
     pub inputs: Vec<MapOutputLocation>,
     pub range_bounds: Vec<Vec<u8>>,
@@ -763,8 +765,17 @@ fn build_launch(
         }
     }
     let split = batch.source_split(s, p);
+    let broadcast = stage
+        .spec
+        .broadcasts()
+        .map(|t| {
+            let files = batch.sub.splits.get(t).cloned().unwrap_or_default();
+            (t.to_string(), files)
+        })
+        .collect();
     TaskLaunch {
         key,
+        broadcast,
         split: split.map(|(_, split)| split.to_string()),
         source: split.map(|(table, _)| table.to_string()),
         inputs,

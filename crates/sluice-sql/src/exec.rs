@@ -1,7 +1,7 @@
 //! Running one stage's operators on an executor, and partitioning its output for the shuffle.
 
 use crate::SqlError;
-use crate::plan::{CompiledJob, FragmentOutput, TaskInput, bind_table};
+use crate::plan::{CompiledJob, FragmentOutput, Statics, TaskInput, bind_table};
 use crate::state::{AGG_TABLE, StateUpdate};
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::{SortOptions, concat_batches, take_record_batch};
@@ -105,6 +105,18 @@ impl CompiledJob {
         input: TaskInput,
         state: &[RecordBatch],
     ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
+        self.run_task(stage, input, &Statics::new(), state).await
+    }
+
+    /// [`run_stage`](Self::run_stage) for a stage that joins static tables: `statics` holds
+    /// each one's rows (the version the batch logged).
+    pub async fn run_task(
+        &self,
+        stage: usize,
+        input: TaskInput,
+        statics: &Statics,
+        state: &[RecordBatch],
+    ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
         let f = &self.fragments[stage];
         let (plan, update) = match &f.state {
             None => (self.bind_input(stage, input)?, None),
@@ -115,6 +127,7 @@ impl CompiledJob {
                 (plan, Some(update))
             }
         };
+        let plan = self.bind_statics(plan, stage, statics)?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();

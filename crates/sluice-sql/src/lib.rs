@@ -10,7 +10,7 @@ mod state;
 
 pub use exec::{MapOutput, RangeKeys, StageOutputData};
 pub use parse::{JobFile, parse_job, split_inserts};
-pub use plan::{CompiledJob, Fragment, FragmentOutput, TaskInput};
+pub use plan::{CompiledJob, Fragment, FragmentOutput, Statics, TaskInput};
 use sluice_core::{Failure, FailureKind};
 pub use state::{StateUpdate, StatefulAgg};
 

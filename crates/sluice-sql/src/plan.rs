@@ -58,6 +58,8 @@ pub struct CompiledJob {
     pub settings: JobSettings,
     /// The source tables the query reads, by name.
     pub sources: BTreeMap<String, Source>,
+    /// The static tables it joins (`static = 'true'`), read whole by each batch.
+    pub statics: BTreeMap<String, Source>,
     pub sink_table: String,
     pub sink: Sink,
     /// Per source table, where its undecodable records go (Kafka on_error = 'dead_letter').
@@ -100,7 +102,11 @@ impl CompiledJob {
         // Every other table is a candidate source; the query decides which one it reads.
         let mut source_specs = Vec::new();
         for t in job.tables.iter().filter(|t| t.spec.name != insert.target) {
-            let schema = source_schema(&table_schema(&t.spec));
+            // A static table's rows belong to no batch: no `_batch` column.
+            let schema = match t.spec.is_static() {
+                true => table_schema(&t.spec),
+                false => source_schema(&table_schema(&t.spec)),
+            };
             ctx.register_table(&t.spec.name, Arc::new(EmptyTable::new(schema)))?;
             source_specs.push(t.spec.clone());
         }
@@ -115,13 +121,10 @@ impl CompiledJob {
             .optimize(&query)
             .map_err(|e| plan_err(e.to_string()))?;
 
-        let scanned = scanned_tables(&optimized);
-        if scanned.is_empty() {
-            return Err(plan_err("the SELECT reads no source table".into()));
-        }
         let mut sources = BTreeMap::new();
+        let mut statics = BTreeMap::new();
         let mut dead_letters = BTreeMap::new();
-        for name in &scanned {
+        for name in &scanned_tables(&optimized) {
             let spec = source_specs
                 .iter()
                 .find(|s| &s.name == name)
@@ -129,6 +132,10 @@ impl CompiledJob {
                     plan_err(format!("'{name}' is the sink table; it cannot be read"))
                 })?;
             let source = Source::from_spec(spec)?;
+            if source.is_static() {
+                statics.insert(name.clone(), source);
+                continue;
+            }
             if let Some(dead) =
                 dead_letter_sink(&job, spec, &source, &insert.target).map_err(&plan_err)?
             {
@@ -137,10 +144,21 @@ impl CompiledJob {
             sources.insert(name.clone(), source);
         }
 
+        if sources.is_empty() {
+            return Err(plan_err(match statics.is_empty() {
+                true => "the SELECT reads no source table".into(),
+                false => format!(
+                    "the SELECT reads only static tables ({}); join them to a streaming source table",
+                    statics.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            }));
+        }
         let mut cutter = Cutter {
             ctx: &ctx,
             sources: sources.keys().cloned().collect(),
+            statics: statics.keys().cloned().collect(),
             scanned: Vec::new(),
+            joined: Vec::new(),
             partitions: settings.partitions,
             output_mode: settings.output_mode,
             fragments: Vec::new(),
@@ -157,6 +175,7 @@ impl CompiledJob {
         }
         Ok(CompiledJob {
             sources,
+            statics,
             sink_table: sink_decl.spec.name.clone(),
             sink,
             dead_letters,
@@ -242,6 +261,53 @@ impl CompiledJob {
         }
     }
 
+    /// Binds the static tables stage `stage` joins to their rows.
+    pub(crate) fn bind_statics(
+        &self,
+        mut plan: LogicalPlan,
+        stage: usize,
+        statics: &Statics,
+    ) -> Result<LogicalPlan, SqlError> {
+        for t in self.fragments[stage]
+            .inputs
+            .iter()
+            .filter_map(StageInput::broadcast)
+        {
+            let rows = statics
+                .get(t)
+                .ok_or_else(|| SqlError::internal(format!("no rows for static table '{t}'")))?;
+            let spec = self.spec(t)?;
+            plan = bind_table(plan, t, table_schema(spec), rows.to_vec())?;
+        }
+        Ok(plan)
+    }
+
+    /// Reads a static table's logged version: every file in `files`.
+    pub async fn read_static(
+        &self,
+        table: &str,
+        files: &[sluice_core::SourceSplit],
+    ) -> Result<Vec<arrow::record_batch::RecordBatch>, SqlError> {
+        let source = self
+            .statics
+            .get(table)
+            .ok_or_else(|| SqlError::internal(format!("no static table '{table}'")))?;
+        let mut rows = Vec::new();
+        for f in files {
+            rows.extend(source.read_static(f).await?);
+        }
+        Ok(rows)
+    }
+
+    fn spec(&self, table: &str) -> Result<&TableSpec, SqlError> {
+        self.job
+            .tables
+            .iter()
+            .find(|t| t.spec.name == table)
+            .map(|t| &t.spec)
+            .ok_or_else(|| SqlError::internal(format!("no table '{table}'")))
+    }
+
     /// The rows of a source table in SQL: its declared columns and `_batch`.
     pub fn source_schema(&self, table: &str) -> Result<SchemaRef, SqlError> {
         self.job
@@ -259,6 +325,9 @@ impl CompiledJob {
             .ok_or_else(|| SqlError::internal(format!("stage {stage} reads no exchange")))
     }
 }
+
+/// Per static table a task joins, its rows.
+pub type Statics = BTreeMap<String, Arc<Vec<arrow::record_batch::RecordBatch>>>;
 
 /// One task's input rows.
 pub enum TaskInput {
@@ -399,8 +468,12 @@ struct Cutter<'a> {
     ctx: &'a SessionContext,
     /// The tables the query reads as sources.
     sources: std::collections::BTreeSet<String>,
+    /// The static tables the query joins.
+    statics: std::collections::BTreeSet<String>,
     /// Source tables scanned by the stage being built, in order of appearance.
     scanned: Vec<String>,
+    /// Static tables joined in the stage being built.
+    joined: Vec<String>,
     partitions: u32,
     output_mode: Option<sluice_core::settings::OutputMode>,
     fragments: Vec<Fragment>,
@@ -463,8 +536,14 @@ impl Cutter<'_> {
                     fetch: None,
                 }))
             }
+            LogicalPlan::Join(join) => self.cut_join(join),
             LogicalPlan::TableScan(ref scan) => {
                 let table = scan.table_name.table().to_string();
+                if self.statics.contains(&table) {
+                    return Err(format!(
+                        "static table '{table}' is read on its own here; a static table can only be joined to a stream (stream JOIN {table} ON ...)"
+                    ));
+                }
                 if !self.sources.contains(&table) {
                     return Err(format!("unexpected scan of '{}'", scan.table_name));
                 }
@@ -502,7 +581,6 @@ impl Cutter<'_> {
                     .map_err(|e| e.to_string())
             }
             LogicalPlan::Limit(_) => Err("LIMIT is not supported in streaming jobs yet".into()),
-            LogicalPlan::Join(_) => Err("joins are not supported in streaming jobs yet".into()),
             LogicalPlan::Window(_) => {
                 Err("window functions are not supported in streaming jobs yet".into())
             }
@@ -518,13 +596,70 @@ impl Cutter<'_> {
         }
     }
 
+    /// A join of the stream with a static table stays in the stream's stage: only the stream
+    /// side is cut; the static side runs whole in every task, over the version its batch
+    /// logged (a broadcast edge of the stage). Only joins that keep to the stream's rows are
+    /// per batch: a static row unmatched in one task may match in another.
+    fn cut_join(&mut self, join: datafusion::logical_expr::Join) -> Result<LogicalPlan, String> {
+        use datafusion::logical_expr::JoinType as J;
+        let streams = |p: &LogicalPlan| {
+            scanned_tables(p)
+                .into_iter()
+                .any(|t| self.sources.contains(&t))
+        };
+        let stream_left = match (streams(&join.left), streams(&join.right)) {
+            (true, false) => true,
+            (false, true) => false,
+            (true, true) => return Err("joins of two streams are not supported yet; join a stream with a static table (WITH (connector = 'files', ..., static = 'true'))".into()),
+            (false, false) => return Err("a join of static tables is read on its own here; join it to a stream".into()),
+        };
+        let keeps_stream = match join.join_type {
+            J::Inner => true,
+            J::Left | J::LeftSemi | J::LeftAnti | J::LeftMark => stream_left,
+            J::Right | J::RightSemi | J::RightAnti => !stream_left,
+            _ => false,
+        };
+        if !keeps_stream {
+            let (l, r) = if stream_left {
+                ("stream", "static table")
+            } else {
+                ("static table", "stream")
+            };
+            return Err(format!(
+                "a {} join of {l} and {r} is not supported: a stream joins a static table with an inner join, or a left outer join with the stream on the left (stream LEFT JOIN static)",
+                join.join_type.to_string().to_lowercase()
+            ));
+        }
+        let (stream, fixed) = match stream_left {
+            true => (join.left.clone(), join.right.clone()),
+            false => (join.right.clone(), join.left.clone()),
+        };
+        let stream = Arc::new(self.cut(Arc::unwrap_or_clone(stream))?);
+        // After the stream side: a cut inside it ends a lower stage, which joins nothing.
+        for t in scanned_tables(&fixed) {
+            if !self.joined.contains(&t) {
+                self.joined.push(t);
+            }
+        }
+        let (left, right) = match stream_left {
+            true => (stream, fixed),
+            false => (fixed, stream),
+        };
+        Ok(LogicalPlan::Join(datafusion::logical_expr::Join {
+            left,
+            right,
+            ..join
+        }))
+    }
+
     /// Ends the current stage with `plan`, writing a shuffle (`cut`) or the sink (`None`).
     /// Returns the leaf that reads this stage's output in the next stage.
     fn push(&mut self, plan: LogicalPlan, cut: Option<Cut>) -> Result<LogicalPlan, String> {
         // The stage cut last is the one this stage reads, unless this stage scans sources.
         let from = self.fragments.len().saturating_sub(1) as u32;
         let scanned = std::mem::take(&mut self.scanned);
-        let (inputs, shuffle_schema) = match self.fragments.last() {
+        let joined = std::mem::take(&mut self.joined);
+        let (mut inputs, shuffle_schema): (Vec<StageInput>, _) = match self.fragments.last() {
             None => (
                 scanned
                     .into_iter()
@@ -549,6 +684,11 @@ impl Cutter<'_> {
                 )
             }
         };
+        inputs.extend(
+            joined
+                .into_iter()
+                .map(|table| StageInput::Broadcast { table }),
+        );
         let schema = plan.schema().clone();
         let physical = |e: &Expr| {
             self.ctx
