@@ -242,3 +242,69 @@ fn a_resubmission_that_changes_the_union_s_tables_is_refused() {
         "{err}"
     );
 }
+
+/// The `sequence` connector exists only in its module and the registry; here it is read from
+/// SQL, in a union with a directory, by a real cluster.
+#[test]
+fn a_connector_known_only_to_the_registry_is_usable_from_sql_in_a_union() {
+    let c = Cluster::start(2);
+    write_inputs(&c);
+    let sql = job(
+        &c,
+        "SET 'output_mode' = 'complete';",
+        "k BIGINT, n BIGINT, total BIGINT",
+        "SELECT k, count(*), sum(v) FROM (SELECT n % 13 AS k, n AS v FROM seq UNION ALL SELECT k, v FROM a) GROUP BY k",
+    )
+    .replace(
+        "CREATE TABLE o",
+        "CREATE TABLE seq (n BIGINT) WITH (connector = 'sequence', end = '1000', rows_per_batch = '250');\nCREATE TABLE o",
+    );
+    let id = c.submit(&sql).unwrap();
+    wait_finished(&c, &id);
+    let mut want = Totals::new();
+    for n in 0..1000i64 {
+        let e = want.entry(n % 13).or_default();
+        e.0 += 1;
+        e.1 += n;
+    }
+    for i in 0..A_FILES {
+        for (k, v) in rows_of("a", i) {
+            let e = want.entry(k).or_default();
+            e.0 += 1;
+            e.1 += v;
+        }
+    }
+    let out = emitted(&c);
+    assert_eq!(
+        out.len(),
+        A_FILES,
+        "six batches: the directory outlasts the sequence"
+    );
+    assert_eq!(
+        out[&(A_FILES as u64 - 1)],
+        want,
+        "the whole table after the last batch"
+    );
+    // Four batches of 250 numbers, then none: the sequence's own summary in the checkpoint.
+    let all = inspect(&c);
+    let summaries: Vec<String> = all[0]["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["table"] == "seq")
+                .map(|i| i["summary"].as_str().unwrap().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(summaries[0], "numbers 0..250 in 3 splits", "{summaries:?}");
+    assert_eq!(
+        summaries[3], "numbers 750..1000 in 3 splits",
+        "{summaries:?}"
+    );
+    assert_eq!(summaries[4], "no input", "{summaries:?}");
+}

@@ -379,7 +379,7 @@ mod tests {
             planned_at_ms: 5,
             sources: [(
                 "clicks".to_string(),
-                vec![SourceSplit::Datagen { start: 0, end: 10 }],
+                vec![SourceSplit::from_json(r#"{"kind":"datagen","start":0,"end":10}"#).unwrap()],
             )]
             .into_iter()
             .collect(),

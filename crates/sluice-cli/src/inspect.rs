@@ -4,7 +4,6 @@
 use anyhow::Context;
 use serde_json::{Value, json};
 use sluice_checkpoint::{JobCheckpoint, StateKind};
-use sluice_core::SourceSplit;
 
 /// `uri` is a job's checkpoint (…/jobs/<id>) or a driver's --state (every job under it).
 pub async fn run(uri: &str, as_json: bool) -> anyhow::Result<()> {
@@ -67,7 +66,7 @@ async fn describe(cp: &JobCheckpoint) -> anyhow::Result<Value> {
         let input: Vec<Value> = offsets
             .iter()
             .flat_map(|o| o.sources.iter())
-            .map(|(table, splits)| json!({ "table": table, "summary": summarize(splits), "splits": splits }))
+            .map(|(table, splits)| json!({ "table": table, "summary": sluice_connectors::summarize(splits), "splits": splits }))
             .collect();
         batches.push(json!({
             "batch": b,
@@ -108,49 +107,6 @@ async fn describe(cp: &JobCheckpoint) -> anyhow::Result<Value> {
         "batches": batches,
         "state": state,
     }))
-}
-
-/// "3 files, 1.2 MB" or "rows 4000..8000 in 4 splits".
-fn summarize(splits: &[SourceSplit]) -> String {
-    let files: Vec<u64> = splits
-        .iter()
-        .filter_map(|s| match s {
-            SourceSplit::File { size, .. } => Some(*size),
-            _ => None,
-        })
-        .collect();
-    if !files.is_empty() {
-        return format!("{} files, {} bytes", files.len(), files.iter().sum::<u64>());
-    }
-    let kafka: Vec<String> = splits
-        .iter()
-        .filter_map(|s| match s {
-            SourceSplit::Kafka {
-                topic,
-                partition,
-                from,
-                until,
-            } => Some(format!("{topic}/{partition}:[{from},{until})")),
-            _ => None,
-        })
-        .collect();
-    if !kafka.is_empty() {
-        return kafka.join(" ");
-    }
-    let ranges: Vec<(u64, u64)> = splits
-        .iter()
-        .filter_map(|s| match s {
-            SourceSplit::Datagen { start, end } => Some((*start, *end)),
-            _ => None,
-        })
-        .collect();
-    match (
-        ranges.iter().map(|r| r.0).min(),
-        ranges.iter().map(|r| r.1).max(),
-    ) {
-        (Some(lo), Some(hi)) => format!("rows {lo}..{hi} in {} splits", ranges.len()),
-        _ => "no input".into(),
-    }
 }
 
 fn print(job: &Value) {

@@ -1,22 +1,21 @@
 //! Sources and sinks. Each connector validates its own options (so an unknown option names the
-//! valid ones), plans a batch's input on the driver as exact [`SourceSplit`]s, and reads or
-//! writes Arrow `RecordBatch`es on the executors.
+//! valid ones), plans a batch's input on the driver as exact splits, and reads or writes Arrow
+//! `RecordBatch`es on the executors. Source connectors implement [`SourceConnector`] and are
+//! listed in one registry (`connectors/mod.rs`).
 
-mod datagen;
+pub mod connector;
+pub mod connectors;
 pub mod faults;
-mod files;
-pub mod kafka;
 mod options;
 mod sink;
 mod source;
 pub mod store;
 
-pub use files::FileFormat;
+pub use connector::{PlanContext, Planned, Position, SourceConnector, SourceFactory, SplitRead};
+pub use connectors::files::FileFormat;
 pub use options::{ConnectorError, Options, TableSpec};
 pub use sink::{PartitionWritten, Sink, SinkKind, ipc_batches, ipc_bytes, render_console};
 pub use sluice_core::SourceSplit;
-pub use source::{
-    PlanContext, Planned, Source, SourceProgress, SplitRead, source_schema, table_schema,
-};
+pub use source::{Source, source_schema, summarize, table_schema};
 
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;

@@ -171,6 +171,5 @@ impl Options<'_> {
     }
 }
 
-/// The connectors Sluice knows, for error messages.
-pub const SOURCES: &[&str] = &["files", "datagen", "kafka"];
+/// The sink connectors Sluice knows, for error messages.
 pub const SINKS: &[&str] = &["console", "blackhole", "files", "kafka"];

@@ -1,7 +1,7 @@
 //! Sinks: executors write each final-stage partition; the driver commits the batch.
 //! Output names depend only on (batch, partition), so a rerun overwrites instead of duplicating.
 
-use crate::files::FileFormat;
+use crate::connectors::files::FileFormat;
 use crate::options::SINKS;
 use crate::store::{self, Location};
 use crate::{ConnectorError, Result, TableSpec};
@@ -30,7 +30,7 @@ pub enum SinkKind {
         format: FileFormat,
     },
     /// Produces each row as a record; at-least-once (a rerun produces its rows again).
-    Kafka(crate::kafka::KafkaSink),
+    Kafka(crate::connectors::kafka::KafkaSink),
 }
 
 #[derive(Debug)]
@@ -68,7 +68,7 @@ impl Sink {
                     format: FileFormat::from_options(&o)?,
                 }
             }
-            "kafka" => SinkKind::Kafka(crate::kafka::KafkaSink::new(spec)?),
+            "kafka" => SinkKind::Kafka(crate::connectors::kafka::KafkaSink::new(spec)?),
             other => {
                 return Err(spec.error(format!(
                     "unknown sink connector '{other}'; valid sink connectors: {}",

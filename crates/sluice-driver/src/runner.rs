@@ -5,7 +5,7 @@
 use crate::core::{CoreHandle, CoreMsg, JobCode};
 use crate::jobs::Registry;
 use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
-use sluice_connectors::{ConnectorError, PlanContext, SinkKind, SourceProgress, render_console};
+use sluice_connectors::{ConnectorError, PlanContext, Position, SinkKind, render_console};
 use sluice_core::restart::Restarts;
 use sluice_core::{
     BatchId, Failure as JobFailure, FailureKind, JobState, SourceSplit, Trigger, now_ms,
@@ -196,7 +196,7 @@ impl JobRunner {
                         .await
                         .map_err(checkpoint_failure)?;
                     offsets_ms = started.elapsed().as_millis() as u64;
-                    advance(&mut progress, &entry);
+                    self.advance(&mut progress, &entry)?;
                     (entry, planned.exhausted)
                 }
             };
@@ -272,6 +272,23 @@ impl JobRunner {
         Ok(plan)
     }
 
+    /// Records that a logged batch read its splits, source by source.
+    fn advance(&self, progress: &mut Progress, entry: &OffsetsEntry) -> Result<(), Failure> {
+        for (table, splits) in &entry.sources {
+            if let (Some(p), Some(source)) = (progress.get_mut(table), self.job.sources.get(table))
+            {
+                source.advance(p, splits).map_err(|e| {
+                    let file = format!("{}/offsets/{}", self.checkpoint.uri(), entry.batch_id);
+                    JobFailure::new(
+                        FailureKind::BadPlan,
+                        format!("{file}: table '{table}': {e}"),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// The version of every static table the batch joins (its files, sizes and ETags): logged
     /// with the batch's input so that a rerun joins the same one. A table that lists no files
     /// fails the job.
@@ -303,13 +320,18 @@ impl JobRunner {
                 let Some(stored) = position.get(table) else {
                     continue;
                 };
-                *at = SourceProgress::from_json(stored).map_err(|e| {
-                    let file = format!("{}/offsets/compact-{batch}", cp.uri());
-                    JobFailure::new(
-                        FailureKind::BadPlan,
-                        format!("{file}: table '{table}': {e}"),
-                    )
-                })?;
+                // Read back through its connector now, so a bad file is named at once.
+                let mut stored = stored.clone();
+                self.job.sources[table]
+                    .advance(&mut stored, &[])
+                    .map_err(|e| {
+                        let file = format!("{}/offsets/compact-{batch}", cp.uri());
+                        JobFailure::new(
+                            FailureKind::BadPlan,
+                            format!("{file}: table '{table}': {e}"),
+                        )
+                    })?;
+                *at = stored;
             }
         }
         let mut last = None;
@@ -322,7 +344,7 @@ impl JobRunner {
                     let message = format!("offsets/{b} vanished while recovering");
                     JobFailure::new(FailureKind::Outage, message)
                 })?;
-            advance(&mut progress, &entry);
+            self.advance(&mut progress, &entry)?;
             last = Some(entry);
         }
         match last {
@@ -476,7 +498,7 @@ impl JobRunner {
 }
 
 /// How far each source table has been read.
-type Progress = BTreeMap<String, SourceProgress>;
+type Progress = BTreeMap<String, Position>;
 
 /// The next batch's input, over every source.
 struct Plan {
@@ -485,15 +507,6 @@ struct Plan {
     exhausted: bool,
     /// Records left for later, summed over the sources that can tell.
     backlog: Option<u64>,
-}
-
-/// Records that a logged batch read its splits, source by source.
-fn advance(progress: &mut Progress, entry: &OffsetsEntry) {
-    for (table, splits) in &entry.sources {
-        if let Some(p) = progress.get_mut(table) {
-            p.advance(splits);
-        }
-    }
 }
 
 /// Resolves once the job is asked to stop.

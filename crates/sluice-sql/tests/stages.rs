@@ -4,6 +4,7 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
+use sluice_connectors::connectors::datagen::Rows;
 use sluice_core::{ShuffleKind, SourceSplit, StageInput, StageOutput};
 use sluice_sql::{CompiledJob, StageOutputData, TaskInput};
 use std::collections::BTreeMap;
@@ -25,9 +26,12 @@ fn splits() -> Vec<SourceSplit> {
 /// Four splits of 2500 generated rows each, starting at row `first`.
 fn splits_from(first: u64) -> Vec<SourceSplit> {
     (0..4)
-        .map(|i| SourceSplit::Datagen {
-            start: first + i * 2500,
-            end: first + (i + 1) * 2500,
+        .map(|i| {
+            Rows {
+                start: first + i * 2500,
+                end: first + (i + 1) * 2500,
+            }
+            .into()
         })
         .collect()
 }

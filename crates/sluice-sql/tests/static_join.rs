@@ -3,6 +3,7 @@
 
 use arrow::array::{AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use sluice_connectors::connectors::datagen::Rows;
 use sluice_core::{SourceSplit, StageInput};
 use sluice_sql::{CompiledJob, StageOutputData, Statics, TaskInput};
 use std::collections::BTreeMap;
@@ -47,7 +48,7 @@ fn pages() -> Statics {
 }
 
 async fn sink_rows(job: &CompiledJob, statics: &Statics) -> Vec<RecordBatch> {
-    let split = SourceSplit::Datagen { start: 0, end: 300 };
+    let split = SourceSplit::from(Rows { start: 0, end: 300 });
     let rows = job.sources["clicks"].read(&split, 0).await.unwrap();
     let input = TaskInput::Split {
         table: "clicks".into(),
@@ -84,7 +85,7 @@ async fn an_inner_join_stays_in_the_streams_stage_with_a_broadcast_edge() {
     assert!(job.statics.contains_key("pages") && !job.sources.contains_key("pages"));
     let out = sink_rows(&job, &pages()).await;
     // Only home and cart have a title: search rows drop out of the inner join.
-    let split = SourceSplit::Datagen { start: 0, end: 300 };
+    let split = SourceSplit::from(Rows { start: 0, end: 300 });
     let mut want = 0;
     for b in job.sources["clicks"].read(&split, 0).await.unwrap() {
         want += b

@@ -2,11 +2,15 @@
 //! `static = 'true'` the table is instead read whole by every batch that joins it: each batch
 //! lists its files (names, sizes, ETags) and logs that version.
 
-use crate::source::{PlanContext, Planned};
+use crate::connector::{
+    PlanContext, Planned, Position, SourceConnector, SourceFactory, SplitRead, decode_position,
+    decode_split, encode_position,
+};
 use crate::store::{self, Location};
 use crate::{ConnectorError, Result, TableSpec};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
 use sluice_core::{SourceSplit, Trigger};
 use std::collections::BTreeSet;
 use std::io::{BufRead, Cursor};
@@ -20,6 +24,110 @@ const OPTIONS: &[&str] = &[
     "csv.delimiter",
     "static",
 ];
+
+/// The kind of the splits this connector logs.
+const SPLIT_KIND: &str = "file";
+const POSITION_KIND: &str = "files";
+
+/// One whole file. A static table's files carry their ETag, so a rerun reads the version its
+/// batch logged or fails saying the file changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSplit {
+    pub uri: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+}
+
+impl From<FileSplit> for SourceSplit {
+    fn from(f: FileSplit) -> SourceSplit {
+        SourceSplit::encode(SPLIT_KIND, &f)
+    }
+}
+
+/// The files read so far, by URI.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Seen {
+    seen: BTreeSet<String>,
+}
+
+pub struct Factory;
+
+impl SourceFactory for Factory {
+    fn name(&self) -> &'static str {
+        "files"
+    }
+
+    fn open(&self, spec: &TableSpec) -> Result<Box<dyn SourceConnector>> {
+        Ok(Box::new(FilesSource::new(spec)?))
+    }
+
+    fn identity_options(&self) -> &'static [&'static str] {
+        &["path", "format"]
+    }
+
+    fn split_kind(&self) -> &'static str {
+        SPLIT_KIND
+    }
+
+    fn summarize(&self, splits: &[SourceSplit]) -> String {
+        let bytes: u64 = splits
+            .iter()
+            .filter_map(|s| s.decode::<FileSplit>(SPLIT_KIND).ok())
+            .map(|f| f.size)
+            .sum();
+        format!("{} files, {bytes} bytes", splits.len())
+    }
+}
+
+#[async_trait::async_trait]
+impl SourceConnector for FilesSource {
+    fn start(&self) -> Position {
+        encode_position(POSITION_KIND, &Seen::default())
+    }
+
+    fn advance(&self, position: &mut Position, splits: &[SourceSplit]) -> Result<()> {
+        let mut at: Seen = decode_position(POSITION_KIND, position)?;
+        for split in splits {
+            at.seen
+                .insert(decode_split::<FileSplit>(SPLIT_KIND, split)?.uri);
+        }
+        *position = encode_position(POSITION_KIND, &at);
+        Ok(())
+    }
+
+    async fn plan(&self, position: &Position, ctx: &PlanContext) -> Result<Planned> {
+        let at: Seen = decode_position(POSITION_KIND, position)?;
+        FilesSource::plan(self, &at.seen, ctx).await
+    }
+
+    async fn read(&self, split: &SourceSplit) -> Result<SplitRead> {
+        let file: FileSplit = decode_split(SPLIT_KIND, split)?;
+        Ok(SplitRead {
+            rows: FilesSource::read(self, &file.uri).await?,
+            dead_letters: None,
+        })
+    }
+
+    fn is_static(&self) -> bool {
+        self.is_static
+    }
+
+    async fn list_static(&self) -> Result<Vec<SourceSplit>> {
+        match self.is_static {
+            true => FilesSource::list_static(self).await,
+            false => Err(ConnectorError::Read(format!(
+                "table '{}' is not static",
+                self.table
+            ))),
+        }
+    }
+
+    async fn read_static(&self, split: &SourceSplit) -> Result<Vec<RecordBatch>> {
+        let file: FileSplit = decode_split(SPLIT_KIND, split)?;
+        self.read_version(&file.uri, file.e_tag.as_deref()).await
+    }
+}
 
 /// Files per batch when `max_files_per_batch` is not set.
 pub const DEFAULT_MAX_FILES_PER_BATCH: usize = 1000;
@@ -118,10 +226,13 @@ impl FilesSource {
         listing.sort_by(|a, b| a.location.cmp(&b.location));
         let files: Vec<SourceSplit> = listing
             .into_iter()
-            .map(|m| SourceSplit::File {
-                uri: self.location.uri_of(&m.location),
-                size: m.size,
-                e_tag: m.e_tag,
+            .map(|m| {
+                FileSplit {
+                    uri: self.location.uri_of(&m.location),
+                    size: m.size,
+                    e_tag: m.e_tag,
+                }
+                .into()
             })
             .collect();
         if files.is_empty() {
@@ -171,10 +282,13 @@ impl FilesSource {
         Ok(Planned {
             splits: files
                 .into_iter()
-                .map(|(uri, size)| SourceSplit::File {
-                    uri,
-                    size,
-                    e_tag: None,
+                .map(|(uri, size)| {
+                    FileSplit {
+                        uri,
+                        size,
+                        e_tag: None,
+                    }
+                    .into()
                 })
                 .collect(),
             exhausted: false,
@@ -412,9 +526,8 @@ mod tests {
         assert_eq!(planned.splits.len(), names.len());
         let mut rows = 0;
         for split in &planned.splits {
-            let SourceSplit::File { uri, .. } = split else {
-                panic!("{split:?}")
-            };
+            let FileSplit { uri, .. } = split.decode(SPLIT_KIND).unwrap();
+            let uri = &uri;
             assert!(
                 names.iter().any(|n| uri.ends_with(n)),
                 "{uri} is not a file's name"
@@ -511,9 +624,10 @@ mod tests {
         std::fs::write(&file, "{\"user_id\": 1, \"page\": \"p\"}\n").unwrap();
         let src = static_source(dir.path(), "jsonl");
         let version = src.list_static().await.unwrap();
-        let [SourceSplit::File { uri, size, e_tag }] = &version[..] else {
+        let [split] = &version[..] else {
             panic!("{version:?}")
         };
+        let FileSplit { uri, size, e_tag } = &split.decode(SPLIT_KIND).unwrap();
         assert_eq!((*size, e_tag.is_some()), (28, true));
         let rows = src.read_version(uri, e_tag.as_deref()).await.unwrap();
         assert_eq!(rows[0].num_rows(), 1);
@@ -570,9 +684,7 @@ mod tests {
         std::fs::write(dir.path().join("d.parquet"), &bytes).unwrap();
         let src = static_source(dir.path(), "parquet");
         let version = src.list_static().await.unwrap();
-        let SourceSplit::File { uri, e_tag, .. } = &version[0] else {
-            panic!()
-        };
+        let FileSplit { uri, e_tag, .. } = &version[0].decode(SPLIT_KIND).unwrap();
         let rows = src.read_version(uri, e_tag.as_deref()).await.unwrap();
         assert_eq!(rows[0].schema(), schema());
         let ids = rows[0]

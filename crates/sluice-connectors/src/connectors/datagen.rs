@@ -1,7 +1,10 @@
 //! The `datagen` source: rows that are a pure function of (seed, row number, column), so any
 //! range of rows can be regenerated exactly after a failure.
 
-use crate::source::{PlanContext, Planned};
+use crate::connector::{
+    PlanContext, Planned, Position, SourceConnector, SourceFactory, SplitRead, decode_position,
+    decode_split, encode_position,
+};
 use crate::{ConnectorError, Result, TableSpec};
 use arrow::array::{
     ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int8Array, Int16Array,
@@ -10,6 +13,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
 use sluice_core::{SourceSplit, Trigger};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +30,91 @@ enum FieldGen {
     Random { min: f64, max: f64, length: usize },
     Sequence { start: i64 },
     Values(Vec<String>),
+}
+
+const SPLIT_KIND: &str = "datagen";
+
+/// Rows `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rows {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl From<Rows> for SourceSplit {
+    fn from(r: Rows) -> SourceSplit {
+        SourceSplit::encode(SPLIT_KIND, &r)
+    }
+}
+
+/// The next row to generate.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Next {
+    next_row: u64,
+}
+
+pub struct Factory;
+
+impl SourceFactory for Factory {
+    fn name(&self) -> &'static str {
+        "datagen"
+    }
+
+    fn open(&self, spec: &TableSpec) -> Result<Box<dyn SourceConnector>> {
+        Ok(Box::new(DatagenSource::new(spec)?))
+    }
+
+    fn identity_options(&self) -> &'static [&'static str] {
+        &["seed"]
+    }
+
+    fn split_kind(&self) -> &'static str {
+        SPLIT_KIND
+    }
+
+    fn summarize(&self, splits: &[SourceSplit]) -> String {
+        let rows: Vec<Rows> = splits
+            .iter()
+            .filter_map(|s| s.decode(SPLIT_KIND).ok())
+            .collect();
+        match (
+            rows.iter().map(|r| r.start).min(),
+            rows.iter().map(|r| r.end).max(),
+        ) {
+            (Some(lo), Some(hi)) => format!("rows {lo}..{hi} in {} splits", rows.len()),
+            _ => "no input".into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SourceConnector for DatagenSource {
+    fn start(&self) -> Position {
+        encode_position(SPLIT_KIND, &Next::default())
+    }
+
+    fn advance(&self, position: &mut Position, splits: &[SourceSplit]) -> Result<()> {
+        let mut at: Next = decode_position(SPLIT_KIND, position)?;
+        for split in splits {
+            let rows: Rows = decode_split(SPLIT_KIND, split)?;
+            at.next_row = at.next_row.max(rows.end);
+        }
+        *position = encode_position(SPLIT_KIND, &at);
+        Ok(())
+    }
+
+    async fn plan(&self, position: &Position, ctx: &PlanContext) -> Result<Planned> {
+        let at: Next = decode_position(SPLIT_KIND, position)?;
+        Ok(DatagenSource::plan(self, at.next_row, ctx))
+    }
+
+    async fn read(&self, split: &SourceSplit) -> Result<SplitRead> {
+        let rows: Rows = decode_split(SPLIT_KIND, split)?;
+        Ok(SplitRead {
+            rows: DatagenSource::read(self, rows.start, rows.end)?,
+            dead_letters: None,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -161,11 +250,12 @@ impl DatagenSource {
             Vec::new()
         } else {
             (0..n)
-                .map(|i| SourceSplit::Datagen {
+                .map(|i| Rows {
                     start: next_row + rows * i / n,
                     end: next_row + rows * (i + 1) / n,
                 })
-                .filter(|s| matches!(s, SourceSplit::Datagen { start, end } if start < end))
+                .filter(|r| r.start < r.end)
+                .map(SourceSplit::from)
                 .collect()
         };
         Planned {
@@ -360,32 +450,39 @@ mod tests {
         let t = Trigger::ProcessingTime(Duration::from_secs(1));
         let p = d.plan(0, &ctx(t, 1000));
         assert_eq!(p.splits.len(), 3);
-        assert_eq!(p.splits[0], SourceSplit::Datagen { start: 0, end: 333 });
+        assert_eq!(p.splits[0], Rows { start: 0, end: 333 }.into());
         assert_eq!(
             p.splits[2],
-            SourceSplit::Datagen {
+            Rows {
                 start: 666,
                 end: 1000
             }
+            .into()
         );
         assert!(!p.exhausted);
         let p = d.plan(1000, &ctx(t, 9000));
         assert_eq!(
             p.splits.last(),
-            Some(&SourceSplit::Datagen {
-                start: 2000,
-                end: 2500
-            })
+            Some(
+                &Rows {
+                    start: 2000,
+                    end: 2500
+                }
+                .into()
+            )
         );
         assert!(p.exhausted);
         assert!(d.plan(2500, &ctx(t, 9000)).splits.is_empty());
         let once = d.plan(0, &ctx(Trigger::Once, 0));
         assert_eq!(
             once.splits.last(),
-            Some(&SourceSplit::Datagen {
-                start: 1666,
-                end: 2500
-            })
+            Some(
+                &Rows {
+                    start: 1666,
+                    end: 2500
+                }
+                .into()
+            )
         );
     }
 
@@ -398,10 +495,7 @@ mod tests {
         let end = p
             .splits
             .iter()
-            .map(|s| match s {
-                SourceSplit::Datagen { end, .. } => *end,
-                _ => 0,
-            })
+            .map(|s| s.decode::<Rows>(SPLIT_KIND).unwrap().end)
             .max();
         assert_eq!(end, Some(60_000));
     }

@@ -4,7 +4,10 @@
 //! again identically after a failure. The sink produces with an idempotent producer and waits
 //! for every delivery before the task reports success (at-least-once).
 
-use crate::source::{PlanContext, Planned};
+use crate::connector::{
+    PlanContext, Planned, Position, SourceConnector, SourceFactory, SplitRead, decode_position,
+    decode_split, encode_position,
+};
 use crate::{ConnectorError, Result, TableSpec};
 use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -14,6 +17,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use sluice_core::{SourceSplit, Trigger};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +55,110 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Next offset to read per topic and partition.
 pub type Positions = BTreeMap<String, BTreeMap<i32, i64>>;
+
+const KIND: &str = "kafka";
+
+/// Offsets `[from, until)` of one topic-partition: one task's input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub until: i64,
+}
+
+impl From<Range> for SourceSplit {
+    fn from(r: Range) -> SourceSplit {
+        SourceSplit::encode(KIND, &r)
+    }
+}
+
+/// The next offset to read per topic and partition.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Read {
+    #[serde(with = "positions_as_list")]
+    positions: Positions,
+}
+
+pub struct Factory;
+
+impl SourceFactory for Factory {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn open(&self, spec: &TableSpec) -> Result<Box<dyn SourceConnector>> {
+        Ok(Box::new(KafkaSource::new(spec)?))
+    }
+
+    fn schema(&self, spec: &TableSpec) -> SchemaRef {
+        with_metadata_columns(&spec.schema)
+    }
+
+    fn identity_options(&self) -> &'static [&'static str] {
+        &["bootstrap.servers", "topic", "topics", "topic_pattern"]
+    }
+
+    fn split_kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn summarize(&self, splits: &[SourceSplit]) -> String {
+        splits
+            .iter()
+            .filter_map(|s| s.decode::<Range>(KIND).ok())
+            .map(|r| format!("{}/{}:[{},{})", r.topic, r.partition, r.from, r.until))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[async_trait::async_trait]
+impl SourceConnector for KafkaSource {
+    fn start(&self) -> Position {
+        encode_position(KIND, &Read::default())
+    }
+
+    fn advance(&self, position: &mut Position, splits: &[SourceSplit]) -> Result<()> {
+        let mut at: Read = decode_position(KIND, position)?;
+        for split in splits {
+            let r: Range = decode_split(KIND, split)?;
+            let next = at
+                .positions
+                .entry(r.topic)
+                .or_default()
+                .entry(r.partition)
+                .or_insert(r.until);
+            *next = (*next).max(r.until);
+        }
+        *position = encode_position(KIND, &at);
+        Ok(())
+    }
+
+    async fn plan(&self, position: &Position, ctx: &PlanContext) -> Result<Planned> {
+        let at: Read = decode_position(KIND, position)?;
+        KafkaSource::plan(self, &at.positions, ctx).await
+    }
+
+    async fn read(&self, split: &SourceSplit) -> Result<SplitRead> {
+        let r: Range = decode_split(KIND, split)?;
+        let (rows, dead_letters) =
+            KafkaSource::read(self, &r.topic, r.partition, r.from, r.until).await?;
+        Ok(SplitRead {
+            rows: vec![rows],
+            dead_letters,
+        })
+    }
+
+    async fn committed(&self, position: &Position) -> Result<()> {
+        let at: Read = decode_position(KIND, position)?;
+        self.commit_group(&at.positions).await
+    }
+
+    fn dead_letter_table(&self) -> Option<&str> {
+        self.dead_letter_table.as_deref()
+    }
+}
 
 /// Positions stored as a list of {topic, partition, next}: JSON object keys are strings, and
 /// inside a tagged enum serde cannot turn them back into partition numbers.
@@ -343,7 +451,7 @@ impl KafkaSource {
             }
             Planned {
                 backlog: Some(behind),
-                splits,
+                splits: splits.into_iter().map(SourceSplit::from).collect(),
                 exhausted: false,
             }
         })
@@ -822,8 +930,8 @@ impl Records {
                     text.extend_from_slice(v);
                     text.push(b'\n');
                 }
-                let batches =
-                    crate::files::decode(&text, file_format, value_schema).map_err(|e| {
+                let batches = crate::connectors::files::decode(&text, file_format, value_schema)
+                    .map_err(|e| {
                         // Not every decoder error names its line: find the record itself.
                         self.values
                             .iter()
@@ -831,7 +939,7 @@ impl Records {
                             .find_map(|(v, o)| {
                                 let mut one = v.clone().unwrap_or_default();
                                 one.push(b'\n');
-                                crate::files::decode(&one, file_format, value_schema)
+                                crate::connectors::files::decode(&one, file_format, value_schema)
                                     .err()
                                     .map(|e| (*o, strip_line(&e)))
                             })
@@ -870,20 +978,15 @@ impl Records {
 fn backlog(
     marks: &BTreeMap<(String, i32), (i64, i64)>,
     positions: &Positions,
-    splits: &[SourceSplit],
+    splits: &[Range],
 ) -> u64 {
     marks
         .iter()
         .map(|((topic, p), (_, high))| {
-            let planned = splits.iter().find_map(|s| match s {
-                SourceSplit::Kafka {
-                    topic: t,
-                    partition,
-                    until,
-                    ..
-                } if t == topic && partition == p => Some(*until),
-                _ => None,
-            });
+            let planned = splits
+                .iter()
+                .find(|r| &r.topic == topic && r.partition == *p)
+                .map(|r| r.until);
             let next = planned
                 .or_else(|| positions.get(topic).and_then(|m| m.get(p)).copied())
                 .unwrap_or(*high);
@@ -899,7 +1002,7 @@ pub fn plan_ranges(
     max_offsets: Option<u64>,
     fail_on_data_loss: bool,
     _ctx: &PlanContext,
-) -> std::result::Result<(Vec<SourceSplit>, u64), String> {
+) -> std::result::Result<(Vec<Range>, u64), String> {
     let first_batch = positions.is_empty();
     let mut lost = 0u64;
     // (topic, partition, from, high, new partition)
@@ -963,14 +1066,12 @@ pub fn plan_ranges(
         .into_iter()
         .zip(takes)
         .filter(|((_, _, _, _, new), take)| *take > 0 || *new)
-        .map(
-            |((topic, partition, from, _, _), take)| SourceSplit::Kafka {
-                topic,
-                partition,
-                from,
-                until: from + take as i64,
-            },
-        )
+        .map(|((topic, partition, from, _, _), take)| Range {
+            topic,
+            partition,
+            from,
+            until: from + take as i64,
+        })
         .collect();
     Ok((splits, lost))
 }
@@ -1195,18 +1296,10 @@ mod tests {
         .collect()
     }
 
-    fn ranges(splits: &[SourceSplit]) -> Vec<(i32, i64, i64)> {
+    fn ranges(splits: &[Range]) -> Vec<(i32, i64, i64)> {
         splits
             .iter()
-            .map(|s| match s {
-                SourceSplit::Kafka {
-                    partition,
-                    from,
-                    until,
-                    ..
-                } => (*partition, *from, *until),
-                other => panic!("{other:?}"),
-            })
+            .map(|r| (r.partition, r.from, r.until))
             .collect()
     }
 
