@@ -1,5 +1,5 @@
-//! What a source connector is: the interface every one implements and the runtime calls, so
-//! that adding a connector means writing one module and adding it to the registry
+//! What a connector is: the source and sink interfaces every one implements and the runtime
+//! calls, so that adding a connector means writing one module and adding it to the registry
 //! (`connectors/mod.rs`). Splits and positions are the connector's own: the runtime logs,
 //! replays and ships them as opaque JSON.
 
@@ -8,7 +8,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sluice_core::{SourceSplit, Trigger};
+use sluice_core::{BatchId, SourceSplit, Trigger};
 
 /// What the driver knows when it plans a batch's input.
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +113,46 @@ pub trait SourceFactory: Send + Sync {
     fn summarize(&self, splits: &[SourceSplit]) -> String {
         format!("{} splits", splits.len())
     }
+}
+
+/// What writing one partition produced.
+#[derive(Debug, Default)]
+pub struct PartitionWritten {
+    pub rows: u64,
+    /// Console sink: up to `num_rows` rows as Arrow IPC, for the driver to show.
+    pub console: Vec<u8>,
+}
+
+/// One sink table, opened from its declaration: written by executors, committed by the driver.
+#[async_trait::async_trait]
+pub trait SinkConnector: Send + Sync + std::fmt::Debug {
+    /// Writes one final-stage partition of a batch, under a name that depends only on
+    /// (batch, partition), so a rerun overwrites instead of duplicating.
+    async fn write(
+        &self,
+        batch_id: BatchId,
+        partition: u32,
+        batches: &[RecordBatch],
+    ) -> Result<PartitionWritten>;
+
+    /// Makes the batch visible once every task succeeded; `written` lists the partitions this
+    /// run wrote rows to, so anything else under the batch belongs to an earlier run.
+    async fn commit(&self, _batch_id: BatchId, _written: &[u32]) -> Result<()> {
+        Ok(())
+    }
+
+    /// For a console sink: how many rows of each batch the driver shows.
+    fn console_rows(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A kind of sink, as `connector = '<name>'` names it.
+pub trait SinkFactory: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Checks the table's options and opens it.
+    fn open(&self, spec: &TableSpec) -> Result<Box<dyn SinkConnector>>;
 }
 
 /// A position of connector `kind` holding `fields`.

@@ -11,10 +11,14 @@ mod sink;
 mod source;
 pub mod store;
 
-pub use connector::{PlanContext, Planned, Position, SourceConnector, SourceFactory, SplitRead};
+pub use connector::{
+    PartitionWritten, PlanContext, Planned, Position, SinkConnector, SinkFactory, SourceConnector,
+    SourceFactory, SplitRead,
+};
+pub use connectors::console::render_console;
 pub use connectors::files::FileFormat;
 pub use options::{ConnectorError, Options, TableSpec};
-pub use sink::{PartitionWritten, Sink, SinkKind, ipc_batches, ipc_bytes, render_console};
+pub use sink::{Sink, ipc_batches, ipc_bytes};
 pub use sluice_core::SourceSplit;
 pub use source::{Source, source_schema, summarize, table_schema};
 

@@ -170,6 +170,3 @@ impl Options<'_> {
         self.spec.error(message)
     }
 }
-
-/// The sink connectors Sluice knows, for error messages.
-pub const SINKS: &[&str] = &["console", "blackhole", "files", "kafka"];

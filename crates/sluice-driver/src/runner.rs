@@ -5,7 +5,7 @@
 use crate::core::{CoreHandle, CoreMsg, JobCode};
 use crate::jobs::Registry;
 use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
-use sluice_connectors::{ConnectorError, PlanContext, Position, SinkKind, render_console};
+use sluice_connectors::{ConnectorError, PlanContext, Position, render_console};
 use sluice_core::restart::Restarts;
 use sluice_core::{
     BatchId, Failure as JobFailure, FailureKind, JobState, SourceSplit, Trigger, now_ms,
@@ -443,8 +443,8 @@ impl JobRunner {
         self.registry
             .metrics
             .batch_committed(&self.job_id, report, offsets_ms + checkpoint_ms);
-        let console = match self.job.sink.kind {
-            SinkKind::Console { num_rows } => {
+        let console = match self.job.sink.console_rows() {
+            Some(num_rows) => {
                 let text = render_console(
                     &self.job.sink_table,
                     batch_id,
@@ -455,7 +455,7 @@ impl JobRunner {
                 println!("{text}");
                 text
             }
-            _ => String::new(),
+            None => String::new(),
         };
         tracing::info!(
             job = %self.job_id,

@@ -1096,6 +1096,35 @@ impl std::fmt::Debug for KafkaSink {
     }
 }
 
+/// The `kafka` sink's registry entry.
+pub struct SinkFactory;
+
+impl crate::connector::SinkFactory for SinkFactory {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn open(&self, spec: &TableSpec) -> Result<Box<dyn crate::connector::SinkConnector>> {
+        Ok(Box::new(KafkaSink::new(spec)?))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::connector::SinkConnector for KafkaSink {
+    async fn write(
+        &self,
+        _batch_id: sluice_core::BatchId,
+        _partition: u32,
+        batches: &[RecordBatch],
+    ) -> Result<crate::connector::PartitionWritten> {
+        KafkaSink::write(self, batches).await?;
+        Ok(crate::connector::PartitionWritten {
+            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            console: Vec::new(),
+        })
+    }
+}
+
 impl KafkaSink {
     pub fn new(spec: &TableSpec) -> Result<Self> {
         let opts = spec.options(SINK_OPTIONS, &["kafka."])?;

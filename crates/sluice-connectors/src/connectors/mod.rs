@@ -1,10 +1,13 @@
 //! The registry: every connector Sluice knows, in one place. A connector is a module here and
-//! one line in [`SOURCES`]; nothing else names it.
+//! one line in [`SOURCES`] or [`SINKS`]; nothing else names it.
 
-use crate::connector::SourceFactory;
+use crate::connector::{SinkFactory, SourceFactory};
 
+pub mod blackhole;
+pub mod console;
 pub mod datagen;
 pub mod files;
+pub mod files_sink;
 pub mod kafka;
 pub mod sequence;
 
@@ -29,4 +32,22 @@ pub fn source_of_split(kind: &str) -> Option<&'static dyn SourceFactory> {
 /// The names of every source connector, for error messages.
 pub fn source_names() -> Vec<&'static str> {
     SOURCES.iter().map(|f| f.name()).collect()
+}
+
+/// Every sink connector, by the name `connector = '...'` gives it.
+static SINKS: &[&dyn SinkFactory] = &[
+    &console::Factory,
+    &blackhole::Factory,
+    &files_sink::Factory,
+    &kafka::SinkFactory,
+];
+
+/// The sink connector named `name`.
+pub fn sink(name: &str) -> Option<&'static dyn SinkFactory> {
+    SINKS.iter().copied().find(|f| f.name() == name)
+}
+
+/// The names of every sink connector, for error messages.
+pub fn sink_names() -> Vec<&'static str> {
+    SINKS.iter().map(|f| f.name()).collect()
 }
