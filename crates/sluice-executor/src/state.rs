@@ -1,7 +1,7 @@
-//! State of running aggregations on this executor: the latest versions of each partition in
-//! memory, restored from the job's checkpoint when missing, and each new version made durable
-//! (a delta every batch, a snapshot every `state.snapshot_interval` batches) before the task
-//! reports success.
+//! State of stateful operators (`sluice_sql::StatefulOperator`, e.g. running aggregations) on
+//! this executor: the latest versions of each partition in memory, restored from the job's
+//! checkpoint when missing, and each new version made durable (a delta every batch, a snapshot
+//! every `state.snapshot_interval` batches) before the task reports success.
 
 use arrow::record_batch::RecordBatch;
 use sluice_checkpoint::{CheckpointError, JobCheckpoint, StateKind, restore_plans};
@@ -100,14 +100,14 @@ impl StateCache {
         checkpoint_uri: &str,
     ) -> Result<Vec<RecordBatch>, Failure> {
         let cp = self.checkpoint(checkpoint_uri).map_err(outage)?;
-        let agg = job.state_of(*stage as usize).ok_or_else(|| {
+        let op = job.state_of(*stage as usize).ok_or_else(|| {
             Failure::new(
                 FailureKind::Bug,
                 format!("stage {stage} of job {job_id} keeps no state"),
             )
         })?;
         let files = cp
-            .state_files(&agg.operator, *partition)
+            .state_files(op.name(), *partition)
             .await
             .map_err(outage)?;
         let plans = restore_plans(&files, version);
@@ -116,7 +116,7 @@ impl StateCache {
             return Err(fatal(format!(
                 "cannot restore state version {version} of {}/state/{}/{partition}: no snapshot with a complete chain of deltas ({} files there)",
                 cp.uri(),
-                agg.operator,
+                op.name(),
                 files.len()
             )));
         }
@@ -127,7 +127,7 @@ impl StateCache {
                 reads.push((s, StateKind::Snapshot));
             }
             reads.extend(plan.deltas.iter().map(|d| (*d, StateKind::Delta)));
-            match self.read_all(&cp, &agg.operator, *partition, &reads).await {
+            match self.read_all(&cp, op.name(), *partition, &reads).await {
                 Ok(parts) => {
                     return job
                         .restore_state(*stage as usize, &parts)
@@ -177,17 +177,17 @@ impl StateCache {
         update: sluice_sql::StateUpdate,
     ) -> Result<(), String> {
         let cp = self.checkpoint(checkpoint_uri)?;
-        let agg = job
+        let op = job
             .state_of(key.1 as usize)
             .ok_or_else(|| format!("stage {} keeps no state", key.1))?;
-        let schema = agg.state_schema.clone();
+        let schema = op.state_schema();
         let delta = ipc_bytes(&update.delta, schema.clone()).map_err(|e| e.to_string())?;
-        cp.write_state(&agg.operator, key.2, batch, StateKind::Delta, &delta)
+        cp.write_state(op.name(), key.2, batch, StateKind::Delta, &delta)
             .await
             .map_err(|e| e.to_string())?;
         if (batch + 1).is_multiple_of(job.settings.snapshot_interval) {
             let full = ipc_bytes(&update.state, schema).map_err(|e| e.to_string())?;
-            cp.write_state(&agg.operator, key.2, batch, StateKind::Snapshot, &full)
+            cp.write_state(op.name(), key.2, batch, StateKind::Snapshot, &full)
                 .await
                 .map_err(|e| e.to_string())?;
         }

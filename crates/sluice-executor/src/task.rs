@@ -322,7 +322,7 @@ impl TaskRunner {
             statics.insert(table.clone(), rows);
         }
         let (output, update) = job
-            .run_task(stage, input, &statics, &before)
+            .run_task(stage, key.batch_id, input, &statics, &before)
             .await
             .map_err(SqlError::into_failure)?;
         // The new state version is durable before the task reports success, so the batch

@@ -53,7 +53,8 @@ impl CompiledJob {
                     ("aggregates", "aggregate "),
                     ("state columns", "state "),
                 ] {
-                    let (was, now) = (part(&old.signature, prefix), part(&new.signature, prefix));
+                    let (was, now) =
+                        (part(old.signature(), prefix), part(new.signature(), prefix));
                     if was != now {
                         changes.push(format!(
                             "the running aggregation's {what} changed from [{}] to [{}]",
@@ -70,10 +71,11 @@ impl CompiledJob {
                         previous.settings.partitions
                     ));
                 }
-                if old.operator != new.operator {
+                if old.name() != new.name() {
                     changes.push(format!(
                         "the running aggregation moved from stage {} to stage {}",
-                        old.operator, new.operator
+                        old.name(),
+                        new.name()
                     ));
                 }
             }
@@ -88,8 +90,8 @@ impl CompiledJob {
         }
     }
 
-    fn running_aggregate(&self) -> Option<&crate::StatefulAgg> {
-        self.fragments.iter().find_map(|f| f.state.as_ref())
+    fn running_aggregate(&self) -> Option<&dyn crate::StatefulOperator> {
+        self.fragments.iter().find_map(|f| f.operator.as_deref())
     }
 
     /// Another connector, path, broker or topic is another source, whose positions the

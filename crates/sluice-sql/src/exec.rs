@@ -1,8 +1,9 @@
 //! Running one stage's operators on an executor, and partitioning its output for the shuffle.
 
 use crate::SqlError;
+use crate::operator::BatchContext;
 use crate::plan::{CompiledJob, FragmentOutput, Statics, TaskInput, bind_table};
-use crate::state::{AGG_TABLE, StateUpdate};
+use crate::state::StateUpdate;
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::{SortOptions, concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
@@ -10,6 +11,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_connectors::{ipc_batches, ipc_bytes};
+use sluice_core::BatchId;
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -96,16 +98,18 @@ impl CompiledJob {
         Ok(out)
     }
 
-    /// Runs stage `stage` over `input` and shapes its output for the shuffle or the sink.
-    /// A stage with a running aggregate starts from `state` (the previous version) and also
-    /// returns the new state and the batch's delta.
+    /// Runs stage `stage` of batch `batch_id` over `input` and shapes its output for the
+    /// shuffle or the sink. A stage with a stateful operator starts from `state` (the
+    /// previous version) and also returns the new state and the batch's delta.
     pub async fn run_stage(
         &self,
         stage: usize,
+        batch_id: BatchId,
         input: TaskInput,
         state: &[RecordBatch],
     ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
-        self.run_task(stage, input, &Statics::new(), state).await
+        self.run_task(stage, batch_id, input, &Statics::new(), state)
+            .await
     }
 
     /// [`run_stage`](Self::run_stage) for a stage that joins static tables: `statics` holds
@@ -113,18 +117,33 @@ impl CompiledJob {
     pub async fn run_task(
         &self,
         stage: usize,
+        batch_id: BatchId,
         input: TaskInput,
         statics: &Statics,
         state: &[RecordBatch],
     ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
         let f = &self.fragments[stage];
-        let (plan, update) = match &f.state {
-            None => (self.bind_input(stage, input)?, None),
-            Some(agg) => {
-                let partials = self.partials(agg, stage, input).await?;
-                let (update, emitted) = self.update_state(agg, partials, state).await?;
-                let plan = bind_table(f.plan.clone(), AGG_TABLE, agg.agg_schema.clone(), emitted)?;
+        let (plan, update) = match (&f.operator, input) {
+            (None, input) => (self.bind_input(stage, input)?, None),
+            (Some(op), TaskInput::Shuffle(rows)) => {
+                let ctx = BatchContext {
+                    batch_id,
+                    settings: &self.settings,
+                    session: &self.ctx,
+                };
+                let done = op.process(&ctx, rows, state).await?;
+                let (table, schema) = op.output();
+                let plan = bind_table(f.plan.clone(), table, schema, done.output)?;
+                let update = StateUpdate {
+                    state: done.state,
+                    delta: done.delta,
+                };
                 (plan, Some(update))
+            }
+            (Some(_), TaskInput::Split { .. }) => {
+                return Err(SqlError::internal(format!(
+                    "stage {stage} keeps state but was given a source split"
+                )));
             }
         };
         let plan = self.bind_statics(plan, stage, statics)?;

@@ -4,11 +4,13 @@
 
 mod compat;
 mod exec;
+mod operator;
 mod parse;
 mod plan;
 mod state;
 
 pub use exec::{MapOutput, RangeKeys, StageOutputData};
+pub use operator::{BatchContext, Processed, StatefulOperator};
 pub use parse::{JobFile, parse_job, split_inserts};
 pub use plan::{CompiledJob, Fragment, FragmentOutput, Statics, TaskInput};
 use sluice_core::{Failure, FailureKind};

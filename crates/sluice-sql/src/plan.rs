@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The scan that stands for a stage's shuffled input rows.
-const SHUFFLE_TABLE: &str = "__shuffle";
+pub(crate) const SHUFFLE_TABLE: &str = "__shuffle";
 
 pub enum FragmentOutput {
     Sink,
@@ -48,7 +48,7 @@ pub struct Fragment {
     pub inputs: Vec<StageInput>,
     pub output: FragmentOutput,
     /// The running aggregate that runs first in this stage, over the shuffled input.
-    pub state: Option<crate::state::StatefulAgg>,
+    pub operator: Option<Arc<dyn crate::operator::StatefulOperator>>,
     pub describe: String,
 }
 
@@ -167,7 +167,7 @@ impl CompiledJob {
         let last = cutter.cut(optimized).map_err(plan_err)?;
         cutter.push(last, None).map_err(plan_err)?;
         let fragments = cutter.fragments;
-        if settings.output_mode.is_some() && fragments.iter().all(|f| f.state.is_none()) {
+        if settings.output_mode.is_some() && fragments.iter().all(|f| f.operator.is_none()) {
             return Err(plan_err(
                 "SET 'output_mode' applies to running aggregations (GROUP BY without _batch); this job has none, so every batch appends its rows"
                     .into(),
@@ -205,7 +205,7 @@ impl CompiledJob {
                         partitions: *partitions,
                     },
                 },
-                stateful: f.state.is_some(),
+                stateful: f.operator.is_some(),
                 describe: f.describe.clone(),
             })
             .collect()
@@ -478,7 +478,7 @@ struct Cutter<'a> {
     output_mode: Option<sluice_core::settings::OutputMode>,
     fragments: Vec<Fragment>,
     /// A running aggregate planned on the shuffle just cut, for the stage that reads it.
-    pending_state: Option<crate::state::StatefulAgg>,
+    pending_state: Option<Arc<dyn crate::operator::StatefulOperator>>,
 }
 
 enum Cut {
@@ -489,7 +489,7 @@ enum Cut {
 impl Cutter<'_> {
     /// An aggregate over a running aggregate's changing output would count its updates.
     fn refuse_nested_state(&self) -> Result<(), String> {
-        if self.pending_state.is_some() || self.fragments.iter().any(|f| f.state.is_some()) {
+        if self.pending_state.is_some() || self.fragments.iter().any(|f| f.operator.is_some()) {
             return Err("a running aggregation (GROUP BY without _batch) feeds another aggregation here (nested GROUP BYs, or a DISTINCT aggregate, which is planned as one); this is not supported in a running aggregation yet".into());
         }
         Ok(())
@@ -500,7 +500,7 @@ impl Cutter<'_> {
         match plan {
             LogicalPlan::Aggregate(agg) if !agg.group_expr.iter().any(is_batch_column) => {
                 // A running aggregation: per-key state across batches.
-                if self.fragments.iter().any(|f| f.state.is_some()) {
+                if self.fragments.iter().any(|f| f.operator.is_some()) {
                     return Err(
                         "a job may have one running aggregation (GROUP BY without _batch); aggregate its result per batch instead".into(),
                     );
@@ -511,9 +511,16 @@ impl Cutter<'_> {
                 let mode = self
                     .output_mode
                     .unwrap_or(sluice_core::settings::OutputMode::Update);
-                let (state, upper) =
-                    crate::state::StatefulAgg::plan(&agg, leaf, self.fragments.len(), mode)?;
-                self.pending_state = Some(state);
+                let input_schema =
+                    flat_schema(self.fragments.last().expect("just cut").plan.schema());
+                let (state, upper) = crate::state::StatefulAgg::plan(
+                    &agg,
+                    leaf,
+                    input_schema,
+                    self.fragments.len(),
+                    mode,
+                )?;
+                self.pending_state = Some(Arc::new(state));
                 Ok(upper)
             }
             LogicalPlan::Aggregate(agg) => {
@@ -730,19 +737,17 @@ impl Cutter<'_> {
             Ok(TreeNodeRecursion::Continue)
         });
         steps.reverse();
-        if let Some(s) = &state {
-            let at = steps
-                .iter()
-                .position(|s| s.contains(crate::state::AGG_TABLE))
-                .unwrap_or(0);
-            steps.insert(at, format!("RunningAggregate [{}]", s.signature.join(", ")));
+        if let Some(op) = &state {
+            let (table, _) = op.output();
+            let at = steps.iter().position(|s| s.contains(table)).unwrap_or(0);
+            steps.insert(at, op.describe());
         }
         steps.push(suffix);
         self.fragments.push(Fragment {
             shuffle_schema,
             inputs,
             output,
-            state,
+            operator: state,
             describe: steps.join(" -> "),
             plan,
         });

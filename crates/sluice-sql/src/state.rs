@@ -9,7 +9,8 @@
 //! Restoring version N is the same merge over the latest snapshot and the deltas after it.
 
 use crate::SqlError;
-use crate::plan::{CompiledJob, flat_leaf, flat_schema};
+use crate::operator::{BatchContext, Processed, StatefulOperator};
+use crate::plan::{CompiledJob, SHUFFLE_TABLE, bind_table, flat_leaf, flat_schema};
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -20,6 +21,7 @@ use datafusion::functions_aggregate::expr_fn::{bool_or, max, min, sum};
 use datafusion::functions_aggregate::{count::count_udaf, sum::sum_udaf};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
+use datafusion::prelude::SessionContext;
 use sluice_core::settings::OutputMode;
 use std::sync::Arc;
 
@@ -51,6 +53,8 @@ pub struct StatefulAgg {
     pub operator: String,
     /// Aggregates the stage's shuffled input into state columns (keys first).
     partial: LogicalPlan,
+    /// The shuffled input rows' schema.
+    input_schema: SchemaRef,
     /// Keys then state columns, flat names k0.. s0..; every column nullable.
     pub state_schema: SchemaRef,
     keys: usize,
@@ -77,6 +81,7 @@ impl StatefulAgg {
     pub(crate) fn plan(
         agg: &Aggregate,
         leaf: LogicalPlan,
+        input_schema: SchemaRef,
         stage: usize,
         output_mode: OutputMode,
     ) -> Result<(StatefulAgg, LogicalPlan), String> {
@@ -181,6 +186,7 @@ impl StatefulAgg {
             StatefulAgg {
                 operator: format!("agg-{stage}"),
                 partial,
+                input_schema,
                 state_schema,
                 keys,
                 merges,
@@ -205,31 +211,31 @@ impl StatefulAgg {
     }
 }
 
-impl CompiledJob {
-    /// The running aggregate of `stage`, if it has one.
-    pub fn state_of(&self, stage: usize) -> Option<&StatefulAgg> {
-        self.fragments.get(stage).and_then(|f| f.state.as_ref())
-    }
-
+impl StatefulAgg {
     /// Aggregates the stage's input rows into state columns: the batch's delta.
-    pub(crate) async fn partials(
+    async fn partials(
         &self,
-        agg: &StatefulAgg,
-        stage: usize,
-        input: crate::TaskInput,
+        session: &SessionContext,
+        input: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>, SqlError> {
-        let plan = self.bind_plan(agg.partial.clone(), stage, input)?;
-        let out = self.ctx.execute_logical_plan(plan).await?.collect().await?;
-        conform(out, &agg.state_schema)
+        let plan = bind_table(
+            self.partial.clone(),
+            SHUFFLE_TABLE,
+            self.input_schema.clone(),
+            input,
+        )?;
+        let out = session.execute_logical_plan(plan).await?.collect().await?;
+        conform(out, &self.state_schema)
     }
 
     /// Merges state parts (a snapshot, deltas, new partials); a part flagged `true` marks its
     /// keys as changed. Returns keys, state columns and the changed flag.
     async fn merge(
         &self,
-        agg: &StatefulAgg,
+        session: &SessionContext,
         parts: Vec<(&[RecordBatch], bool)>,
     ) -> Result<Vec<RecordBatch>, SqlError> {
+        let agg = self;
         let schema = agg.with_changed();
         let mut rows = Vec::new();
         for (batches, changed) in parts {
@@ -270,33 +276,21 @@ impl CompiledJob {
             .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
             .collect();
         let plan = scan.aggregate(group, aggs)?.project(project)?.build()?;
-        let out = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let out = session.execute_logical_plan(plan).await?.collect().await?;
         conform(out, &schema)
-    }
-
-    /// State version N from the latest snapshot at or before N and the deltas after it.
-    pub async fn restore_state(
-        &self,
-        stage: usize,
-        parts: &[Vec<RecordBatch>],
-    ) -> Result<Vec<RecordBatch>, SqlError> {
-        let agg = self.state_of(stage).ok_or_else(|| no_state(stage))?;
-        let merged = self
-            .merge(agg, parts.iter().map(|p| (p.as_slice(), false)).collect())
-            .await?;
-        without_changed(merged, agg)
     }
 
     /// One batch of the running aggregate: the new state, the delta, and the rows to emit
     /// (final values, in the aggregate's output schema).
-    pub(crate) async fn update_state(
+    async fn update_state(
         &self,
-        agg: &StatefulAgg,
+        session: &SessionContext,
         partials: Vec<RecordBatch>,
         old: &[RecordBatch],
     ) -> Result<(StateUpdate, Vec<RecordBatch>), SqlError> {
+        let agg = self;
         let merged = self
-            .merge(agg, vec![(old, false), (partials.as_slice(), true)])
+            .merge(session, vec![(old, false), (partials.as_slice(), true)])
             .await?;
         let emit = match agg.output_mode {
             OutputMode::Complete => merged.clone(),
@@ -313,7 +307,7 @@ impl CompiledJob {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let output = self.finalize(agg, emit).await?;
+        let output = self.finalize(session, emit).await?;
         let state = without_changed(merged, agg)?;
         Ok((
             StateUpdate {
@@ -327,9 +321,10 @@ impl CompiledJob {
     /// Final aggregate values from state rows.
     async fn finalize(
         &self,
-        agg: &StatefulAgg,
+        session: &SessionContext,
         rows: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>, SqlError> {
+        let agg = self;
         let rows: Vec<RecordBatch> = rows.into_iter().filter(|b| b.num_rows() > 0).collect();
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -356,8 +351,80 @@ impl CompiledJob {
             .map(|(e, f)| cast(e, f.data_type().clone()).alias(f.name()))
             .collect();
         let plan = scan.project(exprs)?.build()?;
-        let out = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let out = session.execute_logical_plan(plan).await?.collect().await?;
         conform(out, &agg.agg_schema)
+    }
+}
+
+#[async_trait::async_trait]
+impl StatefulOperator for StatefulAgg {
+    fn name(&self) -> &str {
+        &self.operator
+    }
+
+    fn signature(&self) -> &[String] {
+        &self.signature
+    }
+
+    fn state_schema(&self) -> SchemaRef {
+        self.state_schema.clone()
+    }
+
+    fn output(&self) -> (&'static str, SchemaRef) {
+        (AGG_TABLE, self.agg_schema.clone())
+    }
+
+    fn describe(&self) -> String {
+        format!("RunningAggregate [{}]", self.signature.join(", "))
+    }
+
+    async fn process(
+        &self,
+        ctx: &BatchContext<'_>,
+        input: Vec<RecordBatch>,
+        state: &[RecordBatch],
+    ) -> Result<Processed, SqlError> {
+        let partials = self.partials(ctx.session, input).await?;
+        let (update, output) = self.update_state(ctx.session, partials, state).await?;
+        Ok(Processed {
+            output,
+            state: update.state,
+            delta: update.delta,
+        })
+    }
+
+    async fn restore(
+        &self,
+        session: &SessionContext,
+        parts: &[Vec<RecordBatch>],
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let merged = self
+            .merge(
+                session,
+                parts.iter().map(|p| (p.as_slice(), false)).collect(),
+            )
+            .await?;
+        without_changed(merged, self)
+    }
+}
+
+impl CompiledJob {
+    /// The stateful operator of `stage`, if it has one.
+    pub fn state_of(&self, stage: usize) -> Option<&dyn StatefulOperator> {
+        self.fragments
+            .get(stage)
+            .and_then(|f| f.operator.as_deref())
+    }
+
+    /// State version N of `stage`'s operator from the latest snapshot at or before N and the
+    /// deltas after it.
+    pub async fn restore_state(
+        &self,
+        stage: usize,
+        parts: &[Vec<RecordBatch>],
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let op = self.state_of(stage).ok_or_else(|| no_state(stage))?;
+        op.restore(&self.ctx, parts).await
     }
 }
 

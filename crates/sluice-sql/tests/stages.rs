@@ -62,7 +62,10 @@ async fn run_with_state(
             if state.len() <= p {
                 state.push(Vec::new());
             }
-            let (out, update) = job.run_stage(stage, input, &state[p]).await.unwrap();
+            let (out, update) = job
+                .run_stage(stage, batch_id, input, &state[p])
+                .await
+                .unwrap();
             if let Some(update) = update {
                 state[p] = update.state;
                 deltas[p].push(update.delta);

@@ -1,0 +1,68 @@
+//! Stateful operators: the first operator of a stage (over the rows its exchange brought) that
+//! keeps per-key state across batches. The runtime owns the state: it keeps each partition's
+//! versions on an executor, makes every new version durable before the task reports (a delta
+//! each batch, a snapshot on the interval), restores a partition from the checkpoint where it
+//! is missing, and sends a partition's task back to the executor that holds it. An operator
+//! only says what its state is and how a batch changes it. The running aggregation is the
+//! first implementation; windows and joins are further ones, with no new field in `Fragment`
+//! and no new branch in the task runner.
+
+use crate::SqlError;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use sluice_core::{BatchId, JobSettings};
+
+/// What an operator knows about the batch it runs in.
+pub struct BatchContext<'a> {
+    pub batch_id: BatchId,
+    pub settings: &'a JobSettings,
+    /// Plans and runs DataFusion plans (the job's session).
+    pub session: &'a SessionContext,
+}
+
+/// What one batch did to one state partition.
+pub struct Processed {
+    /// The rows the operator emits, in its output schema.
+    pub output: Vec<RecordBatch>,
+    /// The partition's new state version.
+    pub state: Vec<RecordBatch>,
+    /// What is written to the checkpoint for this version: replaying deltas over a snapshot
+    /// with [`StatefulOperator::restore`] rebuilds the state.
+    pub delta: Vec<RecordBatch>,
+}
+
+#[async_trait::async_trait]
+pub trait StatefulOperator: Send + Sync {
+    /// Its name in the checkpoint's `state/` directory (e.g. `agg-1`).
+    fn name(&self) -> &str;
+
+    /// What its state depends on; a checkpoint written with another signature cannot be
+    /// continued.
+    fn signature(&self) -> &[String];
+
+    /// The schema of its state rows (how snapshots and deltas are stored).
+    fn state_schema(&self) -> SchemaRef;
+
+    /// The scan that stands for its output in the rest of the stage, and that output's schema.
+    fn output(&self) -> (&'static str, SchemaRef);
+
+    /// For `sluice status` and logs: the operator in one line.
+    fn describe(&self) -> String;
+
+    /// One batch: the partition's input rows and its previous state in, output and the new
+    /// state out.
+    async fn process(
+        &self,
+        ctx: &BatchContext<'_>,
+        input: Vec<RecordBatch>,
+        state: &[RecordBatch],
+    ) -> Result<Processed, SqlError>;
+
+    /// A state version from a snapshot followed by the deltas after it (`parts`, oldest first).
+    async fn restore(
+        &self,
+        session: &SessionContext,
+        parts: &[Vec<RecordBatch>],
+    ) -> Result<Vec<RecordBatch>, SqlError>;
+}
