@@ -520,3 +520,61 @@ INSERT INTO out SELECT user FROM events;",
         }
     }
 }
+
+/// UNION ALL of two topics and a directory into one running count, each table with its own
+/// offsets in the checkpoint; an executor dies mid-job and every key's count is still exact.
+#[test]
+fn a_union_of_two_topics_and_a_directory_counts_exactly_through_an_executor_kill() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("ua", 4);
+    broker.create_topic("ub", 2);
+    broker.produce("ua", &records(0..1200));
+    let two: Vec<_> = records(1200..1800)
+        .into_iter()
+        .map(|(p, k, v)| (p % 2, k, v))
+        .collect();
+    broker.produce("ub", &two);
+    let mut c = Cluster::start(3);
+    let dir = c.path("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in 0..3u64 {
+        let lines: String = (0..100)
+            .map(|j| format!("{{\"key\":\"k{}\"}}\n", (f * 100 + j) % 37))
+            .collect();
+        std::fs::write(dir.join(format!("f{f}.jsonl")), lines).unwrap();
+    }
+    let topic = |name: &str, t: &str| {
+        format!(
+            "CREATE TABLE {name} (user BIGINT, amount BIGINT)
+  WITH (connector = 'kafka', 'bootstrap.servers' = '{}', topic = '{t}', max_offsets_per_trigger = '400');",
+            broker.bootstrap()
+        )
+    };
+    let sql = format!(
+        "SET 'trigger' = 'available_now';
+SET 'task.backoff' = '50ms';
+SET 'sluice.test.delay_task' = '1:1500ms';
+{}
+{}
+CREATE TABLE d (key TEXT) WITH (connector = 'files', path = 'file://{}', max_files_per_batch = '1');
+CREATE TABLE o (key TEXT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT key, count(*) FROM (SELECT _key AS key FROM a UNION ALL SELECT _key FROM b UNION ALL SELECT key FROM d) GROUP BY key;
+",
+        topic("a", "ua"),
+        topic("b", "ub"),
+        dir.display(),
+        c.path("out").display()
+    );
+    let id = c.submit(&sql).unwrap();
+    c.wait_until(&id, LONG, |s| s["batches_committed"].as_u64() >= Some(1));
+    c.kill_executor(0);
+    let s = c.wait_for(&id, &["finished", "failed"], LONG);
+    assert_eq!(s["state"], "finished", "{s}");
+    let mut want = counts(0..1800);
+    for f in 0..3u64 {
+        for j in 0..100 {
+            *want.entry(format!("k{}", (f * 100 + j) % 37)).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(latest_counts(&c), want);
+}

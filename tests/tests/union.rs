@@ -260,7 +260,26 @@ fn a_connector_known_only_to_the_registry_is_usable_from_sql_in_a_union() {
         "CREATE TABLE seq (n BIGINT) WITH (connector = 'sequence', end = '1000', rows_per_batch = '250');\nCREATE TABLE o",
     );
     let id = c.submit(&sql).unwrap();
-    wait_finished(&c, &id);
+    let status = wait_finished(&c, &id);
+    // The progress channel: every task's metrics, folded per batch, in the job's status.
+    let last = status["recent_batches"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let metric = |name: &str| last["metrics"][name].as_i64();
+    assert_eq!(
+        metric("state_rows"),
+        Some(13),
+        "13 keys held as state: {last}"
+    );
+    assert!(metric("state_bytes") > Some(0), "{last}");
+    assert_eq!(
+        metric("rows_out"),
+        Some(last["rows_in"].as_i64().unwrap() + 13),
+        "{last}"
+    );
     let mut want = Totals::new();
     for n in 0..1000i64 {
         let e = want.entry(n % 13).or_default();

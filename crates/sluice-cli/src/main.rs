@@ -353,6 +353,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
             "recovery_ms": b.recovery_ms,
             "checkpoint_ms": b.checkpoint_ms,
             "dead_letters": b.dead_letters,
+            "metrics": b.metrics.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "committed_at_ms": b.committed_at_ms,
         })).collect::<Vec<_>>(),
     })

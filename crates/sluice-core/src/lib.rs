@@ -5,6 +5,7 @@ pub mod config;
 pub mod failure;
 pub mod job_state;
 pub mod plan;
+pub mod progress;
 pub mod restart;
 pub mod settings;
 pub mod split;

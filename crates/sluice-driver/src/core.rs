@@ -6,7 +6,7 @@ use sluice_core::{Failure, FailureKind};
 use sluice_proto::driver_message::Kind as DriverKind;
 use sluice_proto::{DriverMessage, LaunchTask, ReleaseShuffle, TaskResult};
 use sluice_scheduler::{
-    Action, BatchReport, BatchSubmission, Event, Scheduler, SchedulerConfig, TaskKey, TaskOutput,
+    Action, BatchReport, BatchSubmission, Event, Scheduler, SchedulerConfig, TaskKey,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -474,13 +474,7 @@ fn result_event(executor: String, r: TaskResult) -> Event {
         Event::TaskSucceeded {
             key,
             executor,
-            output: TaskOutput {
-                rows_in: r.rows_in,
-                rows_out: r.rows_out,
-                key_sample: r.key_sample,
-                console: r.console,
-                dead_letters: r.dead_letters,
-            },
+            output: sluice_proto::progress_from_wire(r.metrics, r.payloads),
         }
     } else {
         Event::TaskFailed {

@@ -491,6 +491,11 @@ impl JobRunner {
                 recovery_ms: report.recovery_ms,
                 checkpoint_ms: offsets_ms + checkpoint_ms,
                 dead_letters: report.dead_letters,
+                metrics: report
+                    .metrics
+                    .iter()
+                    .map(|(name, m)| (name.clone(), m.value))
+                    .collect(),
             });
         });
         Ok(())

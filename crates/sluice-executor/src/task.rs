@@ -7,6 +7,7 @@ use crate::shuffle::fetch_block;
 use crate::statics::StaticCache;
 use futures::future::join_all;
 use sluice_connectors::ConnectorError;
+use sluice_core::progress::{self, TaskProgress};
 use sluice_core::{Failure, FailureKind, SourceSplit};
 use sluice_proto::{FetchFailure, FetchRequest, LaunchTask, TaskKey, TaskResult};
 use sluice_sql::{CompiledJob, SqlError, StageOutputData, Statics, TaskInput};
@@ -325,9 +326,18 @@ impl TaskRunner {
             .run_task(stage, key.batch_id, input, &statics, &before)
             .await
             .map_err(SqlError::into_failure)?;
+        let mut progress = TaskProgress::default();
+        progress
+            .count(progress::ROWS_IN, rows_in)
+            .count(progress::DEAD_LETTERS, dead_letters);
         // The new state version is durable before the task reports success, so the batch
         // never commits ahead of its state.
         if let Some(update) = update {
+            let state_rows: usize = update.state.iter().map(|b| b.num_rows()).sum();
+            let state_bytes: usize = update.state.iter().map(|b| b.get_array_memory_size()).sum();
+            progress
+                .count(progress::STATE_ROWS, state_rows as u64)
+                .count(progress::STATE_BYTES, state_bytes as u64);
             executor
                 .state
                 .commit(
@@ -340,13 +350,6 @@ impl TaskRunner {
                 .await
                 .map_err(|e| failure(FailureKind::Outage, e))?;
         }
-        let mut result = TaskResult {
-            key: Some(key.clone()),
-            ok: true,
-            rows_in,
-            dead_letters,
-            ..Default::default()
-        };
         match output {
             StageOutputData::Map {
                 output,
@@ -363,8 +366,10 @@ impl TaskRunner {
                     ),
                     output,
                 );
-                result.rows_out = rows;
-                result.key_sample = sample;
+                progress.count(progress::ROWS_OUT, rows);
+                for key in sample {
+                    progress.payload(progress::KEY_SAMPLE, key);
+                }
             }
             StageOutputData::Sink { batches, rows } => {
                 let written = job
@@ -372,11 +377,20 @@ impl TaskRunner {
                     .write(key.batch_id, key.partition, &batches)
                     .await
                     .map_err(ConnectorError::into_failure)?;
-                result.rows_out = rows;
-                result.console = written.console;
+                progress.count(progress::ROWS_OUT, rows);
+                if !written.console.is_empty() {
+                    progress.payload(progress::CONSOLE, written.console);
+                }
             }
         }
-        Ok(result)
+        let (metrics, payloads) = sluice_proto::progress_to_wire(&progress);
+        Ok(TaskResult {
+            key: Some(key.clone()),
+            ok: true,
+            metrics,
+            payloads,
+            ..Default::default()
+        })
     }
 }
 
@@ -470,15 +484,22 @@ mod tests {
 
     #[test]
     fn a_result_over_the_limit_fails_the_task_and_long_errors_are_cut() {
+        let sample = |n: usize, bytes: usize| {
+            let p = sluice_proto::Payload {
+                name: progress::KEY_SAMPLE.into(),
+                data: vec![0u8; bytes],
+            };
+            vec![p; n]
+        };
         let small = TaskResult {
             ok: true,
-            key_sample: vec![vec![0u8; 1024]; 4],
+            payloads: sample(4, 1024),
             ..Default::default()
         };
         assert!(within_limit(small).is_ok());
         let huge = TaskResult {
             ok: true,
-            key_sample: vec![vec![0u8; 1 << 20]; 17],
+            payloads: sample(17, 1 << 20),
             ..Default::default()
         };
         let err = within_limit(huge).expect_err("over the limit").failure;

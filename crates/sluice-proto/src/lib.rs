@@ -72,3 +72,58 @@ impl JobStatus {
         self.set_state(s.into());
     }
 }
+
+/// A task's progress on the wire.
+pub fn progress_to_wire(p: &sluice_core::progress::TaskProgress) -> (Vec<Metric>, Vec<Payload>) {
+    use sluice_core::progress::Fold as F;
+    let metrics = p
+        .metrics
+        .iter()
+        .map(|(name, m)| Metric {
+            name: name.clone(),
+            value: m.value,
+            fold: match m.fold {
+                F::Sum => Fold::Sum,
+                F::Min => Fold::Min,
+                F::Max => Fold::Max,
+            }
+            .into(),
+        })
+        .collect();
+    let payloads = p
+        .payloads
+        .iter()
+        .map(|(name, data)| Payload {
+            name: name.clone(),
+            data: data.clone(),
+        })
+        .collect();
+    (metrics, payloads)
+}
+
+/// A task's progress from the wire.
+pub fn progress_from_wire(
+    metrics: Vec<Metric>,
+    payloads: Vec<Payload>,
+) -> sluice_core::progress::TaskProgress {
+    use sluice_core::progress::{Fold as F, Metric as M};
+    let mut p = sluice_core::progress::TaskProgress::default();
+    for m in metrics {
+        let fold = match m.fold() {
+            Fold::Sum => F::Sum,
+            Fold::Min => F::Min,
+            Fold::Max => F::Max,
+        };
+        p.record(
+            &m.name,
+            M {
+                value: m.value,
+                fold,
+            },
+        );
+    }
+    for pl in payloads {
+        p.payload(&pl.name, pl.data);
+    }
+    p
+}

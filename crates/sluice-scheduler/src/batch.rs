@@ -1,5 +1,6 @@
 //! One running batch: its stages, each stage's tasks, and where each map output lives.
 
+use sluice_core::progress::{self, Metrics, TaskProgress};
 use sluice_core::{
     BatchId, ExecutorId, Failure, FailureKind, JobId, ShuffleKind, StageOutput, StageSpec,
 };
@@ -22,16 +23,8 @@ pub struct BatchSubmission {
     pub max_stage_attempts: u32,
 }
 
-/// What a successful task reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TaskOutput {
-    pub rows_in: u64,
-    pub rows_out: u64,
-    pub key_sample: Vec<Vec<u8>>,
-    pub console: Vec<u8>,
-    /// Input records sent to the dead-letter table instead of failing the batch.
-    pub dead_letters: u64,
-}
+/// What a successful task reports: its progress (metrics and payloads).
+pub type TaskOutput = TaskProgress;
 
 /// The outcome of a batch whose every task succeeded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,6 +48,8 @@ pub struct BatchReport {
     pub sink_partitions: Vec<u32>,
     pub dead_letter_partitions: Vec<u32>,
     pub duration_ms: u64,
+    /// Every metric of the batch's tasks, folded over the whole batch.
+    pub metrics: Metrics,
 }
 
 /// Tasks put back to run again, by cause.
@@ -296,22 +291,27 @@ impl BatchRun {
             .flat_map(|s| s.tasks.iter())
             .map(|t| t.launches)
             .sum();
+        let total = |s: &[&StageRun], name: &str| -> u64 {
+            outputs(s).iter().map(|o| o.get(name).max(0) as u64).sum()
+        };
+        let all: Vec<&StageRun> = self.stages.iter().collect();
         BatchReport {
-            rows_in: outputs(first).iter().map(|o| o.rows_in).sum(),
-            rows_out: outputs(last).iter().map(|o| o.rows_out).sum(),
-            dead_letters: outputs(first).iter().map(|o| o.dead_letters).sum(),
+            rows_in: total(first, progress::ROWS_IN),
+            rows_out: total(last, progress::ROWS_OUT),
+            dead_letters: total(first, progress::DEAD_LETTERS),
+            metrics: progress::fold(&outputs(&all)),
             tasks,
             tasks_rerun: launches.saturating_sub(tasks),
             rerun: self.rerun,
             recovery_ms: self.first_loss_ms.map_or(0, |t| now_ms.saturating_sub(t)),
             console: outputs(last)
-                .into_iter()
-                .map(|o| o.console)
+                .iter()
+                .flat_map(|o| o.payloads(progress::CONSOLE).map(<[u8]>::to_vec))
                 .filter(|c| !c.is_empty())
                 .collect(),
             duration_ms: now_ms.saturating_sub(self.started_ms),
-            sink_partitions: partitions_where(last, |o| o.rows_out > 0),
-            dead_letter_partitions: partitions_where(first, |o| o.dead_letters > 0),
+            sink_partitions: partitions_where(last, |o| o.get(progress::ROWS_OUT) > 0),
+            dead_letter_partitions: partitions_where(first, |o| o.get(progress::DEAD_LETTERS) > 0),
         }
     }
 }

@@ -442,7 +442,10 @@ impl Scheduler {
                 .tasks
                 .iter()
                 .filter_map(|t| t.output.as_ref())
-                .flat_map(|o| o.key_sample.iter().cloned())
+                .flat_map(|o| {
+                    o.payloads(sluice_core::progress::KEY_SAMPLE)
+                        .map(<[u8]>::to_vec)
+                })
                 .collect();
             stage.range_bounds = Some(range_bounds(samples, partitions));
         }

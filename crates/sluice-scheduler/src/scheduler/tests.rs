@@ -1,6 +1,7 @@
 //! The scheduler driven through failure stories, with no network.
 
 use super::*;
+use sluice_core::progress;
 use sluice_core::{FailureKind, ShuffleKind, StageInput, StageSpec};
 
 const JOB: &str = "job-1";
@@ -85,12 +86,13 @@ fn succeed(s: &mut Scheduler, (executor, task): &Launched, now: u64) -> Vec<Acti
         Event::TaskSucceeded {
             key: task.key.clone(),
             executor: executor.clone(),
-            output: TaskOutput {
-                rows_in: 10,
-                rows_out: 5,
-                key_sample: vec![vec![p * 10], vec![p * 10 + 5]],
-                console: Vec::new(),
-                dead_letters: 0,
+            output: {
+                let mut out = TaskOutput::default();
+                out.count(progress::ROWS_IN, 10)
+                    .count(progress::ROWS_OUT, 5)
+                    .payload(progress::KEY_SAMPLE, vec![p * 10])
+                    .payload(progress::KEY_SAMPLE, vec![p * 10 + 5]);
+                out
             },
         },
         now,

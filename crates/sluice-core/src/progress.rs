@@ -1,0 +1,146 @@
+//! The progress channel: what a task reports besides success, as named metrics and small named
+//! payloads, so a new statistic needs a name, not a new field in five layers. The scheduler
+//! folds the metrics of a batch's tasks (each by its own rule) and hands payloads to whoever
+//! asked for them (range boundaries from key samples, the driver's console); the driver keeps
+//! the folded metrics in the job's status.
+
+use std::collections::BTreeMap;
+
+/// Rows a task read (source rows for a source stage, fetched rows for a shuffle stage).
+pub const ROWS_IN: &str = "rows_in";
+/// Rows a task's stage produced (written to the sink or to its exchange).
+pub const ROWS_OUT: &str = "rows_out";
+/// Input records sent to the dead-letter table.
+pub const DEAD_LETTERS: &str = "dead_letters";
+/// Rows and bytes of a stateful operator's partition after the batch.
+pub const STATE_ROWS: &str = "state_rows";
+pub const STATE_BYTES: &str = "state_bytes";
+/// Payload: one sampled range-partition key (arrow-row encoded).
+pub const KEY_SAMPLE: &str = "key_sample";
+/// Payload: a console sink's first rows of the partition (Arrow IPC).
+pub const CONSOLE: &str = "console";
+
+/// How a metric of many tasks becomes one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    Sum,
+    Min,
+    Max,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub value: i64,
+    pub fold: Fold,
+}
+
+impl Metric {
+    fn fold(&mut self, other: Metric) {
+        self.value = match self.fold {
+            Fold::Sum => self.value.saturating_add(other.value),
+            Fold::Min => self.value.min(other.value),
+            Fold::Max => self.value.max(other.value),
+        };
+    }
+}
+
+/// Named metrics, folded by their own rules.
+pub type Metrics = BTreeMap<String, Metric>;
+
+/// What one task reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskProgress {
+    pub metrics: Metrics,
+    /// (name, bytes), in the order reported; a name may repeat.
+    pub payloads: Vec<(String, Vec<u8>)>,
+}
+
+impl TaskProgress {
+    /// Adds `value` to counter `name`.
+    pub fn count(&mut self, name: &str, value: u64) -> &mut Self {
+        self.record(
+            name,
+            Metric {
+                value: value as i64,
+                fold: Fold::Sum,
+            },
+        )
+    }
+
+    /// Records `value` of a metric whose batch value is the smallest (`Fold::Min`) or the
+    /// largest (`Fold::Max`) over tasks, e.g. event times.
+    pub fn record(&mut self, name: &str, metric: Metric) -> &mut Self {
+        match self.metrics.get_mut(name) {
+            Some(m) => m.fold(metric),
+            None => {
+                self.metrics.insert(name.to_string(), metric);
+            }
+        }
+        self
+    }
+
+    pub fn payload(&mut self, name: &str, bytes: Vec<u8>) -> &mut Self {
+        self.payloads.push((name.to_string(), bytes));
+        self
+    }
+
+    /// A metric's value, 0 when the task did not report it.
+    pub fn get(&self, name: &str) -> i64 {
+        self.metrics.get(name).map_or(0, |m| m.value)
+    }
+
+    /// The payloads named `name`, in the order reported.
+    pub fn payloads<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.payloads
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, b)| b.as_slice())
+    }
+}
+
+/// Folds every task's metrics into one set.
+pub fn fold<'a>(tasks: impl IntoIterator<Item = &'a TaskProgress>) -> Metrics {
+    let mut all = TaskProgress::default();
+    for t in tasks {
+        for (name, m) in &t.metrics {
+            all.record(name, *m);
+        }
+    }
+    all.metrics
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_fold_by_their_own_rule_and_payloads_keep_their_order() {
+        let task = |rows, low, high| {
+            let mut p = TaskProgress::default();
+            p.count(ROWS_IN, rows)
+                .record(
+                    "t_min",
+                    Metric {
+                        value: low,
+                        fold: Fold::Min,
+                    },
+                )
+                .record(
+                    "t_max",
+                    Metric {
+                        value: high,
+                        fold: Fold::Max,
+                    },
+                )
+                .payload(KEY_SAMPLE, vec![rows as u8]);
+            p
+        };
+        let (a, b) = (task(3, 10, 20), task(4, 5, 15));
+        let all = fold([&a, &b]);
+        let value = |n: &str| all[n].value;
+        assert_eq!((value(ROWS_IN), value("t_min"), value("t_max")), (7, 5, 20));
+        assert_eq!(a.get(DEAD_LETTERS), 0);
+        assert_eq!(a.payloads(KEY_SAMPLE).collect::<Vec<_>>(), vec![&[3u8][..]]);
+        assert_eq!(a.payloads(CONSOLE).count(), 0);
+    }
+}
