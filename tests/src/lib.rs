@@ -305,6 +305,25 @@ impl Cluster {
             .expect("run sluice")
     }
 
+    /// Waits until the job's loop pauses at `step` of `batch` (`sluice.test.pause_at`), then
+    /// SIGKILLs the driver and executor `executor`, adds a fresh executor and starts the driver
+    /// again on the same state.
+    pub fn crash_driver_at(&mut self, step: &str, batch: u64, executor: usize) {
+        let step = format!("step=\"{step}\"");
+        let batch = format!("batch={batch}");
+        self.wait_for_log(
+            "driver.log",
+            &["test pause", &step, &batch],
+            1,
+            Duration::from_secs(120),
+        );
+        self.kill_driver();
+        self.kill_executor(executor);
+        self.add_executor();
+        self.start_driver();
+        self.wait_for_driver();
+    }
+
     /// SIGKILLs the driver (restart it with `start_driver`).
     pub fn kill_driver(&mut self) {
         if let Some(mut c) = self.driver.take() {
@@ -421,9 +440,22 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
-            "job {job} not in {states:?} after {timeout:?}; last status {last}\ndriver log:\n{}",
-            self.log("driver.log")
+            "job {job} not in {states:?} after {timeout:?}; last status {last}\ndriver log:\n{}\n{}",
+            self.log("driver.log"),
+            self.executor_log_tails(40)
         );
+    }
+
+    /// The last `lines` lines of every executor's log, for a failure message.
+    pub fn executor_log_tails(&self, lines: usize) -> String {
+        (0..self.executors.len())
+            .map(|i| {
+                let log = self.log(&format!("executor-{i}.log"));
+                let all: Vec<&str> = log.lines().collect();
+                let tail = all[all.len().saturating_sub(lines)..].join("\n");
+                format!("executor {i} log (last {lines} lines):\n{tail}\n")
+            })
+            .collect()
     }
 
     /// Polls until `check` holds on the job's status.

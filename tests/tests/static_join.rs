@@ -5,7 +5,7 @@
 //! the files say.
 
 use serde_json::Value;
-use sluice_cluster_tests::{Cluster, committed_jsonl, wait_finished};
+use sluice_cluster_tests::{Cluster, S3Server, committed_jsonl, run_to_end, wait_finished};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -144,13 +144,19 @@ fn expect_per_batch(c: &Cluster, version_of: impl Fn(usize) -> u32, batches: usi
     assert_eq!(emitted(c), want);
 }
 
-/// The static files each logged batch joined, by batch.
-fn logged_dim_files(c: &Cluster) -> BTreeMap<u64, Vec<String>> {
+/// The static files each logged batch of job `id` joined, by batch.
+fn logged_dim_files(c: &Cluster, id: &str) -> BTreeMap<u64, Vec<String>> {
     let out = c.sluice(&["checkpoint", "inspect", &c.state_uri(), "--json"]);
     assert!(out.status.success(), "{out:?}");
     let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == id)
+        .expect("the job's checkpoint");
     let mut logged = BTreeMap::new();
-    for batch in all[0]["batches"].as_array().unwrap() {
+    for batch in job["batches"].as_array().unwrap() {
         let b = batch["batch"].as_u64().unwrap();
         for input in batch["input"].as_array().unwrap() {
             if input["table"] == "d" {
@@ -173,6 +179,12 @@ fn logged_dim_files(c: &Cluster) -> BTreeMap<u64, Vec<String>> {
     logged
 }
 
+/// Waits until the job's loop holds after committing batch 1 (`pause_at = 'after_commit:1:3s'`).
+fn paused_after_batch_1(c: &Cluster) {
+    let needles = ["test pause", "step=\"after_commit\"", "batch=1"];
+    c.wait_for_log("driver.log", &needles, 1, LONG);
+}
+
 #[test]
 fn per_batch_inner_join_survives_an_executor_kill() {
     let mut c = Cluster::start(3);
@@ -189,7 +201,7 @@ fn per_batch_inner_join_survives_an_executor_kill() {
     c.kill_executor(0);
     wait_finished(&c, &id);
     expect_per_batch(&c, |_| 1, FILES);
-    let logged = logged_dim_files(&c);
+    let logged = logged_dim_files(&c, &id);
     assert_eq!(logged.len(), FILES);
     assert!(logged.values().all(|f| f == &["v1.jsonl"]), "{logged:?}");
     // Each executor read the table once per version, not once per task.
@@ -218,17 +230,7 @@ fn running_left_join_survives_driver_and_executor_kills() {
             "SET 'sluice.test.pause_at' = 'before_commit:2:3s';",
         ))
         .unwrap();
-    c.wait_for_log(
-        "driver.log",
-        &["test pause", "step=\"before_commit\"", "batch=2"],
-        1,
-        LONG,
-    );
-    c.kill_driver();
-    c.kill_executor(0);
-    c.add_executor();
-    c.start_driver();
-    c.wait_for_driver();
+    c.crash_driver_at("before_commit", 2, 0);
     wait_finished(&c, &id);
     assert!(c.log("driver.log").contains("rerunning uncommitted batch"));
     // Update mode: each batch emits the names it touched with their totals so far.
@@ -262,17 +264,12 @@ fn a_static_table_replaced_while_the_job_runs_is_joined_from_the_next_batch() {
             "SET 'sluice.test.pause_at' = 'after_commit:1:3s';",
         ))
         .unwrap();
-    c.wait_for_log(
-        "driver.log",
-        &["test pause", "step=\"after_commit\"", "batch=1"],
-        1,
-        LONG,
-    );
+    paused_after_batch_1(&c);
     write_dim(&c, 2);
     wait_finished(&c, &id);
     let version_of = |b: usize| if b <= 1 { 1 } else { 2 };
     expect_per_batch(&c, version_of, FILES);
-    let logged = logged_dim_files(&c);
+    let logged = logged_dim_files(&c, &id);
     for (b, files) in &logged {
         assert_eq!(
             files,
@@ -310,12 +307,7 @@ fn an_undecodable_static_table_fails_the_job_with_its_file_and_line_and_keeps_wh
             "SET 'sluice.test.pause_at' = 'after_commit:1:3s';",
         ))
         .unwrap();
-    c.wait_for_log(
-        "driver.log",
-        &["test pause", "step=\"after_commit\"", "batch=1"],
-        1,
-        LONG,
-    );
+    paused_after_batch_1(&c);
     // Version 2 with a broken third line, renamed in over version 1.
     let dir = c.path("dim");
     std::fs::write(
@@ -334,4 +326,42 @@ fn an_undecodable_static_table_fails_the_job_with_its_file_and_line_and_keeps_wh
     );
     // Batches 0 and 1 stay committed, exactly as they joined version 1.
     expect_per_batch(&c, |_| 1, 2);
+}
+
+/// A static table written as Parquet to S3 (moto, on loopback) by a first job, then joined
+/// to every batch of a stream by a second one; each batch logs the objects' ETags.
+#[test]
+fn a_parquet_static_table_on_s3_is_joined_to_every_batch() {
+    let s3 = S3Server::start("sluice-static");
+    let mut c = Cluster::new();
+    c.env = s3.env();
+    let c = Cluster::start_with(c, 2);
+    write_events(&c);
+    let dim = s3.uri("dim");
+    // Version 1 of the names: k -> g<(k + 1) % 4> for k in 0..9, in two Parquet parts.
+    let make = format!(
+        "SET 'trigger' = 'once';
+CREATE TABLE seq (n BIGINT) WITH (connector = 'sequence', end = '9', splits = '2');
+CREATE TABLE dim (k BIGINT, name TEXT) WITH (connector = 'files', path = '{dim}', format = 'parquet');
+INSERT INTO dim SELECT n, concat('g', CAST((n + 1) % 4 AS TEXT)) FROM seq;"
+    );
+    run_to_end(&c, &make);
+    let local = format!(
+        "path = 'file://{}', format = 'jsonl', static",
+        c.path("dim").display()
+    );
+    let sql = per_batch_job(&c, "");
+    assert!(sql.contains(&local));
+    let sql = sql.replace(
+        &local,
+        &format!("path = '{dim}/batch=0', format = 'parquet', static"),
+    );
+    let id = c.submit(&sql).unwrap();
+    wait_finished(&c, &id);
+    expect_per_batch(&c, |_| 1, FILES);
+    let logged = logged_dim_files(&c, &id);
+    assert_eq!(logged.len(), FILES);
+    for files in logged.values() {
+        assert_eq!(files, &["part-00000.parquet", "part-00001.parquet"]);
+    }
 }

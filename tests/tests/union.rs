@@ -203,17 +203,7 @@ fn running_union_survives_driver_and_executor_kills() {
             "SET 'sluice.test.pause_at' = 'before_commit:2:3s';",
         ))
         .unwrap();
-    c.wait_for_log(
-        "driver.log",
-        &["test pause", "step=\"before_commit\"", "batch=2"],
-        1,
-        LONG,
-    );
-    c.kill_driver();
-    c.kill_executor(0);
-    c.add_executor();
-    c.start_driver();
-    c.wait_for_driver();
+    c.crash_driver_at("before_commit", 2, 0);
     wait_finished(&c, &id);
     expect_running(&c);
     assert!(c.log("driver.log").contains("rerunning uncommitted batch"));

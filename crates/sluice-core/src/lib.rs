@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod failure;
+pub mod ids;
 pub mod job_state;
 pub mod plan;
 pub mod progress;
@@ -11,6 +12,7 @@ pub mod settings;
 pub mod split;
 
 pub use failure::{Failure, FailureKind};
+pub use ids::{MapOutputId, StatePartition};
 pub use job_state::JobState;
 pub use plan::{ShuffleKind, StageInput, StageOutput, StageSpec};
 pub use settings::{JobSettings, OutputMode, Trigger};

@@ -2,6 +2,7 @@
 //! fetches other executors' blocks.
 
 use crate::{Executor, MAX_MESSAGE_BYTES};
+use sluice_core::MapOutputId;
 use sluice_net::{AuthChannel, Security};
 use sluice_proto::shuffle_client::ShuffleClient;
 use sluice_proto::{FetchChunk, FetchRequest};
@@ -16,11 +17,8 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 /// reducer forever: past this, the fetch fails and the map output is recomputed.
 const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// (job, batch, stage, stage attempt, map partition)
-pub type OutputKey = (String, u64, u32, u32, u32);
-
 pub struct ShuffleStore {
-    outputs: Mutex<HashMap<OutputKey, Arc<MapOutput>>>,
+    outputs: Mutex<HashMap<MapOutputId, Arc<MapOutput>>>,
     clients: Mutex<HashMap<String, ShuffleClient<AuthChannel>>>,
     security: Security,
 }
@@ -38,11 +36,11 @@ impl ShuffleStore {
         self.outputs.lock().unwrap().is_empty()
     }
 
-    pub fn put(&self, key: OutputKey, output: MapOutput) {
+    pub fn put(&self, key: MapOutputId, output: MapOutput) {
         self.outputs.lock().unwrap().insert(key, Arc::new(output));
     }
 
-    pub fn get(&self, key: &OutputKey) -> Option<Arc<MapOutput>> {
+    pub fn get(&self, key: &MapOutputId) -> Option<Arc<MapOutput>> {
         self.outputs.lock().unwrap().get(key).cloned()
     }
 
@@ -51,7 +49,7 @@ impl ShuffleStore {
         self.outputs
             .lock()
             .unwrap()
-            .retain(|k, _| !(k.0 == job_id && k.1 <= up_to_batch));
+            .retain(|k, _| !(k.job == job_id && k.batch <= up_to_batch));
     }
 
     pub fn clear(&self) {
@@ -92,13 +90,7 @@ impl sluice_proto::shuffle_server::Shuffle for ShuffleService {
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<ChunkStream>, Status> {
         let r = request.into_inner();
-        let key = (
-            r.job_id,
-            r.batch_id,
-            r.stage_id,
-            r.stage_attempt,
-            r.map_partition,
-        );
+        let key = requested(&r);
         let output = self.executor.store.get(&key).ok_or_else(|| {
             Status::not_found(format!("no shuffle output for {key:?} on this executor"))
         })?;
@@ -124,13 +116,7 @@ pub async fn fetch_block(
     request: FetchRequest,
 ) -> Result<Vec<u8>, String> {
     if owner == self_id {
-        let key = (
-            request.job_id.clone(),
-            request.batch_id,
-            request.stage_id,
-            request.stage_attempt,
-            request.map_partition,
-        );
+        let key = requested(&request);
         let output = executor
             .store
             .get(&key)
@@ -160,4 +146,15 @@ pub async fn fetch_block(
         executor.store.forget(address);
         format!("fetch from {address}: {}", s.message())
     })
+}
+
+/// The map output a fetch asks for.
+fn requested(r: &FetchRequest) -> MapOutputId {
+    MapOutputId {
+        job: r.job_id.clone(),
+        batch: r.batch_id,
+        stage: r.stage_id,
+        stage_attempt: r.stage_attempt,
+        partition: r.map_partition,
+    }
 }

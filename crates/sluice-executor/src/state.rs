@@ -6,14 +6,13 @@
 use arrow::record_batch::RecordBatch;
 use sluice_checkpoint::{CheckpointError, JobCheckpoint, StateKind, restore_plans};
 use sluice_connectors::{ipc_batches, ipc_bytes, store};
+use sluice_core::StatePartition;
 use sluice_core::{BatchId, Failure, FailureKind};
 use sluice_sql::CompiledJob;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// (job, stage, partition)
-type PartitionKey = (String, u32, u32);
 /// A partition's state versions in memory.
 type Versions = BTreeMap<BatchId, Arc<Vec<RecordBatch>>>;
 
@@ -23,7 +22,7 @@ const VERSIONS_KEPT: usize = 2;
 
 #[derive(Default)]
 pub struct StateCache {
-    versions: Mutex<HashMap<PartitionKey, Versions>>,
+    versions: Mutex<HashMap<StatePartition, Versions>>,
     checkpoints: Mutex<HashMap<String, JobCheckpoint>>,
 }
 
@@ -57,7 +56,7 @@ impl StateCache {
     pub async fn before(
         &self,
         job: &CompiledJob,
-        key: &PartitionKey,
+        key: &StatePartition,
         batch: BatchId,
         checkpoint_uri: &str,
     ) -> Result<(Arc<Vec<RecordBatch>>, Origin), Failure> {
@@ -77,9 +76,9 @@ impl StateCache {
         let state = self.restore(job, key, version, checkpoint_uri).await?;
         let rows: usize = state.iter().map(|b| b.num_rows()).sum();
         tracing::info!(
-            job = %key.0,
-            stage = key.1,
-            partition = key.2,
+            job = %key.job,
+            stage = key.stage,
+            partition = key.partition,
             version,
             rows,
             ms = started.elapsed().as_millis() as u64,
@@ -95,7 +94,11 @@ impl StateCache {
     async fn restore(
         &self,
         job: &CompiledJob,
-        (job_id, stage, partition): &PartitionKey,
+        StatePartition {
+            job: job_id,
+            stage,
+            partition,
+        }: &StatePartition,
         version: BatchId,
         checkpoint_uri: &str,
     ) -> Result<Vec<RecordBatch>, Failure> {
@@ -171,23 +174,23 @@ impl StateCache {
     pub async fn commit(
         &self,
         job: &CompiledJob,
-        key: &PartitionKey,
+        key: &StatePartition,
         batch: BatchId,
         checkpoint_uri: &str,
         update: sluice_sql::StateUpdate,
     ) -> Result<(), String> {
         let cp = self.checkpoint(checkpoint_uri)?;
         let op = job
-            .state_of(key.1 as usize)
-            .ok_or_else(|| format!("stage {} keeps no state", key.1))?;
+            .state_of(key.stage as usize)
+            .ok_or_else(|| format!("stage {} keeps no state", key.stage))?;
         let schema = op.state_schema();
         let delta = ipc_bytes(&update.delta, schema.clone()).map_err(|e| e.to_string())?;
-        cp.write_state(op.name(), key.2, batch, StateKind::Delta, &delta)
+        cp.write_state(op.name(), key.partition, batch, StateKind::Delta, &delta)
             .await
             .map_err(|e| e.to_string())?;
         if (batch + 1).is_multiple_of(job.settings.snapshot_interval) {
             let full = ipc_bytes(&update.state, schema).map_err(|e| e.to_string())?;
-            cp.write_state(op.name(), key.2, batch, StateKind::Snapshot, &full)
+            cp.write_state(op.name(), key.partition, batch, StateKind::Snapshot, &full)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -195,7 +198,7 @@ impl StateCache {
         Ok(())
     }
 
-    fn remember(&self, key: &PartitionKey, version: BatchId, state: Arc<Vec<RecordBatch>>) {
+    fn remember(&self, key: &StatePartition, version: BatchId, state: Arc<Vec<RecordBatch>>) {
         let mut all = self.versions.lock().unwrap();
         let versions = all.entry(key.clone()).or_default();
         versions.insert(version, state);
@@ -220,6 +223,6 @@ impl StateCache {
 
     /// Drops everything kept for a job that ended.
     pub fn drop_job(&self, job_id: &str) {
-        self.versions.lock().unwrap().retain(|k, _| k.0 != job_id);
+        self.versions.lock().unwrap().retain(|k, _| k.job != job_id);
     }
 }

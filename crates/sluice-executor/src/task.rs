@@ -8,7 +8,7 @@ use crate::statics::StaticCache;
 use futures::future::join_all;
 use sluice_connectors::ConnectorError;
 use sluice_core::progress::{self, TaskProgress};
-use sluice_core::{Failure, FailureKind, SourceSplit};
+use sluice_core::{Failure, FailureKind, MapOutputId, SourceSplit, StatePartition};
 use sluice_proto::{FetchFailure, FetchRequest, LaunchTask, TaskKey, TaskResult};
 use sluice_sql::{CompiledJob, SqlError, StageOutputData, Statics, TaskInput};
 use std::collections::HashMap;
@@ -301,7 +301,11 @@ impl TaskRunner {
                 rows.iter().map(|b| b.num_rows() as u64).sum()
             }
         };
-        let state_key = (key.job_id.clone(), key.stage_id, key.partition);
+        let state_key = StatePartition {
+            job: key.job_id.clone(),
+            stage: key.stage_id,
+            partition: key.partition,
+        };
         let before = match job.state_of(stage) {
             Some(_) => {
                 let (s, origin) = executor
@@ -356,16 +360,14 @@ impl TaskRunner {
                 sample,
                 rows,
             } => {
-                executor.store.put(
-                    (
-                        key.job_id.clone(),
-                        key.batch_id,
-                        key.stage_id,
-                        key.stage_attempt,
-                        key.partition,
-                    ),
-                    output,
-                );
+                let id = MapOutputId {
+                    job: key.job_id.clone(),
+                    batch: key.batch_id,
+                    stage: key.stage_id,
+                    stage_attempt: key.stage_attempt,
+                    partition: key.partition,
+                };
+                executor.store.put(id, output);
                 progress.count(progress::ROWS_OUT, rows);
                 for key in sample {
                     progress.payload(progress::KEY_SAMPLE, key);

@@ -1,7 +1,7 @@
 //! Executors, running batches, and the single `handle` entry point.
 
 use crate::batch::{BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskState, range_bounds};
-use sluice_core::{BatchId, ExecutorId, Failure, JobId, StageOutput};
+use sluice_core::{BatchId, ExecutorId, Failure, JobId, StageOutput, StatePartition};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One attempt of one task. Every launch and every result carries it; a result whose key does
@@ -167,7 +167,7 @@ pub struct Scheduler {
     /// One running batch per job (batches of a job run one at a time).
     batches: BTreeMap<JobId, BatchRun>,
     /// Which executor holds each stateful partition's latest state in memory.
-    state_homes: BTreeMap<(JobId, u32, u32), ExecutorId>,
+    state_homes: BTreeMap<StatePartition, ExecutorId>,
     exclusions: BTreeMap<(JobId, ExecutorId), Exclusion>,
     /// The run number the next submitted batch gets.
     next_run: u64,
@@ -302,7 +302,7 @@ impl Scheduler {
             }
             Event::CancelJob { job_id } => {
                 self.batches.remove(&job_id);
-                self.state_homes.retain(|(j, _, _), _| *j != job_id);
+                self.state_homes.retain(|p, _| p.job != job_id);
                 self.exclusions.retain(|(j, _), _| *j != job_id);
                 for (executor, e) in &self.executors {
                     if e.running.iter().any(|k| k.job_id == job_id) {
@@ -416,10 +416,12 @@ impl Scheduler {
         // Reducers fetch the output under the attempt that wrote it.
         let stage_attempt = key.stage_attempt;
         if batch.stages[s].spec.stateful {
-            self.state_homes.insert(
-                (key.job_id.clone(), key.stage_id, key.partition),
-                executor.clone(),
-            );
+            let home = StatePartition {
+                job: key.job_id.clone(),
+                stage: key.stage_id,
+                partition: key.partition,
+            };
+            self.state_homes.insert(home, executor.clone());
         }
         let Some((batch, s)) = self.current_task(&key, &executor) else {
             return;
@@ -669,7 +671,13 @@ impl Scheduler {
                     let home = batch.stages[s]
                         .spec
                         .stateful
-                        .then(|| homes.get(&(batch.sub.job_id.clone(), s as u32, p as u32)))
+                        .then(|| {
+                            homes.get(&StatePartition {
+                                job: batch.sub.job_id.clone(),
+                                stage: s as u32,
+                                partition: p as u32,
+                            })
+                        })
                         .flatten()
                         .filter(|h| {
                             avoid.as_deref() != Some(h.as_str())
