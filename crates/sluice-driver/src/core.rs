@@ -203,6 +203,14 @@ impl Core {
                 _ = tokio::time::sleep(wake) => vec![Event::Tick],
                 _ = liveness.tick() => self.expired(),
             };
+            // A wake-up that lost the race to a heartbeat is not computed again (the due task
+            // is no longer in the future), so every turn of the loop lets the scheduler
+            // dispatch: without this a retry whose backoff ended while a heartbeat was being
+            // handled waited for an event that never came, and its job hung.
+            let events = match events.is_empty() {
+                true => vec![Event::Tick],
+                false => events,
+            };
             let mut events = std::collections::VecDeque::from(events);
             while let Some(event) = events.pop_front() {
                 let now = self.now_ms();
