@@ -97,7 +97,7 @@ impl CompiledJob {
     /// Another connector, path, broker or topic is another source, whose positions the
     /// checkpoint does not hold.
     fn source_changes(&self, previous: &CompiledJob, table: &str) -> Vec<String> {
-        let (Some(now), Some(was)) = (self.spec_of(table), previous.spec_of(table)) else {
+        let (Ok(now), Ok(was)) = (self.spec(table), previous.spec(table)) else {
             return Vec::new();
         };
         let connector =
@@ -121,13 +121,5 @@ impl CompiledJob {
                 )
             })
             .collect()
-    }
-
-    fn spec_of(&self, table: &str) -> Option<&sluice_connectors::TableSpec> {
-        self.job
-            .tables
-            .iter()
-            .find(|t| t.spec.name == table)
-            .map(|t| &t.spec)
     }
 }

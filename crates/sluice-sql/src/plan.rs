@@ -299,7 +299,8 @@ impl CompiledJob {
         Ok(rows)
     }
 
-    fn spec(&self, table: &str) -> Result<&TableSpec, SqlError> {
+    /// The declaration of `table`.
+    pub(crate) fn spec(&self, table: &str) -> Result<&TableSpec, SqlError> {
         self.job
             .tables
             .iter()
@@ -310,12 +311,7 @@ impl CompiledJob {
 
     /// The rows of a source table in SQL: its declared columns and `_batch`.
     pub fn source_schema(&self, table: &str) -> Result<SchemaRef, SqlError> {
-        self.job
-            .tables
-            .iter()
-            .find(|t| t.spec.name == table)
-            .map(|t| source_schema(&table_schema(&t.spec)))
-            .ok_or_else(|| SqlError::internal(format!("no source table '{table}'")))
+        Ok(source_schema(&table_schema(self.spec(table)?)))
     }
 
     pub(crate) fn shuffle_schema(&self, stage: usize) -> Result<SchemaRef, SqlError> {
