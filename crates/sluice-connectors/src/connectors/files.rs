@@ -209,20 +209,7 @@ impl FilesSource {
             message: format!("static table: option 'path': {why}"),
         };
         self.check_directory(Trigger::Once)?;
-        let listing = match self
-            .location
-            .store
-            .list_with_delimiter(Some(&self.location.prefix))
-            .await
-        {
-            Ok(l) => l.objects,
-            Err(object_store::Error::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let mut listing: Vec<_> = listing
-            .into_iter()
-            .filter(|m| listed(m.location.filename().unwrap_or_default()))
-            .collect();
+        let mut listing = self.data_files().await?;
         listing.sort_by(|a, b| a.location.cmp(&b.location));
         let files: Vec<SourceSplit> = listing
             .into_iter()
@@ -243,20 +230,10 @@ impl FilesSource {
 
     pub async fn plan(&self, seen: &BTreeSet<String>, ctx: &PlanContext) -> Result<Planned> {
         self.check_directory(ctx.trigger)?;
-        let listing = match self
-            .location
-            .store
-            .list_with_delimiter(Some(&self.location.prefix))
-            .await
-        {
-            Ok(l) => l.objects,
-            // A directory that does not exist yet simply has no files.
-            Err(object_store::Error::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let mut files: Vec<(String, u64)> = listing
+        let mut files: Vec<(String, u64)> = self
+            .data_files()
+            .await?
             .into_iter()
-            .filter(|m| listed(m.location.filename().unwrap_or_default()))
             .map(|m| (self.location.uri_of(&m.location), m.size))
             .filter(|(uri, _)| !seen.contains(uri))
             .collect();
@@ -294,6 +271,25 @@ impl FilesSource {
             exhausted: false,
             backlog: None,
         })
+    }
+
+    /// The data files directly under the path (hidden files, markers and temporaries left out);
+    /// a directory that does not exist yet simply has none.
+    async fn data_files(&self) -> Result<Vec<object_store::ObjectMeta>> {
+        let listing = match self
+            .location
+            .store
+            .list_with_delimiter(Some(&self.location.prefix))
+            .await
+        {
+            Ok(l) => l.objects,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(listing
+            .into_iter()
+            .filter(|m| listed(m.location.filename().unwrap_or_default()))
+            .collect())
     }
 
     /// A directory that does not exist is a typo in a job that runs once; a streaming job
