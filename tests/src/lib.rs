@@ -426,6 +426,69 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).context("status json")
     }
 
+    /// Batch `batch` of the job as the driver's model shows it (`sluice status --batch`).
+    pub fn batch(&self, job: &str, batch: u64) -> anyhow::Result<Value> {
+        let out = self.sluice(&["status", job, "--batch", &batch.to_string(), "--json"]);
+        if !out.status.success() {
+            bail!("status --batch: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("batch json")
+    }
+
+    /// The executors and their history as the driver's model shows them.
+    pub fn executors(&self) -> anyhow::Result<Value> {
+        let out = self.sluice(&["executors", "--json"]);
+        if !out.status.success() {
+            bail!("executors: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("executors json")
+    }
+
+    /// Polls the executors' model until `check` holds; returns it.
+    pub fn wait_for_executors(&self, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(e) = self.executors() {
+                if check(&e) {
+                    return e;
+                }
+                last = e;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "executors never got there; last {last}\ndriver log:\n{}",
+            self.log("driver.log")
+        );
+    }
+
+    /// Waits until this driver has registered `n` executors (counting ones since lost).
+    pub fn wait_for_registrations(&self, n: usize) {
+        self.wait_for_executors(Duration::from_secs(120), |e| {
+            events(e, "registered").len() >= n
+        });
+    }
+
+    /// Waits until batch `batch` of the job runs a task of stage `stage`.
+    pub fn wait_for_running_stage(&self, job: &str, batch: u64, stage: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(b) = self.batch(job, batch)
+                && attempts(&b)
+                    .iter()
+                    .any(|(s, _, a)| *s == stage && a["outcome"] == "running")
+            {
+                return b;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "batch {batch} of job {job} never ran stage {stage}; driver log:\n{}",
+            self.log("driver.log")
+        );
+    }
+
     /// Polls until the job is in one of `states`; fails with the driver log otherwise.
     pub fn wait_for(&self, job: &str, states: &[&str], timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
@@ -507,6 +570,31 @@ impl Drop for Cluster {
 }
 
 /// Submits `sql`, waits for the job to end, and asserts that it finished; returns its status.
+/// The executor ids of the model's history events of one kind (registered, draining, lost).
+pub fn events(executors: &Value, change: &str) -> Vec<String> {
+    executors["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["change"] == change)
+        .map(|e| e["executor_id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Every task attempt of a batch's model, as (stage, partition, attempt).
+pub fn attempts(batch: &Value) -> Vec<(u64, u64, Value)> {
+    let mut all = Vec::new();
+    for s in batch["stages"].as_array().into_iter().flatten() {
+        for t in s["tasks"].as_array().into_iter().flatten() {
+            for a in t["attempts"].as_array().into_iter().flatten() {
+                let (stage, p) = (s["stage_id"].as_u64(), t["partition"].as_u64());
+                all.push((stage.unwrap_or(0), p.unwrap_or(0), a.clone()));
+            }
+        }
+    }
+    all
+}
+
 pub fn run_to_end(c: &Cluster, sql: &str) -> Value {
     let id = c.submit(sql).expect("submit");
     wait_finished(c, &id)

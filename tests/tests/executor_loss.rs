@@ -3,7 +3,9 @@
 //! for row.
 
 use serde_json::Value;
-use sluice_cluster_tests::{BatchRows, Cluster, committed_rows, run_to_end, wait_finished};
+use sluice_cluster_tests::{
+    BatchRows, Cluster, attempts, committed_rows, events, run_to_end, wait_finished,
+};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -65,25 +67,15 @@ fn batches_with(s: &Value, what: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Waits for the driver to announce stage `stage` of batch 1.
-fn wait_for_stage(c: &Cluster, stage: u32) {
-    let stage = format!("stage={stage} ");
-    c.wait_for_log(
-        "driver.log",
-        &["stage started", "batch=1 ", &stage],
-        1,
-        LONG,
-    );
-}
-
-fn kill_at(stage: u32, switch: &str, after: Duration) {
+fn kill_at(stage: u64, switch: &str, after: Duration) {
     reference();
     let mut c = Cluster::start(3);
     let id = c.submit(&job(&c, switch)).unwrap();
-    wait_for_stage(&c, stage);
+    c.wait_for_running_stage(&id, 1, stage);
     std::thread::sleep(after);
     c.kill_executor(0);
     let s = finish_and_compare(&c, &id);
+    check_the_model_shows_the_loss(&c, &id);
     let lost = batches_with(&s, "executor_lost");
     assert_eq!(lost.len(), 1, "one batch recovered: {s}");
     assert_eq!(lost[0]["batch_id"], 1);
@@ -92,6 +84,68 @@ fn kill_at(stage: u32, switch: &str, after: Duration) {
     assert!(
         status.contains("executor lost") && status.contains("recovered in"),
         "{status}"
+    );
+}
+
+/// The driver's model of batch 1 names the killed executor: its attempts ended `lost` (or
+/// its map outputs were recomputed), and each reran elsewhere for that reason.
+fn check_the_model_shows_the_loss(c: &Cluster, id: &str) {
+    let lost = events(&c.executors().unwrap(), "lost");
+    assert_eq!(lost.len(), 1, "one executor lost");
+    let b = c.batch(id, 1).unwrap();
+    assert_eq!(b["outcome"], "committed", "{b}");
+    let all = attempts(&b);
+    let reruns: Vec<_> = all
+        .iter()
+        .filter(|(_, _, a)| a["cause"] == "executor_lost" || a["cause"] == "output_lost")
+        .collect();
+    assert!(!reruns.is_empty(), "reruns caused by the loss: {b}");
+    for (stage, p, a) in &reruns {
+        assert_ne!(
+            a["executor_id"],
+            lost[0].as_str(),
+            "{stage}.{p} reran elsewhere"
+        );
+        assert_eq!(a["outcome"], "succeeded");
+        let before = all
+            .iter()
+            .filter(|(s, q, x)| (s, q) == (stage, p) && x["executor_id"] == lost[0].as_str());
+        assert!(
+            before.count() > 0,
+            "{stage}.{p} ran on the lost executor first: {b}"
+        );
+    }
+    let lost_running = all.iter().filter(|(_, _, a)| a["outcome"] == "lost");
+    for (_, _, a) in lost_running {
+        assert_eq!(a["executor_id"], lost[0].as_str());
+    }
+    let phases: Vec<&str> = b["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        ["plan", "offsets", "tasks", "sink_commit", "commit"]
+    );
+    assert_eq!(
+        b["input"]["g"].as_array().unwrap().len(),
+        6,
+        "six logged splits: {b}"
+    );
+    let done = all
+        .iter()
+        .find(|(_, _, a)| a["outcome"] == "succeeded")
+        .unwrap();
+    assert!(
+        done.2["metrics"]["compute_ms"].is_i64(),
+        "phase timings: {b}"
+    );
+    let human = String::from_utf8(c.sluice(&["status", id, "--batch", "1"]).stdout).unwrap();
+    assert!(
+        human.contains("executor_lost") || human.contains("output_lost"),
+        "{human}"
     );
 }
 
@@ -131,10 +185,22 @@ fn sigstop_past_the_heartbeat_timeout_then_sigcont_is_ignored() {
     let id = c
         .submit(&job(&c, "SET 'sluice.test.delay_task' = '0:2500ms';"))
         .unwrap();
-    wait_for_stage(&c, 0);
+    c.wait_for_running_stage(&id, 1, 0);
     std::thread::sleep(Duration::from_millis(200));
     c.signal_executor(0, SIGSTOP);
-    c.wait_for_log("driver.log", &["executor lost", "no heartbeat"], 1, LONG);
+    let e = c.wait_for_executors(LONG, |e| !events(e, "lost").is_empty());
+    let lost = e["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["change"] == "lost");
+    assert!(
+        lost.unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no heartbeat"),
+        "{e}"
+    );
     // The batch goes on without it; the zombie wakes up and reports results nobody wants.
     std::thread::sleep(Duration::from_millis(500));
     c.signal_executor(0, SIGCONT);
@@ -156,7 +222,7 @@ fn submit_with_slow_maps(c: &Cluster) -> String {
     let id = c
         .submit(&job(c, "SET 'sluice.test.delay_task' = '0:1500ms';"))
         .unwrap();
-    wait_for_stage(c, 0);
+    c.wait_for_running_stage(&id, 1, 0);
     std::thread::sleep(Duration::from_millis(300));
     id
 }

@@ -359,7 +359,7 @@ INSERT INTO out SELECT _batch, a, count(*) AS n FROM src GROUP BY _batch, a;",
             "SET 'partitions' = '8';\nSET 'sluice.test.delay_after_input' = '1:3s';",
         ))
         .expect("submit");
-    c.wait_for_log("driver.log", &["stage started", "stage=1"], 1, LONG);
+    c.wait_for_running_stage(&id, 0, 1);
     let stop = c.sluice(&["stop", &id]);
     assert!(stop.status.success(), "{stop:?}");
     let said = String::from_utf8_lossy(&stop.stdout);

@@ -112,7 +112,7 @@ fn running_count_survives_executor_and_driver_kills_while_records_arrive() {
     broker.create_topic("events", 4);
     broker.produce("events", &records(0..1000));
     let mut c = Cluster::start(2);
-    c.wait_for_log("driver.log", &["executor registered"], 2, LONG);
+    c.wait_for_registrations(2);
     let sql = format!(
         "SET 'trigger' = '200ms';
 SET 'task.backoff' = '50ms';

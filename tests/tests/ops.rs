@@ -3,7 +3,7 @@
 //! executor and the driver with nothing lost or repeated.
 
 use serde_json::Value;
-use sluice_cluster_tests::{Cluster, free_port, http_get, wait_finished};
+use sluice_cluster_tests::{Cluster, events, free_port, http_get, wait_finished};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,7 @@ fn a_wrong_or_missing_token_is_refused_and_the_job_is_untouched() {
         2,
         LONG,
     );
-    let registered = c.log("driver.log").matches("executor registered").count();
+    let registered = events(&c.executors().unwrap(), "registered").len();
     assert_eq!(registered, 1, "only the executor with the token registered");
 
     // The CLI without a token, or with a wrong one, is refused, and says why.
@@ -272,12 +272,12 @@ fn sigterm_drains_an_executor_and_the_driver_and_loses_or_repeats_nothing() {
     let log = c.log("executor-0.log");
     assert!(log.contains("SIGTERM: draining"), "{log}");
     assert!(log.contains("drained"), "{log}");
-    c.wait_for_log("driver.log", &["executor draining"], 1, LONG);
+    c.wait_for_executors(LONG, |e| !events(e, "draining").is_empty());
     let after = batches(c, &id);
     wait_batches(c, &id, after + 2);
     // And up again: the new executor joins the running job.
     c.add_executor();
-    c.wait_for_log("driver.log", &["executor registered"], 3, LONG);
+    c.wait_for_registrations(3);
     let after = batches(c, &id);
     wait_batches(c, &id, after + 2);
 

@@ -165,7 +165,7 @@ fn complete_mode_emits_the_whole_table_every_batch() {
 #[test]
 fn executor_killed_mid_batch_state_restored_on_survivors() {
     let mut c = Cluster::start(3);
-    c.wait_for_log("driver.log", &["executor registered"], 3, LONG);
+    c.wait_for_registrations(3);
     // Batch 2's stateful tasks wait 1.5 s before they read input, so the kill lands mid-task.
     let id = c
         .submit(&running_job(
@@ -174,6 +174,18 @@ fn executor_killed_mid_batch_state_restored_on_survivors() {
         ))
         .unwrap();
     c.wait_until(&id, LONG, |s| s["batches_committed"].as_u64() >= Some(2));
+    // The driver's model knows which executor holds each of the 4 state partitions.
+    let held = |e: &Value| -> Vec<u64> {
+        let all = e["executors"].as_array().unwrap().iter();
+        let mut parts: Vec<u64> = all
+            .flat_map(|x| x["state_partitions"].as_array().unwrap().clone())
+            .filter(|p| p["job_id"] == id.as_str() && p["stage"] == 1)
+            .map(|p| p["partition"].as_u64().unwrap())
+            .collect();
+        parts.sort();
+        parts
+    };
+    assert_eq!(held(&c.executors().unwrap()), [0, 1, 2, 3]);
     c.kill_executor(0);
     let s = finish_and_compare(&c, &id);
     assert_eq!(s["batches_committed"], 4);
@@ -191,7 +203,7 @@ fn driver_and_executor_killed_then_restarted_exact_totals() {
 /// The driver dies at another step of batch 2, an executor with it; a fresh executor joins.
 fn driver_killed_at(pause: &str, needles: &[&str], rerun: bool) {
     let mut c = Cluster::start(2);
-    c.wait_for_log("driver.log", &["executor registered"], 2, LONG);
+    c.wait_for_registrations(2);
     let id = c.submit(&running_job(&c, pause)).unwrap();
     c.wait_for_log("driver.log", needles, 1, LONG);
     c.kill_driver();
@@ -292,7 +304,7 @@ fn driver_and_executor_killed_with_state_on_s3() {
 /// version 1 again, on a fresh executor that restores it from the checkpoint.
 fn driver_and_executor_killed(mut c: Cluster) {
     // Both executors take part from the first batch, so each holds state partitions.
-    c.wait_for_log("driver.log", &["executor registered"], 2, LONG);
+    c.wait_for_registrations(2);
     let id = c
         .submit(&running_job(
             &c,

@@ -190,7 +190,7 @@ fn per_batch_inner_join_survives_an_executor_kill() {
     let mut c = Cluster::start(3);
     write_events(&c);
     write_dim(&c, 1);
-    c.wait_for_log("driver.log", &["executor registered"], 3, LONG);
+    c.wait_for_registrations(3);
     let id = c
         .submit(&per_batch_job(
             &c,
@@ -223,7 +223,7 @@ fn running_left_join_survives_driver_and_executor_kills() {
     let mut c = Cluster::start(2);
     write_events(&c);
     write_dim(&c, 1);
-    c.wait_for_log("driver.log", &["executor registered"], 2, LONG);
+    c.wait_for_registrations(2);
     let id = c
         .submit(&running_job(
             &c,

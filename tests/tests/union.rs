@@ -156,7 +156,7 @@ fn inspect(c: &Cluster) -> Value {
 fn per_batch_union_of_two_directories_survives_an_executor_kill() {
     let mut c = Cluster::start(3);
     write_inputs(&c);
-    c.wait_for_log("driver.log", &["executor registered"], 3, LONG);
+    c.wait_for_registrations(3);
     // Batch 2's reducers wait 1.5 s, so the kill lands while its map outputs are needed.
     let id = c
         .submit(&per_batch_job(
@@ -196,7 +196,7 @@ fn per_batch_union_of_two_directories_survives_an_executor_kill() {
 fn running_union_survives_driver_and_executor_kills() {
     let mut c = Cluster::start(2);
     write_inputs(&c);
-    c.wait_for_log("driver.log", &["executor registered"], 2, LONG);
+    c.wait_for_registrations(2);
     let id = c
         .submit(&running_job(
             &c,

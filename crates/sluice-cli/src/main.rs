@@ -1,5 +1,6 @@
 //! `sluice`: submit, list, inspect and stop jobs; `sluice local` runs a whole cluster here.
 
+mod cluster;
 mod inspect;
 mod local;
 
@@ -8,7 +9,9 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use sluice_net::{AuthChannel, Security, SecurityArgs, SecurityConfig};
 use sluice_proto::jobs_client::JobsClient;
-use sluice_proto::{GetRequest, JobStatus, ListRequest, StopRequest, SubmitRequest};
+use sluice_proto::{
+    ClusterRequest, GetBatchRequest, GetRequest, JobStatus, ListRequest, StopRequest, SubmitRequest,
+};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser, Serialize)]
@@ -49,9 +52,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a job's state and recent batches
+    /// Show a job's state and recent batches, or one batch's stages and task attempts
     Status {
         job: String,
+        /// Show this batch: its logged input, phases, stages and every task attempt (where it
+        /// ran, why it was launched, how it ended, where its time went)
+        #[arg(long, value_name = "N")]
+        batch: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the executors (slots, running tasks, state partitions held) and their
+    /// registrations, drains and losses
+    Executors {
         #[arg(long)]
         json: bool,
     },
@@ -218,7 +231,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status { job, json } => {
+        Command::Status {
+            job,
+            batch: Some(batch_id),
+            json,
+        } => {
+            let b = driver(&config)?
+                .connect()
+                .await?
+                .get_batch(GetBatchRequest {
+                    job_id: job,
+                    batch_id,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cluster::batch_json(&b))?
+                );
+            } else {
+                cluster::print_batch(&b);
+            }
+            Ok(())
+        }
+        Command::Executors { json } => {
+            let c = driver(&config)?
+                .connect()
+                .await?
+                .cluster(ClusterRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cluster::cluster_json(&c))?
+                );
+            } else {
+                cluster::print_cluster(&c);
+            }
+            Ok(())
+        }
+        Command::Status {
+            job,
+            batch: None,
+            json,
+        } => {
             let s = driver(&config)?
                 .connect()
                 .await?
@@ -337,6 +397,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
         "rows_in": s.rows_in,
         "rows_out": s.rows_out,
         "submitted_at_ms": s.submitted_at_ms,
+        "running_batch": s.running_batch,
         "recent_batches": s.recent_batches.iter().map(|b| serde_json::json!({
             "batch_id": b.batch_id,
             "rows_in": b.rows_in,

@@ -15,6 +15,22 @@ pub const DEAD_LETTERS: &str = "dead_letters";
 /// Rows and bytes of a stateful operator's partition after the batch.
 pub const STATE_ROWS: &str = "state_rows";
 pub const STATE_BYTES: &str = "state_bytes";
+/// Where a task's time went, in milliseconds: reading its split or fetching its shuffle
+/// blocks, reading its state partition, running the operators, writing the new state version,
+/// and keeping its map output or writing the sink.
+pub const INPUT_MS: &str = "input_ms";
+pub const STATE_READ_MS: &str = "state_read_ms";
+pub const COMPUTE_MS: &str = "compute_ms";
+pub const STATE_WRITE_MS: &str = "state_write_ms";
+pub const OUTPUT_MS: &str = "output_ms";
+/// The phases above, in the order a task passes through them.
+pub const TASK_PHASES: [&str; 5] = [
+    INPUT_MS,
+    STATE_READ_MS,
+    COMPUTE_MS,
+    STATE_WRITE_MS,
+    OUTPUT_MS,
+];
 /// Payload: one sampled range-partition key (arrow-row encoded).
 pub const KEY_SAMPLE: &str = "key_sample";
 /// Payload: a console sink's first rows of the partition (Arrow IPC).

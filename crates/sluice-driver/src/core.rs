@@ -2,9 +2,11 @@
 //! runners and timers send it messages; it feeds them to the state machine and carries out the
 //! actions (send a launch down an executor's stream, answer a job runner).
 
+use crate::model::{Clock, Snapshot};
 use sluice_core::{Failure, FailureKind};
 use sluice_proto::driver_message::Kind as DriverKind;
 use sluice_proto::{DriverMessage, LaunchTask, ReleaseShuffle, TaskResult};
+use sluice_scheduler::model::BatchTrace;
 use sluice_scheduler::{
     Action, BatchReport, BatchSubmission, Event, Scheduler, SchedulerConfig, TaskKey,
 };
@@ -45,7 +47,11 @@ pub enum CoreMsg {
     Submit {
         sub: BatchSubmission,
         code: JobCode,
-        reply: oneshot::Sender<Result<BatchReport, Failure>>,
+        reply: oneshot::Sender<Result<BatchReport, BatchFailure>>,
+    },
+    /// What the cluster model shows now: executors, their history, the running batches.
+    Query {
+        reply: oneshot::Sender<Snapshot>,
     },
     /// Stop the job's batch; `done` is answered once none of its tasks runs anywhere.
     Cancel {
@@ -56,6 +62,22 @@ pub enum CoreMsg {
     Ended {
         job_id: String,
     },
+}
+
+/// A batch that failed on the cluster, and what ran up to the failure.
+#[derive(Debug)]
+pub struct BatchFailure {
+    pub failure: Failure,
+    pub trace: Option<Box<BatchTrace>>,
+}
+
+impl From<Failure> for BatchFailure {
+    fn from(failure: Failure) -> Self {
+        BatchFailure {
+            failure,
+            trace: None,
+        }
+    }
 }
 
 /// What every task launch of a job carries besides its own inputs.
@@ -72,6 +94,7 @@ pub struct CoreHandle {
     tx: mpsc::Sender<CoreMsg>,
     alive: Arc<AtomicUsize>,
     excluded: Arc<std::sync::Mutex<Exclusions>>,
+    pub clock: Clock,
 }
 
 impl CoreHandle {
@@ -85,11 +108,18 @@ impl CoreHandle {
         &self,
         sub: BatchSubmission,
         code: JobCode,
-    ) -> Result<BatchReport, Failure> {
+    ) -> Result<BatchReport, BatchFailure> {
         let (reply, rx) = oneshot::channel();
         self.send(CoreMsg::Submit { sub, code, reply }).await;
         rx.await
             .map_err(|_| Failure::new(FailureKind::Outage, "driver is shutting down"))?
+    }
+
+    /// The executors, their history and the running batches, as the scheduler sees them now.
+    pub async fn snapshot(&self) -> Snapshot {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreMsg::Query { reply }).await;
+        rx.await.unwrap_or_default()
     }
 
     pub fn alive_executors(&self) -> usize {
@@ -124,6 +154,10 @@ pub fn start(config: CoreConfig) -> CoreHandle {
     let (tx, rx) = mpsc::channel(4096);
     let alive = Arc::new(AtomicUsize::new(0));
     let excluded = Arc::new(std::sync::Mutex::new(Exclusions::new()));
+    let started = Instant::now();
+    let clock = Clock {
+        epoch_at_start_ms: sluice_core::now_ms(),
+    };
     let core = Core {
         scheduler: Scheduler::with_config(config.scheduler),
         stages_started: HashSet::new(),
@@ -132,7 +166,7 @@ pub fn start(config: CoreConfig) -> CoreHandle {
         waiting: HashMap::new(),
         cancelling: HashMap::new(),
         code: HashMap::new(),
-        started: Instant::now(),
+        started,
         alive: alive.clone(),
         config,
         submissions: 0,
@@ -155,6 +189,7 @@ pub fn start(config: CoreConfig) -> CoreHandle {
         tx,
         alive,
         excluded,
+        clock,
     }
 }
 
@@ -164,7 +199,7 @@ struct Core {
     stages_started: HashSet<(String, u64, u32, u32)>,
     excluded: Arc<std::sync::Mutex<Exclusions>>,
     conns: HashMap<String, Conn>,
-    waiting: HashMap<String, oneshot::Sender<Result<BatchReport, Failure>>>,
+    waiting: HashMap<String, oneshot::Sender<Result<BatchReport, BatchFailure>>>,
     /// Stopped jobs whose tasks still run somewhere, and who waits for them to end.
     cancelling: HashMap<String, Vec<oneshot::Sender<()>>>,
     code: HashMap<String, JobCode>,
@@ -272,6 +307,14 @@ impl Core {
                 self.code.insert(sub.job_id.clone(), code);
                 self.waiting.insert(sub.job_id.clone(), reply);
                 vec![Event::SubmitBatch(sub)]
+            }
+            CoreMsg::Query { reply } => {
+                let _ = reply.send(Snapshot {
+                    executors: self.scheduler.executor_views(),
+                    history: self.scheduler.executor_history().cloned().collect(),
+                    running: self.scheduler.running_batches().collect(),
+                });
+                vec![]
             }
             CoreMsg::Cancel { job_id, done } => {
                 self.waiting.remove(&job_id);
@@ -421,11 +464,13 @@ impl Core {
                     job_id,
                     batch_id,
                     failure,
+                    trace,
                 } => {
                     self.stages_started.retain(|s| s.0 != job_id);
                     tracing::error!(job = %job_id, batch = batch_id, "batch failed: {failure}");
                     if let Some(reply) = self.waiting.remove(&job_id) {
-                        let _ = reply.send(Err(failure));
+                        let trace = Some(trace);
+                        let _ = reply.send(Err(BatchFailure { failure, trace }));
                     }
                 }
             }
@@ -455,7 +500,7 @@ impl Core {
     }
 }
 
-fn to_proto_key(k: &TaskKey) -> sluice_proto::TaskKey {
+pub fn to_proto_key(k: &TaskKey) -> sluice_proto::TaskKey {
     sluice_proto::TaskKey {
         job_id: k.job_id.clone(),
         run: k.run,

@@ -2,10 +2,11 @@
 
 use crate::core::CoreHandle;
 use crate::metrics::DriverMetrics;
+use crate::model::{BatchLog, BatchRecorder};
 use crate::runner::JobRunner;
 use sluice_checkpoint::{JobCheckpoint, JobMetadata};
 use sluice_connectors::store::Location;
-use sluice_core::{Failure, FailureKind, JobState, now_ms};
+use sluice_core::{BatchId, Failure, FailureKind, JobState, now_ms};
 use sluice_proto::JobStatus;
 use sluice_sql::{CompiledJob, SqlError};
 use std::collections::BTreeMap;
@@ -20,6 +21,8 @@ const RECENT_BATCHES: usize = 50;
 struct JobEntry {
     status: JobStatus,
     stop: watch::Sender<bool>,
+    /// Its recent batches in detail (stages, attempts, phases).
+    batches: BatchLog,
 }
 
 #[derive(Clone)]
@@ -240,13 +243,17 @@ impl Registry {
             registry: self.clone(),
             stop: stop_rx,
         };
-        self.jobs.lock().unwrap().insert(
-            job_id.clone(),
-            JobEntry {
+        {
+            // A resumed job keeps the batches this driver already ran for it.
+            let mut jobs = self.jobs.lock().unwrap();
+            let batches = jobs.remove(&job_id).map(|e| e.batches).unwrap_or_default();
+            let entry = JobEntry {
                 status,
                 stop: stop_tx,
-            },
-        );
+                batches,
+            };
+            jobs.insert(job_id.clone(), entry);
+        }
         let registry = self.clone();
         tokio::spawn(async move {
             // A panic in one job's loop is that job's bug: it fails that job, not the driver.
@@ -363,10 +370,65 @@ impl Registry {
     /// Records a job that has ended (or cannot run) in the catalog, without a runner.
     fn insert_ended(&self, status: JobStatus) {
         let (stop, _) = watch::channel(true);
-        self.jobs
-            .lock()
-            .unwrap()
-            .insert(status.job_id.clone(), JobEntry { status, stop });
+        self.jobs.lock().unwrap().insert(
+            status.job_id.clone(),
+            JobEntry {
+                status,
+                stop,
+                batches: BatchLog::default(),
+            },
+        );
+    }
+
+    /// Records where a batch of the job is; `new_run` when it (re)starts.
+    pub fn record_batch(&self, job_id: &str, batch: &BatchRecorder, new_run: bool) {
+        if let Some(e) = self.jobs.lock().unwrap().get_mut(job_id) {
+            let d = &batch.detail;
+            e.status.running_batch =
+                (d.outcome() == sluice_proto::BatchOutcome::Running).then_some(d.batch_id);
+            e.batches.record(d.clone(), new_run);
+        }
+    }
+
+    /// A batch of the job in detail; a running one with its tasks as far as they got.
+    pub async fn batch(
+        &self,
+        job_id: &str,
+        batch: BatchId,
+    ) -> Result<sluice_proto::BatchDetail, tonic::Status> {
+        let found = {
+            let jobs = self.jobs.lock().unwrap();
+            let e = jobs
+                .get(job_id)
+                .ok_or_else(|| tonic::Status::not_found(format!("no job '{job_id}'")))?;
+            e.batches.get(batch).cloned().ok_or_else(|| {
+                let kept = match e.batches.oldest() {
+                    Some(b) => format!("this driver keeps batches {b} and later"),
+                    None => "this driver has run none of its batches yet".into(),
+                };
+                tonic::Status::not_found(format!(
+                    "job '{job_id}' has no batch {batch} here ({kept}; `sluice checkpoint inspect` reads every logged batch)"
+                ))
+            })?
+        };
+        let mut detail = found;
+        if detail.outcome() == sluice_proto::BatchOutcome::Running {
+            let snapshot = self.core.snapshot().await;
+            if let Some(trace) = snapshot
+                .running
+                .iter()
+                .find(|t| t.job_id == job_id && t.batch_id == batch)
+            {
+                detail.stages = crate::model::stage_details(trace, self.core.clock);
+            }
+        }
+        Ok(detail)
+    }
+
+    /// The executors and their drains and losses.
+    pub async fn cluster(&self) -> sluice_proto::ClusterStatus {
+        let snapshot = self.core.snapshot().await;
+        crate::model::cluster_status(&snapshot, self.core.clock)
     }
 
     pub fn update(&self, job_id: &str, f: impl FnOnce(&mut JobStatus)) {

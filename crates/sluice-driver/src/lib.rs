@@ -4,6 +4,7 @@
 pub mod core;
 pub mod jobs;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod runner;
 pub mod services;

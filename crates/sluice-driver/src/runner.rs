@@ -2,15 +2,16 @@
 //! the cluster -> commit the sink -> write the commit. This file is the place to follow a batch
 //! from start to end.
 
-use crate::core::{CoreHandle, CoreMsg, JobCode};
+use crate::core::{BatchFailure, CoreHandle, CoreMsg, JobCode};
 use crate::jobs::Registry;
+use crate::model::{self, BatchRecorder};
 use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
 use sluice_connectors::{ConnectorError, PlanContext, Position, render_console};
 use sluice_core::restart::Restarts;
 use sluice_core::{
     BatchId, Failure as JobFailure, FailureKind, JobState, SourceSplit, Trigger, now_ms,
 };
-use sluice_proto::BatchStatus;
+use sluice_proto::{BatchOutcome, BatchStatus};
 use sluice_scheduler::{BatchReport, BatchSubmission};
 use sluice_sql::CompiledJob;
 use std::collections::BTreeMap;
@@ -45,6 +46,15 @@ enum Failure {
     Fenced(String),
     /// The job failed; the failure's kind says whether a restart from the checkpoint may help.
     Failed(JobFailure),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Fenced(e) => write!(f, "{e}"),
+            Failure::Failed(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 impl From<JobFailure> for Failure {
@@ -148,7 +158,7 @@ impl JobRunner {
             if self.stopped() {
                 return Ok(End::Stopped);
             }
-            let mut offsets_ms = 0;
+            let mut phases = Vec::new();
             let (entry, exhausted) = match pending.take() {
                 // A batch logged but never committed: rerun it with exactly its logged input.
                 Some(entry) => (entry, false),
@@ -161,6 +171,7 @@ impl JobRunner {
                         std::future::pending::<()>().await;
                     }
                     self.test_pause("before_offsets", next_batch).await;
+                    let planning = Instant::now();
                     let ctx = PlanContext {
                         now_ms: now_ms(),
                         job_start_ms,
@@ -184,6 +195,7 @@ impl JobRunner {
                     }
                     let mut sources = planned.splits;
                     sources.extend(self.static_versions().await?);
+                    phases.push((model::PLAN, planning.elapsed().as_millis() as u64));
                     let entry = OffsetsEntry {
                         batch_id: next_batch,
                         planned_at_ms: ctx.now_ms,
@@ -195,19 +207,42 @@ impl JobRunner {
                         .write_offsets(&entry)
                         .await
                         .map_err(checkpoint_failure)?;
-                    offsets_ms = started.elapsed().as_millis() as u64;
+                    phases.push((model::OFFSETS, started.elapsed().as_millis() as u64));
                     self.advance(&mut progress, &entry)?;
                     (entry, planned.exhausted)
                 }
             };
             let batch_id = entry.batch_id;
+            let mut record = BatchRecorder::begin(&self.job_id, &entry, &phases);
+            self.registry.record_batch(&self.job_id, &record, true);
             let _in_flight = self.registry.batch_started();
             self.test_pause("before_tasks", batch_id).await;
-            let Some(report) = self.run_batch(&entry).await? else {
-                return Ok(End::Stopped);
+            let report = match self.run_batch(&entry).await {
+                Ok(Some(report)) => report,
+                Ok(None) => {
+                    record.end(BatchOutcome::Abandoned, "the job was stopped".into());
+                    self.registry.record_batch(&self.job_id, &record, false);
+                    return Ok(End::Stopped);
+                }
+                Err(f) => {
+                    if let Some(trace) = &f.trace {
+                        record.stages(trace, self.core.clock);
+                    }
+                    record.end(BatchOutcome::Failed, f.failure.to_string());
+                    self.registry.record_batch(&self.job_id, &record, false);
+                    let context = format!("batch {batch_id} failed");
+                    return Err(Failure::Failed(f.failure.context(context)));
+                }
             };
+            record.phase(model::TASKS);
+            record.stages(&report.trace, self.core.clock);
+            self.registry.record_batch(&self.job_id, &record, false);
             self.test_pause("before_commit", batch_id).await;
-            self.commit(batch_id, &report, offsets_ms).await?;
+            if let Err(e) = self.commit(batch_id, &report, &mut record).await {
+                record.end(BatchOutcome::Failed, e.to_string());
+                self.registry.record_batch(&self.job_id, &record, false);
+                return Err(e);
+            }
             // Progress reported upstream (Kafka consumer group) only once durable; the
             // checkpoint stays the source of truth, so a failure here is only a warning.
             for (table, source) in &self.job.sources {
@@ -373,7 +408,10 @@ impl JobRunner {
     }
 
     /// Runs the batch's stages on the cluster; `None` when the job was stopped meanwhile.
-    async fn run_batch(&mut self, entry: &OffsetsEntry) -> Result<Option<BatchReport>, Failure> {
+    async fn run_batch(
+        &mut self,
+        entry: &OffsetsEntry,
+    ) -> Result<Option<BatchReport>, BatchFailure> {
         let splits = entry
             .sources
             .iter()
@@ -397,9 +435,7 @@ impl JobRunner {
         };
         let run = core.run_batch(sub, code);
         tokio::select! {
-            r = run => r
-                .map(Some)
-                .map_err(|e| Failure::Failed(e.context(format!("batch {} failed", entry.batch_id)))),
+            r = run => r.map(Some),
             _ = stop_requested(&mut self.stop) => {
                 // Stopped means stopped: no task of this run writes anything after this returns.
                 let (done, gone) = tokio::sync::oneshot::channel();
@@ -411,12 +447,11 @@ impl JobRunner {
     }
 
     /// Makes the batch visible (sink commit) and then durable as done (commit log).
-    /// `offsets_ms`: what writing the batch's offsets entry took (0 for a rerun batch).
     async fn commit(
         &self,
         batch_id: BatchId,
         report: &BatchReport,
-        offsets_ms: u64,
+        record: &mut BatchRecorder,
     ) -> Result<(), Failure> {
         let started = Instant::now();
         for dead in self.job.dead_letters.values() {
@@ -429,6 +464,7 @@ impl JobRunner {
             .commit(batch_id, &report.sink_partitions)
             .await
             .map_err(ConnectorError::into_failure)?;
+        record.phase(model::SINK_COMMIT);
         let committed_at_ms = now_ms();
         self.checkpoint
             .write_commit(&CommitEntry {
@@ -439,6 +475,8 @@ impl JobRunner {
             })
             .await
             .map_err(checkpoint_failure)?;
+        record.phase(model::COMMIT);
+        let offsets_ms = record.phase_ms(model::OFFSETS);
         let checkpoint_ms = started.elapsed().as_millis() as u64;
         self.registry
             .metrics
@@ -472,31 +510,35 @@ impl JobRunner {
             recovery_ms = report.recovery_ms,
             "batch committed"
         );
+        let summary = BatchStatus {
+            batch_id,
+            rows_in: report.rows_in,
+            rows_out: report.rows_out,
+            duration_ms: report.duration_ms,
+            tasks: report.tasks,
+            tasks_retried: report.tasks_rerun,
+            console,
+            committed_at_ms,
+            rerun_task_failed: report.rerun.task_failed,
+            rerun_executor_lost: report.rerun.executor_lost,
+            rerun_fetch_failed: report.rerun.fetch_failed,
+            recovery_ms: report.recovery_ms,
+            checkpoint_ms: offsets_ms + checkpoint_ms,
+            dead_letters: report.dead_letters,
+            metrics: report
+                .metrics
+                .iter()
+                .map(|(name, m)| (name.clone(), m.value))
+                .collect(),
+        };
+        record.detail.summary = Some(summary.clone());
+        record.end(BatchOutcome::Committed, String::new());
+        self.registry.record_batch(&self.job_id, record, false);
         self.registry.update(&self.job_id, |s| {
             s.batches_committed += 1;
             s.rows_in += report.rows_in;
             s.rows_out += report.rows_out;
-            s.recent_batches.push(BatchStatus {
-                batch_id,
-                rows_in: report.rows_in,
-                rows_out: report.rows_out,
-                duration_ms: report.duration_ms,
-                tasks: report.tasks,
-                tasks_retried: report.tasks_rerun,
-                console,
-                committed_at_ms,
-                rerun_task_failed: report.rerun.task_failed,
-                rerun_executor_lost: report.rerun.executor_lost,
-                rerun_fetch_failed: report.rerun.fetch_failed,
-                recovery_ms: report.recovery_ms,
-                checkpoint_ms: offsets_ms + checkpoint_ms,
-                dead_letters: report.dead_letters,
-                metrics: report
-                    .metrics
-                    .iter()
-                    .map(|(name, m)| (name.clone(), m.value))
-                    .collect(),
-            });
+            s.recent_batches.push(summary);
         });
         Ok(())
     }

@@ -5,8 +5,9 @@ use crate::jobs::Registry;
 use sluice_proto::driver_message::Kind as DriverKind;
 use sluice_proto::executor_message::Kind as ExecKind;
 use sluice_proto::{
-    DriverMessage, ExecutorMessage, GetRequest, JobStatus, ListRequest, ListResponse, Registered,
-    StopRequest, StopResponse, SubmitRequest, SubmitResponse,
+    BatchDetail, ClusterRequest, ClusterStatus, DriverMessage, ExecutorMessage, GetBatchRequest,
+    GetRequest, JobStatus, ListRequest, ListResponse, Registered, StopRequest, StopResponse,
+    SubmitRequest, SubmitResponse,
 };
 use std::pin::Pin;
 use std::time::Duration;
@@ -146,6 +147,19 @@ impl sluice_proto::jobs_server::Jobs for JobsService {
             .get(&id)
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no job '{id}'")))
+    }
+
+    async fn get_batch(
+        &self,
+        request: Request<GetBatchRequest>,
+    ) -> Result<Response<BatchDetail>, Status> {
+        let r = request.into_inner();
+        let detail = self.registry.batch(&r.job_id, r.batch_id).await?;
+        Ok(Response::new(detail))
+    }
+
+    async fn cluster(&self, _: Request<ClusterRequest>) -> Result<Response<ClusterStatus>, Status> {
+        Ok(Response::new(self.registry.cluster().await))
     }
 
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {

@@ -259,6 +259,7 @@ impl TaskRunner {
         if let Some(d) = delay(job.settings.test_delay_task) {
             tokio::time::sleep(d).await;
         }
+        let mut clock = PhaseClock::start();
         let (input, dead_letters) = if fragment.inputs.iter().any(|i| i.source().is_some()) {
             read_split(&job, key, &launch).await?
         } else {
@@ -293,6 +294,7 @@ impl TaskRunner {
                 .map_err(SqlError::into_failure)?;
             (TaskInput::Shuffle(rows), 0)
         };
+        clock.lap(progress::INPUT_MS);
         if let Some(d) = delay(job.settings.test_delay_after_input) {
             tokio::time::sleep(d).await;
         }
@@ -318,6 +320,7 @@ impl TaskRunner {
             }
             None => Arc::new(Vec::new()),
         };
+        clock.lap(progress::STATE_READ_MS);
         let mut statics = Statics::new();
         for (table, files) in &launch.broadcast {
             let rows = self
@@ -330,6 +333,7 @@ impl TaskRunner {
             .run_task(stage, key.batch_id, input, &statics, &before)
             .await
             .map_err(SqlError::into_failure)?;
+        clock.lap(progress::COMPUTE_MS);
         let mut progress = TaskProgress::default();
         progress
             .count(progress::ROWS_IN, rows_in)
@@ -354,6 +358,7 @@ impl TaskRunner {
                 .await
                 .map_err(|e| failure(FailureKind::Outage, e))?;
         }
+        clock.lap(progress::STATE_WRITE_MS);
         match output {
             StageOutputData::Map {
                 output,
@@ -385,6 +390,8 @@ impl TaskRunner {
                 }
             }
         }
+        clock.lap(progress::OUTPUT_MS);
+        clock.report(&mut progress);
         let (metrics, payloads) = sluice_proto::progress_to_wire(&progress);
         Ok(TaskResult {
             key: Some(key.clone()),
@@ -393,6 +400,35 @@ impl TaskRunner {
             payloads,
             ..Default::default()
         })
+    }
+}
+
+/// Times a task's phases (`progress::TASK_PHASES`) for the cluster model.
+struct PhaseClock {
+    since: Instant,
+    laps: Vec<(&'static str, u64)>,
+}
+
+impl PhaseClock {
+    fn start() -> Self {
+        PhaseClock {
+            since: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends phase `name` now; the next one starts.
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.laps
+            .push((name, now.duration_since(self.since).as_millis() as u64));
+        self.since = now;
+    }
+
+    fn report(self, progress: &mut TaskProgress) {
+        for (name, ms) in self.laps {
+            progress.count(name, ms);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! One running batch: its stages, each stage's tasks, and where each map output lives.
 
+use crate::model::{AttemptOutcome, AttemptTrace, BatchTrace, LaunchCause, StageTrace, TaskTrace};
 use sluice_core::progress::{self, Metrics, TaskProgress};
 use sluice_core::{
     BatchId, ExecutorId, Failure, FailureKind, JobId, ShuffleKind, StageOutput, StageSpec,
@@ -50,6 +51,8 @@ pub struct BatchReport {
     pub duration_ms: u64,
     /// Every metric of the batch's tasks, folded over the whole batch.
     pub metrics: Metrics,
+    /// Every attempt of every task, where it ran and how it ended.
+    pub trace: BatchTrace,
 }
 
 /// Tasks put back to run again, by cause.
@@ -92,6 +95,55 @@ pub(crate) struct TaskRun {
     /// Why the executor it last ran on was lost, when it was.
     pub lost_with_executor: Option<String>,
     pub output: Option<TaskOutput>,
+    /// Every launch so far, for the cluster model.
+    pub attempts: Vec<AttemptTrace>,
+    /// Why its next launch happens.
+    pub next_cause: LaunchCause,
+}
+
+impl TaskRun {
+    fn new() -> Self {
+        TaskRun {
+            state: TaskState::Idle,
+            launches: 0,
+            failures: 0,
+            lost_with_executor: None,
+            output: None,
+            attempts: Vec::new(),
+            next_cause: LaunchCause::First,
+        }
+    }
+
+    /// Records a launch of this task.
+    pub fn launched(&mut self, key: &crate::TaskKey, executor: &str, now_ms: u64) {
+        self.attempts.push(AttemptTrace {
+            task_attempt: key.task_attempt,
+            stage_attempt: key.stage_attempt,
+            executor: executor.to_string(),
+            cause: self.next_cause,
+            launched_ms: now_ms,
+            ended_ms: None,
+            outcome: AttemptOutcome::Running,
+            metrics: BTreeMap::new(),
+        });
+    }
+
+    /// Records how the running attempt ended, and why the next launch (if any) happens.
+    pub fn ended(&mut self, outcome: AttemptOutcome, next: LaunchCause, now_ms: u64) {
+        if let Some(a) = self.attempts.last_mut()
+            && a.outcome == AttemptOutcome::Running
+        {
+            a.outcome = outcome;
+            a.ended_ms = Some(now_ms);
+        }
+        self.next_cause = next;
+    }
+
+    /// Puts a finished task back to run again because its map output is gone.
+    pub fn output_lost(&mut self, cause: LaunchCause) {
+        self.state = TaskState::Idle;
+        self.next_cause = cause;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,15 +201,7 @@ impl BatchRun {
             stages.push(StageRun {
                 spec: spec.clone(),
                 attempt: 0,
-                tasks: (0..n)
-                    .map(|_| TaskRun {
-                        state: TaskState::Idle,
-                        launches: 0,
-                        failures: 0,
-                        lost_with_executor: None,
-                        output: None,
-                    })
-                    .collect(),
+                tasks: (0..n).map(|_| TaskRun::new()).collect(),
                 range_bounds: None,
             });
         }
@@ -312,6 +356,54 @@ impl BatchRun {
             duration_ms: now_ms.saturating_sub(self.started_ms),
             sink_partitions: partitions_where(last, |o| o.get(progress::ROWS_OUT) > 0),
             dead_letter_partitions: partitions_where(first, |o| o.get(progress::DEAD_LETTERS) > 0),
+            trace: self.trace(Some(now_ms)),
+        }
+    }
+
+    /// The batch as the cluster model shows it; `ended_ms` for a batch that is over (its
+    /// attempts still running are abandoned).
+    pub fn trace(&self, ended_ms: Option<u64>) -> BatchTrace {
+        let stages = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(s, stage)| StageTrace {
+                stage_id: s as u32,
+                attempt: stage.attempt,
+                inputs: stage.spec.inputs.clone(),
+                output: stage.spec.output,
+                stateful: stage.spec.stateful,
+                tasks: stage
+                    .tasks
+                    .iter()
+                    .enumerate()
+                    .map(|(p, t)| TaskTrace {
+                        partition: p as u32,
+                        source: self.source_split(s, p).map(|(table, _)| table.to_string()),
+                        attempts: t
+                            .attempts
+                            .iter()
+                            .cloned()
+                            .map(|mut a| {
+                                if let (Some(end), AttemptOutcome::Running) = (ended_ms, &a.outcome)
+                                {
+                                    a.outcome = AttemptOutcome::Abandoned;
+                                    a.ended_ms = Some(end);
+                                }
+                                a
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        BatchTrace {
+            job_id: self.sub.job_id.clone(),
+            batch_id: self.sub.batch_id,
+            run: self.run,
+            started_ms: self.started_ms,
+            ended_ms,
+            stages,
         }
     }
 }

@@ -3,12 +3,15 @@
 //! (launch this task there, this batch is done). Nothing here does I/O, so unit tests drive it
 //! through whole failure stories without a network.
 //!
-//! A batch is a chain of stages (see [`sluice_core::plan`]). Stage 0 has one task per source
-//! split; later stages have one task per shuffle partition and start when every map output of
-//! the stage before is available. Lost map outputs (their executor died, or a reducer could not
-//! fetch them) are recomputed from lineage: the map task runs again, with a new stage attempt.
+//! A batch is a graph of stages (see [`sluice_core::plan`]): a stage reading sources has one
+//! task per split of its tables; a stage reading exchanges has one task per shuffle partition
+//! and starts when every map output of its upstream stages is available. Lost map outputs
+//! (their executor died, or a reducer could not fetch them) are recomputed from lineage: the
+//! map task runs again, with a new stage attempt. Every attempt is recorded ([`model`]) for the
+//! cluster model the driver serves.
 
 mod batch;
+pub mod model;
 mod scheduler;
 
 pub use batch::{BatchReport, BatchSubmission, RerunCounts, TaskOutput};

@@ -1,6 +1,10 @@
 //! Executors, running batches, and the single `handle` entry point.
 
 use crate::batch::{BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskState, range_bounds};
+use crate::model::{
+    AttemptOutcome, BatchTrace, EXECUTOR_HISTORY, ExecutorChange, ExecutorEvent, ExecutorView,
+    LaunchCause,
+};
 use sluice_core::{BatchId, ExecutorId, Failure, JobId, StageOutput, StatePartition};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -101,6 +105,8 @@ pub enum Action {
         batch_id: BatchId,
         /// Its kind tells the job's restart strategy whether a rerun can help.
         failure: Failure,
+        /// What ran, up to the failure.
+        trace: Box<BatchTrace>,
     },
     /// The job was cancelled: the executor should abort its running tasks of the job.
     CancelTasks { executor: ExecutorId, job_id: JobId },
@@ -135,6 +141,7 @@ struct ExecutorState {
     slots: u32,
     running: BTreeSet<TaskKey>,
     draining: bool,
+    registered_ms: u64,
 }
 
 /// An executor's record of failing one job's tasks. Exclusion is per job, so one job's bad
@@ -171,6 +178,8 @@ pub struct Scheduler {
     exclusions: BTreeMap<(JobId, ExecutorId), Exclusion>,
     /// The run number the next submitted batch gets.
     next_run: u64,
+    /// Executors' registrations, drains and losses, oldest first (bounded).
+    history: std::collections::VecDeque<ExecutorEvent>,
 }
 
 impl Scheduler {
@@ -208,6 +217,48 @@ impl Scheduler {
 
     pub fn alive_executors(&self) -> usize {
         self.executors.len()
+    }
+
+    /// The live executors, with their running tasks and the state partitions they hold.
+    pub fn executor_views(&self) -> Vec<ExecutorView> {
+        self.executors
+            .iter()
+            .map(|(id, e)| ExecutorView {
+                id: id.clone(),
+                address: e.address.clone(),
+                slots: e.slots,
+                running: e.running.iter().cloned().collect(),
+                state_partitions: self
+                    .state_homes
+                    .iter()
+                    .filter(|(_, h)| *h == id)
+                    .map(|(p, _)| p.clone())
+                    .collect(),
+                draining: e.draining,
+                registered_ms: e.registered_ms,
+            })
+            .collect()
+    }
+
+    /// Executors' registrations, drains and losses, oldest first.
+    pub fn executor_history(&self) -> impl Iterator<Item = &ExecutorEvent> {
+        self.history.iter()
+    }
+
+    /// The batch each job is running now, as far as it got.
+    pub fn running_batches(&self) -> impl Iterator<Item = BatchTrace> + '_ {
+        self.batches.values().map(|b| b.trace(None))
+    }
+
+    fn record(&mut self, executor: &str, change: ExecutorChange, now_ms: u64) {
+        if self.history.len() >= EXECUTOR_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(ExecutorEvent {
+            at_ms: now_ms,
+            executor: executor.to_string(),
+            change,
+        });
     }
 
     pub fn running_tasks(&self) -> usize {
@@ -262,6 +313,7 @@ impl Scheduler {
         match event {
             Event::ExecutorRegistered { id, address, slots } => {
                 self.dead.remove(&id);
+                self.record(&id, ExecutorChange::Registered, now_ms);
                 self.executors.insert(
                     id,
                     ExecutorState {
@@ -269,6 +321,7 @@ impl Scheduler {
                         slots: slots.max(1),
                         running: BTreeSet::new(),
                         draining: false,
+                        registered_ms: now_ms,
                     },
                 );
             }
@@ -276,6 +329,7 @@ impl Scheduler {
                 if let Some(e) = self.executors.get_mut(&id) {
                     e.draining = true;
                     self.state_homes.retain(|_, h| *h != id);
+                    self.record(&id, ExecutorChange::Draining, now_ms);
                 }
             }
             Event::ExecutorLost { id, reason } => self.executor_lost(&id, &reason, now_ms),
@@ -289,7 +343,7 @@ impl Scheduler {
                 key,
                 executor,
                 output,
-            } => self.task_succeeded(key, executor, output),
+            } => self.task_succeeded(key, executor, output, now_ms),
             Event::TaskFailed {
                 key,
                 executor,
@@ -315,7 +369,7 @@ impl Scheduler {
             }
             Event::Tick => {}
         }
-        self.fail_lost_batches(&mut actions);
+        self.fail_lost_batches(now_ms, &mut actions);
         self.finish_batches(now_ms, &mut actions);
         self.refresh(now_ms);
         self.dispatch(now_ms, &mut actions);
@@ -328,6 +382,7 @@ impl Scheduler {
             return;
         }
         tracing::warn!(executor = id, reason, "executor lost");
+        self.record(id, ExecutorChange::Lost(reason.to_string()), now_ms);
         self.dead.insert(id.to_string());
         // Its state partitions are restored from the checkpoint wherever they run next.
         self.state_homes.retain(|_, e| e != id);
@@ -347,12 +402,14 @@ impl Scheduler {
                             task.state = TaskState::Idle;
                             task.failures += 1;
                             task.lost_with_executor = Some(reason.to_string());
+                            let outcome = AttemptOutcome::Lost(reason.to_string());
+                            task.ended(outcome, LaunchCause::ExecutorLost, now_ms);
                             lost += 1;
                         }
                         // Sink output is durable; only shuffle outputs die with their executor,
                         // and only matter while the next stage still needs them.
                         TaskState::Done { executor, .. } if outputs_matter && executor == id => {
-                            task.state = TaskState::Idle;
+                            task.output_lost(LaunchCause::OutputLost);
                             lost_output = true;
                             lost += 1;
                         }
@@ -403,7 +460,13 @@ impl Scheduler {
         true
     }
 
-    fn task_succeeded(&mut self, key: TaskKey, executor: ExecutorId, output: TaskOutput) {
+    fn task_succeeded(
+        &mut self,
+        key: TaskKey,
+        executor: ExecutorId,
+        output: TaskOutput,
+        now_ms: u64,
+    ) {
         if !self.release_slot(&key, &executor) {
             return;
         }
@@ -431,6 +494,14 @@ impl Scheduler {
             executor,
             stage_attempt,
         };
+        task.ended(AttemptOutcome::Succeeded, LaunchCause::OutputLost, now_ms);
+        if let Some(a) = task.attempts.last_mut() {
+            a.metrics = output
+                .metrics
+                .iter()
+                .map(|(n, m)| (n.clone(), m.value))
+                .collect();
+        }
         task.output = Some(output);
         let stage = &mut batch.stages[s];
         if let StageOutput::Shuffle {
@@ -476,15 +547,18 @@ impl Scheduler {
         let (batch, s) = self.current_task(&key, &executor)?;
         let (job_id, batch_id) = (batch.sub.job_id.clone(), batch.sub.batch_id);
         batch.rerun.task_failed += 1;
+        let max_attempts = batch.sub.max_task_attempts;
         let task = &mut batch.stages[s].tasks[key.partition as usize];
         task.failures += 1;
-        if !failure.retryable() || task.failures >= batch.sub.max_task_attempts {
+        let outcome = AttemptOutcome::Failed(failure.to_string());
+        task.ended(outcome, LaunchCause::TaskFailed, now_ms);
+        if !failure.retryable() || task.failures >= max_attempts {
             let why = if failure.retryable() {
                 format!(" (failed {} times)", task.failures)
             } else {
                 String::new()
             };
-            self.batches.remove(&job_id);
+            let b = self.batches.remove(&job_id).expect("present");
             return Some(Action::BatchFailed {
                 job_id,
                 batch_id,
@@ -492,6 +566,7 @@ impl Scheduler {
                     "task {}.{} of batch {batch_id}{why}",
                     key.stage_id, key.partition
                 )),
+                trace: Box::new(b.trace(Some(now_ms))),
             });
         }
         let backoff = batch.sub.task_backoff_ms << (task.failures - 1).min(16);
@@ -521,7 +596,10 @@ impl Scheduler {
         let Some((batch, s)) = self.current_task(key, executor) else {
             return;
         };
-        batch.stages[s].tasks[key.partition as usize].state = TaskState::Idle;
+        let task = &mut batch.stages[s].tasks[key.partition as usize];
+        task.state = TaskState::Idle;
+        let outcome = AttemptOutcome::FetchFailed(failure.to_string());
+        task.ended(outcome, LaunchCause::FetchFailed, now_ms);
         batch.rerun.fetch_failed += 1;
         batch.lost_work(now_ms);
         // An executor that cannot serve one block has lost them all, of every upstream.
@@ -531,7 +609,7 @@ impl Scheduler {
             let mut lost = 0;
             for t in &mut prev.tasks {
                 if matches!(&t.state, TaskState::Done { executor, .. } if executor == lost_on) {
-                    t.state = TaskState::Idle;
+                    t.output_lost(LaunchCause::FetchFailed);
                     lost += 1;
                 }
             }
@@ -567,7 +645,7 @@ impl Scheduler {
     }
 
     /// Fails the batches that executor losses doomed ([`BatchRun::lost_too_often`]).
-    fn fail_lost_batches(&mut self, actions: &mut Vec<Action>) {
+    fn fail_lost_batches(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         let failed: Vec<(JobId, Failure)> = self
             .batches
             .iter()
@@ -579,6 +657,7 @@ impl Scheduler {
                 job_id,
                 batch_id: b.sub.batch_id,
                 failure,
+                trace: Box::new(b.trace(Some(now_ms))),
             });
         }
     }
@@ -611,7 +690,7 @@ impl Scheduler {
                     for t in &mut stage.tasks {
                         if matches!(&t.state, TaskState::Done { executor, .. } if self.dead.contains(executor))
                         {
-                            t.state = TaskState::Idle;
+                            t.output_lost(LaunchCause::OutputLost);
                             lost += 1;
                         }
                     }
@@ -695,6 +774,7 @@ impl Scheduler {
                     };
                     let launch = build_launch(batch, s, p, &self.executors);
                     let task = &mut batch.stages[s].tasks[p];
+                    task.launched(&launch.key, &executor, now_ms);
                     task.launches += 1;
                     task.state = TaskState::Running {
                         attempt: launch.key.task_attempt,

@@ -1,6 +1,7 @@
 //! The scheduler driven through failure stories, with no network.
 
 use super::*;
+use crate::model::{AttemptOutcome, BatchTrace};
 use sluice_core::progress;
 use sluice_core::{FailureKind, ShuffleKind, StageInput, StageSpec};
 
@@ -873,5 +874,116 @@ fn a_loss_on_one_branch_recomputes_only_that_branch() {
         ),
         (40, 6, 2, 2),
         "each split counted once; the two clicks maps ran twice"
+    );
+}
+
+/// The attempts of task `stage.partition` in a trace, as (executor, cause, outcome).
+fn attempts_of(trace: &BatchTrace, stage: u32, partition: u32) -> Vec<(String, &str, &str)> {
+    trace
+        .attempts()
+        .filter(|(s, p, _)| (*s, *p) == (stage, partition))
+        .map(|(_, _, a)| (a.executor.clone(), a.cause.name(), a.outcome.name()))
+        .collect()
+}
+
+#[test]
+fn the_model_records_every_attempt_with_its_executor_cause_and_outcome() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 2);
+    register(&mut s, "b", 2);
+    let maps = launches(&s.handle(submit(2, Some(ShuffleKind::Hash), 2), 0));
+    let on_a = maps.iter().find(|(e, _)| e == "a").unwrap().1.key.partition;
+    succeed(&mut s, &maps[0], 1);
+    let reduces = launches(&succeed(&mut s, &maps[1], 2));
+    let running: Vec<BatchTrace> = s.running_batches().collect();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].ended_ms, None);
+    assert_eq!(
+        attempts_of(&running[0], 0, on_a),
+        [("a".into(), "first", "succeeded")]
+    );
+    let on_a_reduce = reduces.iter().find(|(e, _)| e == "a").unwrap();
+    let reducer = on_a_reduce.1.key.partition;
+    let views = s.executor_views();
+    assert_eq!(views.len(), 2);
+    assert!(views[0].running.contains(&on_a_reduce.1.key), "{views:?}");
+    let lost = Event::ExecutorLost {
+        id: "a".into(),
+        reason: "stream closed".into(),
+    };
+    let rerun = launches(&s.handle(lost, 3));
+    let trace = s.running_batches().next().unwrap();
+    assert_eq!(
+        attempts_of(&trace, 0, on_a),
+        [
+            ("a".into(), "first", "succeeded"),
+            ("b".into(), "output_lost", "running")
+        ]
+    );
+    let lost_reducer = trace
+        .attempts()
+        .find(|(st, p, _)| (*st, *p) == (1, reducer))
+        .unwrap()
+        .2;
+    assert_eq!(
+        lost_reducer.outcome,
+        AttemptOutcome::Lost("stream closed".into())
+    );
+    assert_eq!(lost_reducer.ended_ms, Some(3));
+    assert_eq!(lost_reducer.metrics, BTreeMap::new());
+    // Finish everything: the report's trace has the reducer's second attempt, caused by the loss.
+    let mut pending = rerun;
+    for r in reduces.iter().filter(|(e, _)| e == "b") {
+        succeed(&mut s, r, 4);
+    }
+    let mut report = None;
+    while let Some(l) = pending.pop() {
+        let actions = succeed(&mut s, &l, 5);
+        pending.extend(launches(&actions));
+        report = report.or(done(&actions).cloned());
+    }
+    let trace = report.expect("done").trace;
+    assert_eq!(trace.ended_ms, Some(5));
+    assert_eq!(
+        attempts_of(&trace, 1, reducer),
+        [
+            ("a".into(), "first", "lost"),
+            ("b".into(), "executor_lost", "succeeded")
+        ]
+    );
+    let last = trace.attempts().last().unwrap().2;
+    assert_eq!(last.metrics[progress::ROWS_IN], 10);
+    let history: Vec<_> = s
+        .executor_history()
+        .map(|e| (e.executor.as_str(), e.change.name()))
+        .collect();
+    assert_eq!(
+        history,
+        [("a", "registered"), ("b", "registered"), ("a", "lost")]
+    );
+    assert_eq!(s.executor_views().len(), 1);
+}
+
+#[test]
+fn a_failed_batch_carries_its_trace_and_stateful_homes_show_on_executors() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 4);
+    let first = launches(&s.handle(submit(1, None, 1), 0));
+    let actions = fail(&mut s, &first[0], false, 9);
+    let Some(Action::BatchFailed { trace, .. }) = actions
+        .iter()
+        .find(|a| matches!(a, Action::BatchFailed { .. }))
+    else {
+        panic!("failed: {actions:?}")
+    };
+    assert_eq!(attempts_of(trace, 0, 0), [("a".into(), "first", "failed")]);
+    let a = trace.attempts().next().unwrap().2;
+    assert!(a.outcome.reason().contains("boom"), "{a:?}");
+    run_batch(&mut s, 1, 20);
+    let held = &s.executor_views()[0].state_partitions;
+    assert_eq!(
+        held.len(),
+        4,
+        "every stateful partition lives on a: {held:?}"
     );
 }
