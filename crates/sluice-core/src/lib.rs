@@ -12,7 +12,7 @@ pub mod settings;
 pub mod split;
 
 pub use failure::{Failure, FailureKind};
-pub use ids::{MapOutputId, StatePartition};
+pub use ids::{ExecutorId, JobId, MapOutputId, StageAttemptId, StatePartition};
 pub use job_state::JobState;
 pub use plan::{ShuffleKind, StageInput, StageOutput, StageSpec};
 pub use settings::{JobSettings, OutputMode, Trigger};
@@ -20,10 +20,6 @@ pub use split::SourceSplit;
 
 /// A micro-batch number; batch 0 is a job's first.
 pub type BatchId = u64;
-/// A job's id (a UUID string).
-pub type JobId = String;
-/// An executor's id (a UUID string, new for every executor process).
-pub type ExecutorId = String;
 
 /// Name of the pseudo-column every source row carries: the id of the batch that read it.
 pub const BATCH_COLUMN: &str = "_batch";

@@ -3,7 +3,7 @@
 //! actions (send a launch down an executor's stream, answer a job runner).
 
 use crate::model::{Clock, Snapshot};
-use sluice_core::{Failure, FailureKind};
+use sluice_core::{ExecutorId, Failure, FailureKind, JobId, StageAttemptId};
 use sluice_proto::driver_message::Kind as DriverKind;
 use sluice_proto::{DriverMessage, LaunchTask, ReleaseShuffle, TaskResult};
 use sluice_scheduler::model::BatchTrace;
@@ -20,28 +20,28 @@ use tonic::Status;
 pub type Outbound = mpsc::Sender<Result<DriverMessage, Status>>;
 
 /// Excluded executors by job, as the status shows them.
-type Exclusions = std::collections::BTreeMap<String, Vec<String>>;
+type Exclusions = std::collections::BTreeMap<JobId, Vec<ExecutorId>>;
 
 pub enum CoreMsg {
     Register {
-        id: String,
+        id: ExecutorId,
         address: String,
         slots: u32,
         outbound: Outbound,
     },
     Heartbeat {
-        id: String,
+        id: ExecutorId,
     },
     /// The executor is shutting down: it finishes its running tasks but takes no new ones.
     Draining {
-        id: String,
+        id: ExecutorId,
     },
     Result {
-        executor: String,
+        executor: ExecutorId,
         result: TaskResult,
     },
     Lost {
-        id: String,
+        id: ExecutorId,
         reason: String,
     },
     Submit {
@@ -55,12 +55,12 @@ pub enum CoreMsg {
     },
     /// Stop the job's batch; `done` is answered once none of its tasks runs anywhere.
     Cancel {
-        job_id: String,
+        job_id: JobId,
         done: oneshot::Sender<()>,
     },
     /// The job ended: executors may drop everything they keep for it.
     Ended {
-        job_id: String,
+        job_id: JobId,
     },
 }
 
@@ -127,7 +127,7 @@ impl CoreHandle {
     }
 
     /// Executors excluded from `job_id`'s tasks for failing them.
-    pub fn excluded_executors(&self, job_id: &str) -> Vec<String> {
+    pub fn excluded_executors(&self, job_id: &str) -> Vec<ExecutorId> {
         self.excluded
             .lock()
             .unwrap()
@@ -195,14 +195,14 @@ pub fn start(config: CoreConfig) -> CoreHandle {
 
 struct Core {
     scheduler: Scheduler,
-    /// (job, batch, stage, stage attempt) already announced in the log.
-    stages_started: HashSet<(String, u64, u32, u32)>,
+    /// Stage attempts already announced in the log.
+    stages_started: HashSet<StageAttemptId>,
     excluded: Arc<std::sync::Mutex<Exclusions>>,
-    conns: HashMap<String, Conn>,
-    waiting: HashMap<String, oneshot::Sender<Result<BatchReport, BatchFailure>>>,
+    conns: HashMap<ExecutorId, Conn>,
+    waiting: HashMap<JobId, oneshot::Sender<Result<BatchReport, BatchFailure>>>,
     /// Stopped jobs whose tasks still run somewhere, and who waits for them to end.
-    cancelling: HashMap<String, Vec<oneshot::Sender<()>>>,
-    code: HashMap<String, JobCode>,
+    cancelling: HashMap<JobId, Vec<oneshot::Sender<()>>>,
+    code: HashMap<JobId, JobCode>,
     started: Instant,
     alive: Arc<AtomicUsize>,
     config: CoreConfig,
@@ -328,7 +328,7 @@ impl Core {
                 self.waiting.remove(&job_id);
                 self.code.remove(&job_id);
                 self.broadcast(ReleaseShuffle {
-                    job_id: job_id.clone(),
+                    job_id: job_id.to_string(),
                     up_to_batch: u64::MAX,
                     job_ended: true,
                 });
@@ -354,7 +354,7 @@ impl Core {
     /// Executors whose heartbeats stopped (a hung or partitioned process).
     fn expired(&mut self) -> Vec<Event> {
         let timeout = self.config.heartbeat_timeout;
-        let dead: Vec<String> = self
+        let dead: Vec<ExecutorId> = self
             .conns
             .iter()
             .filter(|(_, c)| c.last_seen.elapsed() > timeout)
@@ -392,7 +392,12 @@ impl Core {
                         continue;
                     }
                     let k = &task.key;
-                    let stage = (k.job_id.clone(), k.batch_id, k.stage_id, k.stage_attempt);
+                    let stage = StageAttemptId {
+                        job: k.job_id.clone(),
+                        batch: k.batch_id,
+                        stage: k.stage_id,
+                        attempt: k.stage_attempt,
+                    };
                     if self.stages_started.insert(stage) {
                         tracing::info!(
                             job = %k.job_id,
@@ -422,7 +427,7 @@ impl Core {
                                     stage_id: l.stage_id,
                                     map_partition: l.map_partition,
                                     stage_attempt: l.stage_attempt,
-                                    executor_id: l.executor_id,
+                                    executor_id: l.executor_id.into(),
                                     address: l.address,
                                 })
                                 .collect(),
@@ -440,13 +445,13 @@ impl Core {
                     batch_id,
                     report,
                 } => {
-                    self.stages_started.retain(|s| s.0 != job_id);
+                    self.stages_started.retain(|s| s.job != job_id);
                     tracing::info!(job = %job_id, batch = batch_id, rows_in = report.rows_in, ms = report.duration_ms, rerun = report.tasks_rerun, "batch tasks done");
                     if let Some(reply) = self.waiting.remove(&job_id) {
                         let _ = reply.send(Ok(report));
                     }
                     self.broadcast(ReleaseShuffle {
-                        job_id: job_id.clone(),
+                        job_id: job_id.to_string(),
                         up_to_batch: batch_id,
                         job_ended: false,
                     });
@@ -454,7 +459,9 @@ impl Core {
                 Action::CancelTasks { executor, job_id } => {
                     tracing::info!(job = %job_id, %executor, "cancelling the job's tasks");
                     let msg = DriverMessage {
-                        kind: Some(DriverKind::Cancel(sluice_proto::CancelTasks { job_id })),
+                        kind: Some(DriverKind::Cancel(sluice_proto::CancelTasks {
+                            job_id: job_id.into(),
+                        })),
                     };
                     if let Some(event) = self.send(&executor, msg) {
                         lost.push(event);
@@ -466,7 +473,7 @@ impl Core {
                     failure,
                     trace,
                 } => {
-                    self.stages_started.retain(|s| s.0 != job_id);
+                    self.stages_started.retain(|s| s.job != job_id);
                     tracing::error!(job = %job_id, batch = batch_id, "batch failed: {failure}");
                     if let Some(reply) = self.waiting.remove(&job_id) {
                         let trace = Some(trace);
@@ -492,7 +499,7 @@ impl Core {
                 tracing::warn!(%executor, "executor stopped reading its stream; declaring it lost");
                 self.conns.remove(executor);
                 Some(Event::ExecutorLost {
-                    id: executor.to_string(),
+                    id: executor.into(),
                     reason: "its control stream is full (it stopped reading)".into(),
                 })
             }
@@ -502,7 +509,7 @@ impl Core {
 
 pub fn to_proto_key(k: &TaskKey) -> sluice_proto::TaskKey {
     sluice_proto::TaskKey {
-        job_id: k.job_id.clone(),
+        job_id: k.job_id.to_string(),
         run: k.run,
         batch_id: k.batch_id,
         stage_id: k.stage_id,
@@ -512,10 +519,10 @@ pub fn to_proto_key(k: &TaskKey) -> sluice_proto::TaskKey {
     }
 }
 
-fn result_event(executor: String, r: TaskResult) -> Event {
+fn result_event(executor: ExecutorId, r: TaskResult) -> Event {
     let k = r.key.unwrap_or_default();
     let key = TaskKey {
-        job_id: k.job_id,
+        job_id: k.job_id.into(),
         run: k.run,
         batch_id: k.batch_id,
         stage_id: k.stage_id,
@@ -539,7 +546,10 @@ fn result_event(executor: String, r: TaskResult) -> Event {
                     .into(),
                 r.error,
             ),
-            fetch_failure: r.fetch_failure.map(|f| (f.map_partition, f.executor_id)),
+            fetch_failure: r.fetch_failure.map(|f| sluice_scheduler::UnfetchedOutput {
+                map_partition: f.map_partition,
+                executor: f.executor_id.into(),
+            }),
         }
     }
 }

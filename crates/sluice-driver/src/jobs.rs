@@ -6,7 +6,7 @@ use crate::model::{BatchLog, BatchRecorder};
 use crate::runner::JobRunner;
 use sluice_checkpoint::{JobCheckpoint, JobMetadata};
 use sluice_connectors::store::Location;
-use sluice_core::{BatchId, Failure, FailureKind, JobState, now_ms};
+use sluice_core::{BatchId, Failure, FailureKind, JobId, JobState, now_ms};
 use sluice_proto::JobStatus;
 use sluice_sql::{CompiledJob, SqlError};
 use std::collections::BTreeMap;
@@ -27,7 +27,7 @@ struct JobEntry {
 
 #[derive(Clone)]
 pub struct Registry {
-    jobs: Arc<Mutex<BTreeMap<String, JobEntry>>>,
+    jobs: Arc<Mutex<BTreeMap<JobId, JobEntry>>>,
     core: CoreHandle,
     state: Location,
     pub metrics: DriverMetrics,
@@ -110,7 +110,7 @@ impl Registry {
             let job = CompiledJob::compile(part, &origin)
                 .await
                 .map_err(SqlError::into_failure)?;
-            self.policy.check(&job).map_err(refused)?;
+            self.policy.check(&job)?;
         }
         let mut ids = Vec::new();
         for part in parts {
@@ -130,7 +130,7 @@ impl Registry {
         let compiled = CompiledJob::compile(&sql, &origin)
             .await
             .map_err(SqlError::into_failure)?;
-        self.policy.check(&compiled).map_err(refused)?;
+        self.policy.check(&compiled)?;
         let job_id = uuid::Uuid::new_v4().to_string();
         let mut name = compiled.name(&origin);
         if by_sink {
@@ -182,7 +182,7 @@ impl Registry {
         let compiled = CompiledJob::compile(&sql, &origin)
             .await
             .map_err(SqlError::into_failure)?;
-        self.policy.check(&compiled).map_err(refused)?;
+        self.policy.check(&compiled)?;
         let checkpoint = self.checkpoint(job_id);
         let (revision, previous) = checkpoint
             .current_metadata()
@@ -195,7 +195,9 @@ impl Registry {
                 e.into_failure()
                     .context("the checkpoint's own SQL no longer plans")
             })?;
-        compiled.check_compatible(&before).map_err(refused)?;
+        compiled
+            .check_compatible(&before)
+            .map_err(SqlError::into_failure)?;
         let name = compiled.name(&origin);
         checkpoint
             .write_revision(
@@ -232,7 +234,7 @@ impl Registry {
     /// Registers a job's status and, unless it already ended, starts its batch loop.
     fn start(&self, status: JobStatus, sql: &str, job: CompiledJob, checkpoint: JobCheckpoint) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let job_id = status.job_id.clone();
+        let job_id = JobId::from(&status.job_id);
         let runner = JobRunner {
             job_id: job_id.clone(),
             started_at_ms: status.submitted_at_ms,
@@ -274,7 +276,7 @@ impl Registry {
         tracing::error!(job = %job_id, "{failure}");
         self.core
             .send(crate::core::CoreMsg::Ended {
-                job_id: job_id.to_string(),
+                job_id: job_id.into(),
             })
             .await;
         let end = sluice_checkpoint::FinalState {
@@ -371,7 +373,7 @@ impl Registry {
     fn insert_ended(&self, status: JobStatus) {
         let (stop, _) = watch::channel(true);
         self.jobs.lock().unwrap().insert(
-            status.job_id.clone(),
+            JobId::from(&status.job_id),
             JobEntry {
                 status,
                 stop,
@@ -444,7 +446,12 @@ impl Registry {
     fn view(&self, status: &JobStatus) -> JobStatus {
         let mut s = status.clone();
         s.executors = self.core.alive_executors() as u32;
-        s.excluded_executors = self.core.excluded_executors(&s.job_id);
+        s.excluded_executors = self
+            .core
+            .excluded_executors(&s.job_id)
+            .into_iter()
+            .map(String::from)
+            .collect();
         if s.job_state() == JobState::Running && s.executors == 0 {
             s.set_job_state(JobState::Waiting);
             if s.error.is_empty() {

@@ -152,7 +152,7 @@ impl DriverConfig {
 
     pub fn policy(&self) -> anyhow::Result<policy::JobPolicy> {
         policy::JobPolicy::new(&self.allowed_paths, &self.denied_kafka_properties)
-            .map_err(anyhow::Error::msg)
+            .map_err(|f| anyhow::anyhow!("{}", f.message))
     }
 
     pub fn heartbeat_timeout(&self) -> anyhow::Result<Duration> {

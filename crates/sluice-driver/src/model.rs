@@ -165,7 +165,7 @@ pub fn stage_details(trace: &BatchTrace, clock: Clock) -> Vec<pb::StageDetail> {
                         .map(|a| pb::TaskAttempt {
                             task_attempt: a.task_attempt,
                             stage_attempt: a.stage_attempt,
-                            executor_id: a.executor.clone(),
+                            executor_id: a.executor.to_string(),
                             cause: cause(a.cause).into(),
                             launched_at_ms: clock.wall(a.launched_ms),
                             ended_at_ms: a.ended_ms.map_or(0, |t| clock.wall(t)),
@@ -227,7 +227,7 @@ pub fn cluster_status(snapshot: &Snapshot, clock: Clock) -> pb::ClusterStatus {
             .executors
             .iter()
             .map(|e| pb::ExecutorStatus {
-                executor_id: e.id.clone(),
+                executor_id: e.id.to_string(),
                 address: e.address.clone(),
                 slots: e.slots,
                 running: e.running.iter().map(crate::core::to_proto_key).collect(),
@@ -235,7 +235,7 @@ pub fn cluster_status(snapshot: &Snapshot, clock: Clock) -> pb::ClusterStatus {
                     .state_partitions
                     .iter()
                     .map(|p| pb::StatePartitionRef {
-                        job_id: p.job.clone(),
+                        job_id: p.job.to_string(),
                         stage: p.stage,
                         partition: p.partition,
                     })
@@ -249,7 +249,7 @@ pub fn cluster_status(snapshot: &Snapshot, clock: Clock) -> pb::ClusterStatus {
             .iter()
             .map(|e| pb::ExecutorEvent {
                 at_ms: clock.wall(e.at_ms),
-                executor_id: e.executor.clone(),
+                executor_id: e.executor.to_string(),
                 change: e.change.name().into(),
                 reason: match &e.change {
                     ExecutorChange::Lost(r) => r.clone(),

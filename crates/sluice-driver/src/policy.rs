@@ -3,6 +3,7 @@
 //! librdkafka as they are. The driver's policy narrows that: allowed path and bucket prefixes
 //! for the files connector, and librdkafka properties that load code or run commands.
 
+use sluice_core::{Failure, FailureKind};
 use sluice_sql::CompiledJob;
 
 /// librdkafka properties that load a library or run a program: refused unless the driver's
@@ -28,13 +29,13 @@ impl JobPolicy {
     pub fn new(
         allowed_paths: &[String],
         denied_kafka_properties: &[String],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Failure> {
         let allowed_paths = allowed_paths
             .iter()
             .map(|p| {
                 sluice_connectors::store::open(p)
                     .map(|l| l.uri)
-                    .map_err(|e| format!("configuration: allowed_paths: {e}"))
+                    .map_err(|e| refused(format!("configuration: allowed_paths: {e}")))
             })
             .collect::<Result<_, _>>()?;
         Ok(JobPolicy {
@@ -47,7 +48,7 @@ impl JobPolicy {
     }
 
     /// Refuses a job with a table outside the policy, naming the table and option.
-    pub fn check(&self, job: &CompiledJob) -> Result<(), String> {
+    pub fn check(&self, job: &CompiledJob) -> Result<(), Failure> {
         for t in &job.job.tables {
             let spec = &t.spec;
             if spec.connector().ok() == Some("files")
@@ -61,23 +62,23 @@ impl JobPolicy {
                         .denied_kafka_properties
                         .contains(&prop.to_ascii_lowercase())
                 {
-                    return Err(format!(
+                    return Err(refused(format!(
                         "table '{}': option '{key}' is refused by this driver (denied_kafka_properties): it makes the Kafka client load code or run a program",
                         spec.name
-                    ));
+                    )));
                 }
             }
         }
         Ok(())
     }
 
-    fn check_path(&self, table: &str, path: &str) -> Result<(), String> {
+    fn check_path(&self, table: &str, path: &str) -> Result<(), Failure> {
         if self.allowed_paths.is_empty() {
             return Ok(());
         }
         // A path cannot climb out of a prefix: object_store refuses '..' in any path.
         let uri = sluice_connectors::store::open(path)
-            .map_err(|e| format!("table '{table}': option 'path': {e}"))?
+            .map_err(|e| refused(format!("table '{table}': option 'path': {e}")))?
             .uri;
         let inside = |prefix: &String| {
             let prefix = prefix.trim_end_matches('/');
@@ -86,11 +87,17 @@ impl JobPolicy {
         if self.allowed_paths.iter().any(inside) {
             return Ok(());
         }
-        Err(format!(
+        Err(refused(format!(
             "table '{table}': option 'path' = '{path}' is outside the paths this driver allows (allowed_paths: {})",
             self.allowed_paths.join(", ")
-        ))
+        )))
     }
+}
+
+/// The job (or the driver's configuration) asks for something the policy forbids: retrying the
+/// same request cannot help.
+fn refused(message: String) -> Failure {
+    Failure::new(FailureKind::BadPlan, message)
 }
 
 #[cfg(test)]
@@ -117,7 +124,7 @@ INSERT INTO out SELECT a FROM src;"
         policy.check(&job("file:///data", "").await).unwrap();
         policy.check(&job("s3://bucket/jobs/a", "").await).unwrap();
         for outside in ["/database/out", "/etc", "s3://bucket/jobsx"] {
-            let err = policy.check(&job(outside, "").await).unwrap_err();
+            let err = policy.check(&job(outside, "").await).unwrap_err().message;
             assert!(
                 err.contains("outside the paths this driver allows"),
                 "{outside}: {err}"
@@ -131,7 +138,8 @@ INSERT INTO out SELECT a FROM src;"
                 )
                 .await,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .message;
         assert!(
             err.contains("'kafka.plugin.library.paths' is refused"),
             "{err}"

@@ -9,7 +9,7 @@ use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
 use sluice_connectors::{ConnectorError, PlanContext, Position, render_console};
 use sluice_core::restart::Restarts;
 use sluice_core::{
-    BatchId, Failure as JobFailure, FailureKind, JobState, SourceSplit, Trigger, now_ms,
+    BatchId, Failure as JobFailure, FailureKind, JobId, JobState, SourceSplit, Trigger, now_ms,
 };
 use sluice_proto::{BatchOutcome, BatchStatus};
 use sluice_scheduler::{BatchReport, BatchSubmission};
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
 pub struct JobRunner {
-    pub job_id: String,
+    pub job_id: JobId,
     /// When the job was submitted: rate-based sources count from here, across driver restarts.
     pub started_at_ms: u64,
     pub sql: Arc<str>,

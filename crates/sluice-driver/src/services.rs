@@ -2,6 +2,7 @@
 
 use crate::core::{CoreHandle, CoreMsg};
 use crate::jobs::Registry;
+use sluice_core::ExecutorId;
 use sluice_proto::driver_message::Kind as DriverKind;
 use sluice_proto::executor_message::Kind as ExecKind;
 use sluice_proto::{
@@ -54,7 +55,7 @@ impl sluice_proto::driver_server::Driver for DriverService {
         }))
         .await
         .map_err(|_| Status::internal("stream closed"))?;
-        let id = register.executor_id.clone();
+        let id = ExecutorId::from(register.executor_id);
         self.core
             .send(CoreMsg::Register {
                 id: id.clone(),

@@ -151,7 +151,7 @@ pub async fn fetch_block(
 /// The map output a fetch asks for.
 fn requested(r: &FetchRequest) -> MapOutputId {
     MapOutputId {
-        job: r.job_id.clone(),
+        job: r.job_id.clone().into(),
         batch: r.batch_id,
         stage: r.stage_id,
         stage_attempt: r.stage_attempt,

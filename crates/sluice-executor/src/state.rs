@@ -26,10 +26,10 @@ pub struct StateCache {
     checkpoints: Mutex<HashMap<String, JobCheckpoint>>,
 }
 
-/// Why a state could not be had: an unreadable store may come back (an outage); no intact
-/// chain of files never will (a bad checkpoint).
-fn outage(message: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Outage, message.to_string())
+/// A checkpoint read or write that failed, with its kind: an unreachable store may come back
+/// (an outage), a refused or corrupted one will not.
+fn stored(e: CheckpointError) -> Failure {
+    Failure::new(e.kind(), e.to_string())
 }
 
 /// Where a task's starting state came from, for logs.
@@ -41,12 +41,13 @@ pub enum Origin {
 }
 
 impl StateCache {
-    fn checkpoint(&self, uri: &str) -> Result<JobCheckpoint, String> {
+    fn checkpoint(&self, uri: &str) -> Result<JobCheckpoint, Failure> {
         let mut map = self.checkpoints.lock().unwrap();
         if let Some(cp) = map.get(uri) {
             return Ok(cp.clone());
         }
-        let loc = store::open(uri).map_err(|e| e.to_string())?;
+        let loc =
+            store::open(uri).map_err(|e| Failure::new(FailureKind::BadPlan, e.to_string()))?;
         let cp = JobCheckpoint::new(loc.store, loc.prefix, loc.uri);
         map.insert(uri.to_string(), cp.clone());
         Ok(cp)
@@ -102,7 +103,7 @@ impl StateCache {
         version: BatchId,
         checkpoint_uri: &str,
     ) -> Result<Vec<RecordBatch>, Failure> {
-        let cp = self.checkpoint(checkpoint_uri).map_err(outage)?;
+        let cp = self.checkpoint(checkpoint_uri)?;
         let op = job.state_of(*stage as usize).ok_or_else(|| {
             Failure::new(
                 FailureKind::Bug,
@@ -112,7 +113,7 @@ impl StateCache {
         let files = cp
             .state_files(op.name(), *partition)
             .await
-            .map_err(outage)?;
+            .map_err(stored)?;
         let plans = restore_plans(&files, version);
         let fatal = |message: String| Failure::new(FailureKind::BadPlan, message);
         if plans.is_empty() {
@@ -141,7 +142,7 @@ impl StateCache {
                     tracing::warn!("{e}; trying an older snapshot");
                     errors.push(e.to_string());
                 }
-                Err(e) => return Err(outage(e)),
+                Err(e) => return Err(stored(e)),
             }
         }
         Err(fatal(format!(
@@ -178,21 +179,25 @@ impl StateCache {
         batch: BatchId,
         checkpoint_uri: &str,
         update: sluice_sql::StateUpdate,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let cp = self.checkpoint(checkpoint_uri)?;
+        let bug = |m: String| Failure::new(FailureKind::Bug, m);
         let op = job
             .state_of(key.stage as usize)
-            .ok_or_else(|| format!("stage {} keeps no state", key.stage))?;
+            .ok_or_else(|| bug(format!("stage {} keeps no state", key.stage)))?;
         let schema = op.state_schema();
-        let delta = ipc_bytes(&update.delta, schema.clone()).map_err(|e| e.to_string())?;
+        let encode = |rows: &[RecordBatch], schema| {
+            ipc_bytes(rows, schema).map_err(|e| bug(format!("cannot encode state: {e}")))
+        };
+        let delta = encode(&update.delta, schema.clone())?;
         cp.write_state(op.name(), key.partition, batch, StateKind::Delta, &delta)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(stored)?;
         if (batch + 1).is_multiple_of(job.settings.snapshot_interval) {
-            let full = ipc_bytes(&update.state, schema).map_err(|e| e.to_string())?;
+            let full = encode(&update.state, schema)?;
             cp.write_state(op.name(), key.partition, batch, StateKind::Snapshot, &full)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(stored)?;
         }
         self.remember(key, batch, Arc::new(update.state));
         Ok(())

@@ -3,7 +3,7 @@
 //! the job's later tasks and batches, until a batch logs another version.
 
 use arrow::record_batch::RecordBatch;
-use sluice_core::{Failure, FailureKind, SourceSplit};
+use sluice_core::{Failure, FailureKind, JobId, SourceSplit};
 use sluice_sql::{CompiledJob, SqlError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +14,16 @@ pub type StaticRows = Arc<Vec<RecordBatch>>;
 /// The version of one (job, table) held here: its logged file list and its rows.
 type Slot = Arc<tokio::sync::Mutex<Option<(Vec<String>, StaticRows)>>>;
 
+/// One static table of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct JobTable {
+    job: JobId,
+    table: String,
+}
+
 #[derive(Default)]
 pub struct StaticCache {
-    slots: std::sync::Mutex<HashMap<(String, String), Slot>>,
+    slots: std::sync::Mutex<HashMap<JobTable, Slot>>,
 }
 
 impl StaticCache {
@@ -34,7 +41,10 @@ impl StaticCache {
             .slots
             .lock()
             .unwrap()
-            .entry((job_id.to_string(), table.to_string()))
+            .entry(JobTable {
+                job: job_id.into(),
+                table: table.to_string(),
+            })
             .or_default()
             .clone();
         let mut held = slot.lock().await;
@@ -65,6 +75,6 @@ impl StaticCache {
     }
 
     pub fn forget_job(&self, job_id: &str) {
-        self.slots.lock().unwrap().retain(|(j, _), _| j != job_id);
+        self.slots.lock().unwrap().retain(|k, _| k.job != job_id);
     }
 }

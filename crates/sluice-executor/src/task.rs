@@ -8,7 +8,7 @@ use crate::statics::StaticCache;
 use futures::future::join_all;
 use sluice_connectors::ConnectorError;
 use sluice_core::progress::{self, TaskProgress};
-use sluice_core::{Failure, FailureKind, MapOutputId, SourceSplit, StatePartition};
+use sluice_core::{Failure, FailureKind, JobId, MapOutputId, SourceSplit, StatePartition};
 use sluice_proto::{FetchFailure, FetchRequest, LaunchTask, TaskKey, TaskResult};
 use sluice_sql::{CompiledJob, SqlError, StageOutputData, Statics, TaskInput};
 use std::collections::HashMap;
@@ -28,9 +28,9 @@ pub struct TaskRunner {
     /// Jobs compiled from their SQL, by job id: planning is deterministic, so every executor
     /// arrives at the driver's stages.
     /// Keyed by job id, with the SQL they came from: a resumed job may run changed SQL.
-    jobs: Mutex<HashMap<String, (String, Arc<CompiledJob>)>>,
+    jobs: Mutex<HashMap<JobId, (String, Arc<CompiledJob>)>>,
     /// Per job, a signal its tasks watch: sent when the driver cancels the job's tasks.
-    cancels: std::sync::Mutex<HashMap<String, watch::Sender<()>>>,
+    cancels: std::sync::Mutex<HashMap<JobId, watch::Sender<()>>>,
     /// Static tables read here, per job and table, one version each.
     statics: StaticCache,
     metrics: ExecutorMetrics,
@@ -126,7 +126,7 @@ impl TaskRunner {
     fn cancel_signal(&self, job_id: &str) -> watch::Receiver<()> {
         let mut cancels = self.cancels.lock().unwrap();
         cancels
-            .entry(job_id.to_string())
+            .entry(job_id.into())
             .or_insert_with(|| watch::channel(()).0)
             .subscribe()
     }
@@ -205,7 +205,7 @@ impl TaskRunner {
             .await
             .map_err(|e| e.into_failure().context("cannot plan job"))?;
         let job = Arc::new(job);
-        jobs.insert(job_id.to_string(), (sql.to_string(), job.clone()));
+        jobs.insert(job_id.into(), (sql.to_string(), job.clone()));
         Ok(job)
     }
 
@@ -304,7 +304,7 @@ impl TaskRunner {
             }
         };
         let state_key = StatePartition {
-            job: key.job_id.clone(),
+            job: key.job_id.clone().into(),
             stage: key.stage_id,
             partition: key.partition,
         };
@@ -356,7 +356,7 @@ impl TaskRunner {
                     update,
                 )
                 .await
-                .map_err(|e| failure(FailureKind::Outage, e))?;
+                .map_err(TaskFailure::from)?;
         }
         clock.lap(progress::STATE_WRITE_MS);
         match output {
@@ -366,7 +366,7 @@ impl TaskRunner {
                 rows,
             } => {
                 let id = MapOutputId {
-                    job: key.job_id.clone(),
+                    job: key.job_id.clone().into(),
                     batch: key.batch_id,
                     stage: key.stage_id,
                     stage_attempt: key.stage_attempt,

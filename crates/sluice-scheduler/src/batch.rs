@@ -115,11 +115,11 @@ impl TaskRun {
     }
 
     /// Records a launch of this task.
-    pub fn launched(&mut self, key: &crate::TaskKey, executor: &str, now_ms: u64) {
+    pub fn launched(&mut self, key: &crate::TaskKey, executor: &ExecutorId, now_ms: u64) {
         self.attempts.push(AttemptTrace {
             task_attempt: key.task_attempt,
             stage_attempt: key.stage_attempt,
-            executor: executor.to_string(),
+            executor: executor.clone(),
             cause: self.next_cause,
             launched_ms: now_ms,
             ended_ms: None,

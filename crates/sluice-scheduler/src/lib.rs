@@ -17,4 +17,5 @@ mod scheduler;
 pub use batch::{BatchReport, BatchSubmission, RerunCounts, TaskOutput};
 pub use scheduler::{
     Action, Event, MapOutputLocation, Scheduler, SchedulerConfig, TaskKey, TaskLaunch,
+    UnfetchedOutput,
 };

@@ -52,6 +52,13 @@ pub struct TaskLaunch {
     pub timeout_ms: u64,
 }
 
+/// A map output a reducer could not fetch, and the executor that should have served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfetchedOutput {
+    pub map_partition: u32,
+    pub executor: ExecutorId,
+}
+
 #[derive(Debug, Clone)]
 pub enum Event {
     ExecutorRegistered {
@@ -74,8 +81,8 @@ pub enum Event {
         executor: ExecutorId,
         /// What went wrong; its kind decides whether the task is retried.
         failure: Failure,
-        /// A shuffle block could not be fetched: (map partition, executor that should have it).
-        fetch_failure: Option<(u32, ExecutorId)>,
+        /// A shuffle block could not be fetched.
+        fetch_failure: Option<UnfetchedOutput>,
     },
     CancelJob {
         job_id: JobId,
@@ -144,6 +151,13 @@ struct ExecutorState {
     registered_ms: u64,
 }
 
+/// An executor as far as one job is concerned (exclusion is per job).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct JobExecutor {
+    job: JobId,
+    executor: ExecutorId,
+}
+
 /// An executor's record of failing one job's tasks. Exclusion is per job, so one job's bad
 /// input or broken sink never slows another job down.
 #[derive(Debug, Clone, Default)]
@@ -175,7 +189,7 @@ pub struct Scheduler {
     batches: BTreeMap<JobId, BatchRun>,
     /// Which executor holds each stateful partition's latest state in memory.
     state_homes: BTreeMap<StatePartition, ExecutorId>,
-    exclusions: BTreeMap<(JobId, ExecutorId), Exclusion>,
+    exclusions: BTreeMap<JobExecutor, Exclusion>,
     /// The run number the next submitted batch gets.
     next_run: u64,
     /// Executors' registrations, drains and losses, oldest first (bounded).
@@ -204,7 +218,7 @@ impl Scheduler {
     /// Every job's excluded executors (alive ones only).
     pub fn exclusions_by_job(&self, now_ms: u64) -> BTreeMap<JobId, Vec<ExecutorId>> {
         let mut by_job: BTreeMap<JobId, Vec<ExecutorId>> = BTreeMap::new();
-        for ((job, executor), x) in &self.exclusions {
+        for (JobExecutor { job, executor }, x) in &self.exclusions {
             if x.until_ms > now_ms && self.executors.contains_key(executor) {
                 by_job
                     .entry(job.clone())
@@ -250,13 +264,13 @@ impl Scheduler {
         self.batches.values().map(|b| b.trace(None))
     }
 
-    fn record(&mut self, executor: &str, change: ExecutorChange, now_ms: u64) {
+    fn record(&mut self, executor: &ExecutorId, change: ExecutorChange, now_ms: u64) {
         if self.history.len() >= EXECUTOR_HISTORY {
             self.history.pop_front();
         }
         self.history.push_back(ExecutorEvent {
             at_ms: now_ms,
-            executor: executor.to_string(),
+            executor: executor.clone(),
             change,
         });
     }
@@ -357,7 +371,7 @@ impl Scheduler {
             Event::CancelJob { job_id } => {
                 self.batches.remove(&job_id);
                 self.state_homes.retain(|p, _| p.job != job_id);
-                self.exclusions.retain(|(j, _), _| *j != job_id);
+                self.exclusions.retain(|k, _| k.job != job_id);
                 for (executor, e) in &self.executors {
                     if e.running.iter().any(|k| k.job_id == job_id) {
                         actions.push(Action::CancelTasks {
@@ -377,13 +391,13 @@ impl Scheduler {
     }
 
     /// The one path for a dead executor: its running tasks and its map outputs are lost.
-    fn executor_lost(&mut self, id: &str, reason: &str, now_ms: u64) {
+    fn executor_lost(&mut self, id: &ExecutorId, reason: &str, now_ms: u64) {
         if self.executors.remove(id).is_none() {
             return;
         }
-        tracing::warn!(executor = id, reason, "executor lost");
+        tracing::warn!(executor = %id, reason, "executor lost");
         self.record(id, ExecutorChange::Lost(reason.to_string()), now_ms);
-        self.dead.insert(id.to_string());
+        self.dead.insert(id.clone());
         // Its state partitions are restored from the checkpoint wherever they run next.
         self.state_homes.retain(|_, e| e != id);
         for batch in self.batches.values_mut() {
@@ -470,8 +484,10 @@ impl Scheduler {
         if !self.release_slot(&key, &executor) {
             return;
         }
-        self.exclusions
-            .remove(&(key.job_id.clone(), executor.clone()));
+        self.exclusions.remove(&JobExecutor {
+            job: key.job_id.clone(),
+            executor: executor.clone(),
+        });
         let Some((batch, s)) = self.current_task(&key, &executor) else {
             tracing::debug!(?key, "ignoring stale task result");
             return;
@@ -529,13 +545,16 @@ impl Scheduler {
         key: TaskKey,
         executor: ExecutorId,
         failure: Failure,
-        fetch_failure: Option<(u32, ExecutorId)>,
+        fetch_failure: Option<UnfetchedOutput>,
         now_ms: u64,
     ) -> Option<Action> {
         if !self.release_slot(&key, &executor) {
             return None;
         }
-        if let Some((_, lost_on)) = fetch_failure {
+        if let Some(UnfetchedOutput {
+            executor: lost_on, ..
+        }) = fetch_failure
+        {
             self.fetch_failed(&key, &executor, &lost_on, &failure, now_ms);
             return None;
         }
@@ -572,7 +591,7 @@ impl Scheduler {
         let backoff = batch.sub.task_backoff_ms << (task.failures - 1).min(16);
         tracing::warn!(
             ?key,
-            executor,
+            %executor,
             "task failed, retrying in {backoff} ms: {failure}"
         );
         task.state = TaskState::Pending {
@@ -622,19 +641,22 @@ impl Scheduler {
 
     /// One more retryable failure of `job`'s tasks on `executor`; enough in a row exclude it
     /// from that job for a while.
-    fn count_against(&mut self, job: &str, executor: &str, now_ms: u64) {
+    fn count_against(&mut self, job: &JobId, executor: &ExecutorId, now_ms: u64) {
         let config = self.config;
         let x = self
             .exclusions
-            .entry((job.to_string(), executor.to_string()))
+            .entry(JobExecutor {
+                job: job.clone(),
+                executor: executor.clone(),
+            })
             .or_default();
         x.consecutive_failures += 1;
         if config.exclude_after_failures > 0
             && x.consecutive_failures >= config.exclude_after_failures
         {
             tracing::warn!(
-                job,
-                executor,
+                %job,
+                %executor,
                 failures = x.consecutive_failures,
                 "excluding executor from the job for {} ms",
                 config.exclude_for_ms
@@ -724,7 +746,10 @@ impl Scheduler {
             let exclusions = &self.exclusions;
             let excluded = |e: &str| {
                 exclusions
-                    .get(&(job.clone(), e.to_string()))
+                    .get(&JobExecutor {
+                        job: job.clone(),
+                        executor: e.into(),
+                    })
                     .is_some_and(|x| x.until_ms > now_ms)
             };
             for s in 0..batch.stages.len() {

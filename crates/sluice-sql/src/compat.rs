@@ -5,12 +5,12 @@
 //! count). Filters and projections upstream of the state, the sink, output mode and trigger
 //! may change freely.
 
-use crate::CompiledJob;
+use crate::{CompiledJob, SqlError};
 
 impl CompiledJob {
     /// Checks that this job can continue from a checkpoint written by `previous`; the error
     /// lists every change that makes it unsafe.
-    pub fn check_compatible(&self, previous: &CompiledJob) -> Result<(), String> {
+    pub fn check_compatible(&self, previous: &CompiledJob) -> Result<(), SqlError> {
         let mut changes = Vec::new();
         let (was, now): (Vec<&String>, Vec<&String>) = (
             previous.sources.keys().collect(),
@@ -80,13 +80,9 @@ impl CompiledJob {
                 }
             }
         }
-        if changes.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the job cannot continue from its checkpoint: {}",
-                changes.join("; ")
-            ))
+        match changes.is_empty() {
+            true => Ok(()),
+            false => Err(SqlError::Incompatible { changes }),
         }
     }
 

@@ -37,6 +37,9 @@ pub enum SqlError {
     Setting(#[from] sluice_core::settings::SettingError),
     #[error("{0}")]
     Connector(#[from] sluice_connectors::ConnectorError),
+    /// A changed job cannot continue from its checkpoint: every change that makes it unsafe.
+    #[error("the job cannot continue from its checkpoint: {}", changes.join("; "))]
+    Incompatible { changes: Vec<String> },
     /// Running a stage failed; the kind says whether the data, the plan or Sluice is at fault.
     #[error("{message}")]
     Exec { message: String, kind: FailureKind },

@@ -474,7 +474,7 @@ async fn resubmitting_onto_a_checkpoint_accepts_safe_changes_only() {
     .await;
     filtered.check_compatible(&base).unwrap();
     let refused = |new: CompiledJob| {
-        let e = new.check_compatible(&base).unwrap_err();
+        let e = new.check_compatible(&base).unwrap_err().to_string();
         assert!(e.contains("cannot continue from its checkpoint"), "{e}");
         e
     };
@@ -531,7 +531,7 @@ async fn resubmitting_onto_a_checkpoint_accepts_safe_changes_only() {
     )
     .await
     .unwrap();
-    let e = moved.check_compatible(&a).unwrap_err();
+    let e = moved.check_compatible(&a).unwrap_err().to_string();
     assert!(
         e.contains("the source's option 'seed' changed from '7' to '8'"),
         "{e}"

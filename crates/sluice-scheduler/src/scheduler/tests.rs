@@ -69,7 +69,7 @@ fn register(s: &mut Scheduler, id: &str, slots: u32) -> Vec<Action> {
     )
 }
 
-type Launched = (String, TaskLaunch);
+type Launched = (ExecutorId, TaskLaunch);
 
 fn launches(actions: &[Action]) -> Vec<Launched> {
     actions
@@ -295,7 +295,7 @@ fn map_outputs_lost_too_often_fail_the_batch() {
         // The map output's executor dies before the reducer is done; a fresh one joins.
         let next = add(&mut s);
         let lost = Event::ExecutorLost {
-            id: alive.clone(),
+            id: alive.clone().into(),
             reason: "killed".into(),
         };
         actions = s.handle(lost, 2);
@@ -449,7 +449,10 @@ fn fetch_failure_recomputes_that_map_output() {
             key: t.key.clone(),
             executor: e.clone(),
             failure: Failure::new(FailureKind::Outage, "connection refused"),
-            fetch_failure: Some((0, maps[0].0.clone())),
+            fetch_failure: Some(UnfetchedOutput {
+                map_partition: 0,
+                executor: maps[0].0.clone(),
+            }),
         },
         3,
     );
@@ -502,7 +505,7 @@ fn stateful_batch(batch: u64) -> Event {
 }
 
 /// Runs a whole batch, finishing tasks as they launch; returns where each reducer ran.
-fn run_batch(s: &mut Scheduler, batch: u64, now: u64) -> BTreeMap<u32, String> {
+fn run_batch(s: &mut Scheduler, batch: u64, now: u64) -> BTreeMap<u32, ExecutorId> {
     let mut pending = launches(&s.handle(stateful_batch(batch), now));
     let mut reducers = BTreeMap::new();
     while let Some(l) = pending.pop() {
@@ -632,13 +635,13 @@ fn maps_still_running_when_the_stage_attempt_changes_still_count() {
     let reducers = launches(&succeed(&mut s, &rerun[0], 5));
     assert_eq!(reducers.len(), 2, "every map output exists: reducers start");
     for (_, r) in &reducers {
-        let mut attempts: Vec<(u32, String, u32)> = r
+        let mut attempts: Vec<(u32, ExecutorId, u32)> = r
             .inputs
             .iter()
             .map(|l| (l.map_partition, l.executor_id.clone(), l.stage_attempt))
             .collect();
         attempts.sort();
-        let expect = |e: &str, attempt| (on(e).1.key.partition, e.to_string(), attempt);
+        let expect = |e: &str, attempt| (on(e).1.key.partition, ExecutorId::from(e), attempt);
         let mut want = vec![expect("b", 0), expect("c", 0)];
         want.push((on("a").1.key.partition, "d".into(), 1));
         want.sort();
@@ -882,7 +885,7 @@ fn attempts_of(trace: &BatchTrace, stage: u32, partition: u32) -> Vec<(String, &
     trace
         .attempts()
         .filter(|(s, p, _)| (*s, *p) == (stage, partition))
-        .map(|(_, _, a)| (a.executor.clone(), a.cause.name(), a.outcome.name()))
+        .map(|(_, _, a)| (a.executor.to_string(), a.cause.name(), a.outcome.name()))
         .collect()
 }
 
