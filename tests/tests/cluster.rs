@@ -116,6 +116,17 @@ fn per_batch_counts_over_many_files_are_exact() {
     }
     let listed = c.sluice(&["jobs"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&id));
+    // The progress channel carries every split's timestamp bounds, folded per batch.
+    let first = &status["recent_batches"][0];
+    assert_eq!(first["batch_id"], 0);
+    let secs: Vec<i64> = (0..PER_BATCH)
+        .flat_map(rows_of)
+        .map(|(u, _)| u.rem_euclid(60))
+        .collect();
+    let at = |s: &i64| 1_735_689_600_000 + s * 1000; // 2025-01-01T00:00:SS
+    let bound = |name: &str| first["metrics"][name].as_i64();
+    assert_eq!(bound("clicks.ts.min"), secs.iter().min().map(at), "{first}");
+    assert_eq!(bound("clicks.ts.max"), secs.iter().max().map(at), "{first}");
 }
 
 #[test]

@@ -265,6 +265,9 @@ fn a_connector_known_only_to_the_registry_is_usable_from_sql_in_a_union() {
         "13 keys held as state: {last}"
     );
     assert!(metric("state_bytes") > Some(0), "{last}");
+    // Rows in and out of the stateful operator itself: every row in, the 13 keys out.
+    assert_eq!(metric("agg-1.rows_in"), last["rows_in"].as_i64(), "{last}");
+    assert_eq!(metric("agg-1.rows_out"), Some(13), "{last}");
     assert_eq!(
         metric("rows_out"),
         Some(last["rows_in"].as_i64().unwrap() + 13),

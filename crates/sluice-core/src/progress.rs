@@ -15,6 +15,19 @@ pub const DEAD_LETTERS: &str = "dead_letters";
 /// Rows and bytes of a stateful operator's partition after the batch.
 pub const STATE_ROWS: &str = "state_rows";
 pub const STATE_BYTES: &str = "state_bytes";
+/// Rows a stateful operator took in and emitted: `<operator>.rows_in`, `<operator>.rows_out`
+/// (e.g. `agg-1.rows_in`).
+pub fn operator_rows(operator: &str, direction: &str) -> String {
+    format!("{operator}.{direction}")
+}
+
+/// Per source split, the smallest and largest value of each timestamp column it read, in
+/// milliseconds since the epoch: `<table>.<column>.min` (folded by minimum) and `.max` (by
+/// maximum). Event-time watermarks are computed from these.
+pub fn column_bound(table: &str, column: &str, bound: &str) -> String {
+    format!("{table}.{column}.{bound}")
+}
+
 /// Where a task's time went, in milliseconds: reading its split or fetching its shuffle
 /// blocks, reading its state partition, running the operators, writing the new state version,
 /// and keeping its map output or writing the sink.

@@ -5,6 +5,7 @@ use crate::Executor;
 use crate::metrics::ExecutorMetrics;
 use crate::shuffle::fetch_block;
 use crate::statics::StaticCache;
+use arrow::array::{AsArray, RecordBatch};
 use futures::future::join_all;
 use sluice_connectors::ConnectorError;
 use sluice_core::progress::{self, TaskProgress};
@@ -260,7 +261,8 @@ impl TaskRunner {
             tokio::time::sleep(d).await;
         }
         let mut clock = PhaseClock::start();
-        let (input, dead_letters) = if fragment.inputs.iter().any(|i| i.source().is_some()) {
+        let (input, dead_letters, bounds) = if fragment.inputs.iter().any(|i| i.source().is_some())
+        {
             read_split(&job, key, &launch).await?
         } else {
             let fetches = launch.inputs.iter().map(|loc| {
@@ -292,7 +294,7 @@ impl TaskRunner {
             let rows = job
                 .shuffle_input(stage, &blocks)
                 .map_err(SqlError::into_failure)?;
-            (TaskInput::Shuffle(rows), 0)
+            (TaskInput::Shuffle(rows), 0, TaskProgress::default())
         };
         clock.lap(progress::INPUT_MS);
         if let Some(d) = delay(job.settings.test_delay_after_input) {
@@ -334,13 +336,23 @@ impl TaskRunner {
             .await
             .map_err(SqlError::into_failure)?;
         clock.lap(progress::COMPUTE_MS);
-        let mut progress = TaskProgress::default();
+        let mut progress = bounds;
         progress
             .count(progress::ROWS_IN, rows_in)
             .count(progress::DEAD_LETTERS, dead_letters);
         // The new state version is durable before the task reports success, so the batch
         // never commits ahead of its state.
         if let Some(update) = update {
+            let op = &update.operator;
+            progress
+                .count(
+                    &progress::operator_rows(op, progress::ROWS_IN),
+                    update.rows_in,
+                )
+                .count(
+                    &progress::operator_rows(op, progress::ROWS_OUT),
+                    update.rows_out,
+                );
             let state_rows: usize = update.state.iter().map(|b| b.num_rows()).sum();
             let state_bytes: usize = update.state.iter().map(|b| b.get_array_memory_size()).sum();
             progress
@@ -432,6 +444,36 @@ impl PhaseClock {
     }
 }
 
+/// The smallest and largest value of every timestamp column of a split's rows, in ms since the
+/// epoch, as progress metrics (`progress::column_bound`).
+fn timestamp_bounds(table: &str, rows: &[RecordBatch]) -> TaskProgress {
+    use arrow::compute::{cast, max, min};
+    use arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
+    let mut bounds = TaskProgress::default();
+    let Some(schema) = rows.first().map(|b| b.schema()) else {
+        return bounds;
+    };
+    let as_ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+    for (i, field) in schema.fields().iter().enumerate() {
+        if !matches!(field.data_type(), DataType::Timestamp(..)) {
+            continue;
+        }
+        for batch in rows {
+            let Ok(ms) = cast(batch.column(i), &as_ms) else {
+                continue;
+            };
+            let ms = ms.as_primitive::<TimestampMillisecondType>();
+            let name = |bound| progress::column_bound(table, field.name(), bound);
+            let fold = |value, fold| progress::Metric { value, fold };
+            if let (Some(lo), Some(hi)) = (min(ms), max(ms)) {
+                bounds.record(&name("min"), fold(lo, progress::Fold::Min));
+                bounds.record(&name("max"), fold(hi, progress::Fold::Max));
+            }
+        }
+    }
+    bounds
+}
+
 /// Reads the task's split of its source table. Bad records go to that table's dead-letter
 /// table under this (batch, partition), so a rerun overwrites them too; the driver commits that
 /// table with the batch. Returns the rows and how many records went to the dead letters.
@@ -439,7 +481,7 @@ async fn read_split(
     job: &CompiledJob,
     key: &TaskKey,
     launch: &LaunchTask,
-) -> Result<(TaskInput, u64), TaskFailure> {
+) -> Result<(TaskInput, u64, TaskProgress), TaskFailure> {
     let table = &launch.source_table;
     let bug = |m: String| failure(FailureKind::Bug, m);
     let source = job
@@ -459,11 +501,12 @@ async fn read_split(
             .await
             .map_err(ConnectorError::into_failure)?;
     }
+    let bounds = timestamp_bounds(table, &read.rows);
     let input = TaskInput::Split {
         table: table.clone(),
         rows: read.rows,
     };
-    Ok((input, dead_letters))
+    Ok((input, dead_letters, bounds))
 }
 
 /// A result must fit one control-stream message with room to spare: one that does not would
@@ -519,6 +562,35 @@ impl Drop for TaskRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_report_the_bounds_of_their_timestamp_columns_in_ms() {
+        use arrow::array::{Int64Array, TimestampMicrosecondArray};
+        use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ]));
+        let batch = |n: Vec<i64>, ts: Vec<Option<i64>>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(n)),
+                    Arc::new(TimestampMicrosecondArray::from(ts)),
+                ],
+            )
+            .unwrap()
+        };
+        let rows = [
+            batch(vec![1, 2], vec![Some(5_000_000), None]),
+            batch(vec![3], vec![Some(2_500_000)]),
+        ];
+        let p = timestamp_bounds("clicks", &rows);
+        assert_eq!(p.get("clicks.ts.min"), 2_500);
+        assert_eq!(p.get("clicks.ts.max"), 5_000);
+        assert_eq!(p.metrics.len(), 2, "only timestamp columns: {p:?}");
+        assert!(timestamp_bounds("clicks", &[]).metrics.is_empty());
+    }
 
     #[test]
     fn a_result_over_the_limit_fails_the_task_and_long_errors_are_cut() {

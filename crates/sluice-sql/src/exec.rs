@@ -131,12 +131,17 @@ impl CompiledJob {
                     settings: &self.settings,
                     session: &self.ctx,
                 };
+                let rows_in = rows.iter().map(|b| b.num_rows() as u64).sum();
                 let done = op.process(&ctx, rows, state).await?;
+                let rows_out = done.output.iter().map(|b| b.num_rows() as u64).sum();
                 let (table, schema) = op.output();
                 let plan = bind_table(f.plan.clone(), table, schema, done.output)?;
                 let update = StateUpdate {
                     state: done.state,
                     delta: done.delta,
+                    operator: op.name().to_string(),
+                    rows_in,
+                    rows_out,
                 };
                 (plan, Some(update))
             }

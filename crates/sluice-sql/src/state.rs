@@ -68,10 +68,16 @@ pub struct StatefulAgg {
     pub signature: Vec<String>,
 }
 
-/// What a stateful task leaves behind: the new state and the delta to persist.
+/// What a stateful task leaves behind: the new state and the delta to persist, and what its
+/// operator did (for the progress channel).
+#[derive(Default)]
 pub struct StateUpdate {
     pub state: Vec<RecordBatch>,
     pub delta: Vec<RecordBatch>,
+    /// The operator's name (`agg-1`), and the rows it took in and emitted.
+    pub operator: String,
+    pub rows_in: u64,
+    pub rows_out: u64,
 }
 
 impl StatefulAgg {
@@ -313,6 +319,7 @@ impl StatefulAgg {
             StateUpdate {
                 state,
                 delta: partials,
+                ..Default::default()
             },
             output,
         ))
