@@ -10,6 +10,7 @@ pub mod progress;
 pub mod restart;
 pub mod settings;
 pub mod split;
+pub mod watermark;
 
 pub use failure::{Failure, FailureKind};
 pub use ids::{ExecutorId, JobId, MapOutputId, StageAttemptId, StatePartition};

@@ -32,6 +32,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "running aggregations (GROUP BY without _batch): 'update' (default; each batch emits the keys it changed with their new values) or 'complete' (each batch emits the whole table)",
     ),
     (
+        "watermark.policy",
+        "with several event-time sources: 'min' (default; the slowest source's watermark) or 'max' (the fastest's); part of the checkpoint",
+    ),
+    (
         "state.snapshot_interval",
         "running aggregations: a full state snapshot every N batches, deltas in between (default 10)",
     ),
@@ -146,6 +150,7 @@ pub struct JobSettings {
     /// Set explicitly; a running aggregation defaults to update, other jobs refuse it.
     pub output_mode: Option<OutputMode>,
     pub snapshot_interval: u64,
+    pub watermark_policy: crate::watermark::WatermarkPolicy,
     pub task_max_attempts: u32,
     pub task_backoff: Duration,
     pub task_timeout: Duration,
@@ -171,6 +176,7 @@ impl Default for JobSettings {
             partitions: 4,
             output_mode: None,
             snapshot_interval: 10,
+            watermark_policy: Default::default(),
             task_max_attempts: 4,
             task_backoff: Duration::from_millis(200),
             task_timeout: Duration::from_secs(600),
@@ -227,6 +233,14 @@ impl JobSettings {
                     })
                 }
                 "state.snapshot_interval" => s.snapshot_interval = whole(1, 1_000_000)?,
+                "watermark.policy" => {
+                    use crate::watermark::WatermarkPolicy as P;
+                    s.watermark_policy = match value.trim().to_ascii_lowercase().as_str() {
+                        "min" => P::Min,
+                        "max" => P::Max,
+                        _ => return Err(invalid("expected 'min' or 'max'")),
+                    }
+                }
                 "task.backoff" => {
                     s.task_backoff = parse_duration(value).map_err(|r| invalid(&r))?
                 }
@@ -510,6 +524,7 @@ mod tests {
             "sluice.test.panic_at" => "before_tasks:1",
             "name" => "x",
             "output_mode" => "complete",
+            "watermark.policy" => "max",
             _ => "2",
         };
         for (key, _) in KNOWN.iter().filter(|(k, _)| !k.starts_with("restart.")) {

@@ -80,6 +80,18 @@ impl CompiledJob {
                 }
             }
         }
+        let (was, now) = (
+            previous.settings.watermark_policy,
+            self.settings.watermark_policy,
+        );
+        if was != now && !previous.event_times.is_empty() {
+            changes.push(format!(
+                "'watermark.policy' changed from '{}' to '{}' (the logged watermarks were computed with '{}')",
+                was.name(),
+                now.name(),
+                was.name()
+            ));
+        }
         match changes.is_empty() {
             true => Ok(()),
             false => Err(SqlError::Incompatible { changes }),

@@ -17,6 +17,18 @@ use std::sync::Arc;
 pub struct TableDecl {
     pub spec: TableSpec,
     pub line: u64,
+    /// `WATERMARK FOR col AS col - INTERVAL ...` in its column list.
+    pub watermark: Option<WatermarkDecl>,
+}
+
+/// A table's event-time column and how far behind its largest value the watermark trails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkDecl {
+    pub column: String,
+    pub delay_ms: u64,
+    /// Where the column is named, for errors found once the table's columns are known.
+    pub line: u64,
+    pub column_no: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +152,23 @@ impl<'a> Stmt<'a> {
             }
             _ => Err(self.error(format!("expected {what}, found {}", self.found()))),
         }
+    }
+
+    /// Whether the token `ahead` places on is the bare word `word`.
+    fn peek_word_at(&self, ahead: usize, word: &str) -> bool {
+        matches!(
+            self.tokens.get(self.pos + ahead).map(|t| &t.token),
+            Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word)
+        )
+    }
+
+    fn peek_word(&self, word: &str) -> bool {
+        self.peek_word_at(0, word)
+    }
+
+    /// An error at token `pos`.
+    fn error_at(&self, pos: usize, message: impl Into<String>) -> SqlError {
+        Stmt { pos, ..*self }.error(message)
     }
 
     fn at_end(&self) -> bool {
@@ -367,9 +396,33 @@ fn parse_create_table(s: &mut Stmt<'_>, line: u64) -> Result<TableDecl, SqlError
     s.expect_keyword(Keyword::TABLE)?;
     let name = s.name("a table name")?;
     let mut fields = Vec::new();
+    let mut declared_watermark = None;
     if s.peek().map(|t| &t.token) == Some(&Token::LParen) {
         s.next();
+        let mut watermark: Option<WatermarkDecl> = None;
         loop {
+            if s.peek_word("WATERMARK") && s.peek_word_at(1, "FOR") {
+                let at = s.pos;
+                let decl = parse_watermark(s)?;
+                if watermark.is_some() {
+                    s.pos = at;
+                    return Err(s.error(format!(
+                        "table '{name}' declares a second WATERMARK; a table has at most one"
+                    )));
+                }
+                watermark = Some(decl);
+                match s.next().map(|t| &t.token) {
+                    Some(Token::Comma) => continue,
+                    Some(Token::RParen) => break,
+                    _ => {
+                        s.pos -= 1;
+                        return Err(s.error(format!(
+                            "expected ',' or ')' after the WATERMARK, found {}",
+                            s.found()
+                        )));
+                    }
+                }
+            }
             let col = s.name("a column name")?;
             let type_start = s.pos;
             let mut depth = 0;
@@ -414,6 +467,8 @@ fn parse_create_table(s: &mut Stmt<'_>, line: u64) -> Result<TableDecl, SqlError
                 _ => return Err(s.error("expected ',' or ')' in the column list")),
             }
         }
+        check_watermark_column(s.origin, &name, &fields, watermark.as_ref())?;
+        declared_watermark = watermark;
     }
     let mut options = BTreeMap::new();
     if s.keyword(Keyword::WITH) {
@@ -454,7 +509,139 @@ fn parse_create_table(s: &mut Stmt<'_>, line: u64) -> Result<TableDecl, SqlError
             options,
         },
         line,
+        watermark: declared_watermark,
     })
+}
+
+/// `WATERMARK FOR ts AS ts [- INTERVAL '10' SECOND]` (also `INTERVAL '10 seconds'`), as in
+/// Flink SQL; the cursor is on WATERMARK and ends after the clause.
+fn parse_watermark(s: &mut Stmt<'_>) -> Result<WatermarkDecl, SqlError> {
+    s.pos += 2; // WATERMARK FOR
+    let at = s.peek().map(|t| t.span.start);
+    let column = s.name("the event-time column after WATERMARK FOR")?;
+    s.expect_keyword(Keyword::AS)?;
+    let again = s.name("the event-time column after AS")?;
+    if again != column {
+        s.pos -= 1;
+        return Err(s.error(format!(
+            "WATERMARK FOR {column} AS ... must be '{column}' or '{column} - INTERVAL ...', found '{again}'"
+        )));
+    }
+    let delay_ms = match s.peek().map(|t| &t.token) {
+        Some(Token::Minus) => {
+            s.next();
+            parse_interval(s, false)?
+        }
+        Some(Token::Plus) => {
+            s.next();
+            parse_interval(s, true)?
+        }
+        _ => 0,
+    };
+    let at = at.expect("a name was read");
+    Ok(WatermarkDecl {
+        column,
+        delay_ms,
+        line: at.line,
+        column_no: at.column,
+    })
+}
+
+/// `INTERVAL '10' SECOND` or `INTERVAL '10 seconds'` as milliseconds; `added` (a `+`) or a
+/// negative amount would put the watermark ahead of the events, which is refused.
+fn parse_interval(s: &mut Stmt<'_>, added: bool) -> Result<u64, SqlError> {
+    let start = s.pos;
+    s.expect_keyword(Keyword::INTERVAL)?;
+    let amount = match s.next().map(|t| &t.token) {
+        Some(Token::SingleQuotedString(v)) => v.trim().to_string(),
+        _ => {
+            s.pos -= 1;
+            return Err(s.error(format!(
+                "expected the interval's amount as a string, e.g. INTERVAL '10' SECOND, found {}",
+                s.found()
+            )));
+        }
+    };
+    let unit = match s.peek().map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => {
+            s.next();
+            w.value.to_ascii_lowercase()
+        }
+        _ => String::new(),
+    };
+    let negative = added || amount.starts_with('-');
+    let text = format!("{} {unit}", amount.trim_start_matches('-'));
+    let ms = interval_ms(&text).ok_or_else(|| {
+        s.error_at(
+            start,
+            format!("cannot read the interval '{amount}' {unit}: use e.g. INTERVAL '10' SECOND"),
+        )
+    })?;
+    if negative && ms > 0 {
+        return Err(s.error_at(
+            start,
+            "the watermark's delay is negative (the watermark would run ahead of the events); write 'ts - INTERVAL ...' with a positive amount",
+        ));
+    }
+    Ok(ms)
+}
+
+/// "10 second", "1.5 minutes", "500 milliseconds", "10 seconds " as milliseconds.
+fn interval_ms(text: &str) -> Option<u64> {
+    let mut words = text.split_whitespace();
+    let amount: f64 = words.next()?.parse().ok()?;
+    let unit = words.next().unwrap_or("second");
+    if words.next().is_some() || !amount.is_finite() || amount < 0.0 {
+        return None;
+    }
+    let scale = match unit {
+        "ms" | "millisecond" | "milliseconds" => 1.0,
+        "s" | "sec" | "second" | "seconds" => 1_000.0,
+        "m" | "min" | "minute" | "minutes" => 60_000.0,
+        "h" | "hour" | "hours" => 3_600_000.0,
+        "d" | "day" | "days" => 86_400_000.0,
+        _ => return None,
+    };
+    Some((amount * scale).round() as u64)
+}
+
+/// The WATERMARK's column must be a declared TIMESTAMP column. Connector columns (Kafka's
+/// `_timestamp`) are not in the list; they are checked when the job is planned.
+fn check_watermark_column(
+    origin: &str,
+    table: &str,
+    fields: &[Field],
+    watermark: Option<&WatermarkDecl>,
+) -> Result<(), SqlError> {
+    let Some(w) = watermark else {
+        return Ok(());
+    };
+    let error = |message: String| SqlError::Syntax {
+        origin: origin.to_string(),
+        line: w.line,
+        column: w.column_no,
+        message,
+    };
+    match fields.iter().find(|f| f.name() == &w.column) {
+        Some(f) if !matches!(f.data_type(), DataType::Timestamp(..)) => Err(error(format!(
+            "WATERMARK FOR {}: column '{}' of table '{table}' is {}, not a TIMESTAMP",
+            w.column,
+            w.column,
+            f.data_type()
+        ))),
+        Some(_) => Ok(()),
+        None if w.column.starts_with('_') => Ok(()),
+        None => Err(error(format!(
+            "WATERMARK FOR {}: table '{table}' has no column '{}' (its columns: {})",
+            w.column,
+            w.column,
+            fields
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// Maps a SQL column type to Arrow, as DataFusion does for the common types.

@@ -7,7 +7,7 @@
 use crate::SqlError;
 use crate::parse::{JobFile, parse_job};
 use arrow::compute::SortOptions;
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::MemTable;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef};
@@ -20,6 +20,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use sluice_connectors::{Sink, Source, TableSpec, source_schema, table_schema};
+use sluice_core::watermark::EventTime;
 use sluice_core::{BATCH_COLUMN, JobSettings, ShuffleKind, StageInput, StageOutput, StageSpec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct CompiledJob {
     pub sink: Sink,
     /// Per source table, where its undecodable records go (Kafka on_error = 'dead_letter').
     pub dead_letters: BTreeMap<String, Sink>,
+    /// Per source table that declares a WATERMARK, its event-time column and delay.
+    pub event_times: BTreeMap<String, EventTime>,
     pub fragments: Vec<Fragment>,
     pub(crate) ctx: SessionContext,
 }
@@ -124,6 +127,7 @@ impl CompiledJob {
         let mut sources = BTreeMap::new();
         let mut statics = BTreeMap::new();
         let mut dead_letters = BTreeMap::new();
+        let mut event_times = BTreeMap::new();
         for name in &scanned_tables(&optimized) {
             let spec = source_specs
                 .iter()
@@ -140,6 +144,9 @@ impl CompiledJob {
                 dead_letter_sink(&job, spec, &source, &insert.target).map_err(&plan_err)?
             {
                 dead_letters.insert(name.clone(), dead);
+            }
+            if let Some(et) = event_time(&job, spec, origin)? {
+                event_times.insert(name.clone(), et);
             }
             sources.insert(name.clone(), source);
         }
@@ -179,6 +186,7 @@ impl CompiledJob {
             sink_table: sink_decl.spec.name.clone(),
             sink,
             dead_letters,
+            event_times,
             fragments,
             settings,
             job,
@@ -406,6 +414,51 @@ fn table_names(job: &JobFile) -> String {
 }
 
 /// INSERT INTO semantics: columns match the sink's by position and take its names and types.
+/// The table's WATERMARK, checked against its columns as the source reads them (connector
+/// columns such as Kafka's `_timestamp` included).
+fn event_time(
+    job: &JobFile,
+    spec: &TableSpec,
+    origin: &str,
+) -> Result<Option<EventTime>, SqlError> {
+    let decl = job.tables.iter().find(|t| t.spec.name == spec.name);
+    let Some(w) = decl.and_then(|t| t.watermark.as_ref()) else {
+        return Ok(None);
+    };
+    let schema = table_schema(spec);
+    let error = |message: String| SqlError::Syntax {
+        origin: origin.to_string(),
+        line: w.line,
+        column: w.column_no,
+        message,
+    };
+    match schema.field_with_name(&w.column) {
+        Ok(f) if matches!(f.data_type(), DataType::Timestamp(..)) => Ok(Some(EventTime {
+            column: w.column.clone(),
+            delay_ms: w.delay_ms,
+        })),
+        Ok(f) => Err(error(format!(
+            "WATERMARK FOR {}: column '{}' of table '{}' is {}, not a TIMESTAMP",
+            w.column,
+            w.column,
+            spec.name,
+            f.data_type()
+        ))),
+        Err(_) => Err(error(format!(
+            "WATERMARK FOR {}: table '{}' has no column '{}' (its columns: {})",
+            w.column,
+            spec.name,
+            w.column,
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 fn conform_to_sink(query: LogicalPlan, sink: &TableSpec) -> Result<LogicalPlan, String> {
     if sink.schema.fields().is_empty() {
         return Ok(query);
