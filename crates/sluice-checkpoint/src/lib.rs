@@ -69,6 +69,10 @@ pub struct OffsetsEntry {
     pub planned_at_ms: u64,
     /// Input splits per source table, in task order.
     pub sources: BTreeMap<String, Vec<SourceSplit>>,
+    /// For a job with event time: the watermark this batch runs with, and the largest event
+    /// time per source of the batches committed before it (what the watermark came from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<sluice_core::watermark::Watermarks>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +81,10 @@ pub struct CommitEntry {
     pub committed_at_ms: u64,
     pub rows_in: u64,
     pub rows_out: u64,
+    /// Per event-time source, the largest event time (ms) this batch read: with the offsets
+    /// entry's watermark it gives the next batch's watermark, after a restart too.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub max_event_ms: BTreeMap<String, i64>,
 }
 
 /// How a job ended; a job with this file is not resumed when the driver restarts.
@@ -383,6 +391,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            watermark: None,
         }
     }
 

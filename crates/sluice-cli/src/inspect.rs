@@ -76,6 +76,8 @@ async fn describe(cp: &JobCheckpoint) -> anyhow::Result<Value> {
             "committed_at_ms": commit.as_ref().map(|c| c.committed_at_ms),
             "rows_in": commit.as_ref().map(|c| c.rows_in),
             "rows_out": commit.as_ref().map(|c| c.rows_out),
+            "watermark_ms": offsets.as_ref().and_then(|o| o.watermark.as_ref()).and_then(|w| w.watermark_ms),
+            "max_event_ms": commit.as_ref().map(|c| &c.max_event_ms),
         }));
     }
     let end = cp.read_final().await?;
@@ -161,8 +163,8 @@ fn print(job: &Value) {
     }
     println!();
     println!(
-        "{:>8}  {:<10}  {:>10}  {:>10}  INPUT",
-        "BATCH", "COMMITTED", "ROWS IN", "ROWS OUT"
+        "{:>8}  {:<10}  {:>10}  {:>10}  {:<24}  INPUT",
+        "BATCH", "COMMITTED", "ROWS IN", "ROWS OUT", "WATERMARK"
     );
     for b in job["batches"].as_array().into_iter().flatten() {
         let input: Vec<String> = b["input"]
@@ -183,11 +185,12 @@ fn print(job: &Value) {
                 .unwrap_or_else(|| "-".into())
         };
         println!(
-            "{:>8}  {:<10}  {:>10}  {:>10}  {}",
+            "{:>8}  {:<10}  {:>10}  {:>10}  {:<24}  {}",
             b["batch"],
             if b["committed"] == true { "yes" } else { "no" },
             or_dash(&b["rows_in"]),
             or_dash(&b["rows_out"]),
+            crate::event_time(b["watermark_ms"].as_i64()),
             input.join("; ")
         );
     }

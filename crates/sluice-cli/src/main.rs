@@ -380,6 +380,15 @@ pub(crate) fn rerun_reasons(b: &sluice_proto::BatchStatus) -> String {
     text
 }
 
+/// An event time (ms since the epoch) as RFC 3339 in UTC, or "-" when there is none yet.
+pub(crate) fn event_time(ms: Option<i64>) -> String {
+    let Some(ms) = ms.and_then(|ms| u64::try_from(ms).ok()) else {
+        return "-".into();
+    };
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 pub(crate) fn rows_per_second(rows: u64, ms: u64) -> u64 {
     (rows * 1000).checked_div(ms).unwrap_or(rows * 1000)
 }
@@ -414,6 +423,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
             "recovery_ms": b.recovery_ms,
             "checkpoint_ms": b.checkpoint_ms,
             "dead_letters": b.dead_letters,
+            "watermark_ms": b.watermark_ms,
             "metrics": b.metrics.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "committed_at_ms": b.committed_at_ms,
         })).collect::<Vec<_>>(),
@@ -442,14 +452,28 @@ fn print_status(s: &JobStatus) {
         println!("restarts   {}", s.restarts);
     }
     if !s.recent_batches.is_empty() {
+        // Only jobs with event time have a watermark column.
+        let timed = s.recent_batches.iter().any(|b| b.watermark_ms.is_some());
+        let watermark = |b: Option<&sluice_proto::BatchStatus>| match (timed, b) {
+            (false, _) => String::new(),
+            (true, None) => format!("{:<24}  ", "WATERMARK"),
+            (true, Some(b)) => format!("{:<24}  ", event_time(b.watermark_ms)),
+        };
         println!();
         println!(
-            "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}  WHY",
-            "BATCH", "ROWS IN", "ROWS OUT", "MS", "ROWS/S", "TASKS", "RERUN"
+            "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}  {}WHY",
+            "BATCH",
+            "ROWS IN",
+            "ROWS OUT",
+            "MS",
+            "ROWS/S",
+            "TASKS",
+            "RERUN",
+            watermark(None)
         );
         for b in &s.recent_batches {
             println!(
-                "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}  {}",
+                "{:>8}  {:>10}  {:>10}  {:>9}  {:>10}  {:>6}  {:>6}  {}{}",
                 b.batch_id,
                 b.rows_in,
                 b.rows_out,
@@ -457,6 +481,7 @@ fn print_status(s: &JobStatus) {
                 rows_per_second(b.rows_in, b.duration_ms),
                 b.tasks,
                 b.tasks_retried,
+                watermark(Some(b)),
                 rerun_reasons(b)
             );
         }

@@ -7,7 +7,9 @@ use crate::jobs::Registry;
 use crate::model::{self, BatchRecorder};
 use sluice_checkpoint::{CommitEntry, FinalState, JobCheckpoint, OffsetsEntry};
 use sluice_connectors::{ConnectorError, PlanContext, Position, render_console};
+use sluice_core::progress;
 use sluice_core::restart::Restarts;
+use sluice_core::watermark::{EventTime, Watermarks};
 use sluice_core::{
     BatchId, Failure as JobFailure, FailureKind, JobId, JobState, SourceSplit, Trigger, now_ms,
 };
@@ -148,7 +150,7 @@ impl JobRunner {
     async fn run_batches(&mut self) -> Result<End, Failure> {
         let trigger = self.job.settings.trigger;
         let job_start_ms = self.started_at_ms;
-        let (mut progress, mut next_batch, mut pending) = self.recover().await?;
+        let (mut progress, mut next_batch, mut pending, mut watermarks) = self.recover().await?;
         let interval = match trigger {
             Trigger::ProcessingTime(d) => d,
             _ => Duration::ZERO,
@@ -200,6 +202,7 @@ impl JobRunner {
                         batch_id: next_batch,
                         planned_at_ms: ctx.now_ms,
                         sources,
+                        watermark: (!self.job.event_times.is_empty()).then(|| watermarks.clone()),
                     };
                     // Write-ahead: the batch's input is fixed before any task runs.
                     let started = Instant::now();
@@ -238,7 +241,11 @@ impl JobRunner {
             record.stages(&report.trace, self.core.clock);
             self.registry.record_batch(&self.job_id, &record, false);
             self.test_pause("before_commit", batch_id).await;
-            if let Err(e) = self.commit(batch_id, &report, &mut record).await {
+            let event_times = self.event_times_read(&report);
+            if let Err(e) = self
+                .commit(&entry, &report, &event_times, &mut record)
+                .await
+            {
                 record.end(BatchOutcome::Failed, e.to_string());
                 self.registry.record_batch(&self.job_id, &record, false);
                 return Err(e);
@@ -250,6 +257,11 @@ impl JobRunner {
                     tracing::warn!(job = %self.job_id, batch = batch_id, table, "{e}");
                 }
             }
+            // The next batch's watermark counts this one's events; it is logged with that batch.
+            for (table, max_ms) in &event_times {
+                watermarks.observe(table, *max_ms);
+            }
+            watermarks.advance(&self.job.event_times, self.job.settings.watermark_policy);
             self.test_pause("after_commit", batch_id).await;
             let retain = self.job.settings.retain_batches;
             if (batch_id + 1) % retain == 0 {
@@ -339,8 +351,20 @@ impl JobRunner {
         Ok(versions)
     }
 
-    /// Rebuilds every source's progress from the offsets log and finds the batch to run next.
-    async fn recover(&self) -> Result<(Progress, BatchId, Option<OffsetsEntry>), Failure> {
+    /// The largest event time each event-time source read in the batch, from its tasks'
+    /// progress (`<table>.<column>.max`).
+    fn event_times_read(&self, report: &BatchReport) -> BTreeMap<String, i64> {
+        let read = |(table, et): (&String, &EventTime)| {
+            let name = progress::column_bound(table, &et.column, "max");
+            Some((table.clone(), report.metrics.get(&name)?.value))
+        };
+        self.job.event_times.iter().filter_map(read).collect()
+    }
+
+    /// Rebuilds every source's progress from the offsets log and finds the batch to run next,
+    /// with the watermark state it starts from: the last logged batch's, moved on by its
+    /// commit's event times when it committed.
+    async fn recover(&self) -> Result<Recovered, Failure> {
         let cp = &self.checkpoint;
         let logged = cp.batches("offsets").await.map_err(checkpoint_failure)?;
         let mut progress: Progress = self
@@ -383,17 +407,23 @@ impl JobRunner {
             last = Some(entry);
         }
         match last {
-            None => Ok((progress, 0, None)),
+            None => Ok((progress, 0, None, Watermarks::default())),
             Some(entry) => {
+                let mut watermarks = entry.watermark.clone().unwrap_or_default();
                 let committed = cp
                     .read_commit(entry.batch_id)
                     .await
                     .map_err(checkpoint_failure)?;
-                if committed.is_some() {
-                    Ok((progress, entry.batch_id + 1, None))
+                if let Some(commit) = committed {
+                    for (table, max_ms) in &commit.max_event_ms {
+                        watermarks.observe(table, *max_ms);
+                    }
+                    let policy = self.job.settings.watermark_policy;
+                    watermarks.advance(&self.job.event_times, policy);
+                    Ok((progress, entry.batch_id + 1, None, watermarks))
                 } else {
                     tracing::info!(job = %self.job_id, batch = entry.batch_id, "rerunning uncommitted batch");
-                    Ok((progress, entry.batch_id, Some(entry)))
+                    Ok((progress, entry.batch_id, Some(entry), watermarks))
                 }
             }
         }
@@ -449,10 +479,12 @@ impl JobRunner {
     /// Makes the batch visible (sink commit) and then durable as done (commit log).
     async fn commit(
         &self,
-        batch_id: BatchId,
+        entry: &OffsetsEntry,
         report: &BatchReport,
+        max_event_ms: &BTreeMap<String, i64>,
         record: &mut BatchRecorder,
     ) -> Result<(), Failure> {
+        let batch_id = entry.batch_id;
         let started = Instant::now();
         for dead in self.job.dead_letters.values() {
             dead.commit(batch_id, &report.dead_letter_partitions)
@@ -472,6 +504,7 @@ impl JobRunner {
                 committed_at_ms,
                 rows_in: report.rows_in,
                 rows_out: report.rows_out,
+                max_event_ms: max_event_ms.clone(),
             })
             .await
             .map_err(checkpoint_failure)?;
@@ -525,6 +558,7 @@ impl JobRunner {
             recovery_ms: report.recovery_ms,
             checkpoint_ms: offsets_ms + checkpoint_ms,
             dead_letters: report.dead_letters,
+            watermark_ms: entry.watermark.as_ref().and_then(|w| w.watermark_ms),
             metrics: report
                 .metrics
                 .iter()
@@ -546,6 +580,10 @@ impl JobRunner {
 
 /// How far each source table has been read.
 type Progress = BTreeMap<String, Position>;
+
+/// Where a job resumes: every source's progress, the next batch, the logged batch to rerun
+/// (if it never committed), and the watermark state the next batch starts from.
+type Recovered = (Progress, BatchId, Option<OffsetsEntry>, Watermarks);
 
 /// The next batch's input, over every source.
 struct Plan {
