@@ -226,7 +226,7 @@ impl JobSettings {
                         "complete" => OutputMode::Complete,
                         "append" => {
                             return Err(invalid(
-                                "'append' needs event-time watermarks, which Sluice does not have yet; use 'update' or 'complete'",
+                                "'append' needs windows that close as the watermark passes them, which Sluice does not have yet; use 'update' or 'complete'",
                             ));
                         }
                         _ => return Err(invalid("expected 'update' or 'complete'")),

@@ -434,6 +434,7 @@ impl Core {
                             range_bounds: task.range_bounds,
                             output_partitions: task.output_partitions,
                             timeout_ms: task.timeout_ms,
+                            watermark_ms: task.watermark_ms,
                         })),
                     };
                     if let Some(event) = self.send(&executor, msg) {

@@ -239,6 +239,10 @@ impl TaskRunner {
                 ),
             ));
         }
+        let batch = sluice_sql::BatchInfo {
+            id: key.batch_id,
+            watermark_ms: launch.watermark_ms,
+        };
         let first_attempt = key.task_attempt == 0;
         if job.settings.test_fail_task == Some((key.stage_id, key.partition)) && first_attempt {
             return Err(failure(
@@ -332,7 +336,7 @@ impl TaskRunner {
             statics.insert(table.clone(), rows);
         }
         let (output, update) = job
-            .run_task(stage, key.batch_id, input, &statics, &before)
+            .run_task(stage, batch, input, &statics, &before)
             .await
             .map_err(SqlError::into_failure)?;
         clock.lap(progress::COMPUTE_MS);

@@ -22,6 +22,8 @@ pub struct BatchSubmission {
     pub task_timeout_ms: u64,
     /// Attempts of one stage (recomputations after lost map outputs) before the batch fails.
     pub max_stage_attempts: u32,
+    /// The event-time watermark the batch logged, handed to every task.
+    pub watermark_ms: Option<i64>,
 }
 
 /// What a successful task reports: its progress (metrics and payloads).

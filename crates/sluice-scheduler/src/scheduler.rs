@@ -50,6 +50,7 @@ pub struct TaskLaunch {
     /// Partitions of the shuffle this task writes (0 when it writes the sink).
     pub output_partitions: u32,
     pub timeout_ms: u64,
+    pub watermark_ms: Option<i64>,
 }
 
 /// A map output a reducer could not fetch, and the executor that should have served it.
@@ -901,6 +902,7 @@ fn build_launch(
             StageOutput::Sink => 0,
         },
         timeout_ms: batch.sub.task_timeout_ms,
+        watermark_ms: batch.sub.watermark_ms,
     }
 }
 

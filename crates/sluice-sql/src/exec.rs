@@ -98,17 +98,17 @@ impl CompiledJob {
         Ok(out)
     }
 
-    /// Runs stage `stage` of batch `batch_id` over `input` and shapes its output for the
+    /// Runs stage `stage` of `batch` (its id, or a [`BatchInfo`]) over `input` and shapes its output for the
     /// shuffle or the sink. A stage with a stateful operator starts from `state` (the
     /// previous version) and also returns the new state and the batch's delta.
     pub async fn run_stage(
         &self,
         stage: usize,
-        batch_id: BatchId,
+        batch: impl Into<BatchInfo>,
         input: TaskInput,
         state: &[RecordBatch],
     ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
-        self.run_task(stage, batch_id, input, &Statics::new(), state)
+        self.run_task(stage, batch, input, &Statics::new(), state)
             .await
     }
 
@@ -117,17 +117,19 @@ impl CompiledJob {
     pub async fn run_task(
         &self,
         stage: usize,
-        batch_id: BatchId,
+        batch: impl Into<BatchInfo>,
         input: TaskInput,
         statics: &Statics,
         state: &[RecordBatch],
     ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
+        let batch = batch.into();
         let f = &self.fragments[stage];
         let (plan, update) = match (&f.operator, input) {
             (None, input) => (self.bind_input(stage, input)?, None),
             (Some(op), TaskInput::Shuffle(rows)) => {
                 let ctx = BatchContext {
-                    batch_id,
+                    batch_id: batch.id,
+                    watermark_ms: batch.watermark_ms,
                     settings: &self.settings,
                     session: &self.ctx,
                 };
@@ -238,4 +240,20 @@ fn encode_keys(
     )?;
     let rows = converter.convert_columns(&arrays)?;
     Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+}
+
+/// What a task knows of its batch: its id and the event-time watermark it logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub id: BatchId,
+    pub watermark_ms: Option<i64>,
+}
+
+impl From<BatchId> for BatchInfo {
+    fn from(id: BatchId) -> Self {
+        BatchInfo {
+            id,
+            watermark_ms: None,
+        }
+    }
 }

@@ -8,8 +8,9 @@ mod operator;
 mod parse;
 mod plan;
 mod state;
+pub mod window;
 
-pub use exec::{MapOutput, RangeKeys, StageOutputData};
+pub use exec::{BatchInfo, MapOutput, RangeKeys, StageOutputData};
 pub use operator::{BatchContext, Processed, StatefulOperator};
 pub use parse::{JobFile, parse_job, split_inserts};
 pub use plan::{CompiledJob, Fragment, FragmentOutput, Statics, TaskInput};

@@ -16,6 +16,9 @@ use sluice_core::{BatchId, JobSettings};
 /// What an operator knows about the batch it runs in.
 pub struct BatchContext<'a> {
     pub batch_id: BatchId,
+    /// The event-time watermark the batch logged (ms since the epoch), for a job with one:
+    /// windows ending at or before it are closed, rows for them are late.
+    pub watermark_ms: Option<i64>,
     pub settings: &'a JobSettings,
     /// Plans and runs DataFusion plans (the job's session).
     pub session: &'a SessionContext,

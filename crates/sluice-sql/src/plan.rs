@@ -113,7 +113,9 @@ impl CompiledJob {
             ctx.register_table(&t.spec.name, Arc::new(EmptyTable::new(schema)))?;
             source_specs.push(t.spec.clone());
         }
-        let statement = DFStatement::Statement(Box::new(Statement::Query(insert.query.clone())));
+        let mut query = insert.query.clone();
+        crate::window::rewrite_windows(&mut query, &plan_err)?;
+        let statement = DFStatement::Statement(Box::new(Statement::Query(query)));
         let state = ctx.state();
         let query = state
             .statement_to_plan(statement)

@@ -537,3 +537,67 @@ async fn resubmitting_onto_a_checkpoint_accepts_safe_changes_only() {
         "{e}"
     );
 }
+
+/// The generated rows' `ts` values, in ms, over every split.
+async fn generated_times(job: &CompiledJob) -> Vec<i64> {
+    use arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
+    let mut times = Vec::new();
+    for split in splits() {
+        for b in job.sources["clicks"].read(&split, 0).await.unwrap() {
+            let ts = b.column_by_name("ts").unwrap();
+            let ms = arrow::compute::cast(ts, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                .unwrap();
+            let ms = ms.as_primitive::<TimestampMillisecondType>();
+            times.extend(ms.iter().flatten());
+        }
+    }
+    times
+}
+
+#[tokio::test]
+async fn tumble_adds_each_rows_epoch_aligned_window() {
+    use arrow::datatypes::TimestampNanosecondType;
+    let job = compile(
+        "SELECT _batch, window_start, window_end, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY _batch, window_start, window_end",
+    )
+    .await;
+    let mut want: BTreeMap<i64, i64> = BTreeMap::new();
+    for t in generated_times(&job).await {
+        *want.entry(t.div_euclid(1_000) * 1_000).or_default() += 1;
+    }
+    assert!(want.len() > 1, "the rows span several windows: {want:?}");
+    let mut got: BTreeMap<i64, i64> = BTreeMap::new();
+    for b in run(&job, 0).await.into_iter().flatten() {
+        let start = b.column(1).as_primitive::<TimestampNanosecondType>();
+        let end = b.column(2).as_primitive::<TimestampNanosecondType>();
+        let n = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let s = start.value(i) / 1_000_000;
+            assert_eq!(end.value(i) / 1_000_000, s + 1_000, "[start, start + size)");
+            *got.entry(s).or_default() += n.value(i);
+        }
+    }
+    assert_eq!(got, want);
+    // The windowed table keeps its name, so qualified columns still resolve.
+    compile("SELECT clicks.page, window_end FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE)").await;
+}
+
+#[tokio::test]
+async fn tumble_with_the_wrong_arguments_is_refused_saying_how_to_call_it() {
+    for (query, want) in [
+        (
+            "SELECT * FROM TUMBLE(clicks, ts)",
+            "test.sql:5: TUMBLE takes (table, time_column, INTERVAL size)",
+        ),
+        (
+            "SELECT * FROM TUMBLE(clicks, ts, 10)",
+            "test.sql:5: TUMBLE's size must be an INTERVAL",
+        ),
+    ] {
+        let sql = format!("SET partitions = 3;\n{SOURCE}INSERT INTO out {query};");
+        let Err(e) = CompiledJob::compile(&sql, "test.sql").await else {
+            panic!("planned: {query}")
+        };
+        assert!(e.to_string().starts_with(want), "{query}: {e}");
+    }
+}

@@ -55,6 +55,7 @@ fn submit(splits: usize, kind: Option<ShuffleKind>, partitions: u32) -> Event {
         task_backoff_ms: 100,
         task_timeout_ms: 60_000,
         max_stage_attempts: 3,
+        watermark_ms: Some(42),
     })
 }
 
@@ -777,6 +778,7 @@ fn two_branches(clicks: usize, views: usize, partitions: u32) -> Event {
         task_backoff_ms: 100,
         task_timeout_ms: 60_000,
         max_stage_attempts: 3,
+        watermark_ms: Some(42),
     })
 }
 
@@ -896,6 +898,10 @@ fn the_model_records_every_attempt_with_its_executor_cause_and_outcome() {
     register(&mut s, "b", 2);
     let maps = launches(&s.handle(submit(2, Some(ShuffleKind::Hash), 2), 0));
     let on_a = maps.iter().find(|(e, _)| e == "a").unwrap().1.key.partition;
+    assert!(
+        maps.iter().all(|(_, t)| t.watermark_ms == Some(42)),
+        "every task gets the batch's logged watermark"
+    );
     succeed(&mut s, &maps[0], 1);
     let reduces = launches(&succeed(&mut s, &maps[1], 2));
     let running: Vec<BatchTrace> = s.running_batches().collect();
