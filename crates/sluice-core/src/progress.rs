@@ -12,6 +12,8 @@ pub const ROWS_IN: &str = "rows_in";
 pub const ROWS_OUT: &str = "rows_out";
 /// Input records sent to the dead-letter table.
 pub const DEAD_LETTERS: &str = "dead_letters";
+/// Input rows a windowed operator dropped as late (`<operator>.late_rows`).
+pub const LATE_ROWS: &str = "late_rows";
 /// Rows and bytes of a stateful operator's partition after the batch.
 pub const STATE_ROWS: &str = "state_rows";
 pub const STATE_BYTES: &str = "state_bytes";

@@ -29,7 +29,11 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("partitions", "number of shuffle partitions (default 4)"),
     (
         "output_mode",
-        "running aggregations (GROUP BY without _batch): 'update' (default; each batch emits the keys it changed with their new values) or 'complete' (each batch emits the whole table)",
+        "running aggregations (GROUP BY without _batch): 'update' (default; each batch emits the keys it changed with their new values; windows the watermark passed are dropped from state), 'complete' (each batch emits the whole table; nothing dropped) or 'append' (event-time windows only: each window once, in the first batch whose watermark is at or past its end)",
+    ),
+    (
+        "no_data_batches",
+        "'true' (default) or 'false': when the watermark moved and windows wait on it, run a batch even without new input so they close promptly",
     ),
     (
         "watermark.policy",
@@ -140,6 +144,8 @@ pub enum OutputMode {
     Update,
     /// The whole result table.
     Complete,
+    /// Each event-time window once, when the watermark passes its end; then it is dropped.
+    Append,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +157,7 @@ pub struct JobSettings {
     pub output_mode: Option<OutputMode>,
     pub snapshot_interval: u64,
     pub watermark_policy: crate::watermark::WatermarkPolicy,
+    pub no_data_batches: bool,
     pub task_max_attempts: u32,
     pub task_backoff: Duration,
     pub task_timeout: Duration,
@@ -177,6 +184,7 @@ impl Default for JobSettings {
             output_mode: None,
             snapshot_interval: 10,
             watermark_policy: Default::default(),
+            no_data_batches: true,
             task_max_attempts: 4,
             task_backoff: Duration::from_millis(200),
             task_timeout: Duration::from_secs(600),
@@ -224,15 +232,18 @@ impl JobSettings {
                     s.output_mode = Some(match value.trim().to_ascii_lowercase().as_str() {
                         "update" => OutputMode::Update,
                         "complete" => OutputMode::Complete,
-                        "append" => {
-                            return Err(invalid(
-                                "'append' needs windows that close as the watermark passes them, which Sluice does not have yet; use 'update' or 'complete'",
-                            ));
-                        }
-                        _ => return Err(invalid("expected 'update' or 'complete'")),
+                        "append" => OutputMode::Append,
+                        _ => return Err(invalid("expected 'update', 'complete' or 'append'")),
                     })
                 }
                 "state.snapshot_interval" => s.snapshot_interval = whole(1, 1_000_000)?,
+                "no_data_batches" => {
+                    s.no_data_batches = match value.trim().to_ascii_lowercase().as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(invalid("expected 'true' or 'false'")),
+                    }
+                }
                 "watermark.policy" => {
                     use crate::watermark::WatermarkPolicy as P;
                     s.watermark_policy = match value.trim().to_ascii_lowercase().as_str() {
@@ -525,6 +536,7 @@ mod tests {
             "name" => "x",
             "output_mode" => "complete",
             "watermark.policy" => "max",
+            "no_data_batches" => "false",
             _ => "2",
         };
         for (key, _) in KNOWN.iter().filter(|(k, _)| !k.starts_with("restart.")) {

@@ -150,7 +150,8 @@ impl JobRunner {
     async fn run_batches(&mut self) -> Result<End, Failure> {
         let trigger = self.job.settings.trigger;
         let job_start_ms = self.started_at_ms;
-        let (mut progress, mut next_batch, mut pending, mut watermarks) = self.recover().await?;
+        let (mut progress, mut next_batch, mut pending, mut watermarks, mut last_watermark) =
+            self.recover().await?;
         let interval = match trigger {
             Trigger::ProcessingTime(d) => d,
             _ => Duration::ZERO,
@@ -186,7 +187,9 @@ impl JobRunner {
                     }
                     let tick = Instant::now();
                     next_trigger = (next_trigger + interval).max(tick);
-                    if planned.splits.values().all(Vec::is_empty) {
+                    if planned.splits.values().all(Vec::is_empty)
+                        && !self.no_data_batch_due(&watermarks, last_watermark)
+                    {
                         if planned.exhausted || trigger.is_bounded() {
                             return Ok(End::Finished);
                         }
@@ -216,6 +219,7 @@ impl JobRunner {
                 }
             };
             let batch_id = entry.batch_id;
+            last_watermark = entry.watermark.as_ref().and_then(|w| w.watermark_ms);
             let mut record = BatchRecorder::begin(&self.job_id, &entry, &phases);
             self.registry.record_batch(&self.job_id, &record, true);
             let _in_flight = self.registry.batch_started();
@@ -276,7 +280,9 @@ impl JobRunner {
                     .map_err(checkpoint_failure)?;
             }
             next_batch = batch_id + 1;
-            if trigger == Trigger::Once || exhausted {
+            // An available-now job ends once its last windows closed too.
+            let closing = self.no_data_batch_due(&watermarks, last_watermark);
+            if trigger == Trigger::Once || (exhausted && !closing) {
                 return Ok(End::Finished);
             }
         }
@@ -351,6 +357,18 @@ impl JobRunner {
         Ok(versions)
     }
 
+    /// Whether to run a batch without input: the watermark moved past the one the last batch
+    /// ran with, and a windowed operator waits on it (Spark's no-data batches).
+    fn no_data_batch_due(&self, watermarks: &Watermarks, last: Option<i64>) -> bool {
+        let windowed = self
+            .job
+            .fragments
+            .iter()
+            .filter_map(|f| f.operator.as_deref())
+            .any(|op| op.windowed());
+        windowed && self.job.settings.no_data_batches && watermarks.watermark_ms > last
+    }
+
     /// The largest event time each event-time source read in the batch, from its tasks'
     /// progress (`<table>.<column>.max`).
     fn event_times_read(&self, report: &BatchReport) -> BTreeMap<String, i64> {
@@ -407,9 +425,10 @@ impl JobRunner {
             last = Some(entry);
         }
         match last {
-            None => Ok((progress, 0, None, Watermarks::default())),
+            None => Ok((progress, 0, None, Watermarks::default(), None)),
             Some(entry) => {
                 let mut watermarks = entry.watermark.clone().unwrap_or_default();
+                let logged = watermarks.watermark_ms;
                 let committed = cp
                     .read_commit(entry.batch_id)
                     .await
@@ -420,10 +439,10 @@ impl JobRunner {
                     }
                     let policy = self.job.settings.watermark_policy;
                     watermarks.advance(&self.job.event_times, policy);
-                    Ok((progress, entry.batch_id + 1, None, watermarks))
+                    Ok((progress, entry.batch_id + 1, None, watermarks, logged))
                 } else {
                     tracing::info!(job = %self.job_id, batch = entry.batch_id, "rerunning uncommitted batch");
-                    Ok((progress, entry.batch_id, Some(entry), watermarks))
+                    Ok((progress, entry.batch_id, Some(entry), watermarks, logged))
                 }
             }
         }
@@ -583,8 +602,15 @@ impl JobRunner {
 type Progress = BTreeMap<String, Position>;
 
 /// Where a job resumes: every source's progress, the next batch, the logged batch to rerun
-/// (if it never committed), and the watermark state the next batch starts from.
-type Recovered = (Progress, BatchId, Option<OffsetsEntry>, Watermarks);
+/// (if it never committed), the watermark state the next batch starts from, and the watermark
+/// the last logged batch ran with.
+type Recovered = (
+    Progress,
+    BatchId,
+    Option<OffsetsEntry>,
+    Watermarks,
+    Option<i64>,
+);
 
 /// The next batch's input, over every source.
 struct Plan {

@@ -356,6 +356,10 @@ impl TaskRunner {
                 .count(
                     &progress::operator_rows(op, progress::ROWS_OUT),
                     update.rows_out,
+                )
+                .count(
+                    &progress::operator_rows(op, progress::LATE_ROWS),
+                    update.late_rows,
                 );
             let state_rows: usize = update.state.iter().map(|b| b.num_rows()).sum();
             let state_bytes: usize = update.state.iter().map(|b| b.get_array_memory_size()).sum();

@@ -144,6 +144,7 @@ impl CompiledJob {
                     operator: op.name().to_string(),
                     rows_in,
                     rows_out,
+                    late_rows: done.late_rows,
                 };
                 (plan, Some(update))
             }

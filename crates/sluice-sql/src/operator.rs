@@ -28,6 +28,9 @@ pub struct BatchContext<'a> {
 pub struct Processed {
     /// The rows the operator emits, in its output schema.
     pub output: Vec<RecordBatch>,
+    /// Input rows dropped because their window had closed (its end at or before the batch's
+    /// watermark).
+    pub late_rows: u64,
     /// The partition's new state version.
     pub state: Vec<RecordBatch>,
     /// What is written to the checkpoint for this version: replaying deltas over a snapshot
@@ -52,6 +55,12 @@ pub trait StatefulOperator: Send + Sync {
 
     /// For `sluice status` and logs: the operator in one line.
     fn describe(&self) -> String;
+
+    /// Whether the watermark closes its state (event-time windows): such an operator emits and
+    /// drops state as the watermark moves, so a batch without input can still have output.
+    fn windowed(&self) -> bool {
+        false
+    }
 
     /// One batch: the partition's input rows and its previous state in, output and the new
     /// state out.

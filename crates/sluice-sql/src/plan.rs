@@ -182,6 +182,22 @@ impl CompiledJob {
                     .into(),
             ));
         }
+        if settings.output_mode == Some(sluice_core::settings::OutputMode::Append) {
+            let windowed = fragments
+                .iter()
+                .filter_map(|f| f.operator.as_deref())
+                .any(|op| op.windowed());
+            if !windowed {
+                return Err(plan_err(
+                    "SET 'output_mode' = 'append' emits each event-time window once, when the watermark passes its end: group by the window of TUMBLE(table, ts, INTERVAL '...' MINUTE) (window_start, window_end), or use 'update'".into(),
+                ));
+            }
+            if event_times.is_empty() {
+                return Err(plan_err(
+                    "SET 'output_mode' = 'append' closes windows as the watermark passes them, but no source table declares a WATERMARK: add WATERMARK FOR ts AS ts - INTERVAL '10' SECOND (with your column and delay) to the windowed table's CREATE TABLE".into(),
+                ));
+            }
+        }
         Ok(CompiledJob {
             sources,
             statics,

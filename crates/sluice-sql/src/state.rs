@@ -11,15 +11,20 @@
 use crate::SqlError;
 use crate::operator::{BatchContext, Processed, StatefulOperator};
 use crate::plan::{CompiledJob, SHUFFLE_TABLE, bind_table, flat_leaf, flat_schema};
-use arrow::array::{BooleanArray, RecordBatch};
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{Int64Type, TimeUnit, TimestampMillisecondType};
 use datafusion::catalog::MemTable;
 use datafusion::common::DFSchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::provider_as_source;
+use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::functions_aggregate::expr_fn::{bool_or, max, min, sum};
 use datafusion::functions_aggregate::{count::count_udaf, sum::sum_udaf};
 use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::lit;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
 use datafusion::prelude::SessionContext;
 use sluice_core::settings::OutputMode;
@@ -36,6 +41,13 @@ enum Merge {
     Sum,
     Min,
     Max,
+}
+
+/// The group key that is a window's end: the watermark closes the window, its late rows are
+/// dropped, its state is evicted.
+struct WindowKey {
+    key: usize,
+    expr: Expr,
 }
 
 /// How one aggregate of the query is computed from state columns.
@@ -60,6 +72,10 @@ pub struct StatefulAgg {
     keys: usize,
     merges: Vec<Merge>,
     finals: Vec<Final>,
+    /// The key that is an event-time window's end, when the GROUP BY has one (TUMBLE).
+    window: Option<WindowKey>,
+    /// The shuffle scan the partial aggregate reads, for counting late rows.
+    leaf: LogicalPlan,
     /// The aggregate's output, flat names c0...
     pub(crate) agg_schema: SchemaRef,
     pub output_mode: OutputMode,
@@ -78,6 +94,7 @@ pub struct StateUpdate {
     pub operator: String,
     pub rows_in: u64,
     pub rows_out: u64,
+    pub late_rows: u64,
 }
 
 impl StatefulAgg {
@@ -157,6 +174,18 @@ impl StatefulAgg {
             }
         }
         let keys = agg.group_expr.len();
+        let window = agg
+            .group_expr
+            .iter()
+            .position(|e| matches!(e, Expr::Column(c) if c.name == crate::window::WINDOW_END))
+            .map(|key| WindowKey {
+                key,
+                expr: agg.group_expr[key].clone(),
+            });
+        if let Some(w) = &window {
+            signature.push(format!("window end key {}", w.key));
+        }
+        let scan = leaf.clone();
         let partial = Aggregate::try_new(Arc::new(leaf), agg.group_expr.clone(), partial_exprs)
             .map(LogicalPlan::Aggregate)
             .map_err(|e| e.to_string())?;
@@ -200,6 +229,8 @@ impl StatefulAgg {
                 agg_schema: agg_flat,
                 output_mode,
                 signature,
+                window,
+                leaf: scan,
             },
             upper_leaf,
         ))
@@ -218,20 +249,67 @@ impl StatefulAgg {
 }
 
 impl StatefulAgg {
-    /// Aggregates the stage's input rows into state columns: the batch's delta.
+    /// Aggregates the stage's input rows into state columns (with `partial`, the aggregate
+    /// or the aggregate of the rows whose window is still open).
     async fn partials(
         &self,
         session: &SessionContext,
+        partial: LogicalPlan,
         input: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>, SqlError> {
-        let plan = bind_table(
-            self.partial.clone(),
-            SHUFFLE_TABLE,
-            self.input_schema.clone(),
-            input,
-        )?;
+        let plan = bind_table(partial, SHUFFLE_TABLE, self.input_schema.clone(), input)?;
         let out = session.execute_logical_plan(plan).await?.collect().await?;
         conform(out, &self.state_schema)
+    }
+
+    /// The batch's partials without its late rows, and how many rows were late: those whose
+    /// window ends at or before the watermark (its output is final, or already emitted).
+    async fn on_time_partials(
+        &self,
+        session: &SessionContext,
+        window: &WindowKey,
+        watermark_ms: i64,
+        input: Vec<RecordBatch>,
+    ) -> Result<(Vec<RecordBatch>, u64), SqlError> {
+        let as_ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let open = cast(window.expr.clone(), as_ms).gt(lit(ScalarValue::TimestampMillisecond(
+            Some(watermark_ms),
+            None,
+        )));
+        let late = LogicalPlanBuilder::from(self.leaf.clone())
+            .filter(open.clone().is_not_true())?
+            .aggregate(Vec::<Expr>::new(), vec![count(lit(1)).alias("n")])?
+            .build()?;
+        let late = bind_table(
+            late,
+            SHUFFLE_TABLE,
+            self.input_schema.clone(),
+            input.clone(),
+        )?;
+        let counted = session.execute_logical_plan(late).await?.collect().await?;
+        let late_rows = counted
+            .first()
+            .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
+            .map_or(0, |n| n.value(0) as u64);
+        let partial = self
+            .partial
+            .clone()
+            .transform_down(|p| match p {
+                LogicalPlan::Aggregate(a) => {
+                    let input = LogicalPlanBuilder::from(Arc::unwrap_or_clone(a.input))
+                        .filter(open.clone())?
+                        .build()?;
+                    let a = Aggregate::try_new(Arc::new(input), a.group_expr, a.aggr_expr)?;
+                    Ok(Transformed::new(
+                        LogicalPlan::Aggregate(a),
+                        true,
+                        TreeNodeRecursion::Jump,
+                    ))
+                }
+                other => Ok(Transformed::no(other)),
+            })?
+            .data;
+        Ok((self.partials(session, partial, input).await?, late_rows))
     }
 
     /// Merges state parts (a snapshot, deltas, new partials); a part flagged `true` marks its
@@ -293,13 +371,36 @@ impl StatefulAgg {
         session: &SessionContext,
         partials: Vec<RecordBatch>,
         old: &[RecordBatch],
+        watermark_ms: Option<i64>,
     ) -> Result<(StateUpdate, Vec<RecordBatch>), SqlError> {
         let agg = self;
         let merged = self
             .merge(session, vec![(old, false), (partials.as_slice(), true)])
             .await?;
+        // Rows of windows the watermark has passed: final now.
+        let closed = |keep_closed: bool| -> Result<Vec<RecordBatch>, SqlError> {
+            let (Some(w), Some(wm)) = (&agg.window, watermark_ms) else {
+                return Ok(if keep_closed {
+                    Vec::new()
+                } else {
+                    merged.clone()
+                });
+            };
+            let mut out = Vec::new();
+            for b in &merged {
+                let mask = window_closed(b, w.key, wm)?;
+                let mask = if keep_closed {
+                    mask
+                } else {
+                    arrow::compute::not(&mask)?
+                };
+                out.push(filter_record_batch(b, &mask)?);
+            }
+            Ok(out)
+        };
         let emit = match agg.output_mode {
             OutputMode::Complete => merged.clone(),
+            OutputMode::Append => closed(true)?,
             OutputMode::Update => merged
                 .iter()
                 .map(|b| {
@@ -314,11 +415,21 @@ impl StatefulAgg {
                 .collect::<Result<_, _>>()?,
         };
         let output = self.finalize(session, emit).await?;
-        let state = without_changed(merged, agg)?;
+        let kept = match agg.output_mode {
+            OutputMode::Complete => merged,
+            OutputMode::Update | OutputMode::Append => closed(false)?,
+        };
+        let state = without_changed(kept, agg)?;
+        // Evicted windows must stay evicted on restore: a windowed operator's delta is its
+        // whole (bounded) state, and restoring takes the latest.
+        let delta = match agg.window {
+            Some(_) => state.clone(),
+            None => partials,
+        };
         Ok((
             StateUpdate {
                 state,
-                delta: partials,
+                delta,
                 ..Default::default()
             },
             output,
@@ -385,16 +496,33 @@ impl StatefulOperator for StatefulAgg {
         format!("RunningAggregate [{}]", self.signature.join(", "))
     }
 
+    fn windowed(&self) -> bool {
+        self.window.is_some()
+    }
+
     async fn process(
         &self,
         ctx: &BatchContext<'_>,
         input: Vec<RecordBatch>,
         state: &[RecordBatch],
     ) -> Result<Processed, SqlError> {
-        let partials = self.partials(ctx.session, input).await?;
-        let (update, output) = self.update_state(ctx.session, partials, state).await?;
+        let watermark = ctx
+            .watermark_ms
+            .filter(|_| self.output_mode != OutputMode::Complete);
+        let (partials, late_rows) = match (&self.window, watermark) {
+            (Some(w), Some(wm)) => self.on_time_partials(ctx.session, w, wm, input).await?,
+            _ => (
+                self.partials(ctx.session, self.partial.clone(), input)
+                    .await?,
+                0,
+            ),
+        };
+        let (update, output) = self
+            .update_state(ctx.session, partials, state, watermark)
+            .await?;
         Ok(Processed {
             output,
+            late_rows,
             state: update.state,
             delta: update.delta,
         })
@@ -405,6 +533,9 @@ impl StatefulOperator for StatefulAgg {
         session: &SessionContext,
         parts: &[Vec<RecordBatch>],
     ) -> Result<Vec<RecordBatch>, SqlError> {
+        if self.window.is_some() {
+            return Ok(parts.last().cloned().unwrap_or_default());
+        }
         let merged = self
             .merge(
                 session,
@@ -477,4 +608,15 @@ fn without_changed(
             Ok(RecordBatch::try_new(agg.state_schema.clone(), columns)?)
         })
         .collect()
+}
+
+/// Which rows of a state batch belong to windows ending at or before the watermark.
+fn window_closed(b: &RecordBatch, key: usize, watermark_ms: i64) -> Result<BooleanArray, SqlError> {
+    let as_ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let ends = arrow::compute::cast(b.column(key), &as_ms)?;
+    let ends = ends.as_primitive::<TimestampMillisecondType>();
+    Ok(ends
+        .iter()
+        .map(|end| Some(end.is_some_and(|end| end <= watermark_ms)))
+        .collect())
 }

@@ -6,7 +6,7 @@ use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
 use sluice_connectors::connectors::datagen::Rows;
 use sluice_core::{ShuffleKind, SourceSplit, StageInput, StageOutput};
-use sluice_sql::{CompiledJob, StageOutputData, TaskInput};
+use sluice_sql::{BatchInfo, CompiledJob, StageOutputData, TaskInput};
 use std::collections::BTreeMap;
 
 const SOURCE: &str = "CREATE TABLE clicks (user_id BIGINT, page TEXT, ts TIMESTAMP)
@@ -50,6 +50,21 @@ async fn run_with_state(
     state: &mut Vec<Vec<RecordBatch>>,
     deltas: &mut [Vec<Vec<RecordBatch>>],
 ) -> Vec<Vec<RecordBatch>> {
+    run_batch(job, batch_id.into(), splits, state, deltas)
+        .await
+        .0
+}
+
+/// Like `run_with_state`, for a batch with a watermark; also returns the rows dropped late.
+async fn run_batch(
+    job: &CompiledJob,
+    batch: BatchInfo,
+    splits: &[SourceSplit],
+    state: &mut Vec<Vec<RecordBatch>>,
+    deltas: &mut [Vec<Vec<RecordBatch>>],
+) -> (Vec<Vec<RecordBatch>>, u64) {
+    let batch_id = batch.id;
+    let mut late = 0;
     let mut inputs: Vec<TaskInput> = Vec::new();
     for split in splits {
         let rows = job.sources["clicks"].read(split, batch_id).await.unwrap();
@@ -62,13 +77,13 @@ async fn run_with_state(
             if state.len() <= p {
                 state.push(Vec::new());
             }
-            let (out, update) = job
-                .run_stage(stage, batch_id, input, &state[p])
-                .await
-                .unwrap();
+            let (out, update) = job.run_stage(stage, batch, input, &state[p]).await.unwrap();
             if let Some(update) = update {
                 state[p] = update.state;
-                deltas[p].push(update.delta);
+                late += update.late_rows;
+                if let Some(d) = deltas.get_mut(p) {
+                    d.push(update.delta);
+                }
             }
             outputs.push(out);
         }
@@ -80,7 +95,7 @@ async fn run_with_state(
             })
             .collect();
         if maps.iter().all(|m| m.is_err()) {
-            return maps.into_iter().map(|m| m.err().unwrap()).collect();
+            return (maps.into_iter().map(|m| m.err().unwrap()).collect(), late);
         }
         let maps: Vec<_> = maps.into_iter().map(|m| m.ok().unwrap()).collect();
         let mut samples: Vec<Vec<u8>> = maps.iter().flat_map(|(_, s)| s.clone()).collect();
@@ -600,4 +615,167 @@ async fn tumble_with_the_wrong_arguments_is_refused_saying_how_to_call_it() {
         };
         assert!(e.to_string().starts_with(want), "{query}: {e}");
     }
+}
+
+/// Window start (ms) -> count, from a windowed job's output batches (window_start, n).
+fn window_counts(out: Vec<Vec<RecordBatch>>) -> BTreeMap<i64, i64> {
+    use arrow::datatypes::TimestampNanosecondType;
+    let mut got = BTreeMap::new();
+    for b in out.into_iter().flatten() {
+        let start = b.column(0).as_primitive::<TimestampNanosecondType>();
+        let n = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let prev = got.insert(start.value(i) / 1_000_000, n.value(i));
+            assert!(prev.is_none(), "a window emitted twice in one batch");
+        }
+    }
+    got
+}
+
+async fn windowed(mode: &str) -> CompiledJob {
+    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
+    let sql = format!(
+        "SET partitions = 3;\nSET 'output_mode' = '{mode}';\n{source}INSERT INTO out SELECT window_start, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end;"
+    );
+    CompiledJob::compile(&sql, "test.sql").await.unwrap()
+}
+
+/// Rows per 1-second window (start in ms) of the generated rows `first..first + 10000`.
+async fn windows_of(job: &CompiledJob, first: u64) -> BTreeMap<i64, i64> {
+    use arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
+    let mut want = BTreeMap::new();
+    for split in splits_from(first) {
+        for b in job.sources["clicks"].read(&split, 0).await.unwrap() {
+            let ts = b.column_by_name("ts").unwrap();
+            let as_ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+            let ms = arrow::compute::cast(ts, &as_ms).unwrap();
+            for t in ms
+                .as_primitive::<TimestampMillisecondType>()
+                .iter()
+                .flatten()
+            {
+                *want.entry(t.div_euclid(1000) * 1000).or_insert(0) += 1;
+            }
+        }
+    }
+    want
+}
+
+fn at(watermark_ms: i64, id: u64) -> BatchInfo {
+    BatchInfo {
+        id,
+        watermark_ms: Some(watermark_ms),
+    }
+}
+
+#[tokio::test]
+async fn append_mode_emits_each_window_once_when_the_watermark_passes_it_and_drops_late_rows() {
+    let job = windowed("append").await;
+    let first = windows_of(&job, 0).await;
+    let second = windows_of(&job, 10_000).await;
+    let base = *first.keys().next().unwrap();
+    let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
+    // Batch 0: no watermark yet, nothing closes.
+    let (out, late) = run_batch(&job, 0.into(), &splits_from(0), &mut state, &mut deltas).await;
+    assert_eq!((window_counts(out), late), (BTreeMap::new(), 0));
+    // Batch 1: the watermark passes every window of batch 0, and none of batch 1's.
+    let wm = *second.keys().next().unwrap();
+    let (out, late) = run_batch(
+        &job,
+        at(wm, 1),
+        &splits_from(10_000),
+        &mut state,
+        &mut deltas,
+    )
+    .await;
+    let closed: BTreeMap<i64, i64> = first
+        .iter()
+        .filter(|(s, _)| **s + 1000 <= wm)
+        .map(|(s, n)| (*s, *n))
+        .collect();
+    assert_eq!(window_counts(out), closed);
+    assert_eq!(late, 0);
+    assert!(
+        closed.len() >= 9 && closed.keys().next() == Some(&base),
+        "{closed:?}"
+    );
+    // Batch 2: rows for closed windows are late (dropped, counted); five more windows close.
+    let wm2 = wm + 5_000;
+    let (out, late) = run_batch(
+        &job,
+        at(wm2, 2),
+        &splits_from(5_000),
+        &mut state,
+        &mut deltas,
+    )
+    .await;
+    let closing: BTreeMap<i64, i64> = first
+        .iter()
+        .chain(second.iter())
+        .filter(|(s, _)| **s + 1000 <= wm2 && **s + 1000 > wm)
+        .fold(BTreeMap::new(), |mut m, (s, n)| {
+            *m.entry(*s).or_insert(0) += n;
+            m
+        });
+    assert_eq!(window_counts(out), closing);
+    let late_want: i64 = windows_of(&job, 5_000)
+        .await
+        .iter()
+        .filter(|(s, _)| **s + 1000 <= wm2)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(late as i64, late_want);
+    assert!(late_want > 9_000, "{late_want}");
+    // State keeps only the open windows; restoring from the deltas gives exactly that state.
+    let held: usize = state.iter().flatten().map(|b| b.num_rows()).sum();
+    let open = second.keys().filter(|s| **s + 1000 > wm2).count();
+    assert_eq!(held, open);
+    for (p, parts) in deltas.iter().enumerate() {
+        let restored = job.restore_state(1, parts).await.unwrap();
+        let rows = |v: &[RecordBatch]| v.iter().map(|b| b.num_rows()).sum::<usize>();
+        assert_eq!(rows(&restored), rows(&state[p]), "partition {p}");
+    }
+}
+
+#[tokio::test]
+async fn update_mode_emits_changed_windows_and_evicts_closed_ones() {
+    let job = windowed("update").await;
+    let first = windows_of(&job, 0).await;
+    let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
+    let (out, _) = run_batch(&job, 0.into(), &splits_from(0), &mut state, &mut deltas).await;
+    assert_eq!(window_counts(out), first, "every window the batch changed");
+    let wm = *first.keys().last().unwrap();
+    let (out, late) = run_batch(&job, at(wm, 1), &splits_from(0), &mut state, &mut deltas).await;
+    // Only the last window is still open: its rows count again, the others were late.
+    let last = first[&wm];
+    assert_eq!(window_counts(out), BTreeMap::from([(wm, 2 * last)]));
+    assert_eq!(late as i64, first.values().sum::<i64>() - last);
+    let held: usize = state.iter().flatten().map(|b| b.num_rows()).sum();
+    assert_eq!(held, 1, "closed windows are evicted");
+}
+
+#[tokio::test]
+async fn append_without_a_window_or_a_watermark_is_refused_saying_what_to_add() {
+    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
+    let plain = format!(
+        "SET 'output_mode' = 'append';\n{source}INSERT INTO out SELECT page, count(*) FROM clicks GROUP BY page;"
+    );
+    let Err(e) = CompiledJob::compile(&plain, "test.sql").await else {
+        panic!("planned append without a window")
+    };
+    assert!(
+        e.to_string().contains("group by the window of TUMBLE"),
+        "{e}"
+    );
+    let unwatermarked = format!(
+        "SET 'output_mode' = 'append';\n{SOURCE}INSERT INTO out SELECT window_start, count(*) FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end;"
+    );
+    let Err(e) = CompiledJob::compile(&unwatermarked, "test.sql").await else {
+        panic!("planned append without a watermark")
+    };
+    assert!(
+        e.to_string()
+            .contains("add WATERMARK FOR ts AS ts - INTERVAL"),
+        "{e}"
+    );
 }
