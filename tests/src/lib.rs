@@ -570,6 +570,25 @@ impl Drop for Cluster {
 }
 
 /// Submits `sql`, waits for the job to end, and asserts that it finished; returns its status.
+/// Writes one input file per batch under `dir`: file i holds a row per entry of `files[i]`,
+/// `{"user_id": s, "ts": "2025-01-01T00:MM:SS"}` for s seconds after midnight, renamed into place
+/// so the files source only sees complete files.
+pub fn write_event_files(dir: &Path, files: &[&[i64]]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, secs) in files.iter().enumerate() {
+        let text: String = secs
+            .iter()
+            .map(|s| {
+                let (m, s2) = (s / 60, s % 60);
+                format!("{{\"user_id\": {s}, \"ts\": \"2025-01-01T00:{m:02}:{s2:02}\"}}\n")
+            })
+            .collect();
+        let tmp = dir.join(format!(".{i}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("in-{i}.jsonl"))).unwrap();
+    }
+}
+
 /// The executor ids of the model's history events of one kind (registered, draining, lost).
 pub fn events(executors: &Value, change: &str) -> Vec<String> {
     executors["events"]

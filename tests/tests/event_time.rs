@@ -3,7 +3,7 @@
 //! a batch rerun after a driver crash uses exactly the watermark it logged.
 
 use serde_json::Value;
-use sluice_cluster_tests::{Cluster, wait_finished};
+use sluice_cluster_tests::{Cluster, wait_finished, write_event_files};
 
 /// 2025-01-01T00:00:00Z in ms.
 const BASE_MS: i64 = 1_735_689_600_000;
@@ -12,23 +12,7 @@ const BASE_MS: i64 = 1_735_689_600_000;
 const FILES: [&[i64]; 4] = [&[5, 30, 12], &[20, 3], &[45, 60, 1], &[50, 55]];
 
 fn write_inputs(c: &Cluster) {
-    let dir = c.path("in");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (i, secs) in FILES.iter().enumerate() {
-        let text: String = secs
-            .iter()
-            .map(|s| {
-                format!(
-                    "{{\"user_id\": {s}, \"ts\": \"2025-01-01T00:{:02}:{:02}\"}}\n",
-                    s / 60,
-                    s % 60
-                )
-            })
-            .collect();
-        let tmp = dir.join(format!(".{i}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, dir.join(format!("in-{i}.jsonl"))).unwrap();
-    }
+    write_event_files(&c.path("in"), &FILES);
 }
 
 fn job(c: &Cluster, extra: &str) -> String {

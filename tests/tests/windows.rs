@@ -3,7 +3,7 @@
 //! without input; through executor and driver SIGKILLs too.
 
 use serde_json::Value;
-use sluice_cluster_tests::{Cluster, committed_jsonl, wait_finished};
+use sluice_cluster_tests::{Cluster, committed_jsonl, wait_finished, write_event_files};
 use std::collections::BTreeMap;
 
 /// 2025-01-01T00:00:00Z in seconds.
@@ -19,17 +19,7 @@ const WINDOW: i64 = 10;
 const DELAY: i64 = 5;
 
 fn write_inputs(c: &Cluster) {
-    let dir = c.path("in");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (i, secs) in FILES.iter().enumerate() {
-        let text: String = secs
-            .iter()
-            .map(|s| format!("{{\"user_id\": {s}, \"ts\": \"2025-01-01T00:00:{s:02}\"}}\n"))
-            .collect();
-        let tmp = dir.join(format!(".{i}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, dir.join(format!("in-{i}.jsonl"))).unwrap();
-    }
+    write_event_files(&c.path("in"), &FILES);
 }
 
 fn job(c: &Cluster, extra: &str) -> String {

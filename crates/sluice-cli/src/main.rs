@@ -246,15 +246,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&cluster::batch_json(&b))?
-                );
-            } else {
-                cluster::print_batch(&b);
-            }
-            Ok(())
+            show(
+                json,
+                || cluster::batch_json(&b),
+                || cluster::print_batch(&b),
+            )
         }
         Command::Executors { json } => {
             let c = driver(&config)?
@@ -264,15 +260,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&cluster::cluster_json(&c))?
-                );
-            } else {
-                cluster::print_cluster(&c);
-            }
-            Ok(())
+            show(
+                json,
+                || cluster::cluster_json(&c),
+                || cluster::print_cluster(&c),
+            )
         }
         Command::Status {
             job,
@@ -339,6 +331,19 @@ impl DriverAddr {
             r.job_ids
         })
     }
+}
+
+/// Prints pretty JSON for scripts, or text for people.
+fn show(
+    json: bool,
+    as_json: impl FnOnce() -> serde_json::Value,
+    as_text: impl FnOnce(),
+) -> anyhow::Result<()> {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(&as_json())?),
+        false => as_text(),
+    }
+    Ok(())
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {

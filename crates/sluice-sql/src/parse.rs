@@ -171,6 +171,22 @@ impl<'a> Stmt<'a> {
         Stmt { pos, ..*self }.error(message)
     }
 
+    /// After an item of a parenthesized list: true on ',', false on ')', else an error saying
+    /// what was expected `where`.
+    fn list_goes_on(&mut self, place: &str) -> Result<bool, SqlError> {
+        match self.next().map(|t| &t.token) {
+            Some(Token::Comma) => Ok(true),
+            Some(Token::RParen) => Ok(false),
+            _ => {
+                self.pos -= 1;
+                Err(self.error(format!(
+                    "expected ',' or ')' {place}, found {}",
+                    self.found()
+                )))
+            }
+        }
+    }
+
     fn at_end(&self) -> bool {
         self.pos >= self.tokens.len()
     }
@@ -411,16 +427,9 @@ fn parse_create_table(s: &mut Stmt<'_>, line: u64) -> Result<TableDecl, SqlError
                     )));
                 }
                 watermark = Some(decl);
-                match s.next().map(|t| &t.token) {
-                    Some(Token::Comma) => continue,
-                    Some(Token::RParen) => break,
-                    _ => {
-                        s.pos -= 1;
-                        return Err(s.error(format!(
-                            "expected ',' or ')' after the WATERMARK, found {}",
-                            s.found()
-                        )));
-                    }
+                match s.list_goes_on("after the WATERMARK")? {
+                    true => continue,
+                    false => break,
                 }
             }
             let col = s.name("a column name")?;
@@ -478,16 +487,9 @@ fn parse_create_table(s: &mut Stmt<'_>, line: u64) -> Result<TableDecl, SqlError
             s.expect(Token::Eq)?;
             let value = s.value("an option value")?;
             options.insert(key, value);
-            match s.next().map(|t| &t.token) {
-                Some(Token::Comma) => continue,
-                Some(Token::RParen) => break,
-                _ => {
-                    s.pos -= 1;
-                    return Err(s.error(format!(
-                        "expected ',' or ')' in WITH options, found {}",
-                        s.found()
-                    )));
-                }
+            match s.list_goes_on("in WITH options")? {
+                true => continue,
+                false => break,
             }
         }
     }
