@@ -589,7 +589,7 @@ fn parse_interval(s: &mut Stmt<'_>, added: bool) -> Result<u64, SqlError> {
 }
 
 /// "10 second", "1.5 minutes", "500 milliseconds", "10 seconds " as milliseconds.
-fn interval_ms(text: &str) -> Option<u64> {
+pub(crate) fn interval_ms(text: &str) -> Option<u64> {
     let mut words = text.split_whitespace();
     let amount: f64 = words.next()?.parse().ok()?;
     let unit = words.next().unwrap_or("second");

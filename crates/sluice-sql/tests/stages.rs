@@ -779,3 +779,51 @@ async fn append_without_a_window_or_a_watermark_is_refused_saying_what_to_add() 
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn hop_puts_each_row_in_every_sliding_window_that_holds_it() {
+    use arrow::datatypes::TimestampNanosecondType;
+    let job = compile(
+        "SELECT _batch, window_start, window_end, count(*) AS n FROM HOP(clicks, ts, INTERVAL '1' SECOND, INTERVAL '3' SECOND) GROUP BY _batch, window_start, window_end",
+    )
+    .await;
+    let mut want: BTreeMap<i64, i64> = BTreeMap::new();
+    for t in generated_times(&job).await {
+        let newest = t.div_euclid(1_000) * 1_000;
+        for i in 0..3 {
+            *want.entry(newest - i * 1_000).or_default() += 1;
+        }
+    }
+    let mut got: BTreeMap<i64, i64> = BTreeMap::new();
+    for b in run(&job, 0).await.into_iter().flatten() {
+        let start = b.column(1).as_primitive::<TimestampNanosecondType>();
+        let end = b.column(2).as_primitive::<TimestampNanosecondType>();
+        let n = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let s = start.value(i) / 1_000_000;
+            assert_eq!(end.value(i) / 1_000_000, s + 3_000, "[start, start + size)");
+            *got.entry(s).or_default() += n.value(i);
+        }
+    }
+    assert_eq!(got, want);
+    for (query, message) in [
+        (
+            "SELECT * FROM HOP(clicks, ts, INTERVAL '1' SECOND)",
+            "HOP takes (table, time_column, INTERVAL slide, INTERVAL size)",
+        ),
+        (
+            "SELECT * FROM HOP(clicks, ts, INTERVAL '2' SECOND, INTERVAL '3' SECOND)",
+            "HOP's size (INTERVAL '3' SECOND) must be a multiple of its slide",
+        ),
+        (
+            "SELECT * FROM HOP(clicks, ts, INTERVAL '0' SECOND, INTERVAL '3' SECOND)",
+            "HOP's slide must be an INTERVAL of positive length",
+        ),
+    ] {
+        let sql = format!("SET partitions = 3;\n{SOURCE}INSERT INTO out {query};");
+        let Err(e) = CompiledJob::compile(&sql, "test.sql").await else {
+            panic!("planned: {query}")
+        };
+        assert!(e.to_string().contains(message), "{query}: {e}");
+    }
+}
