@@ -114,3 +114,56 @@ fn a_driver_crash_after_a_commit_recovers_the_event_times_it_committed() {
     c.crash_driver_at("after_commit", 2, 1);
     check(&c, &id);
 }
+
+/// A union of two event-time sources (`a` with three files, `b` with `b_files`), each reading
+/// one file per batch, under `policy`; returns the logged watermarks, in seconds after BASE.
+fn two_sources(policy: &str, b_files: &[&[i64]]) -> Vec<Option<i64>> {
+    let c = Cluster::start(2);
+    write_event_files(&c.path("a"), &[&[10], &[20], &[30]]);
+    write_event_files(&c.path("b"), b_files);
+    let table = |name: &str| {
+        format!(
+            "CREATE TABLE {name} (user_id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts)
+  WITH (connector = 'files', path = 'file://{}', format = 'jsonl', max_files_per_batch = '1');",
+            c.path(name).display()
+        )
+    };
+    let sql = format!(
+        "SET 'trigger' = 'available_now';
+SET 'watermark.policy' = '{policy}';
+{}
+{}
+CREATE TABLE out (batch BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO out SELECT _batch, count(*) FROM (SELECT _batch, user_id FROM a UNION ALL SELECT _batch, user_id FROM b) GROUP BY _batch;
+",
+        table("a"),
+        table("b"),
+        c.path("out").display()
+    );
+    let id = c.submit(&sql).unwrap();
+    let s = wait_finished(&c, &id);
+    assert_eq!(s["batches_committed"], 3, "{s}");
+    logged_watermarks(&c)
+        .into_iter()
+        .map(|w| w.map(|ms| (ms - BASE_MS) / 1000))
+        .collect()
+}
+
+#[test]
+fn two_sources_under_the_min_and_the_max_policy() {
+    // b's one file holds a later event than any of a's.
+    let b: &[&[i64]] = &[&[50]];
+    assert_eq!(
+        two_sources("min", b),
+        [None, Some(10), Some(20)],
+        "the slower source"
+    );
+    assert_eq!(
+        two_sources("max", b),
+        [None, Some(50), Some(50)],
+        "the faster source"
+    );
+    // A source without any row holds the watermark under min; max goes on without it.
+    assert_eq!(two_sources("min", &[]), [None, None, None]);
+    assert_eq!(two_sources("max", &[]), [None, Some(10), Some(20)]);
+}
