@@ -571,7 +571,6 @@ async fn generated_times(job: &CompiledJob) -> Vec<i64> {
 
 #[tokio::test]
 async fn tumble_adds_each_rows_epoch_aligned_window() {
-    use arrow::datatypes::TimestampNanosecondType;
     let job = compile(
         "SELECT _batch, window_start, window_end, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY _batch, window_start, window_end",
     )
@@ -581,18 +580,7 @@ async fn tumble_adds_each_rows_epoch_aligned_window() {
         *want.entry(t.div_euclid(1_000) * 1_000).or_default() += 1;
     }
     assert!(want.len() > 1, "the rows span several windows: {want:?}");
-    let mut got: BTreeMap<i64, i64> = BTreeMap::new();
-    for b in run(&job, 0).await.into_iter().flatten() {
-        let start = b.column(1).as_primitive::<TimestampNanosecondType>();
-        let end = b.column(2).as_primitive::<TimestampNanosecondType>();
-        let n = b.column(3).as_primitive::<Int64Type>();
-        for i in 0..b.num_rows() {
-            let s = start.value(i) / 1_000_000;
-            assert_eq!(end.value(i) / 1_000_000, s + 1_000, "[start, start + size)");
-            *got.entry(s).or_default() += n.value(i);
-        }
-    }
-    assert_eq!(got, want);
+    assert_eq!(counted_windows(run(&job, 0).await, 1_000), want);
     // The windowed table keeps its name, so qualified columns still resolve.
     compile("SELECT clicks.page, window_end FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE)").await;
 }
@@ -609,12 +597,40 @@ async fn tumble_with_the_wrong_arguments_is_refused_saying_how_to_call_it() {
             "test.sql:5: TUMBLE's size must be an INTERVAL",
         ),
     ] {
-        let sql = format!("SET partitions = 3;\n{SOURCE}INSERT INTO out {query};");
-        let Err(e) = CompiledJob::compile(&sql, "test.sql").await else {
-            panic!("planned: {query}")
-        };
-        assert!(e.to_string().starts_with(want), "{query}: {e}");
+        let e = refusal(query).await;
+        assert!(e.starts_with(want), "{query}: {e}");
     }
+}
+
+/// The error planning `query` over SOURCE gives; it must be refused.
+async fn refusal(query: &str) -> String {
+    let sql = format!("SET partitions = 3;\n{SOURCE}INSERT INTO out {query};");
+    match CompiledJob::compile(&sql, "test.sql").await {
+        Ok(_) => panic!("planned: {query}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Window start (ms) -> rows, from per-batch output (_batch, window_start, window_end, n),
+/// checking that every window is `[start, start + size_ms)`.
+fn counted_windows(out: Vec<Vec<RecordBatch>>, size_ms: i64) -> BTreeMap<i64, i64> {
+    use arrow::datatypes::TimestampNanosecondType;
+    let mut got = BTreeMap::new();
+    for b in out.into_iter().flatten() {
+        let start = b.column(1).as_primitive::<TimestampNanosecondType>();
+        let end = b.column(2).as_primitive::<TimestampNanosecondType>();
+        let n = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let s = start.value(i) / 1_000_000;
+            assert_eq!(
+                end.value(i) / 1_000_000,
+                s + size_ms,
+                "[start, start + size)"
+            );
+            *got.entry(s).or_default() += n.value(i);
+        }
+    }
+    got
 }
 
 /// Window start (ms) -> count, from a windowed job's output batches (window_start, n).
@@ -782,7 +798,6 @@ async fn append_without_a_window_or_a_watermark_is_refused_saying_what_to_add() 
 
 #[tokio::test]
 async fn hop_puts_each_row_in_every_sliding_window_that_holds_it() {
-    use arrow::datatypes::TimestampNanosecondType;
     let job = compile(
         "SELECT _batch, window_start, window_end, count(*) AS n FROM HOP(clicks, ts, INTERVAL '1' SECOND, INTERVAL '3' SECOND) GROUP BY _batch, window_start, window_end",
     )
@@ -794,18 +809,7 @@ async fn hop_puts_each_row_in_every_sliding_window_that_holds_it() {
             *want.entry(newest - i * 1_000).or_default() += 1;
         }
     }
-    let mut got: BTreeMap<i64, i64> = BTreeMap::new();
-    for b in run(&job, 0).await.into_iter().flatten() {
-        let start = b.column(1).as_primitive::<TimestampNanosecondType>();
-        let end = b.column(2).as_primitive::<TimestampNanosecondType>();
-        let n = b.column(3).as_primitive::<Int64Type>();
-        for i in 0..b.num_rows() {
-            let s = start.value(i) / 1_000_000;
-            assert_eq!(end.value(i) / 1_000_000, s + 3_000, "[start, start + size)");
-            *got.entry(s).or_default() += n.value(i);
-        }
-    }
-    assert_eq!(got, want);
+    assert_eq!(counted_windows(run(&job, 0).await, 3_000), want);
     for (query, message) in [
         (
             "SELECT * FROM HOP(clicks, ts, INTERVAL '1' SECOND)",
@@ -820,10 +824,7 @@ async fn hop_puts_each_row_in_every_sliding_window_that_holds_it() {
             "HOP's slide must be an INTERVAL of positive length",
         ),
     ] {
-        let sql = format!("SET partitions = 3;\n{SOURCE}INSERT INTO out {query};");
-        let Err(e) = CompiledJob::compile(&sql, "test.sql").await else {
-            panic!("planned: {query}")
-        };
-        assert!(e.to_string().contains(message), "{query}: {e}");
+        let e = refusal(query).await;
+        assert!(e.contains(message), "{query}: {e}");
     }
 }
