@@ -54,6 +54,20 @@ impl Watermarks {
         *at = (*at).max(max_ms);
     }
 
+    /// A batch committed having read `read` (largest event time per source): the watermark of
+    /// the batch after it.
+    pub fn committed(
+        &mut self,
+        read: &BTreeMap<String, i64>,
+        sources: &BTreeMap<String, EventTime>,
+        policy: WatermarkPolicy,
+    ) {
+        for (table, max_ms) in read {
+            self.observe(table, *max_ms);
+        }
+        self.advance(sources, policy);
+    }
+
     /// The watermark of the next batch: each source's largest event time minus its delay,
     /// combined by `policy`. Under `min`, a source with no row yet holds the watermark where it
     /// is (Spark's rule); under `max` it is left out. It never moves back.

@@ -262,10 +262,8 @@ impl JobRunner {
                 }
             }
             // The next batch's watermark counts this one's events; it is logged with that batch.
-            for (table, max_ms) in &event_times {
-                watermarks.observe(table, *max_ms);
-            }
-            watermarks.advance(&self.job.event_times, self.job.settings.watermark_policy);
+            let policy = self.job.settings.watermark_policy;
+            watermarks.committed(&event_times, &self.job.event_times, policy);
             self.test_pause("after_commit", batch_id).await;
             let retain = self.job.settings.retain_batches;
             if (batch_id + 1) % retain == 0 {
@@ -434,11 +432,8 @@ impl JobRunner {
                     .await
                     .map_err(checkpoint_failure)?;
                 if let Some(commit) = committed {
-                    for (table, max_ms) in &commit.max_event_ms {
-                        watermarks.observe(table, *max_ms);
-                    }
                     let policy = self.job.settings.watermark_policy;
-                    watermarks.advance(&self.job.event_times, policy);
+                    watermarks.committed(&commit.max_event_ms, &self.job.event_times, policy);
                     Ok((progress, entry.batch_id + 1, None, watermarks, logged))
                 } else {
                     tracing::info!(job = %self.job_id, batch = entry.batch_id, "rerunning uncommitted batch");
