@@ -1,6 +1,7 @@
 //! Event-time windows on a real cluster: append mode emits every closed window exactly once
-//! with its exact count, drops and counts late rows, and closes the last windows with a batch
-//! without input; through executor and driver SIGKILLs too.
+//! with its exact count, drops and counts late rows (and writes them to the late-rows table),
+//! and closes the last windows with a batch without input; through executor and driver
+//! SIGKILLs too.
 
 use serde_json::Value;
 use sluice_cluster_tests::{Cluster, committed_jsonl, wait_finished, write_event_files};
@@ -28,14 +29,17 @@ fn job(c: &Cluster, extra: &str) -> String {
 SET 'output_mode' = 'append';
 SET 'partitions' = '2';
 SET 'task.backoff' = '50ms';
+SET 'late_rows.table' = 'late';
 {extra}
 CREATE TABLE clicks (user_id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '{DELAY}' SECOND)
   WITH (connector = 'files', path = 'file://{}', format = 'jsonl', max_files_per_batch = '1');
 CREATE TABLE out (ws BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+CREATE TABLE late WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
 INSERT INTO out SELECT to_unixtime(window_start), count(*) FROM TUMBLE(clicks, ts, INTERVAL '{WINDOW}' SECOND) GROUP BY window_start, window_end;
 ",
         c.path("in").display(),
-        c.path("out").display()
+        c.path("out").display(),
+        c.path("late").display()
     )
 }
 
@@ -94,6 +98,16 @@ fn check(c: &Cluster, id: &str) -> Value {
         "four with input, one to close windows: {s}"
     );
     assert_eq!(emitted(c), want);
+    // Every late row once, in the batch that dropped it, with the window it was late for.
+    let written: BTreeMap<u64, i64> = committed_jsonl(&c.path("late"))
+        .into_iter()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(b, rows)| {
+            assert!(rows.iter().all(|r| r["window_end"].is_string()), "{rows:?}");
+            (b, rows.len() as i64)
+        })
+        .collect();
+    assert_eq!(written, late);
     // Late rows are dropped and counted, per batch (of those this driver ran).
     for b in s["recent_batches"].as_array().unwrap() {
         let n = b["batch_id"].as_u64().unwrap();
@@ -118,7 +132,38 @@ fn append_mode_emits_each_window_once_when_the_watermark_passes_it() {
     let c = Cluster::start(2);
     write_inputs(&c);
     let id = c.submit(&job(&c, "")).unwrap();
-    check(&c, &id);
+    let s = check(&c, &id);
+    // What `sluice status` shows of event time: late rows per batch; for the last batch the
+    // latest event time read, and each windowed operator's open windows and late rows.
+    let last = s["recent_batches"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        last["max_event_ms"],
+        serde_json::json!({}),
+        "no input: {last}"
+    );
+    assert_eq!(
+        last["metrics"]["agg-1.open_windows"], 2,
+        "[40, 50) and [50, 60) wait: {last}"
+    );
+    let batch_3 = &s["recent_batches"][3];
+    assert_eq!(
+        batch_3["max_event_ms"]["clicks"],
+        (BASE + 52) * 1000,
+        "{batch_3}"
+    );
+    let text = String::from_utf8(c.sluice(&["status", &id]).stdout).unwrap();
+    for line in [
+        "2 late rows dropped",
+        "event time, batch 4",
+        "agg-1                2 open windows, 0 late rows, 2 state rows",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
 }
 
 #[test]
@@ -145,4 +190,52 @@ fn windows_stay_exact_through_a_driver_and_executor_kill() {
         .unwrap();
     c.crash_driver_at("before_commit", 2, 0);
     check(&c, &id);
+}
+
+/// A job run on a schedule with `trigger = 'once'`, resumed each time: every run is one batch,
+/// the watermark carries over between runs, and a run without new files still closes what the
+/// last run's events moved the watermark past.
+#[test]
+fn trigger_once_runs_resumed_one_batch_each_close_windows_exactly() {
+    let c = Cluster::start(2);
+    let sql = job(&c, "")
+        .replace("'available_now'", "'once'")
+        .replace(", max_files_per_batch = '1'", "");
+    let window = |b: u64| {
+        let e = emitted(&c);
+        e.get(&b).cloned().unwrap_or_default()
+    };
+    write_event_files(&c.path("in"), &FILES[..2]);
+    let id = c.submit(&sql).unwrap();
+    let s = wait_finished(&c, &id);
+    assert_eq!(s["batches_committed"], 1, "{s}");
+    assert!(emitted(&c).is_empty(), "no watermark in the first batch");
+    // The next run reads the third file under the watermark 31 - 5 = 26 s.
+    write_event_files(&c.path("next"), &FILES[2..3]);
+    std::fs::rename(c.path("next/in-0.jsonl"), c.path("in/in-2.jsonl")).unwrap();
+    let id = c.submit_with(&sql, &["--resume", &id]).unwrap();
+    let s = wait_finished(&c, &id);
+    let last = |s: &Value| {
+        s["recent_batches"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(last(&s)["batch_id"], 1, "one batch more: {s}");
+    assert_eq!(last(&s)["watermark_ms"], (BASE + 26) * 1000);
+    assert_eq!(
+        last(&s)["metrics"]["agg-1.late_rows"],
+        1,
+        "15 s, for [10, 20)"
+    );
+    assert_eq!(window(1), BTreeMap::from([(BASE, 3), (BASE + 10, 2)]));
+    // No new file: one batch without input under 44 - 5 = 39 s closes [20, 30).
+    let id = c.submit_with(&sql, &["--resume", &id]).unwrap();
+    let s = wait_finished(&c, &id);
+    assert_eq!(last(&s)["batch_id"], 2, "one batch more: {s}");
+    assert_eq!(last(&s)["rows_in"], 0, "{s}");
+    assert_eq!(window(2), BTreeMap::from([(BASE + 20, 3)]));
+    assert_eq!(emitted(&c).len(), 2, "nothing else emitted");
 }

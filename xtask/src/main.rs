@@ -554,6 +554,59 @@ INSERT INTO sink SELECT _key, count(*), sum(amount) FROM events GROUP BY _key;
     }))
 }
 
+/// 2-second tumbling counts per page in append mode over generated events (each batch one
+/// second of event time): events/s end to end, and window latency, from the start of the batch
+/// that read the record closing a window (it moved the watermark past the window's end) to the
+/// commit of the batch that emitted it.
+fn windowed_counts(bins: &Path) -> anyhow::Result<Value> {
+    const RATE: u64 = 200_000;
+    const ROWS: u64 = 6_400_000;
+    let sql = format!(
+        "SET 'trigger' = 'available_now';
+SET 'partitions' = '4';
+SET 'output_mode' = 'append';
+CREATE TABLE clicks (page TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+  WITH (connector = 'datagen', rows_per_second = '{RATE}', total_rows = '{ROWS}', seed = '1', splits = '4',
+        'fields.page.values' = 'p00,p01,p02,p03,p04,p05,p06,p07,p08,p09');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT window_start, page, count(*) FROM TUMBLE(clicks, ts, INTERVAL '2' SECOND) GROUP BY window_start, window_end, page;
+"
+    );
+    let status = run_job(bins, &sql)?;
+    let batches = status["recent_batches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let wall_ms = wall_ms(&batches);
+    let rows = status["rows_in"].as_u64().unwrap_or(0);
+    anyhow::ensure!(rows == ROWS, "read {rows} of {ROWS} rows");
+    let u = |b: &Value, k: &str| b[k].as_u64().unwrap_or(0);
+    let mut latency: Vec<u64> = batches
+        .windows(2)
+        .filter(|w| u(&w[1], "rows_out") > 0)
+        .map(|w| {
+            u(&w[1], "committed_at_ms")
+                .saturating_sub(u(&w[0], "committed_at_ms") - u(&w[0], "duration_ms"))
+        })
+        .collect();
+    latency.sort_unstable();
+    let windows: u64 = batches.iter().map(|b| u(b, "rows_out")).sum();
+    // 32 s of events, the last watermark 31 s: windows [0, 2) .. [28, 30) close.
+    anyhow::ensure!(
+        windows == 15 * 10,
+        "emitted {windows} window rows, want 15 windows x 10 pages"
+    );
+    Ok(json!({
+        "rows": ROWS,
+        "event_seconds": ROWS / RATE,
+        "window_rows_emitted": windows,
+        "batches": batches.len(),
+        "wall_ms": wall_ms,
+        "events_per_second": rows * 1000 / wall_ms,
+        "window_latency_ms": { "p50": percentile(&latency, 0.5), "max": latency.last() },
+    }))
+}
+
 fn chaos(root: &Path, minutes: u64, seed: u64) -> anyhow::Result<()> {
     let tansu = ensure_tansu()?;
     // SAFETY: single-threaded here; the processes we start inherit it.
@@ -691,6 +744,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
     let restart = driver_restart(&bins)?;
     let stateful = stateful_restart(&bins)?;
     let kafka = kafka_running_count(&bins)?;
+    let windowed = windowed_counts(&bins)?;
     let mut checkpoint_ms: Vec<u64> = batches
         .iter()
         .filter_map(|b| b["checkpoint_ms"].as_u64())
@@ -741,6 +795,14 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
             kafka["rows_per_second"].clone(),
         ),
         (
+            "2 s windows, append: events/s",
+            windowed["events_per_second"].clone(),
+        ),
+        (
+            "  window latency p50 (ms)",
+            windowed["window_latency_ms"]["p50"].clone(),
+        ),
+        (
             "checkpoint cost per batch, p50 (ms)",
             json!(percentile(&checkpoint_ms, 0.5)),
         ),
@@ -760,6 +822,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
         "driver_restart": restart,
         "stateful_restart": stateful,
         "kafka_running_count": kafka,
+        "windowed_counts": windowed,
         "checkpoint_ms_per_batch": { "p50": percentile(&checkpoint_ms, 0.5), "max": checkpoint_ms.last() },
     });
     std::fs::create_dir_all(root.join("bench"))?;

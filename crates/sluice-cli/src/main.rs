@@ -379,6 +379,15 @@ pub(crate) fn rerun_reasons(b: &sluice_proto::BatchStatus) -> String {
             b.dead_letters
         ));
     }
+    let late: i64 = b
+        .metrics
+        .iter()
+        .filter(|(m, _)| m.ends_with(".late_rows"))
+        .map(|(_, n)| n)
+        .sum();
+    if late > 0 {
+        text.push_str(&format!("; {late} late rows dropped"));
+    }
     if b.recovery_ms > 0 {
         text.push_str(&format!("; recovered in {} ms", b.recovery_ms));
     }
@@ -429,6 +438,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
             "checkpoint_ms": b.checkpoint_ms,
             "dead_letters": b.dead_letters,
             "watermark_ms": b.watermark_ms,
+            "max_event_ms": b.max_event_ms.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "metrics": b.metrics.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "committed_at_ms": b.committed_at_ms,
         })).collect::<Vec<_>>(),
@@ -490,5 +500,38 @@ fn print_status(s: &JobStatus) {
                 rerun_reasons(b)
             );
         }
+        if let Some(last) = s.recent_batches.last().filter(|_| timed) {
+            print_event_time(last);
+        }
+    }
+}
+
+/// A windowed job's last batch: what each source read up to, and each operator's open
+/// windows and late rows.
+fn print_event_time(b: &sluice_proto::BatchStatus) {
+    println!();
+    println!("event time, batch {}", b.batch_id);
+    println!("  watermark {:>28}", event_time(b.watermark_ms));
+    for (table, ms) in &b.max_event_ms {
+        println!("  {table:<20} read up to {}", event_time(Some(*ms)));
+    }
+    let operators: std::collections::BTreeSet<&str> = b
+        .metrics
+        .keys()
+        .filter_map(|m| m.strip_suffix(".state_rows"))
+        .collect();
+    for op in operators {
+        let metric = |what: &str| {
+            b.metrics
+                .get(&sluice_core::progress::operator_rows(op, what))
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "  {op:<20} {} open windows, {} late rows, {} state rows",
+            metric(sluice_core::progress::OPEN_WINDOWS),
+            metric(sluice_core::progress::LATE_ROWS),
+            metric(sluice_core::progress::STATE_ROWS)
+        );
     }
 }

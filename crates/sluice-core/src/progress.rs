@@ -12,11 +12,15 @@ pub const ROWS_IN: &str = "rows_in";
 pub const ROWS_OUT: &str = "rows_out";
 /// Input records sent to the dead-letter table.
 pub const DEAD_LETTERS: &str = "dead_letters";
-/// Input rows a windowed operator dropped as late (`<operator>.late_rows`).
+/// Input rows a windowed operator dropped as late (`<operator>.late_rows`); plain, from a task
+/// that wrote them to the late-rows table (which partitions the driver commits).
 pub const LATE_ROWS: &str = "late_rows";
 /// Rows and bytes of a stateful operator's partition after the batch.
 pub const STATE_ROWS: &str = "state_rows";
 pub const STATE_BYTES: &str = "state_bytes";
+/// A windowed operator's open windows after the batch, one per key and window
+/// (`<operator>.open_windows`); also `<operator>.state_rows` for every stateful operator.
+pub const OPEN_WINDOWS: &str = "open_windows";
 /// Rows a stateful operator took in and emitted: `<operator>.rows_in`, `<operator>.rows_out`
 /// (e.g. `agg-1.rows_in`).
 pub fn operator_rows(operator: &str, direction: &str) -> String {

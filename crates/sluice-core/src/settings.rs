@@ -36,6 +36,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "'true' (default) or 'false': when the watermark moved and windows wait on it, run a batch even without new input so they close promptly",
     ),
     (
+        "late_rows.table",
+        "a declared table that receives the input rows event-time windows drop as late, as the windowed aggregation received them (committed with the batch)",
+    ),
+    (
         "watermark.policy",
         "with several event-time sources: 'min' (default; the slowest source's watermark) or 'max' (the fastest's); part of the checkpoint",
     ),
@@ -158,6 +162,8 @@ pub struct JobSettings {
     pub snapshot_interval: u64,
     pub watermark_policy: crate::watermark::WatermarkPolicy,
     pub no_data_batches: bool,
+    /// Where late rows go, if anywhere (a declared table's name).
+    pub late_rows_table: Option<String>,
     pub task_max_attempts: u32,
     pub task_backoff: Duration,
     pub task_timeout: Duration,
@@ -185,6 +191,7 @@ impl Default for JobSettings {
             snapshot_interval: 10,
             watermark_policy: Default::default(),
             no_data_batches: true,
+            late_rows_table: None,
             task_max_attempts: 4,
             task_backoff: Duration::from_millis(200),
             task_timeout: Duration::from_secs(600),
@@ -244,6 +251,10 @@ impl JobSettings {
                         _ => return Err(invalid("expected 'true' or 'false'")),
                     }
                 }
+                "late_rows.table" => match value.trim() {
+                    "" => return Err(invalid("expected a declared table's name")),
+                    table => s.late_rows_table = Some(table.to_string()),
+                },
                 "watermark.policy" => {
                     use crate::watermark::WatermarkPolicy as P;
                     s.watermark_policy = match value.trim().to_ascii_lowercase().as_str() {

@@ -506,6 +506,11 @@ impl JobRunner {
                 .await
                 .map_err(ConnectorError::into_failure)?;
         }
+        if let Some(late) = &self.job.late_rows {
+            late.commit(batch_id, &report.late_row_partitions)
+                .await
+                .map_err(ConnectorError::into_failure)?;
+        }
         self.job
             .sink
             .commit(batch_id, &report.sink_partitions)
@@ -574,6 +579,7 @@ impl JobRunner {
             checkpoint_ms: offsets_ms + checkpoint_ms,
             dead_letters: report.dead_letters,
             watermark_ms: entry.watermark.as_ref().and_then(|w| w.watermark_ms),
+            max_event_ms: max_event_ms.clone().into_iter().collect(),
             metrics: report
                 .metrics
                 .iter()

@@ -365,7 +365,24 @@ impl TaskRunner {
             let state_bytes: usize = update.state.iter().map(|b| b.get_array_memory_size()).sum();
             progress
                 .count(progress::STATE_ROWS, state_rows as u64)
-                .count(progress::STATE_BYTES, state_bytes as u64);
+                .count(progress::STATE_BYTES, state_bytes as u64)
+                .count(
+                    &progress::operator_rows(op, progress::STATE_ROWS),
+                    state_rows as u64,
+                );
+            if update.windowed {
+                progress.count(
+                    &progress::operator_rows(op, progress::OPEN_WINDOWS),
+                    state_rows as u64,
+                );
+            }
+            // Written under (batch, partition) like the sink, committed by the driver with it.
+            if let (Some(sink), false) = (&job.late_rows, update.late.is_empty()) {
+                sink.write(key.batch_id, key.partition, &update.late)
+                    .await
+                    .map_err(ConnectorError::into_failure)?;
+                progress.count(progress::LATE_ROWS, update.late_rows);
+            }
             executor
                 .state
                 .commit(

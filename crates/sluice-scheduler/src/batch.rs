@@ -50,6 +50,8 @@ pub struct BatchReport {
     /// this run, and committing removes the rest (parts of an earlier run of the batch).
     pub sink_partitions: Vec<u32>,
     pub dead_letter_partitions: Vec<u32>,
+    /// The partitions that wrote rows to the late-rows table (`late_rows.table`).
+    pub late_row_partitions: Vec<u32>,
     pub duration_ms: u64,
     /// Every metric of the batch's tasks, folded over the whole batch.
     pub metrics: Metrics,
@@ -358,6 +360,7 @@ impl BatchRun {
             duration_ms: now_ms.saturating_sub(self.started_ms),
             sink_partitions: partitions_where(last, |o| o.get(progress::ROWS_OUT) > 0),
             dead_letter_partitions: partitions_where(first, |o| o.get(progress::DEAD_LETTERS) > 0),
+            late_row_partitions: partitions_where(&all, |o| o.get(progress::LATE_ROWS) > 0),
             trace: self.trace(Some(now_ms)),
         }
     }

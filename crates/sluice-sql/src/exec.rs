@@ -144,7 +144,9 @@ impl CompiledJob {
                     operator: op.name().to_string(),
                     rows_in,
                     rows_out,
-                    late_rows: done.late_rows,
+                    late_rows: done.late.iter().map(|b| b.num_rows() as u64).sum(),
+                    late: done.late,
+                    windowed: op.windowed(),
                 };
                 (plan, Some(update))
             }
@@ -200,7 +202,11 @@ fn hash_partition(
 ) -> Result<MapOutput, SqlError> {
     let n = partitions as usize;
     let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
-    for batch in batches {
+    // No keys (a global aggregate): one group, in the first partition.
+    if keys.is_empty() {
+        parts[0] = batches.to_vec();
+    }
+    for batch in batches.iter().filter(|_| !keys.is_empty()) {
         let arrays = evaluate(batch, keys)?;
         let converter = RowConverter::new(
             arrays

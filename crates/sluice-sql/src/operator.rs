@@ -29,8 +29,8 @@ pub struct Processed {
     /// The rows the operator emits, in its output schema.
     pub output: Vec<RecordBatch>,
     /// Input rows dropped because their window had closed (its end at or before the batch's
-    /// watermark).
-    pub late_rows: u64,
+    /// watermark), as the operator received them.
+    pub late: Vec<RecordBatch>,
     /// The partition's new state version.
     pub state: Vec<RecordBatch>,
     /// What is written to the checkpoint for this version: replaying deltas over a snapshot

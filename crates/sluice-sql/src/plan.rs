@@ -65,6 +65,8 @@ pub struct CompiledJob {
     pub sink: Sink,
     /// Per source table, where its undecodable records go (Kafka on_error = 'dead_letter').
     pub dead_letters: BTreeMap<String, Sink>,
+    /// Where event-time windows' late rows go (`SET 'late_rows.table'`).
+    pub late_rows: Option<Sink>,
     /// Per source table that declares a WATERMARK, its event-time column and delay.
     pub event_times: BTreeMap<String, EventTime>,
     pub fragments: Vec<Fragment>,
@@ -101,7 +103,7 @@ impl CompiledJob {
             .with_target_partitions(1)
             .with_batch_size(8192)
             .with_information_schema(false);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_state(streaming_state(config));
         // Every other table is a candidate source; the query decides which one it reads.
         let mut source_specs = Vec::new();
         for t in job.tables.iter().filter(|t| t.spec.name != insert.target) {
@@ -182,11 +184,11 @@ impl CompiledJob {
                     .into(),
             ));
         }
+        let windowed = fragments
+            .iter()
+            .filter_map(|f| f.operator.as_deref())
+            .any(|op| op.windowed());
         if settings.output_mode == Some(sluice_core::settings::OutputMode::Append) {
-            let windowed = fragments
-                .iter()
-                .filter_map(|f| f.operator.as_deref())
-                .any(|op| op.windowed());
             if !windowed {
                 return Err(plan_err(
                     "SET 'output_mode' = 'append' emits each event-time window once, when the watermark passes its end: group by the window of TUMBLE(table, ts, INTERVAL '...' MINUTE) (window_start, window_end), or use 'update'".into(),
@@ -198,7 +200,10 @@ impl CompiledJob {
                 ));
             }
         }
+        let late_rows = late_rows_sink(&job, &settings, &insert.target, &sources, windowed)
+            .map_err(plan_err)?;
         Ok(CompiledJob {
+            late_rows,
             sources,
             statics,
             sink_table: sink_decl.spec.name.clone(),
@@ -390,6 +395,21 @@ pub(crate) fn bind_table(
     Ok(plan)
 }
 
+/// DataFusion's session, but that `count(DISTINCT x)` stays one aggregate: a window's state
+/// can hold its distinct values, where the rule would make two nested aggregations of it.
+fn streaming_state(config: SessionConfig) -> datafusion::execution::SessionState {
+    let rules = datafusion::optimizer::Optimizer::new()
+        .rules
+        .into_iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .collect();
+    datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_optimizer_rules(rules)
+        .build()
+}
+
 /// The dead-letter sink of `source`, if it declares one: a declared table other than the
 /// INSERT's sink and the source itself.
 fn dead_letter_sink(
@@ -401,26 +421,72 @@ fn dead_letter_sink(
     let Some(name) = source.dead_letter_table() else {
         return Ok(None);
     };
+    let option = format!("table '{}': option 'dead_letter.table'", spec.name);
+    side_sink(
+        job,
+        &option,
+        name,
+        target,
+        &[spec.name.as_str()],
+        "bad records",
+    )
+    .map(Some)
+}
+
+/// The sink of `SET 'late_rows.table'`, for a job with an event-time window.
+fn late_rows_sink(
+    job: &JobFile,
+    settings: &JobSettings,
+    target: &str,
+    sources: &BTreeMap<String, Source>,
+    windowed: bool,
+) -> Result<Option<Sink>, String> {
+    let Some(name) = &settings.late_rows_table else {
+        return Ok(None);
+    };
+    if !windowed {
+        return Err(format!(
+            "SET 'late_rows.table' = '{name}': the job has no event-time window, so no row is ever late; group by a window (TUMBLE, HOP, SESSION or date_bin) or drop the setting"
+        ));
+    }
+    let read: Vec<&str> = sources.keys().map(String::as_str).collect();
+    side_sink(
+        job,
+        "SET 'late_rows.table'",
+        name,
+        target,
+        &read,
+        "late rows",
+    )
+    .map(Some)
+}
+
+/// A declared table that a setting (`what`) names as a side output: not the INSERT's sink and
+/// not one of the tables the job reads (`own`).
+fn side_sink(
+    job: &JobFile,
+    what: &str,
+    name: &str,
+    target: &str,
+    own: &[&str],
+    rows: &str,
+) -> Result<Sink, String> {
     if name == target {
         return Err(format!(
-            "table '{}': option 'dead_letter.table' = '{name}' is the INSERT's sink; bad records need a table of their own",
-            spec.name
+            "{what} = '{name}' is the INSERT's sink; {rows} need a table of their own"
         ));
     }
     let t = job
         .tables
         .iter()
-        .find(|t| t.spec.name == name && name != spec.name)
+        .find(|t| t.spec.name == name && !own.contains(&name))
         .ok_or_else(|| {
             format!(
-                "table '{}': option 'dead_letter.table' = '{name}' is not a declared table; declared tables: {}",
-                spec.name,
+                "{what} = '{name}' is not a declared table the job does not read; declared tables: {}",
                 table_names(job)
             )
         })?;
-    Sink::from_spec(&t.spec)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    Sink::from_spec(&t.spec).map_err(|e| e.to_string())
 }
 
 fn table_names(job: &JobFile) -> String {
@@ -574,7 +640,8 @@ impl Cutter<'_> {
                 }
                 let child = self.cut(Arc::unwrap_or_clone(agg.input.clone()))?;
                 self.refuse_nested_state()?;
-                let leaf = self.push(child, Some(Cut::Hash(agg.group_expr.clone())))?;
+                let keys = crate::window::shuffle_keys(&agg.group_expr);
+                let leaf = self.push(child, Some(Cut::Hash(keys)))?;
                 let mode = self
                     .output_mode
                     .unwrap_or(sluice_core::settings::OutputMode::Update);

@@ -11,18 +11,23 @@
 use crate::SqlError;
 use crate::operator::{BatchContext, Processed, StatefulOperator};
 use crate::plan::{CompiledJob, SHUFFLE_TABLE, bind_table, flat_leaf, flat_schema};
+use crate::window::{WindowKey, merge_sessions, window_key};
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::datatypes::{Int64Type, TimeUnit, TimestampMillisecondType};
+use arrow::datatypes::{TimeUnit, TimestampMillisecondType};
 use datafusion::catalog::MemTable;
 use datafusion::common::DFSchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::provider_as_source;
-use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::functions::expr_fn::coalesce;
+use datafusion::functions_aggregate::array_agg::array_agg_udaf;
+use datafusion::functions_aggregate::expr_fn::array_agg;
 use datafusion::functions_aggregate::expr_fn::{bool_or, max, min, sum};
 use datafusion::functions_aggregate::{count::count_udaf, sum::sum_udaf};
+use datafusion::functions_nested::expr_fn::{array_distinct, cardinality, flatten};
+use datafusion::logical_expr::ExprFunctionExt;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::lit;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
@@ -41,13 +46,8 @@ enum Merge {
     Sum,
     Min,
     Max,
-}
-
-/// The group key that is a window's end: the watermark closes the window, its late rows are
-/// dropped, its state is evicted.
-struct WindowKey {
-    key: usize,
-    expr: Expr,
+    /// Lists of distinct values: their union.
+    Union,
 }
 
 /// How one aggregate of the query is computed from state columns.
@@ -57,6 +57,8 @@ enum Final {
     Column(usize),
     /// avg = sum / count.
     Average { sum: usize, count: usize },
+    /// count(DISTINCT ...) = the length of the list of distinct values.
+    Distinct(usize),
 }
 
 /// The running aggregate of a stage.
@@ -72,7 +74,7 @@ pub struct StatefulAgg {
     keys: usize,
     merges: Vec<Merge>,
     finals: Vec<Final>,
-    /// The key that is an event-time window's end, when the GROUP BY has one (TUMBLE).
+    /// The event-time window among the keys, when the GROUP BY has one.
     window: Option<WindowKey>,
     /// The shuffle scan the partial aggregate reads, for counting late rows.
     leaf: LogicalPlan,
@@ -95,6 +97,10 @@ pub struct StateUpdate {
     pub rows_in: u64,
     pub rows_out: u64,
     pub late_rows: u64,
+    /// The late rows themselves, as the operator received them (for `late_rows.table`).
+    pub late: Vec<RecordBatch>,
+    /// Whether its state rows are open event-time windows (one per key and window).
+    pub windowed: bool,
 }
 
 impl StatefulAgg {
@@ -108,82 +114,26 @@ impl StatefulAgg {
         stage: usize,
         output_mode: OutputMode,
     ) -> Result<(StatefulAgg, LogicalPlan), String> {
-        let mut partial_exprs = Vec::new();
-        let mut merges = Vec::new();
-        let mut finals = Vec::new();
+        let window = window_key(&agg.group_expr)?;
         let mut signature: Vec<String> = agg
             .group_expr
             .iter()
             .map(|e| format!("key {}", e.schema_name()))
             .collect();
+        let (mut partial_exprs, mut merges, mut finals) = (Vec::new(), Vec::new(), Vec::new());
         for e in &agg.aggr_expr {
-            let inner = strip_alias(e);
-            let Expr::AggregateFunction(f) = inner else {
-                return Err(format!("unsupported aggregate expression {e}"));
-            };
-            let name = f.func.name().to_ascii_lowercase();
-            if f.params.distinct {
-                return Err(format!(
-                    "{e}: DISTINCT aggregates are not supported in a running aggregation yet (the state would have to keep every distinct value)"
-                ));
-            }
-            if !f.params.order_by.is_empty() {
-                return Err(format!(
-                    "{e}: ordered aggregates are not supported in a running aggregation"
-                ));
-            }
-            signature.push(format!("aggregate {}", inner.schema_name()));
-            let with_func = |func| {
-                Expr::AggregateFunction(AggregateFunction::new_udf(
-                    func,
-                    f.params.args.clone(),
-                    false,
-                    f.params.filter.clone(),
-                    Vec::new(),
-                    f.params.null_treatment,
-                ))
-            };
-            let state_col = |partial_exprs: &Vec<Expr>| partial_exprs.len();
-            let named = |e: Expr, i: usize| e.alias(format!("s{i}"));
-            match name.as_str() {
-                "count" | "sum" | "min" | "max" => {
-                    finals.push(Final::Column(state_col(&partial_exprs)));
-                    merges.push(match name.as_str() {
-                        "min" => Merge::Min,
-                        "max" => Merge::Max,
-                        _ => Merge::Sum,
-                    });
-                    let i = partial_exprs.len();
-                    partial_exprs.push(named(inner.clone(), i));
-                }
-                "avg" | "mean" => {
-                    let sum_at = state_col(&partial_exprs);
-                    partial_exprs.push(named(with_func(sum_udaf()), sum_at));
-                    partial_exprs.push(named(with_func(count_udaf()), sum_at + 1));
-                    merges.extend([Merge::Sum, Merge::Sum]);
-                    finals.push(Final::Average {
-                        sum: sum_at,
-                        count: sum_at + 1,
-                    });
-                }
-                other => {
-                    return Err(format!(
-                        "{e}: '{other}' is not supported in a running aggregation; supported: count, sum, min, max, avg (or add _batch to the GROUP BY for per-batch results)"
-                    ));
-                }
-            }
+            signature.push(format!("aggregate {}", strip_alias(e).schema_name()));
+            let (partials, merge, last) = decompose(e, partial_exprs.len(), window.is_some())?;
+            partial_exprs.extend(partials);
+            merges.extend(merge);
+            finals.push(last);
         }
         let keys = agg.group_expr.len();
-        let window = agg
-            .group_expr
-            .iter()
-            .position(|e| matches!(e, Expr::Column(c) if c.name == crate::window::WINDOW_END))
-            .map(|key| WindowKey {
-                key,
-                expr: agg.group_expr[key].clone(),
-            });
         if let Some(w) = &window {
-            signature.push(format!("window end key {}", w.key));
+            if w.session.is_some() && output_mode == OutputMode::Update {
+                return Err("session windows are emitted in append mode (each session once, when the watermark passes its end) or complete mode; in update mode a session that grows would come out again under another key: SET 'output_mode' = 'append'".into());
+            }
+            signature.push(w.describe());
         }
         let scan = leaf.clone();
         let partial = Aggregate::try_new(Arc::new(leaf), agg.group_expr.clone(), partial_exprs)
@@ -262,23 +212,22 @@ impl StatefulAgg {
         conform(out, &self.state_schema)
     }
 
-    /// The batch's partials without its late rows, and how many rows were late: those whose
-    /// window ends at or before the watermark (its output is final, or already emitted).
+    /// The batch's partials without its late rows, and the late rows: those whose window ends
+    /// at or before the watermark (its output is final, or already emitted).
     async fn on_time_partials(
         &self,
         session: &SessionContext,
         window: &WindowKey,
         watermark_ms: i64,
         input: Vec<RecordBatch>,
-    ) -> Result<(Vec<RecordBatch>, u64), SqlError> {
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), SqlError> {
         let as_ms = DataType::Timestamp(TimeUnit::Millisecond, None);
-        let open = cast(window.expr.clone(), as_ms).gt(lit(ScalarValue::TimestampMillisecond(
-            Some(watermark_ms),
+        let open = cast(window.late.clone(), as_ms).gt(lit(ScalarValue::TimestampMillisecond(
+            Some(watermark_ms - window.late_offset_ms),
             None,
         )));
         let late = LogicalPlanBuilder::from(self.leaf.clone())
             .filter(open.clone().is_not_true())?
-            .aggregate(Vec::<Expr>::new(), vec![count(lit(1)).alias("n")])?
             .build()?;
         let late = bind_table(
             late,
@@ -286,11 +235,8 @@ impl StatefulAgg {
             self.input_schema.clone(),
             input.clone(),
         )?;
-        let counted = session.execute_logical_plan(late).await?.collect().await?;
-        let late_rows = counted
-            .first()
-            .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
-            .map_or(0, |n| n.value(0) as u64);
+        let late = session.execute_logical_plan(late).await?.collect().await?;
+        let late: Vec<RecordBatch> = late.into_iter().filter(|b| b.num_rows() > 0).collect();
         let partial = self
             .partial
             .clone()
@@ -309,7 +255,7 @@ impl StatefulAgg {
                 other => Ok(Transformed::no(other)),
             })?
             .data;
-        Ok((self.partials(session, partial, input).await?, late_rows))
+        Ok((self.partials(session, partial, input).await?, late))
     }
 
     /// Merges state parts (a snapshot, deltas, new partials); a part flagged `true` marks its
@@ -332,6 +278,10 @@ impl StatefulAgg {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(keys) = agg.window.as_ref().and_then(|w| w.session) {
+            let all = arrow::compute::concat_batches(&schema, &rows)?;
+            rows = vec![merge_sessions(&all, keys, agg.keys)?];
+        }
         let table = Arc::new(MemTable::try_new(schema.clone(), vec![rows])?);
         let scan = LogicalPlanBuilder::scan(STATE_TABLE, provider_as_source(table), None)?;
         let fields = agg.state_schema.fields();
@@ -348,16 +298,31 @@ impl StatefulAgg {
                     Merge::Sum => sum(c),
                     Merge::Min => min(c),
                     Merge::Max => max(c),
+                    Merge::Union => array_agg(c.clone())
+                        .filter(c.is_not_null())
+                        .build()
+                        .expect("an aggregate takes a filter"),
                 }
                 .alias(f.name())
             })
             .collect();
         aggs.push(bool_or(col(CHANGED)).alias(CHANGED));
-        // Summing a state column may widen its type (decimals); the state keeps its own.
+        // Summing a state column may widen its type (decimals); the state keeps its own. Lists
+        // of distinct values were gathered as lists of lists.
+        let union = |i: usize| agg.merges.get(i.wrapping_sub(agg.keys)) == Some(&Merge::Union);
         let project: Vec<Expr> = schema
             .fields()
             .iter()
-            .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
+            .enumerate()
+            .map(|(i, f)| {
+                let c = col(f.name().as_str());
+                let c = if union(i) {
+                    array_distinct(flatten(c))
+                } else {
+                    c
+                };
+                cast(c, f.data_type().clone()).alias(f.name())
+            })
             .collect();
         let plan = scan.aggregate(group, aggs)?.project(project)?.build()?;
         let out = session.execute_logical_plan(plan).await?.collect().await?;
@@ -388,7 +353,7 @@ impl StatefulAgg {
             };
             let mut out = Vec::new();
             for b in &merged {
-                let mask = window_closed(b, w.key, wm)?;
+                let mask = window_closed(b, w.close_key, wm - w.end_offset_ms)?;
                 let mask = if keep_closed {
                     mask
                 } else {
@@ -461,6 +426,9 @@ impl StatefulAgg {
                     cast(state_col(*sum), DataType::Float64)
                         / cast(state_col(*count), DataType::Float64)
                 }
+                Final::Distinct(values) => {
+                    coalesce(vec![cardinality(state_col(*values)), lit(0u64)])
+                }
             });
         }
         let exprs: Vec<Expr> = exprs
@@ -509,12 +477,12 @@ impl StatefulOperator for StatefulAgg {
         let watermark = ctx
             .watermark_ms
             .filter(|_| self.output_mode != OutputMode::Complete);
-        let (partials, late_rows) = match (&self.window, watermark) {
+        let (partials, late) = match (&self.window, watermark) {
             (Some(w), Some(wm)) => self.on_time_partials(ctx.session, w, wm, input).await?,
             _ => (
                 self.partials(ctx.session, self.partial.clone(), input)
                     .await?,
-                0,
+                Vec::new(),
             ),
         };
         let (update, output) = self
@@ -522,7 +490,7 @@ impl StatefulOperator for StatefulAgg {
             .await?;
         Ok(Processed {
             output,
-            late_rows,
+            late,
             state: update.state,
             delta: update.delta,
         })
@@ -563,6 +531,87 @@ impl CompiledJob {
     ) -> Result<Vec<RecordBatch>, SqlError> {
         let op = self.state_of(stage).ok_or_else(|| no_state(stage))?;
         op.restore(&self.ctx, parts).await
+    }
+}
+
+/// One aggregate of the query as state columns (first at `at`, named s<i>), how each merges,
+/// and how its value is computed from them.
+fn decompose(
+    e: &Expr,
+    at: usize,
+    windowed: bool,
+) -> Result<(Vec<Expr>, Vec<Merge>, Final), String> {
+    let inner = strip_alias(e);
+    let Expr::AggregateFunction(f) = inner else {
+        return Err(format!("unsupported aggregate expression {e}"));
+    };
+    let name = f.func.name().to_ascii_lowercase();
+    if !f.params.order_by.is_empty() {
+        return Err(format!(
+            "{e}: ordered aggregates are not supported in a running aggregation"
+        ));
+    }
+    let with_func = |func, distinct, filter| {
+        Expr::AggregateFunction(AggregateFunction::new_udf(
+            func,
+            f.params.args.clone(),
+            distinct,
+            filter,
+            Vec::new(),
+            f.params.null_treatment,
+        ))
+    };
+    let named = |e: Expr, i: usize| e.alias(format!("s{i}"));
+    if f.params.distinct {
+        let [arg] = f.params.args.as_slice() else {
+            return Err(format!("{e}: DISTINCT takes one argument here"));
+        };
+        if name != "count" || !windowed {
+            return Err(format!(
+                "{e}: DISTINCT is supported as count(DISTINCT ...) in an event-time window (TUMBLE, HOP, SESSION or date_bin), whose state of distinct values is dropped when the window closes; a running aggregation without a window would keep every value forever"
+            ));
+        }
+        // The window's distinct values, as a list.
+        let present = arg.clone().is_not_null();
+        let filter = match &f.params.filter {
+            Some(other) => other.as_ref().clone().and(present),
+            None => present,
+        };
+        let values = with_func(array_agg_udaf(), true, Some(Box::new(filter)));
+        return Ok((
+            vec![named(values, at)],
+            vec![Merge::Union],
+            Final::Distinct(at),
+        ));
+    }
+    let filter = f.params.filter.clone();
+    match name.as_str() {
+        "count" | "sum" | "min" | "max" => {
+            let merge = match name.as_str() {
+                "min" => Merge::Min,
+                "max" => Merge::Max,
+                _ => Merge::Sum,
+            };
+            Ok((
+                vec![named(inner.clone(), at)],
+                vec![merge],
+                Final::Column(at),
+            ))
+        }
+        "avg" | "mean" => Ok((
+            vec![
+                named(with_func(sum_udaf(), false, filter.clone()), at),
+                named(with_func(count_udaf(), false, filter), at + 1),
+            ],
+            vec![Merge::Sum, Merge::Sum],
+            Final::Average {
+                sum: at,
+                count: at + 1,
+            },
+        )),
+        other => Err(format!(
+            "{e}: '{other}' is not supported in a running aggregation; supported: count, sum, min, max, avg, and count(DISTINCT ...) in a window (or add _batch to the GROUP BY for per-batch results)"
+        )),
     }
 }
 

@@ -63,14 +63,24 @@ async fn run_batch(
     state: &mut Vec<Vec<RecordBatch>>,
     deltas: &mut [Vec<Vec<RecordBatch>>],
 ) -> (Vec<Vec<RecordBatch>>, u64) {
-    let batch_id = batch.id;
-    let mut late = 0;
     let mut inputs: Vec<TaskInput> = Vec::new();
     for split in splits {
-        let rows = job.sources["clicks"].read(split, batch_id).await.unwrap();
+        let rows = job.sources["clicks"].read(split, batch.id).await.unwrap();
         let table = "clicks".to_string();
         inputs.push(TaskInput::Split { table, rows });
     }
+    run_inputs(job, batch, inputs, state, deltas).await
+}
+
+/// Runs one batch over the given source tasks' rows (one task each).
+async fn run_inputs(
+    job: &CompiledJob,
+    batch: BatchInfo,
+    mut inputs: Vec<TaskInput>,
+    state: &mut Vec<Vec<RecordBatch>>,
+    deltas: &mut [Vec<Vec<RecordBatch>>],
+) -> (Vec<Vec<RecordBatch>>, u64) {
+    let mut late = 0;
     for stage in 0..job.fragments.len() {
         let mut outputs = Vec::new();
         for (p, input) in inputs.into_iter().enumerate() {
@@ -827,4 +837,320 @@ async fn hop_puts_each_row_in_every_sliding_window_that_holds_it() {
         let e = refusal(query).await;
         assert!(e.contains(message), "{query}: {e}");
     }
+}
+
+#[tokio::test]
+async fn grouping_by_date_bin_is_a_tumbling_window() {
+    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
+    let sql = format!(
+        "SET partitions = 3;\nSET 'output_mode' = 'append';\n{source}INSERT INTO out SELECT date_bin(INTERVAL '1 second', ts) AS second, count(*) AS n FROM clicks GROUP BY date_bin(INTERVAL '1 second', ts);"
+    );
+    let job = CompiledJob::compile(&sql, "test.sql").await.unwrap();
+    let first = windows_of(&job, 0).await;
+    let second = windows_of(&job, 10_000).await;
+    let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
+    let (out, _) = run_batch(&job, 0.into(), &splits_from(0), &mut state, &mut deltas).await;
+    assert_eq!(window_counts(out), BTreeMap::new(), "no watermark yet");
+    // The key is the window's start: it closes a size after it.
+    let wm = *second.keys().next().unwrap();
+    let (out, late) = run_batch(
+        &job,
+        at(wm, 1),
+        &splits_from(10_000),
+        &mut state,
+        &mut deltas,
+    )
+    .await;
+    let closed: BTreeMap<i64, i64> = first.into_iter().filter(|(s, _)| *s + 1000 <= wm).collect();
+    assert!(closed.len() >= 9, "{closed:?}");
+    assert_eq!((window_counts(out), late), (closed, 0));
+    // Rows of those windows again: all late.
+    let (out, late) = run_batch(&job, at(wm, 2), &splits_from(0), &mut state, &mut deltas).await;
+    assert!(window_counts(out).is_empty());
+    assert!(late > 9_000, "{late}");
+}
+
+/// Hand-built `clicks` rows for one source task: (user_id, page, ts in ms).
+async fn events(job: &CompiledJob, batch: u64, rows: &[(i64, &str, i64)]) -> TaskInput {
+    use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+    use std::sync::Arc;
+    let one = Rows { start: 0, end: 1 }.into();
+    let schema = job.sources["clicks"].read(&one, batch).await.unwrap()[0].schema();
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let built: ArrayRef = match f.name().as_str() {
+                "user_id" => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                "page" => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                "ts" => Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.2),
+                )),
+                _ => Arc::new(Int64Array::from(vec![batch as i64; rows.len()])),
+            };
+            arrow::compute::cast(&built, f.data_type()).unwrap()
+        })
+        .collect();
+    let rows = vec![RecordBatch::try_new(schema, columns).unwrap()];
+    TaskInput::Split {
+        table: "clicks".into(),
+        rows,
+    }
+}
+
+/// (user_id, session start s, session end s, n) rows of a session job's output.
+fn sessions(out: Vec<Vec<RecordBatch>>) -> Vec<(i64, i64, i64, i64)> {
+    use arrow::datatypes::TimestampNanosecondType;
+    let mut got = Vec::new();
+    for b in out.into_iter().flatten() {
+        let user = b.column(0).as_primitive::<Int64Type>();
+        let start = b.column(1).as_primitive::<TimestampNanosecondType>();
+        let end = b.column(2).as_primitive::<TimestampNanosecondType>();
+        let n = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let s = |ns: i64| ns / 1_000_000_000;
+            got.push((
+                user.value(i),
+                s(start.value(i)),
+                s(end.value(i)),
+                n.value(i),
+            ));
+        }
+    }
+    got.sort();
+    got
+}
+
+const SESSIONS: &str = "SELECT user_id, session_start, session_end, count(*) AS n FROM SESSION(clicks, ts, INTERVAL '10' SECOND) GROUP BY user_id, session_start, session_end";
+
+#[tokio::test]
+async fn session_windows_merge_per_key_and_close_when_the_watermark_passes_their_end() {
+    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
+    let sql = format!(
+        "SET partitions = 3;\nSET 'output_mode' = 'append';\n{source}INSERT INTO out {SESSIONS};"
+    );
+    let job = CompiledJob::compile(&sql, "test.sql").await.unwrap();
+    let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
+    let held = |state: &Vec<Vec<RecordBatch>>| -> usize {
+        state.iter().flatten().map(|b| b.num_rows()).sum()
+    };
+    let s = 1_000;
+    // Batch 0, no watermark: user 1 has [0, 15) and [30, 40), user 2 has [0, 10).
+    let input = vec![
+        events(&job, 0, &[(1, "a", 0), (1, "a", 5 * s), (2, "a", 0)]).await,
+        events(&job, 0, &[(1, "b", 30 * s)]).await,
+    ];
+    let (out, late) = run_inputs(&job, 0.into(), input, &mut state, &mut deltas).await;
+    assert_eq!((sessions(out), late), (vec![], 0));
+    assert_eq!(held(&state), 3);
+    // Batch 1, watermark 10 s: user 1's 12 s extends [0, 15) to [0, 22), and 21 s bridges it
+    // with [30, 40) into [0, 40). User 1's 3 s is at or before the watermark: late (it could
+    // have reopened a session already emitted). User 2's [0, 10) closes.
+    let input = vec![
+        events(&job, 1, &[(1, "a", 12 * s), (2, "a", 25 * s)]).await,
+        events(&job, 1, &[(1, "a", 21 * s), (1, "a", 3 * s)]).await,
+    ];
+    let (out, late) = run_inputs(&job, at(10 * s, 1), input, &mut state, &mut deltas).await;
+    assert_eq!((sessions(out), late), (vec![(2, 0, 10, 1)], 1));
+    assert_eq!(
+        held(&state),
+        2,
+        "user 1's one session and user 2's [25, 35)"
+    );
+    // Batch 2 without input, watermark 45 s: both sessions close, state is empty.
+    let input = vec![events(&job, 2, &[]).await];
+    let (out, late) = run_inputs(&job, at(45 * s, 2), input, &mut state, &mut deltas).await;
+    assert_eq!(
+        (sessions(out), late),
+        (vec![(1, 0, 40, 5), (2, 25, 35, 1)], 0)
+    );
+    assert_eq!(held(&state), 0);
+    for parts in &deltas {
+        let restored = job.restore_state(1, parts).await.unwrap();
+        assert_eq!(restored.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    }
+}
+
+#[tokio::test]
+async fn session_windows_are_refused_in_update_mode_and_need_both_keys() {
+    let e = refusal(SESSIONS).await;
+    assert!(e.contains("SET 'output_mode' = 'append'"), "{e}");
+    let e = refusal(
+        "SELECT user_id, session_start, count(*) FROM SESSION(clicks, ts, INTERVAL '10' SECOND) GROUP BY user_id, session_start",
+    )
+    .await;
+    assert!(
+        e.contains("group by both session_start and session_end"),
+        "{e}"
+    );
+    let e = refusal("SELECT * FROM SESSION(clicks, ts)").await;
+    assert!(
+        e.contains("SESSION takes (table, time_column, INTERVAL gap)"),
+        "{e}"
+    );
+}
+
+/// (ts in ms, user_id) of the generated rows `first..first + 10000`.
+async fn generated_users(job: &CompiledJob, first: u64) -> Vec<(i64, i64)> {
+    use arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
+    let mut rows = Vec::new();
+    for split in splits_from(first) {
+        for b in job.sources["clicks"].read(&split, 0).await.unwrap() {
+            let as_ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+            let ts = arrow::compute::cast(b.column_by_name("ts").unwrap(), &as_ms).unwrap();
+            let ts = ts.as_primitive::<TimestampMillisecondType>();
+            let users = b.column_by_name("user_id").unwrap();
+            let users = users.as_primitive::<Int64Type>();
+            rows.extend((0..b.num_rows()).map(|i| (ts.value(i), users.value(i))));
+        }
+    }
+    rows
+}
+
+#[tokio::test]
+async fn count_distinct_in_a_window_counts_each_value_once_across_batches() {
+    let job = compile(
+        "SELECT window_start, count(DISTINCT user_id) AS users, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end",
+    )
+    .await;
+    let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
+    run_batch(&job, 0.into(), &splits_from(0), &mut state, &mut deltas).await;
+    // Batch 1 reads rows 5000.. again with new ones: the users it repeats count once.
+    let (out, _) = run_batch(&job, 1.into(), &splits_from(5_000), &mut state, &mut deltas).await;
+    let (before, now) = (
+        generated_users(&job, 0).await,
+        generated_users(&job, 5_000).await,
+    );
+    let changed: std::collections::BTreeSet<i64> =
+        now.iter().map(|(t, _)| t.div_euclid(1000) * 1000).collect();
+    let mut want: BTreeMap<i64, (std::collections::BTreeSet<i64>, i64)> = BTreeMap::new();
+    for (t, user) in before.iter().chain(&now) {
+        let w = want.entry(t.div_euclid(1000) * 1000).or_default();
+        w.0.insert(*user);
+        w.1 += 1;
+    }
+    let want: BTreeMap<i64, (i64, i64)> = want
+        .into_iter()
+        .filter(|(s, _)| changed.contains(s))
+        .map(|(s, (users, n))| (s, (users.len() as i64, n)))
+        .collect();
+    let mut got = BTreeMap::new();
+    for b in out.into_iter().flatten() {
+        use arrow::datatypes::TimestampNanosecondType;
+        let start = b.column(0).as_primitive::<TimestampNanosecondType>();
+        let (users, n) = (
+            b.column(1).as_primitive::<Int64Type>(),
+            b.column(2).as_primitive::<Int64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            got.insert(start.value(i) / 1_000_000, (users.value(i), n.value(i)));
+        }
+    }
+    assert!(
+        want.values().any(|(users, n)| users < n),
+        "users repeat in a window"
+    );
+    assert_eq!(got, want);
+    // The state restored from the deltas gives the same counts on the next batch.
+    for (p, parts) in deltas.iter().enumerate() {
+        let restored = job.restore_state(1, parts).await.unwrap();
+        let rows = |v: &[RecordBatch]| v.iter().map(|b| b.num_rows()).sum::<usize>();
+        assert_eq!(rows(&restored), rows(&state[p]), "partition {p}");
+    }
+    let e = refusal("SELECT page, count(DISTINCT user_id) FROM clicks GROUP BY page").await;
+    assert!(
+        e.contains("DISTINCT is supported as count(DISTINCT ...) in an event-time window"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn sliding_windows_over_out_of_order_input_continue_exactly_from_restored_state() {
+    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
+    let sql = format!(
+        "SET partitions = 3;\nSET 'output_mode' = 'append';\n{source}INSERT INTO out SELECT window_start, count(*) AS n FROM HOP(clicks, ts, INTERVAL '1' SECOND, INTERVAL '3' SECOND) GROUP BY window_start, window_end;"
+    );
+    let job = CompiledJob::compile(&sql, "test.sql").await.unwrap();
+    // Out of order: rows 10000.. come before rows 5000..; watermarks as the driver would log.
+    let firsts = [0, 10_000, 5_000, 20_000];
+    let mut marks = vec![None];
+    let mut max = i64::MIN;
+    for first in &firsts[..3] {
+        let times = generated_users(&job, *first).await;
+        max = max.max(times.iter().map(|(t, _)| *t).max().unwrap());
+        marks.push(Some(max));
+    }
+    let batch = |i: usize| BatchInfo {
+        id: i as u64,
+        watermark_ms: marks[i],
+    };
+    let run_all = |restore_after: Option<usize>| {
+        let job = &job;
+        async move {
+            let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
+            let mut outputs = Vec::new();
+            for (i, first) in firsts.iter().enumerate() {
+                let splits = splits_from(*first);
+                let (out, late) = run_batch(job, batch(i), &splits, &mut state, &mut deltas).await;
+                outputs.push((window_counts(out), late));
+                if restore_after == Some(i) {
+                    // As an executor that lost the partitions would: from the checkpoint.
+                    for (p, parts) in deltas.iter().enumerate() {
+                        state[p] = job.restore_state(1, parts).await.unwrap();
+                    }
+                }
+            }
+            outputs
+        }
+    };
+    let straight = run_all(None).await;
+    assert!(straight[2].1 > 0, "rows 5000.. are partly late");
+    assert!(
+        straight.iter().map(|(w, _)| w.len()).sum::<usize>() > 10,
+        "{straight:?}"
+    );
+    for after in 0..3 {
+        assert_eq!(
+            run_all(Some(after)).await,
+            straight,
+            "restored after batch {after}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_long_run_over_sliding_windows_keeps_state_bounded() {
+    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
+    let sql = format!(
+        "SET partitions = 3;\nSET 'output_mode' = 'update';\n{source}INSERT INTO out SELECT window_start, user_id, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, user_id;"
+    );
+    let job = CompiledJob::compile(&sql, "test.sql").await.unwrap();
+    let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
+    let users = 50;
+    let mut emitted = 0;
+    for b in 0..40i64 {
+        // Batch b: every user once a second over [10b, 10b + 10) s; the watermark is the
+        // last batch's latest event.
+        let rows: Vec<(i64, &str, i64)> = (0..users)
+            .flat_map(|u| (0..10).map(move |s| (u, "p", (b * 10 + s) * 1000)))
+            .collect();
+        let input = vec![events(&job, b as u64, &rows).await];
+        let watermark_ms = (b > 0).then(|| (b * 10 - 1) * 1000);
+        let batch = BatchInfo {
+            id: b as u64,
+            watermark_ms,
+        };
+        let (out, late) = run_inputs(&job, batch, input, &mut state, &mut deltas).await;
+        assert_eq!(late, 0);
+        emitted += out.iter().flatten().map(|b| b.num_rows()).sum::<usize>();
+        let held: usize = state.iter().flatten().map(|b| b.num_rows()).sum();
+        // This batch's windows and the last one's, which ends just after the watermark.
+        let bound = users as usize * if b == 0 { 1 } else { 2 };
+        assert_eq!(held, bound, "batch {b}");
+    }
+    assert_eq!(
+        emitted,
+        40 * users as usize,
+        "each batch updates its own windows"
+    );
 }
