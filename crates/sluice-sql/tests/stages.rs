@@ -659,9 +659,18 @@ fn window_counts(out: Vec<Vec<RecordBatch>>) -> BTreeMap<i64, i64> {
 }
 
 async fn windowed(mode: &str) -> CompiledJob {
+    windowed_job(
+        mode,
+        "SELECT window_start, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end",
+    )
+    .await
+}
+
+/// `query` over SOURCE with a watermark on `ts` (no delay), in output mode `mode`.
+async fn windowed_job(mode: &str, query: &str) -> CompiledJob {
     let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
     let sql = format!(
-        "SET partitions = 3;\nSET 'output_mode' = '{mode}';\n{source}INSERT INTO out SELECT window_start, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end;"
+        "SET partitions = 3;\nSET 'output_mode' = '{mode}';\n{source}INSERT INTO out {query};"
     );
     CompiledJob::compile(&sql, "test.sql").await.unwrap()
 }
@@ -685,6 +694,19 @@ async fn windows_of(job: &CompiledJob, first: u64) -> BTreeMap<i64, i64> {
         }
     }
     want
+}
+
+/// Restoring each partition from its deltas gives as many rows as its state holds.
+async fn assert_restores(
+    job: &CompiledJob,
+    deltas: &[Vec<Vec<RecordBatch>>],
+    state: &[Vec<RecordBatch>],
+) {
+    let rows = |v: &[RecordBatch]| v.iter().map(|b| b.num_rows()).sum::<usize>();
+    for (p, parts) in deltas.iter().enumerate() {
+        let restored = job.restore_state(1, parts).await.unwrap();
+        assert_eq!(rows(&restored), rows(&state[p]), "partition {p}");
+    }
 }
 
 fn at(watermark_ms: i64, id: u64) -> BatchInfo {
@@ -756,11 +778,7 @@ async fn append_mode_emits_each_window_once_when_the_watermark_passes_it_and_dro
     let held: usize = state.iter().flatten().map(|b| b.num_rows()).sum();
     let open = second.keys().filter(|s| **s + 1000 > wm2).count();
     assert_eq!(held, open);
-    for (p, parts) in deltas.iter().enumerate() {
-        let restored = job.restore_state(1, parts).await.unwrap();
-        let rows = |v: &[RecordBatch]| v.iter().map(|b| b.num_rows()).sum::<usize>();
-        assert_eq!(rows(&restored), rows(&state[p]), "partition {p}");
-    }
+    assert_restores(&job, &deltas, &state).await;
 }
 
 #[tokio::test]
@@ -841,11 +859,7 @@ async fn hop_puts_each_row_in_every_sliding_window_that_holds_it() {
 
 #[tokio::test]
 async fn grouping_by_date_bin_is_a_tumbling_window() {
-    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
-    let sql = format!(
-        "SET partitions = 3;\nSET 'output_mode' = 'append';\n{source}INSERT INTO out SELECT date_bin(INTERVAL '1 second', ts) AS second, count(*) AS n FROM clicks GROUP BY date_bin(INTERVAL '1 second', ts);"
-    );
-    let job = CompiledJob::compile(&sql, "test.sql").await.unwrap();
+    let job = windowed_job("append", "SELECT date_bin(INTERVAL '1 second', ts) AS second, count(*) AS n FROM clicks GROUP BY date_bin(INTERVAL '1 second', ts)").await;
     let first = windows_of(&job, 0).await;
     let second = windows_of(&job, 10_000).await;
     let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
@@ -925,11 +939,7 @@ const SESSIONS: &str = "SELECT user_id, session_start, session_end, count(*) AS 
 
 #[tokio::test]
 async fn session_windows_merge_per_key_and_close_when_the_watermark_passes_their_end() {
-    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
-    let sql = format!(
-        "SET partitions = 3;\nSET 'output_mode' = 'append';\n{source}INSERT INTO out {SESSIONS};"
-    );
-    let job = CompiledJob::compile(&sql, "test.sql").await.unwrap();
+    let job = windowed_job("append", SESSIONS).await;
     let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
     let held = |state: &Vec<Vec<RecordBatch>>| -> usize {
         state.iter().flatten().map(|b| b.num_rows()).sum()
@@ -1052,11 +1062,7 @@ async fn count_distinct_in_a_window_counts_each_value_once_across_batches() {
     );
     assert_eq!(got, want);
     // The state restored from the deltas gives the same counts on the next batch.
-    for (p, parts) in deltas.iter().enumerate() {
-        let restored = job.restore_state(1, parts).await.unwrap();
-        let rows = |v: &[RecordBatch]| v.iter().map(|b| b.num_rows()).sum::<usize>();
-        assert_eq!(rows(&restored), rows(&state[p]), "partition {p}");
-    }
+    assert_restores(&job, &deltas, &state).await;
     let e = refusal("SELECT page, count(DISTINCT user_id) FROM clicks GROUP BY page").await;
     assert!(
         e.contains("DISTINCT is supported as count(DISTINCT ...) in an event-time window"),
@@ -1066,11 +1072,7 @@ async fn count_distinct_in_a_window_counts_each_value_once_across_batches() {
 
 #[tokio::test]
 async fn sliding_windows_over_out_of_order_input_continue_exactly_from_restored_state() {
-    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
-    let sql = format!(
-        "SET partitions = 3;\nSET 'output_mode' = 'append';\n{source}INSERT INTO out SELECT window_start, count(*) AS n FROM HOP(clicks, ts, INTERVAL '1' SECOND, INTERVAL '3' SECOND) GROUP BY window_start, window_end;"
-    );
-    let job = CompiledJob::compile(&sql, "test.sql").await.unwrap();
+    let job = windowed_job("append", "SELECT window_start, count(*) AS n FROM HOP(clicks, ts, INTERVAL '1' SECOND, INTERVAL '3' SECOND) GROUP BY window_start, window_end").await;
     // Out of order: rows 10000.. come before rows 5000..; watermarks as the driver would log.
     let firsts = [0, 10_000, 5_000, 20_000];
     let mut marks = vec![None];
@@ -1120,11 +1122,7 @@ async fn sliding_windows_over_out_of_order_input_continue_exactly_from_restored_
 
 #[tokio::test]
 async fn a_long_run_over_sliding_windows_keeps_state_bounded() {
-    let source = SOURCE.replace("ts TIMESTAMP)", "ts TIMESTAMP, WATERMARK FOR ts AS ts)");
-    let sql = format!(
-        "SET partitions = 3;\nSET 'output_mode' = 'update';\n{source}INSERT INTO out SELECT window_start, user_id, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, user_id;"
-    );
-    let job = CompiledJob::compile(&sql, "test.sql").await.unwrap();
+    let job = windowed_job("update", "SELECT window_start, user_id, count(*) AS n FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, user_id").await;
     let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
     let users = 50;
     let mut emitted = 0;
