@@ -84,7 +84,12 @@ async fn describe(cp: &JobCheckpoint) -> anyhow::Result<Value> {
     let mut state = Vec::new();
     for (operator, partition) in cp.state_partitions().await? {
         let files = cp.state_files(&operator, partition).await?;
+        let sides = join_sides(cp, &operator, partition, &files).await;
         state.push(json!({
+            "sides": sides.map(|s| json!({
+                "left": { "rows": s[0].0, "bytes": s[0].1 },
+                "right": { "rows": s[1].0, "bytes": s[1].1 },
+            })),
             "operator": operator,
             "partition": partition,
             "latest_version": files.iter().map(|f| f.version).max(),
@@ -160,6 +165,14 @@ fn print(job: &Value) {
             },
             versions("snapshot").join(",")
         );
+        if let Some(sides) = p["sides"].as_object() {
+            for (name, side) in sides {
+                println!(
+                    "              {name} side: {} rows, {} bytes in memory",
+                    side["rows"], side["bytes"]
+                );
+            }
+        }
     }
     println!();
     println!(
@@ -195,4 +208,20 @@ fn print(job: &Value) {
         );
     }
     println!();
+}
+
+/// A join's state rows and bytes per side, from its latest version (whose delta is the whole
+/// state); `None` for other operators or a file that does not decode.
+async fn join_sides(
+    cp: &sluice_checkpoint::JobCheckpoint,
+    operator: &str,
+    partition: u32,
+    files: &[sluice_checkpoint::StateFile],
+) -> Option<[(u64, u64); 2]> {
+    let latest = files.iter().max_by_key(|f| f.version)?;
+    let bytes = cp
+        .read_state(operator, partition, latest.version, latest.kind)
+        .await
+        .ok()?;
+    sluice_sql::join_state_sides(&sluice_connectors::ipc_batches(&bytes).ok()?)
 }

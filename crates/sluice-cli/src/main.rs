@@ -520,18 +520,23 @@ fn print_event_time(b: &sluice_proto::BatchStatus) {
         .keys()
         .filter_map(|m| m.strip_suffix(".state_rows"))
         .collect();
+    use sluice_core::progress::{LATE_ROWS, OPEN_WINDOWS, STATE_BYTES, STATE_ROWS};
     for op in operators {
         let metric = |what: &str| {
             b.metrics
                 .get(&sluice_core::progress::operator_rows(op, what))
                 .copied()
-                .unwrap_or(0)
         };
-        println!(
-            "  {op:<20} {} open windows, {} late rows, {} state rows",
-            metric(sluice_core::progress::OPEN_WINDOWS),
-            metric(sluice_core::progress::LATE_ROWS),
-            metric(sluice_core::progress::STATE_ROWS)
-        );
+        let mut parts = Vec::new();
+        if let Some(n) = metric(OPEN_WINDOWS) {
+            parts.push(format!("{n} open windows"));
+        }
+        parts.push(format!("{} late rows", metric(LATE_ROWS).unwrap_or(0)));
+        parts.push(format!("{} state rows", metric(STATE_ROWS).unwrap_or(0)));
+        if let Some(n) = metric(STATE_BYTES) {
+            parts.push(format!("{n} state bytes"));
+        }
+        // A join's sides are `<operator>.left` and `<operator>.right`.
+        println!("  {op:<20} {}", parts.join(", "));
     }
 }

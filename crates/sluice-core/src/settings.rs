@@ -40,6 +40,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "a declared table that receives the input rows event-time windows drop as late, as the windowed aggregation received them (committed with the batch)",
     ),
     (
+        "state.ttl",
+        "stream-stream inner joins without a time bound: a row leaves the join's state once the watermark has moved this far past the batch it arrived in (e.g. '1h'); results can be incomplete",
+    ),
+    (
         "watermark.policy",
         "with several event-time sources: 'min' (default; the slowest source's watermark) or 'max' (the fastest's); part of the checkpoint",
     ),
@@ -164,6 +168,8 @@ pub struct JobSettings {
     pub no_data_batches: bool,
     /// Where late rows go, if anywhere (a declared table's name).
     pub late_rows_table: Option<String>,
+    /// How long (in event time) an unbounded join keeps a row (`SET 'state.ttl'`).
+    pub state_ttl: Option<Duration>,
     pub task_max_attempts: u32,
     pub task_backoff: Duration,
     pub task_timeout: Duration,
@@ -192,6 +198,7 @@ impl Default for JobSettings {
             watermark_policy: Default::default(),
             no_data_batches: true,
             late_rows_table: None,
+            state_ttl: None,
             task_max_attempts: 4,
             task_backoff: Duration::from_millis(200),
             task_timeout: Duration::from_secs(600),
@@ -255,6 +262,13 @@ impl JobSettings {
                     "" => return Err(invalid("expected a declared table's name")),
                     table => s.late_rows_table = Some(table.to_string()),
                 },
+                "state.ttl" => {
+                    s.state_ttl = parse_duration(value)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .map(Some)
+                        .ok_or_else(|| invalid("expected a duration such as '1h' or '10m'"))?
+                }
                 "watermark.policy" => {
                     use crate::watermark::WatermarkPolicy as P;
                     s.watermark_policy = match value.trim().to_ascii_lowercase().as_str() {
@@ -539,7 +553,7 @@ mod tests {
     fn every_documented_setting_is_accepted() {
         let sample = |key: &str| match key {
             "trigger" => "1s",
-            "task.backoff" | "task.timeout" | "restart.delay" => "1s",
+            "task.backoff" | "task.timeout" | "restart.delay" | "state.ttl" => "1s",
             "sluice.test.fail_task" => "0:0",
             "sluice.test.delay_task" | "sluice.test.delay_after_input" => "0:1s",
             "sluice.test.pause_at" => "before_tasks:1:1s",

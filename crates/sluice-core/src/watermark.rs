@@ -45,6 +45,11 @@ pub struct Watermarks {
     /// until every source the policy waits for has had a row.
     #[serde(default)]
     pub watermark_ms: Option<i64>,
+    /// The watermark of the batch before: an operator fed by another stateful operator judges
+    /// late rows by it, so rows its upstream emitted as the watermark moved are not dropped
+    /// (Spark's SPARK-40925 rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_ms: Option<i64>,
 }
 
 impl Watermarks {
@@ -65,6 +70,7 @@ impl Watermarks {
         for (table, max_ms) in read {
             self.observe(table, *max_ms);
         }
+        self.previous_ms = self.watermark_ms;
         self.advance(sources, policy);
     }
 

@@ -435,6 +435,7 @@ impl Core {
                             output_partitions: task.output_partitions,
                             timeout_ms: task.timeout_ms,
                             watermark_ms: task.watermark_ms,
+                            previous_watermark_ms: task.previous_watermark_ms,
                         })),
                     };
                     if let Some(event) = self.send(&executor, msg) {

@@ -472,6 +472,7 @@ impl JobRunner {
             task_timeout_ms: self.job.settings.task_timeout.as_millis() as u64,
             max_stage_attempts: self.job.settings.stage_max_attempts,
             watermark_ms: entry.watermark.as_ref().and_then(|w| w.watermark_ms),
+            previous_watermark_ms: entry.watermark.as_ref().and_then(|w| w.previous_ms),
         };
         let core = self.core.clone();
         let code = JobCode {

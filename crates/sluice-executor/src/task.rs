@@ -242,6 +242,7 @@ impl TaskRunner {
         let batch = sluice_sql::BatchInfo {
             id: key.batch_id,
             watermark_ms: launch.watermark_ms,
+            previous_watermark_ms: launch.previous_watermark_ms,
         };
         let first_attempt = key.task_attempt == 0;
         if job.settings.test_fail_task == Some((key.stage_id, key.partition)) && first_attempt {
@@ -295,19 +296,24 @@ impl TaskRunner {
                 .await
                 .into_iter()
                 .collect::<Result<Vec<_>, _>>()?;
-            let rows = job
+            let blocks: Vec<(u32, Vec<u8>)> = launch
+                .inputs
+                .iter()
+                .map(|loc| loc.stage_id)
+                .zip(blocks)
+                .collect();
+            let input = job
                 .shuffle_input(stage, &blocks)
                 .map_err(SqlError::into_failure)?;
-            (TaskInput::Shuffle(rows), 0, TaskProgress::default())
+            (input, 0, TaskProgress::default())
         };
         clock.lap(progress::INPUT_MS);
         if let Some(d) = delay(job.settings.test_delay_after_input) {
             tokio::time::sleep(d).await;
         }
         let rows_in: u64 = match &input {
-            TaskInput::Split { rows, .. } | TaskInput::Shuffle(rows) => {
-                rows.iter().map(|b| b.num_rows() as u64).sum()
-            }
+            TaskInput::Split { rows, .. } => rows.iter().map(|b| b.num_rows() as u64).sum(),
+            TaskInput::Shuffle(edges) => edges.iter().flatten().map(|b| b.num_rows() as u64).sum(),
         };
         let state_key = StatePartition {
             job: key.job_id.clone().into(),
@@ -370,11 +376,8 @@ impl TaskRunner {
                     &progress::operator_rows(op, progress::STATE_ROWS),
                     state_rows as u64,
                 );
-            if update.windowed {
-                progress.count(
-                    &progress::operator_rows(op, progress::OPEN_WINDOWS),
-                    state_rows as u64,
-                );
+            for (name, value) in &update.metrics {
+                progress.count(&progress::operator_rows(op, name), *value);
             }
             // Written under (batch, partition) like the sink, committed by the driver with it.
             if let (Some(sink), false) = (&job.late_rows, update.late.is_empty()) {

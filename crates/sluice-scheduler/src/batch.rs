@@ -24,6 +24,8 @@ pub struct BatchSubmission {
     pub max_stage_attempts: u32,
     /// The event-time watermark the batch logged, handed to every task.
     pub watermark_ms: Option<i64>,
+    /// The watermark the batch before it ran with (late rows of downstream operators).
+    pub previous_watermark_ms: Option<i64>,
 }
 
 /// What a successful task reports: its progress (metrics and payloads).

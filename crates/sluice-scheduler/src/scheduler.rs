@@ -51,6 +51,7 @@ pub struct TaskLaunch {
     pub output_partitions: u32,
     pub timeout_ms: u64,
     pub watermark_ms: Option<i64>,
+    pub previous_watermark_ms: Option<i64>,
 }
 
 /// A map output a reducer could not fetch, and the executor that should have served it.
@@ -903,6 +904,7 @@ fn build_launch(
         },
         timeout_ms: batch.sub.task_timeout_ms,
         watermark_ms: batch.sub.watermark_ms,
+        previous_watermark_ms: batch.sub.previous_watermark_ms,
     }
 }
 

@@ -11,7 +11,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_connectors::{ipc_batches, ipc_bytes};
-use sluice_core::BatchId;
+use sluice_core::{BatchId, StageInput};
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -80,22 +80,28 @@ impl MapOutput {
 }
 
 impl CompiledJob {
-    /// Decodes fetched shuffle blocks into the stage's input rows.
+    /// Decodes fetched shuffle blocks, each with the stage that wrote it, into the stage's
+    /// input rows per exchange.
     pub fn shuffle_input(
         &self,
         stage: usize,
-        blocks: &[Vec<u8>],
-    ) -> Result<Vec<RecordBatch>, SqlError> {
-        let schema = self.shuffle_schema(stage)?;
-        let mut out = Vec::new();
-        for block in blocks {
+        blocks: &[(u32, Vec<u8>)],
+    ) -> Result<TaskInput, SqlError> {
+        let f = &self.fragments[stage];
+        let edges: Vec<u32> = f.inputs.iter().filter_map(StageInput::upstream).collect();
+        let mut rows = vec![Vec::new(); edges.len()];
+        for (from, block) in blocks {
+            let edge = edges.iter().position(|e| e == from).ok_or_else(|| {
+                SqlError::internal(format!("stage {stage} does not read stage {from}"))
+            })?;
+            let schema = self.shuffle_schema(stage, edge)?;
             for b in ipc_batches(block)? {
                 if b.num_rows() > 0 {
-                    out.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+                    rows[edge].push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
                 }
             }
         }
-        Ok(out)
+        Ok(TaskInput::Shuffle(rows))
     }
 
     /// Runs stage `stage` of `batch` (its id, or a [`BatchInfo`]) over `input` and shapes its output for the
@@ -126,15 +132,16 @@ impl CompiledJob {
         let f = &self.fragments[stage];
         let (plan, update) = match (&f.operator, input) {
             (None, input) => (self.bind_input(stage, input)?, None),
-            (Some(op), TaskInput::Shuffle(rows)) => {
+            (Some(op), TaskInput::Shuffle(inputs)) => {
                 let ctx = BatchContext {
                     batch_id: batch.id,
                     watermark_ms: batch.watermark_ms,
+                    previous_watermark_ms: batch.previous_watermark_ms,
                     settings: &self.settings,
                     session: &self.ctx,
                 };
-                let rows_in = rows.iter().map(|b| b.num_rows() as u64).sum();
-                let done = op.process(&ctx, rows, state).await?;
+                let rows_in = inputs.iter().flatten().map(|b| b.num_rows() as u64).sum();
+                let done = op.process(&ctx, inputs, state).await?;
                 let rows_out = done.output.iter().map(|b| b.num_rows() as u64).sum();
                 let (table, schema) = op.output();
                 let plan = bind_table(f.plan.clone(), table, schema, done.output)?;
@@ -144,9 +151,9 @@ impl CompiledJob {
                     operator: op.name().to_string(),
                     rows_in,
                     rows_out,
-                    late_rows: done.late.iter().map(|b| b.num_rows() as u64).sum(),
+                    late_rows: done.late_rows,
                     late: done.late,
-                    windowed: op.windowed(),
+                    metrics: done.metrics,
                 };
                 (plan, Some(update))
             }
@@ -254,13 +261,15 @@ fn encode_keys(
 pub struct BatchInfo {
     pub id: BatchId,
     pub watermark_ms: Option<i64>,
+    /// The watermark of the batch before (see [`BatchContext::previous_watermark_ms`]).
+    pub previous_watermark_ms: Option<i64>,
 }
 
 impl From<BatchId> for BatchInfo {
     fn from(id: BatchId) -> Self {
         BatchInfo {
             id,
-            watermark_ms: None,
+            ..Default::default()
         }
     }
 }

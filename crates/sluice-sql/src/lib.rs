@@ -4,6 +4,7 @@
 
 mod compat;
 mod exec;
+mod join;
 mod operator;
 mod parse;
 mod plan;
@@ -11,6 +12,7 @@ mod state;
 pub mod window;
 
 pub use exec::{BatchInfo, MapOutput, RangeKeys, StageOutputData};
+pub use join::join_state_sides;
 pub use operator::{BatchContext, Processed, StatefulOperator};
 pub use parse::{JobFile, parse_job, split_inserts};
 pub use plan::{CompiledJob, Fragment, FragmentOutput, Statics, TaskInput};

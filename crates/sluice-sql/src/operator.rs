@@ -19,6 +19,10 @@ pub struct BatchContext<'a> {
     /// The event-time watermark the batch logged (ms since the epoch), for a job with one:
     /// windows ending at or before it are closed, rows for them are late.
     pub watermark_ms: Option<i64>,
+    /// The watermark the batch before ran with. An operator fed by another stateful operator
+    /// judges late rows by it, since its upstream emits rows as the watermark passes them
+    /// (Spark's SPARK-40925 rule); it still evicts by `watermark_ms`.
+    pub previous_watermark_ms: Option<i64>,
     pub settings: &'a JobSettings,
     /// Plans and runs DataFusion plans (the job's session).
     pub session: &'a SessionContext,
@@ -29,8 +33,13 @@ pub struct Processed {
     /// The rows the operator emits, in its output schema.
     pub output: Vec<RecordBatch>,
     /// Input rows dropped because their window had closed (its end at or before the batch's
-    /// watermark), as the operator received them.
+    /// watermark), as the operator received them, for `late_rows.table`.
     pub late: Vec<RecordBatch>,
+    /// How many input rows were late (a join counts its sides' but keeps none).
+    pub late_rows: u64,
+    /// The operator's own statistics for the progress channel, reported as
+    /// `<operator>.<name>` (a join's `left.state_rows`, ...).
+    pub metrics: Vec<(String, u64)>,
     /// The partition's new state version.
     pub state: Vec<RecordBatch>,
     /// What is written to the checkpoint for this version: replaying deltas over a snapshot
@@ -62,12 +71,23 @@ pub trait StatefulOperator: Send + Sync {
         false
     }
 
-    /// One batch: the partition's input rows and its previous state in, output and the new
-    /// state out.
+    /// Whether `SET 'output_mode'` decides what it emits (an aggregation).
+    fn follows_output_mode(&self) -> bool {
+        false
+    }
+
+    /// Whether every row it emits is final (a join; an aggregation in append mode), so that
+    /// another stateful operator may consume its output.
+    fn append_only(&self) -> bool {
+        false
+    }
+
+    /// One batch: the partition's input rows (per exchange the stage reads: one for an
+    /// aggregation, two for a join) and its previous state in, output and the new state out.
     async fn process(
         &self,
         ctx: &BatchContext<'_>,
-        input: Vec<RecordBatch>,
+        inputs: Vec<Vec<RecordBatch>>,
         state: &[RecordBatch],
     ) -> Result<Processed, SqlError>;
 

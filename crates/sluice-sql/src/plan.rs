@@ -13,7 +13,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef};
 use datafusion::datasource::{empty::EmptyTable, provider_as_source};
 use datafusion::logical_expr::{
-    Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, Sort, TableScan, cast, col,
+    Aggregate, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, Sort, TableScan, cast, col,
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -43,8 +43,8 @@ pub enum FragmentOutput {
 /// One stage's operators.
 pub struct Fragment {
     pub plan: LogicalPlan,
-    /// Schema of the shuffled rows the leaf scan expects, for a stage reading exchanges.
-    pub shuffle_schema: Option<SchemaRef>,
+    /// Per exchange the stage reads (its `Shuffle` inputs, in order), the schema of its rows.
+    pub shuffle_schemas: Vec<SchemaRef>,
     /// Its input edges: the source tables it scans, or the exchange it reads.
     pub inputs: Vec<StageInput>,
     pub output: FragmentOutput,
@@ -170,6 +170,9 @@ impl CompiledJob {
             statics: statics.keys().cloned().collect(),
             scanned: Vec::new(),
             joined: Vec::new(),
+            reads: Vec::new(),
+            event_times: &event_times,
+            ttl_ms: settings.state_ttl.map(|d| d.as_millis() as i64),
             partitions: settings.partitions,
             output_mode: settings.output_mode,
             fragments: Vec::new(),
@@ -178,27 +181,33 @@ impl CompiledJob {
         let last = cutter.cut(optimized).map_err(plan_err)?;
         cutter.push(last, None).map_err(plan_err)?;
         let fragments = cutter.fragments;
-        if settings.output_mode.is_some() && fragments.iter().all(|f| f.operator.is_none()) {
-            return Err(plan_err(
-                "SET 'output_mode' applies to running aggregations (GROUP BY without _batch); this job has none, so every batch appends its rows"
-                    .into(),
-            ));
-        }
-        let windowed = fragments
+        let operators: Vec<_> = fragments
             .iter()
             .filter_map(|f| f.operator.as_deref())
-            .any(|op| op.windowed());
-        if settings.output_mode == Some(sluice_core::settings::OutputMode::Append) {
-            if !windowed {
-                return Err(plan_err(
-                    "SET 'output_mode' = 'append' emits each event-time window once, when the watermark passes its end: group by the window of TUMBLE(table, ts, INTERVAL '...' MINUTE) (window_start, window_end), or use 'update'".into(),
-                ));
+            .collect();
+        let append = settings.output_mode == Some(sluice_core::settings::OutputMode::Append);
+        if settings.output_mode.is_some() && operators.iter().all(|op| !op.follows_output_mode()) {
+            let message = match operators.is_empty() {
+                true => {
+                    "SET 'output_mode' applies to running aggregations (GROUP BY without _batch); this job has none, so every batch appends its rows"
+                }
+                false if append => "",
+                false => {
+                    "a join of two streams emits each joined row once (append mode): SET 'output_mode' = 'append' or leave it out"
+                }
+            };
+            if !message.is_empty() {
+                return Err(plan_err(message.into()));
             }
-            if event_times.is_empty() {
-                return Err(plan_err(
-                    "SET 'output_mode' = 'append' closes windows as the watermark passes them, but no source table declares a WATERMARK: add WATERMARK FOR ts AS ts - INTERVAL '10' SECOND (with your column and delay) to the windowed table's CREATE TABLE".into(),
-                ));
-            }
+        }
+        // Late rows kept for a table are a windowed aggregation's (a join counts its own).
+        let windowed = operators
+            .iter()
+            .any(|op| op.windowed() && op.follows_output_mode());
+        if append && event_times.is_empty() {
+            return Err(plan_err(
+                "SET 'output_mode' = 'append' closes windows as the watermark passes them, but no source table declares a WATERMARK: add WATERMARK FOR ts AS ts - INTERVAL '10' SECOND (with your column and delay) to the windowed table's CREATE TABLE".into(),
+            ));
         }
         let late_rows = late_rows_sink(&job, &settings, &insert.target, &sources, windowed)
             .map_err(plan_err)?;
@@ -272,9 +281,14 @@ impl CompiledJob {
     ) -> Result<LogicalPlan, SqlError> {
         let f = &self.fragments[stage];
         match input {
-            TaskInput::Shuffle(rows) => {
-                bind_table(plan, SHUFFLE_TABLE, self.shuffle_schema(stage)?, rows)
+            TaskInput::Shuffle(mut edges) if edges.len() == 1 => {
+                let rows = edges.pop().unwrap_or_default();
+                bind_table(plan, SHUFFLE_TABLE, self.shuffle_schema(stage, 0)?, rows)
             }
+            TaskInput::Shuffle(edges) => Err(SqlError::internal(format!(
+                "stage {stage} has no operator to take {} exchanges",
+                edges.len()
+            ))),
             TaskInput::Split { table, rows } => {
                 let mut plan = plan;
                 let mut rows = Some(rows);
@@ -345,11 +359,13 @@ impl CompiledJob {
         Ok(source_schema(&table_schema(self.spec(table)?)))
     }
 
-    pub(crate) fn shuffle_schema(&self, stage: usize) -> Result<SchemaRef, SqlError> {
+    /// The schema of the rows of exchange `edge` (counting the stage's `Shuffle` inputs).
+    pub(crate) fn shuffle_schema(&self, stage: usize, edge: usize) -> Result<SchemaRef, SqlError> {
         self.fragments[stage]
-            .shuffle_schema
-            .clone()
-            .ok_or_else(|| SqlError::internal(format!("stage {stage} reads no exchange")))
+            .shuffle_schemas
+            .get(edge)
+            .cloned()
+            .ok_or_else(|| SqlError::internal(format!("stage {stage} reads no exchange {edge}")))
     }
 }
 
@@ -363,8 +379,9 @@ pub enum TaskInput {
         table: String,
         rows: Vec<arrow::record_batch::RecordBatch>,
     },
-    /// The rows fetched from the upstream exchanges for this task's partition.
-    Shuffle(Vec<arrow::record_batch::RecordBatch>),
+    /// The rows fetched for this task's partition, per exchange the stage reads (in the order
+    /// of its `Shuffle` inputs).
+    Shuffle(Vec<Vec<arrow::record_batch::RecordBatch>>),
 }
 
 /// Replaces the scan of `table` in `plan` with a scan of `input` (all of it in memory).
@@ -607,6 +624,12 @@ struct Cutter<'a> {
     scanned: Vec<String>,
     /// Static tables joined in the stage being built.
     joined: Vec<String>,
+    /// The stages whose exchanges the stage being built reads.
+    reads: Vec<u32>,
+    /// Per source table with a WATERMARK, its event-time column (joins check their bounds).
+    event_times: &'a BTreeMap<String, EventTime>,
+    /// `SET 'state.ttl'` in ms, for joins of two streams without a time bound.
+    ttl_ms: Option<i64>,
     partitions: u32,
     output_mode: Option<sluice_core::settings::OutputMode>,
     fragments: Vec<Fragment>,
@@ -620,10 +643,19 @@ enum Cut {
 }
 
 impl Cutter<'_> {
-    /// An aggregate over a running aggregate's changing output would count its updates.
+    /// The stateful operators planned so far (those feeding the one being planned).
+    fn upstream_operators(&self) -> impl Iterator<Item = &dyn crate::operator::StatefulOperator> {
+        self.pending_state
+            .as_deref()
+            .into_iter()
+            .chain(self.fragments.iter().filter_map(|f| f.operator.as_deref()))
+    }
+
+    /// An aggregate over a running aggregate's changing output would count its updates; one
+    /// over final rows (a join's, a window's in append mode) is fine.
     fn refuse_nested_state(&self) -> Result<(), String> {
-        if self.pending_state.is_some() || self.fragments.iter().any(|f| f.operator.is_some()) {
-            return Err("a running aggregation (GROUP BY without _batch) feeds another aggregation here (nested GROUP BYs, or a DISTINCT aggregate, which is planned as one); this is not supported in a running aggregation yet".into());
+        if self.upstream_operators().any(|op| !op.append_only()) {
+            return Err("a running aggregation (GROUP BY without _batch) feeds another aggregation or a join here (nested GROUP BYs, or a DISTINCT aggregate, which is planned as one); only final rows can feed one: window the first aggregation and SET 'output_mode' = 'append'".into());
         }
         Ok(())
     }
@@ -633,13 +665,9 @@ impl Cutter<'_> {
         match plan {
             LogicalPlan::Aggregate(agg) if !agg.group_expr.iter().any(is_batch_column) => {
                 // A running aggregation: per-key state across batches.
-                if self.fragments.iter().any(|f| f.operator.is_some()) {
-                    return Err(
-                        "a job may have one running aggregation (GROUP BY without _batch); aggregate its result per batch instead".into(),
-                    );
-                }
                 let child = self.cut(Arc::unwrap_or_clone(agg.input.clone()))?;
                 self.refuse_nested_state()?;
+                let downstream = self.upstream_operators().next().is_some();
                 let keys = crate::window::shuffle_keys(&agg.group_expr);
                 let leaf = self.push(child, Some(Cut::Hash(keys)))?;
                 let mode = self
@@ -647,13 +675,14 @@ impl Cutter<'_> {
                     .unwrap_or(sluice_core::settings::OutputMode::Update);
                 let input_schema =
                     flat_schema(self.fragments.last().expect("just cut").plan.schema());
-                let (state, upper) = crate::state::StatefulAgg::plan(
+                let (mut state, upper) = crate::state::StatefulAgg::plan(
                     &agg,
                     leaf,
                     input_schema,
                     self.fragments.len(),
                     mode,
                 )?;
+                state.downstream = downstream;
                 self.pending_state = Some(Arc::new(state));
                 Ok(upper)
             }
@@ -751,8 +780,12 @@ impl Cutter<'_> {
         let stream_left = match (streams(&join.left), streams(&join.right)) {
             (true, false) => true,
             (false, true) => false,
-            (true, true) => return Err("joins of two streams are not supported yet; join a stream with a static table (WITH (connector = 'files', ..., static = 'true'))".into()),
-            (false, false) => return Err("a join of static tables is read on its own here; join it to a stream".into()),
+            (true, true) => return self.cut_stream_join(join),
+            (false, false) => {
+                return Err(
+                    "a join of static tables is read on its own here; join it to a stream".into(),
+                );
+            }
         };
         let keeps_stream = match join.join_type {
             J::Inner => true,
@@ -793,38 +826,60 @@ impl Cutter<'_> {
         }))
     }
 
+    /// A join of two streams gets a stage of its own: each side is cut into a stage that
+    /// hash-shuffles it on its join keys, and the join stage reads both exchanges.
+    fn cut_stream_join(
+        &mut self,
+        join: datafusion::logical_expr::Join,
+    ) -> Result<LogicalPlan, String> {
+        if !self.scanned.is_empty() || !self.reads.is_empty() {
+            return Err("a join of two streams next to another input of the same operator is not supported yet".into());
+        }
+        let (left_keys, right_keys) = join_keys(&join)?;
+        let left = self.cut(Arc::unwrap_or_clone(join.left.clone()))?;
+        self.push(left, Some(Cut::Hash(left_keys)))?;
+        let left_stage = std::mem::take(&mut self.reads);
+        let right = self.cut(Arc::unwrap_or_clone(join.right.clone()))?;
+        self.push(right, Some(Cut::Hash(right_keys)))?;
+        self.reads = [left_stage, std::mem::take(&mut self.reads)].concat();
+        self.refuse_nested_state()?;
+        let how = crate::join::JoinPlanning {
+            stage: self.fragments.len(),
+            event_times: self.event_times,
+            ttl_ms: self.ttl_ms,
+            downstream: self.upstream_operators().next().is_some(),
+        };
+        let (op, upper) = crate::join::StreamJoin::plan(&join, &how)?;
+        self.pending_state = Some(Arc::new(op));
+        Ok(upper)
+    }
+
     /// Ends the current stage with `plan`, writing a shuffle (`cut`) or the sink (`None`).
     /// Returns the leaf that reads this stage's output in the next stage.
     fn push(&mut self, plan: LogicalPlan, cut: Option<Cut>) -> Result<LogicalPlan, String> {
-        // The stage cut last is the one this stage reads, unless this stage scans sources.
-        let from = self.fragments.len().saturating_sub(1) as u32;
         let scanned = std::mem::take(&mut self.scanned);
         let joined = std::mem::take(&mut self.joined);
-        let (mut inputs, shuffle_schema): (Vec<StageInput>, _) = match self.fragments.last() {
-            None => (
-                scanned
-                    .into_iter()
-                    .map(|table| StageInput::Source { table })
-                    .collect(),
-                None,
-            ),
-            Some(_) if !scanned.is_empty() => {
-                return Err(format!(
-                    "the source tables {} are read after an aggregation or sort of another; this is not supported yet",
-                    scanned.join(", ")
-                ));
-            }
-            Some(prev) => {
-                let kind = match prev.output {
-                    FragmentOutput::Range { .. } => ShuffleKind::Range,
-                    _ => ShuffleKind::Hash,
-                };
-                (
-                    vec![StageInput::Shuffle { from, kind }],
-                    Some(flat_schema(prev.plan.schema())),
-                )
-            }
-        };
+        let reads = std::mem::take(&mut self.reads);
+        if !scanned.is_empty() && !reads.is_empty() {
+            return Err(format!(
+                "the source tables {} are read after an aggregation or sort of another; this is not supported yet",
+                scanned.join(", ")
+            ));
+        }
+        let mut inputs: Vec<StageInput> = scanned
+            .into_iter()
+            .map(|table| StageInput::Source { table })
+            .collect();
+        let mut shuffle_schemas = Vec::new();
+        for from in reads {
+            let prev = &self.fragments[from as usize];
+            let kind = match prev.output {
+                FragmentOutput::Range { .. } => ShuffleKind::Range,
+                _ => ShuffleKind::Hash,
+            };
+            inputs.push(StageInput::Shuffle { from, kind });
+            shuffle_schemas.push(flat_schema(prev.plan.schema()));
+        }
         inputs.extend(
             joined
                 .into_iter()
@@ -877,8 +932,10 @@ impl Cutter<'_> {
             steps.insert(at, op.describe());
         }
         steps.push(suffix);
+        // The next stage reads this one, unless it starts a branch of its own (a join's side).
+        self.reads = vec![self.fragments.len() as u32];
         self.fragments.push(Fragment {
-            shuffle_schema,
+            shuffle_schemas,
             inputs,
             output,
             operator: state,
@@ -887,6 +944,22 @@ impl Cutter<'_> {
         });
         flat_leaf(SHUFFLE_TABLE, &schema).map_err(|e| e.to_string())
     }
+}
+
+/// Both sides' join keys, of one type each so that equal keys hash alike.
+fn join_keys(join: &datafusion::logical_expr::Join) -> Result<(Vec<Expr>, Vec<Expr>), String> {
+    let mut left = Vec::new();
+    let mut right = Vec::new();
+    for (l, r) in &join.on {
+        let lt = l.get_type(join.left.schema()).map_err(|e| e.to_string())?;
+        let rt = r.get_type(join.right.schema()).map_err(|e| e.to_string())?;
+        left.push(l.clone());
+        right.push(match lt == rt {
+            true => r.clone(),
+            false => cast(r.clone(), lt),
+        });
+    }
+    Ok((left, right))
 }
 
 fn is_batch_column(e: &Expr) -> bool {

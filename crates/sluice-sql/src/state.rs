@@ -84,6 +84,8 @@ pub struct StatefulAgg {
     /// What the state depends on: keys, aggregates and types. A checkpoint written by a job
     /// with another signature cannot be continued.
     pub signature: Vec<String>,
+    /// Another stateful operator feeds it: late rows are judged by the previous watermark.
+    pub(crate) downstream: bool,
 }
 
 /// What a stateful task leaves behind: the new state and the delta to persist, and what its
@@ -99,8 +101,8 @@ pub struct StateUpdate {
     pub late_rows: u64,
     /// The late rows themselves, as the operator received them (for `late_rows.table`).
     pub late: Vec<RecordBatch>,
-    /// Whether its state rows are open event-time windows (one per key and window).
-    pub windowed: bool,
+    /// The operator's own statistics, reported as `<operator>.<name>`.
+    pub metrics: Vec<(String, u64)>,
 }
 
 impl StatefulAgg {
@@ -129,6 +131,9 @@ impl StatefulAgg {
             finals.push(last);
         }
         let keys = agg.group_expr.len();
+        if window.is_none() && output_mode == OutputMode::Append {
+            return Err("SET 'output_mode' = 'append' emits each event-time window once, when the watermark passes its end: group by the window of TUMBLE(table, ts, INTERVAL '...' MINUTE) (window_start, window_end), or use 'update'".into());
+        }
         if let Some(w) = &window {
             if w.session.is_some() && output_mode == OutputMode::Update {
                 return Err("session windows are emitted in append mode (each session once, when the watermark passes its end) or complete mode; in update mode a session that grows would come out again under another key: SET 'output_mode' = 'append'".into());
@@ -181,6 +186,7 @@ impl StatefulAgg {
                 signature,
                 window,
                 leaf: scan,
+                downstream: false,
             },
             upper_leaf,
         ))
@@ -468,16 +474,29 @@ impl StatefulOperator for StatefulAgg {
         self.window.is_some()
     }
 
+    fn follows_output_mode(&self) -> bool {
+        true
+    }
+
+    fn append_only(&self) -> bool {
+        self.window.is_some() && self.output_mode == OutputMode::Append
+    }
+
     async fn process(
         &self,
         ctx: &BatchContext<'_>,
-        input: Vec<RecordBatch>,
+        inputs: Vec<Vec<RecordBatch>>,
         state: &[RecordBatch],
     ) -> Result<Processed, SqlError> {
+        let input = inputs.into_iter().flatten().collect();
         let watermark = ctx
             .watermark_ms
             .filter(|_| self.output_mode != OutputMode::Complete);
-        let (partials, late) = match (&self.window, watermark) {
+        let late_watermark = match self.downstream {
+            true => ctx.previous_watermark_ms.filter(|_| watermark.is_some()),
+            false => watermark,
+        };
+        let (partials, late) = match (&self.window, late_watermark) {
             (Some(w), Some(wm)) => self.on_time_partials(ctx.session, w, wm, input).await?,
             _ => (
                 self.partials(ctx.session, self.partial.clone(), input)
@@ -488,10 +507,20 @@ impl StatefulOperator for StatefulAgg {
         let (update, output) = self
             .update_state(ctx.session, partials, state, watermark)
             .await?;
+        // A windowed aggregation's state rows are its open windows (per key and window).
+        let open_windows = match self.window {
+            Some(_) => vec![(
+                sluice_core::progress::OPEN_WINDOWS.to_string(),
+                update.state.iter().map(|b| b.num_rows() as u64).sum(),
+            )],
+            None => Vec::new(),
+        };
         Ok(Processed {
             output,
+            late_rows: late.iter().map(|b| b.num_rows() as u64).sum(),
             late,
             state: update.state,
+            metrics: open_windows,
             delta: update.delta,
         })
     }
@@ -626,7 +655,7 @@ fn strip_alias(e: &Expr) -> &Expr {
     }
 }
 
-fn nullable(schema: &Schema) -> SchemaRef {
+pub(crate) fn nullable(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
         schema
             .fields()
@@ -637,7 +666,10 @@ fn nullable(schema: &Schema) -> SchemaRef {
 }
 
 /// Re-labels computed batches with `schema` (same column types, our names, nullable).
-fn conform(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>, SqlError> {
+pub(crate) fn conform(
+    batches: Vec<RecordBatch>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, SqlError> {
     batches
         .into_iter()
         .filter(|b| b.num_rows() > 0)

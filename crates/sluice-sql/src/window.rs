@@ -316,12 +316,7 @@ fn date_bin_size(e: &Expr) -> Result<Option<i64>, String> {
         return Ok(None);
     }
     let ms = match f.args.first() {
-        Some(Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _)) if v.months == 0 => {
-            Some(v.days as i64 * 86_400_000 + v.nanoseconds / 1_000_000)
-        }
-        Some(Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _)) => {
-            Some(v.days as i64 * 86_400_000 + v.milliseconds as i64)
-        }
+        Some(Expr::Literal(v, _)) => interval_ms(v),
         _ => None,
     };
     match ms {
@@ -329,6 +324,19 @@ fn date_bin_size(e: &Expr) -> Result<Option<i64>, String> {
         _ => Err(format!(
             "{e}: a date_bin window's size must be an INTERVAL literal of days or less, e.g. date_bin(INTERVAL '1 minute', ts)"
         )),
+    }
+}
+
+/// An INTERVAL literal of fixed length (days or less, no months) in ms.
+pub(crate) fn interval_ms(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            Some(v.days as i64 * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(v.days as i64 * 86_400_000 + v.milliseconds as i64)
+        }
+        _ => None,
     }
 }
 

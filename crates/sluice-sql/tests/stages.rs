@@ -120,11 +120,11 @@ async fn run_inputs(
         };
         inputs = (0..n as u32)
             .map(|r| {
-                let blocks: Vec<Vec<u8>> = maps
+                let blocks: Vec<(u32, Vec<u8>)> = maps
                     .iter()
-                    .map(|(m, _)| m.block(r, &bounds).unwrap())
+                    .map(|(m, _)| (stage as u32, m.block(r, &bounds).unwrap()))
                     .collect();
-                TaskInput::Shuffle(job.shuffle_input(stage + 1, &blocks).unwrap())
+                job.shuffle_input(stage + 1, &blocks).unwrap()
             })
             .collect();
     }
@@ -713,6 +713,7 @@ fn at(watermark_ms: i64, id: u64) -> BatchInfo {
     BatchInfo {
         id,
         watermark_ms: Some(watermark_ms),
+        ..Default::default()
     }
 }
 
@@ -1085,6 +1086,7 @@ async fn sliding_windows_over_out_of_order_input_continue_exactly_from_restored_
     let batch = |i: usize| BatchInfo {
         id: i as u64,
         watermark_ms: marks[i],
+        ..Default::default()
     };
     let run_all = |restore_after: Option<usize>| {
         let job = &job;
@@ -1137,6 +1139,7 @@ async fn a_long_run_over_sliding_windows_keeps_state_bounded() {
         let batch = BatchInfo {
             id: b as u64,
             watermark_ms,
+            ..Default::default()
         };
         let (out, late) = run_inputs(&job, batch, input, &mut state, &mut deltas).await;
         assert_eq!(late, 0);

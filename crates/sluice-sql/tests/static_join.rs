@@ -159,7 +159,7 @@ async fn joins_that_are_not_per_batch_are_refused_saying_which_are_supported() {
     }
     let e = refused("SELECT c.user_id FROM clicks c JOIN views v ON c.user_id = v.user_id").await;
     assert!(
-        e.contains("joins of two streams are not supported yet"),
+        e.contains("a join of two streams needs a time bound"),
         "{e}"
     );
     let e = refused("SELECT page, title FROM pages").await;

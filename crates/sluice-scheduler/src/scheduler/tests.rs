@@ -56,6 +56,7 @@ fn submit(splits: usize, kind: Option<ShuffleKind>, partitions: u32) -> Event {
         task_timeout_ms: 60_000,
         max_stage_attempts: 3,
         watermark_ms: Some(42),
+        previous_watermark_ms: None,
     })
 }
 
@@ -779,6 +780,7 @@ fn two_branches(clicks: usize, views: usize, partitions: u32) -> Event {
         task_timeout_ms: 60_000,
         max_stage_attempts: 3,
         watermark_ms: Some(42),
+        previous_watermark_ms: None,
     })
 }
 
