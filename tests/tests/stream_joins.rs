@@ -10,9 +10,12 @@ const BASE: i64 = 1_735_689_600;
 const BATCHES: i64 = 5;
 const REACH: i64 = 10;
 
-/// (ad, seconds after BASE) of batch `b`'s impressions and clicks: out of order within a
-/// batch, never so late that the 20 s watermark delay drops them.
-fn rows(b: i64) -> (Vec<(i64, i64)>, Vec<(i64, i64)>) {
+/// (ad, seconds after BASE) rows of one table.
+type Rows = Vec<(i64, i64)>;
+
+/// Batch `b`'s impressions and clicks: out of order within a batch, never so late that the
+/// 20 s watermark delay drops them.
+fn rows(b: i64) -> (Rows, Rows) {
     let imps = (0..6).map(|k| (k % 3, b * 15 + (k * 7) % 13)).collect();
     let clicks = (0..6).map(|k| (k % 3, b * 15 + (k * 5) % 17 + 2)).collect();
     (imps, clicks)
