@@ -1,7 +1,8 @@
 //! Event-time windows over Kafka, as the examples are written (only the broker address and
 //! output paths moved): the 1-minute error rate in append mode over out-of-order requests,
 //! through an executor SIGKILL and a driver SIGKILL, and the seed's events counted in 10-second
-//! windows of their record timestamps.
+//! windows of their record timestamps, and the Yahoo streaming benchmark's job (views joined to
+//! their campaigns, counted per campaign in 10-second windows) through kills.
 
 use serde_json::Value;
 use sluice_cluster_tests::{Cluster, KafkaBroker, committed_jsonl, run_to_end, wait_finished};
@@ -14,7 +15,13 @@ fn example(name: &str, broker: &KafkaBroker, c: &Cluster) -> String {
     let mut sql = std::fs::read_to_string(path)
         .unwrap()
         .replace("127.0.0.1:9092", &broker.bootstrap());
-    for dir in ["error_rate", "late_requests", "window_counts"] {
+    for dir in [
+        "error_rate",
+        "late_requests",
+        "window_counts",
+        "campaigns",
+        "campaign_counts",
+    ] {
         sql = sql.replace(
             &format!("/tmp/sluice-example/{dir}"),
             c.path(dir).to_str().unwrap(),
@@ -167,4 +174,66 @@ fn the_seed_events_counted_in_ten_second_windows_of_their_timestamps() {
         *got.entry(key).or_default() += n;
     }
     assert_eq!(got, want);
+}
+
+#[test]
+fn the_yahoo_job_counts_views_per_campaign_exactly_through_kills() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("ad-events", 4);
+    let mut c = Cluster::start(3);
+    run_to_end(&c, &example("yahoo_produce_events.sql", &broker, &c));
+    std::fs::create_dir_all(c.path("campaigns")).unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    std::fs::copy(
+        examples.join("yahoo_campaigns.jsonl"),
+        c.path("campaigns/campaigns.jsonl"),
+    )
+    .unwrap();
+    let mut views: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    let mut max_ts = i64::MIN;
+    let events = broker.consume_all("ad-events", 4);
+    assert_eq!(events.len(), 30_000);
+    for (_, _, value) in events {
+        let e: Value = serde_json::from_str(&value).unwrap();
+        let ts = epoch_ms(e["event_time"].as_str().unwrap());
+        max_ts = max_ts.max(ts);
+        if e["event_type"] == "view" {
+            let campaign = e["ad_id"].as_i64().unwrap() / 10;
+            *views
+                .entry((ts.div_euclid(10_000) * 10_000, campaign))
+                .or_default() += 1;
+        }
+    }
+    // An executor dies in batch 1's aggregation, the driver (and another executor) before
+    // batch 3 commits.
+    let job = example("yahoo_campaign_counts.sql", &broker, &c)
+        .replace("SET 'trigger' = '1s';", "SET 'trigger' = 'available_now';")
+        + "SET 'sluice.test.delay_task' = '1:1500ms';\nSET 'sluice.test.pause_at' = 'before_commit:3:3s';\n";
+    let id = c.submit(&job).unwrap();
+    c.wait_for_running_stage(&id, 1, 1);
+    c.kill_executor(0);
+    c.crash_driver_at("before_commit", 3, 1);
+    let s = wait_finished(&c, &id);
+    let mut got: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    for rows in committed_jsonl(&c.path("campaign_counts")).values() {
+        for r in rows {
+            let key = (
+                epoch_ms(r["window_start"].as_str().unwrap()),
+                r["campaign_id"].as_i64().unwrap(),
+            );
+            let n = r["views"].as_i64().unwrap();
+            assert!(got.insert(key, n).is_none(), "{key:?} twice");
+        }
+    }
+    // Events are at most 2 s out of order and the watermark trails by 5 s: none is late, and
+    // every window the final watermark closed comes out once with all its views.
+    let watermark = max_ts - 5_000;
+    let closed: BTreeMap<(i64, i64), i64> = views
+        .into_iter()
+        .filter(|((window, _), _)| window + 10_000 <= watermark)
+        .collect();
+    assert!(closed.len() > 200, "windows x campaigns: {}", closed.len());
+    assert_eq!(got, closed);
+    let last = s["recent_batches"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["watermark_ms"].as_i64(), Some(watermark), "{last}");
 }

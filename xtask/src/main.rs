@@ -580,6 +580,30 @@ INSERT INTO sink SELECT window_start, page, count(*) FROM TUMBLE(clicks, ts, INT
     let wall_ms = wall_ms(&batches);
     let rows = status["rows_in"].as_u64().unwrap_or(0);
     anyhow::ensure!(rows == ROWS, "read {rows} of {ROWS} rows");
+    let latency = window_latency(&batches);
+    let windows: u64 = batches
+        .iter()
+        .map(|b| b["rows_out"].as_u64().unwrap_or(0))
+        .sum();
+    // 32 s of events, the last watermark 31 s: windows [0, 2) .. [28, 30) close.
+    anyhow::ensure!(
+        windows == 15 * 10,
+        "emitted {windows} window rows, want 15 windows x 10 pages"
+    );
+    Ok(json!({
+        "rows": ROWS,
+        "event_seconds": ROWS / RATE,
+        "window_rows_emitted": windows,
+        "batches": batches.len(),
+        "wall_ms": wall_ms,
+        "events_per_second": rows * 1000 / wall_ms,
+        "window_latency_ms": { "p50": percentile(&latency, 0.5), "max": latency.last() },
+    }))
+}
+
+/// Window latency per batch that emitted windows, sorted: from the start of the batch before
+/// it (which read the record that moved the watermark past the windows' end) to its commit.
+fn window_latency(batches: &[Value]) -> Vec<u64> {
     let u = |b: &Value, k: &str| b[k].as_u64().unwrap_or(0);
     let mut latency: Vec<u64> = batches
         .windows(2)
@@ -590,15 +614,76 @@ INSERT INTO sink SELECT window_start, page, count(*) FROM TUMBLE(clicks, ts, INT
         })
         .collect();
     latency.sort_unstable();
-    let windows: u64 = batches.iter().map(|b| u(b, "rows_out")).sum();
-    // 32 s of events, the last watermark 31 s: windows [0, 2) .. [28, 30) close.
+    latency
+}
+
+/// The Yahoo streaming benchmark's job over Kafka: JSON ad events, views kept, joined to their
+/// campaigns (a static table), counted per campaign in 10-second windows, written to files.
+fn yahoo_campaigns(bins: &Path) -> anyhow::Result<Value> {
+    const EVENTS: u64 = 1_000_000;
+    const PER_SECOND: u64 = 10_000;
+    let broker = KafkaBroker::start();
+    broker.create_topic("ad-events", 4);
+    let types = ["view", "click", "purchase"];
+    let records: Vec<(i32, String, String)> = (0..EVENTS)
+        .map(|i| {
+            // In order, from 2025-01-01T00:00:00.
+            let ms = i * 1000 / PER_SECOND;
+            let time = format!("2025-01-01T00:{:02}:{:02}.{:03}", ms / 60_000, ms / 1000 % 60, ms % 1000);
+            let value = format!(
+                "{{\"user_id\": {}, \"page_id\": {}, \"ad_id\": {}, \"ad_type\": \"banner\", \"event_type\": \"{}\", \"event_time\": \"{time}\", \"ip_address\": \"10.0.0.1\"}}",
+                i % 100_000,
+                i % 10_000,
+                (i * 7) % 1000,
+                types[(i % 3) as usize]
+            );
+            ((i % 4) as i32, format!("u{}", i % 100_000), value)
+        })
+        .collect();
+    broker.produce("ad-events", &records);
+    let dir = std::env::temp_dir().join(format!("sluice-bench-yahoo-{}", std::process::id()));
+    let campaigns = dir.join("campaigns");
+    std::fs::create_dir_all(&campaigns)?;
+    std::fs::copy("examples/yahoo_campaigns.jsonl", campaigns.join("c.jsonl"))?;
+    let sql = std::fs::read_to_string("examples/yahoo_campaign_counts.sql")?
+        .replace("127.0.0.1:9092", &broker.bootstrap())
+        .replace("SET 'trigger' = '1s';", "SET 'trigger' = 'available_now';")
+        .replace(
+            "max_offsets_per_trigger = '5000'",
+            "max_offsets_per_trigger = '100000'",
+        )
+        .replace(
+            "/tmp/sluice-example/campaigns",
+            campaigns.to_str().unwrap_or_default(),
+        )
+        .replace(
+            "/tmp/sluice-example/campaign_counts",
+            dir.join("out").to_str().unwrap_or_default(),
+        );
+    let status = run_job(bins, &sql);
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status?;
+    let batches = status["recent_batches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let rows = status["rows_in"].as_u64().unwrap_or(0);
+    anyhow::ensure!(rows == EVENTS, "read {rows} of {EVENTS} events");
+    let wall_ms = wall_ms(&batches);
+    let latency = window_latency(&batches);
+    let windows: u64 = batches
+        .iter()
+        .map(|b| b["rows_out"].as_u64().unwrap_or(0))
+        .sum();
+    // 100 s of events, the last watermark 95 s: windows [0, 10) .. [80, 90) close, each with
+    // views of all 100 campaigns.
     anyhow::ensure!(
-        windows == 15 * 10,
-        "emitted {windows} window rows, want 15 windows x 10 pages"
+        windows == 9 * 100,
+        "emitted {windows} rows, want 9 windows x 100 campaigns"
     );
     Ok(json!({
-        "rows": ROWS,
-        "event_seconds": ROWS / RATE,
+        "events": EVENTS,
+        "event_seconds": EVENTS / PER_SECOND,
         "window_rows_emitted": windows,
         "batches": batches.len(),
         "wall_ms": wall_ms,
@@ -745,6 +830,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
     let stateful = stateful_restart(&bins)?;
     let kafka = kafka_running_count(&bins)?;
     let windowed = windowed_counts(&bins)?;
+    let yahoo = yahoo_campaigns(&bins)?;
     let mut checkpoint_ms: Vec<u64> = batches
         .iter()
         .filter_map(|b| b["checkpoint_ms"].as_u64())
@@ -803,6 +889,14 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
             windowed["window_latency_ms"]["p50"].clone(),
         ),
         (
+            "Yahoo job (Kafka, static join, windows): events/s",
+            yahoo["events_per_second"].clone(),
+        ),
+        (
+            "  window latency p50 (ms)",
+            yahoo["window_latency_ms"]["p50"].clone(),
+        ),
+        (
             "checkpoint cost per batch, p50 (ms)",
             json!(percentile(&checkpoint_ms, 0.5)),
         ),
@@ -823,6 +917,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
         "stateful_restart": stateful,
         "kafka_running_count": kafka,
         "windowed_counts": windowed,
+        "yahoo_campaigns": yahoo,
         "checkpoint_ms_per_batch": { "p50": percentile(&checkpoint_ms, 0.5), "max": checkpoint_ms.last() },
     });
     std::fs::create_dir_all(root.join("bench"))?;
