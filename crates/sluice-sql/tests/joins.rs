@@ -454,3 +454,35 @@ async fn joins_that_cannot_be_bounded_are_refused_with_what_to_add() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn join_state_stays_bounded_over_a_long_run() {
+    let query = INTERVAL.replace(" JOIN ", " LEFT JOIN ");
+    let mut run = Run::new("", &query).await;
+    let mut held = Vec::new();
+    let mut pairs = 0;
+    // 40 batches, each 10 s of event time: 5 impressions and 5 clicks, each click 3 s after an
+    // impression of its ad; the watermark trails the last batch by 5 s.
+    for b in 0..40i64 {
+        let t = b * 10;
+        let imps: Vec<(i64, i64)> = (0..5).map(|k| (b * 5 + k, t + k)).collect();
+        let clicks: Vec<(i64, i64)> = (0..5).map(|k| (b * 5 + k, t + k + 3)).collect();
+        let watermark = (b > 0).then(|| t - 5);
+        let previous = (b > 1).then(|| t - 15);
+        let out = run
+            .batch(b as u64, watermark, previous, &imps, &clicks)
+            .await;
+        pairs += out.iter().filter(|r| !r.ends_with("null")).count();
+        assert!(
+            out.iter().all(|r| !r.ends_with("null")),
+            "every row matched: {out:?}"
+        );
+        held.push(run.metrics["left.state_rows"] + run.metrics["right.state_rows"]);
+    }
+    assert_eq!(pairs, 40 * 5);
+    assert!(
+        held.iter().all(|n| *n <= 20),
+        "at most two batches of rows held: {held:?}"
+    );
+    run.assert_restores().await;
+}
