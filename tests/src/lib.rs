@@ -665,10 +665,10 @@ pub fn committed_jsonl(dir: &Path) -> std::collections::BTreeMap<u64, Vec<Value>
             .flatten()
             .map(|p| p.path())
             .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("part-")
+                // A rerun rewriting a part stages it as `part-...#n` (object_store's local
+                // put) before the rename: not a part.
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with("part-") && !name.contains('#')
             })
             .collect();
         parts.sort();
