@@ -186,19 +186,19 @@ impl CompiledJob {
             .filter_map(|f| f.operator.as_deref())
             .collect();
         let append = settings.output_mode == Some(sluice_core::settings::OutputMode::Append);
-        if settings.output_mode.is_some() && operators.iter().all(|op| !op.follows_output_mode()) {
-            let message = match operators.is_empty() {
-                true => {
-                    "SET 'output_mode' applies to running aggregations (GROUP BY without _batch); this job has none, so every batch appends its rows"
-                }
-                false if append => "",
-                false => {
-                    "a join of two streams emits each joined row once (append mode): SET 'output_mode' = 'append' or leave it out"
-                }
-            };
-            if !message.is_empty() {
-                return Err(plan_err(message.into()));
-            }
+        // The setting applies to aggregations; a join emits in append mode only.
+        let aggregates = operators.iter().any(|op| op.follows_output_mode());
+        let refusal = match settings.output_mode {
+            Some(_) if !aggregates && operators.is_empty() => Some(
+                "SET 'output_mode' applies to running aggregations (GROUP BY without _batch); this job has none, so every batch appends its rows",
+            ),
+            Some(_) if !aggregates && !append => Some(
+                "a join of two streams emits each joined row once (append mode): SET 'output_mode' = 'append' or leave it out",
+            ),
+            _ => None,
+        };
+        if let Some(message) = refusal {
+            return Err(plan_err(message.into()));
         }
         // Late rows kept for a table are a windowed aggregation's (a join counts its own).
         let windowed = operators
