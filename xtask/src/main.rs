@@ -1,5 +1,8 @@
 //! `cargo xtask ci`: everything CI checks, from a fresh clone.
-//! `cargo xtask bench`: throughput and batch latency of a real local cluster.
+//! `cargo xtask bench`: throughput and batch latency of a real local cluster;
+//! `cargo xtask bench --compare`: the same work on Sluice, Spark and Flink (see compare/).
+
+mod compare;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -26,6 +29,16 @@ enum Task {
         /// Rows for the throughput run
         #[arg(long, default_value_t = 10_000_000)]
         rows: u64,
+        /// Instead: run each workload on Sluice, Spark and Flink, check their results agree,
+        /// and write bench/report.md, bench/results.json and plots
+        #[arg(long)]
+        compare: bool,
+        /// Timed runs per engine and workload with --compare (medians are reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Input rows per workload with --compare
+        #[arg(long, default_value_t = 4_000_000)]
+        compare_rows: u64,
     },
     /// A long chaos run: a Kafka job under random process kills and storage faults, checked
     /// for exact output; prints a table and writes bench/chaos.json
@@ -49,7 +62,20 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     match Args::parse().command {
         Task::Ci => ci(),
-        Task::Bench { rows } => bench(&root, rows),
+        Task::Bench {
+            compare: true,
+            runs,
+            compare_rows,
+            ..
+        } => {
+            cargo(&["build", "--release", "--bins"])?;
+            let opts = compare::Options {
+                runs,
+                rows: compare_rows,
+            };
+            compare::compare(&root, &root.join("target/release"), &opts)
+        }
+        Task::Bench { rows, .. } => bench(&root, rows),
         Task::Chaos { minutes, seed } => chaos(&root, minutes, seed),
         Task::Image { profile } => image(&root, &profile, &root.join("target")),
     }
@@ -540,7 +566,7 @@ INSERT INTO sink SELECT _key, count(*), sum(amount) FROM events GROUP BY _key;
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let wall_ms = wall_ms(&batches);
+    let wall_ms = wall_ms(&status);
     let rows = status["rows_in"].as_u64().unwrap_or(0);
     anyhow::ensure!(rows == RECORDS, "read {rows} of {RECORDS} records");
     Ok(json!({
@@ -577,7 +603,7 @@ INSERT INTO sink SELECT window_start, page, count(*) FROM TUMBLE(clicks, ts, INT
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let wall_ms = wall_ms(&batches);
+    let wall_ms = wall_ms(&status);
     let rows = status["rows_in"].as_u64().unwrap_or(0);
     anyhow::ensure!(rows == ROWS, "read {rows} of {ROWS} rows");
     let latency = window_latency(&batches);
@@ -669,7 +695,7 @@ fn yahoo_campaigns(bins: &Path) -> anyhow::Result<Value> {
         .unwrap_or_default();
     let rows = status["rows_in"].as_u64().unwrap_or(0);
     anyhow::ensure!(rows == EVENTS, "read {rows} of {EVENTS} events");
-    let wall_ms = wall_ms(&batches);
+    let wall_ms = wall_ms(&status);
     let latency = window_latency(&batches);
     let windows: u64 = batches
         .iter()
@@ -757,13 +783,12 @@ fn chaos(root: &Path, minutes: u64, seed: u64) -> anyhow::Result<()> {
 }
 
 /// From the first batch's start to the last batch's commit.
-fn wall_ms(batches: &[Value]) -> u64 {
-    let first_start = batches
-        .first()
-        .map(|b| {
-            b["committed_at_ms"].as_u64().unwrap_or(0) - b["duration_ms"].as_u64().unwrap_or(0)
-        })
-        .unwrap_or(0);
+fn wall_ms(status: &Value) -> u64 {
+    let batches = status["recent_batches"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let first_start = status["first_batch_started_at_ms"].as_u64().unwrap_or(0);
     let last_commit = batches
         .last()
         .and_then(|b| b["committed_at_ms"].as_u64())
@@ -802,7 +827,7 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let wall_ms = wall_ms(&batches);
+    let wall_ms = wall_ms(&status);
     let rows_in = status["rows_in"].as_u64().unwrap_or(0);
     let throughput = rows_in * 1000 / wall_ms;
 
@@ -815,12 +840,19 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
             50_000,
         ),
     )?;
+    // End to end, from the batch's start (planning its input) to its commit entry; the first
+    // batches warm caches and connections and are left out.
     let mut durations: Vec<u64> = status["recent_batches"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
-        .filter_map(|b| b["duration_ms"].as_u64())
+        .skip(5)
+        .filter_map(|b| {
+            b["committed_at_ms"]
+                .as_u64()?
+                .checked_sub(b["started_at_ms"].as_u64()?)
+        })
         .collect();
     durations.sort_unstable();
     let (p50, p99) = (percentile(&durations, 0.5), percentile(&durations, 0.99));

@@ -421,6 +421,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
         "rows_out": s.rows_out,
         "submitted_at_ms": s.submitted_at_ms,
         "running_batch": s.running_batch,
+        "first_batch_started_at_ms": s.first_batch_started_at_ms,
         "recent_batches": s.recent_batches.iter().map(|b| serde_json::json!({
             "batch_id": b.batch_id,
             "rows_in": b.rows_in,
@@ -440,6 +441,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
             "watermark_ms": b.watermark_ms,
             "max_event_ms": b.max_event_ms.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "metrics": b.metrics.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "started_at_ms": b.started_at_ms,
             "committed_at_ms": b.committed_at_ms,
         })).collect::<Vec<_>>(),
     })

@@ -16,7 +16,6 @@ use sluice_proto::driver_server::DriverServer;
 use sluice_proto::jobs_server::JobsServer;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use sluice_core::init_logging;
 
@@ -222,7 +221,7 @@ pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
         .server()?
         .add_service(security.protect(driver))
         .add_service(security.protect(jobs))
-        .serve_with_incoming(TcpListenerStream::new(listener));
+        .serve_with_incoming(sluice_net::incoming(listener));
     tokio::select! {
         r = server => r?,
         _ = sluice_net::terminated() => {

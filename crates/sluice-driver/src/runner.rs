@@ -564,8 +564,10 @@ impl JobRunner {
             recovery_ms = report.recovery_ms,
             "batch committed"
         );
+        let started_at_ms = record.detail.started_at_ms;
         let summary = BatchStatus {
             batch_id,
+            started_at_ms,
             rows_in: report.rows_in,
             rows_out: report.rows_out,
             duration_ms: report.duration_ms,
@@ -592,6 +594,7 @@ impl JobRunner {
         self.registry.record_batch(&self.job_id, record, false);
         self.registry.update(&self.job_id, |s| {
             s.batches_committed += 1;
+            s.first_batch_started_at_ms.get_or_insert(started_at_ms);
             s.rows_in += report.rows_in;
             s.rows_out += report.rows_out;
             s.recent_batches.push(summary);

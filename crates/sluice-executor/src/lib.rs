@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Largest gRPC message accepted (shuffle blocks travel in chunks well below it).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -164,7 +164,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     let server = security
         .server()?
         .add_service(security.protect(service))
-        .serve_with_incoming(TcpListenerStream::new(listener));
+        .serve_with_incoming(sluice_net::incoming(listener));
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("shuffle server stopped: {e}");

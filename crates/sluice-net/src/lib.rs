@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
@@ -29,6 +30,19 @@ pub enum NetError {
         url: String,
         source: tonic::transport::Error,
     },
+}
+
+/// The connections a gRPC server accepts, with Nagle's algorithm off. tonic applies its
+/// `tcp_nodelay` only to listeners it binds itself, and without it a small reply waits for the
+/// peer's delayed ACK (tens of milliseconds per control message).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Security flags every binary takes (also from the config file and SLUICE_* variables).

@@ -1,0 +1,278 @@
+//! The engines compared: Sluice's local cluster, and Spark and Flink driven by the Python
+//! scripts in xtask/peers/, each measured the same way from /proc.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use sluice_cluster_tests::Cluster;
+
+use super::checksum::{self, Checksum};
+use super::data::Dataset;
+use super::procstat::{Sampler, Tree};
+use super::{Query, Workload};
+
+/// Files per batch for every engine (Spark's maxFilesPerTrigger, Sluice's max_files_per_batch).
+pub const FILES_PER_BATCH: u64 = 4;
+/// Shuffle partitions (Sluice's `partitions`, Spark's spark.sql.shuffle.partitions).
+pub const PARTITIONS: u64 = 4;
+
+/// One timed run: rows read, the time from the first batch's start to the last one's end, and
+/// the CPU time and peak resident memory of the engine's processes over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Run {
+    pub rows: u64,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub peak_rss_bytes: u64,
+    pub batches: u64,
+}
+
+impl Run {
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows as f64 * 1000.0 / self.wall_ms.max(1) as f64
+    }
+
+    pub fn cpu_seconds_per_million(&self) -> f64 {
+        self.cpu_ms as f64 / 1000.0 / (self.rows.max(1) as f64 / 1e6)
+    }
+}
+
+pub trait Engine {
+    fn name(&self) -> &'static str;
+    fn version(&self) -> String;
+    fn settings(&self) -> String;
+    /// Why this engine cannot run `query` the same way, when it cannot.
+    fn unsupported(&self, query: Query) -> Option<&'static str>;
+    /// A timed run with the engine's no-op sink.
+    fn run(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Run>;
+    /// An untimed run writing real output, reduced to a checksum.
+    fn check(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Checksum>;
+}
+
+pub struct Sluice {
+    pub bins: PathBuf,
+}
+
+impl Sluice {
+    fn sql(w: &Workload, data: &Dataset, out: Option<&Path>) -> String {
+        let source = format!(
+            "SET 'trigger' = 'available_now';
+SET 'partitions' = '{PARTITIONS}';
+CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
+  WITH (connector = 'files', path = '{}', format = 'jsonl', max_files_per_batch = '{FILES_PER_BATCH}');
+",
+            data.dir.display()
+        );
+        let (columns, select) = match w.query {
+            Query::RunningCount => (
+                "key BIGINT, n BIGINT, total BIGINT",
+                "SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP BY key",
+            ),
+            Query::BatchCount => (
+                "batch BIGINT, page TEXT, n BIGINT, total BIGINT",
+                "SELECT _batch AS batch, page, count(*) AS n, sum(amount) AS total FROM src GROUP BY _batch, page",
+            ),
+        };
+        let sink = match out {
+            Some(dir) => format!(
+                "CREATE TABLE sink ({columns}) WITH (connector = 'files', path = '{}', format = 'jsonl');",
+                dir.display()
+            ),
+            None => "CREATE TABLE sink WITH (connector = 'blackhole');".to_string(),
+        };
+        format!("{source}{sink}\nINSERT INTO sink {select};\n")
+    }
+
+    fn run_sql(&self, sql: &str) -> anyhow::Result<(Value, Run)> {
+        let c = Cluster::start_with(Cluster::with_bins(self.bins.clone()), 2);
+        // The driver and executors; not the CLI processes that submit and poll.
+        let sampler = Sampler::start(Tree {
+            root: std::process::id(),
+            include_root: false,
+            keep: |comm| comm == "sluice-driver" || comm == "sluice-executor",
+        });
+        let cpu_before = sampler.cpu_ms();
+        let id = c.submit(sql)?;
+        let status = c.wait_for(&id, &["finished", "failed"], Duration::from_secs(1800));
+        let cpu_ms = sampler.cpu_ms() - cpu_before;
+        if status["state"] != "finished" {
+            bail!("Sluice job failed: {}", status["error"]);
+        }
+        let run = Run {
+            rows: status["rows_in"].as_u64().unwrap_or(0),
+            wall_ms: crate::wall_ms(&status),
+            cpu_ms,
+            peak_rss_bytes: sampler.peak_rss_bytes(),
+            batches: status["batches_committed"].as_u64().unwrap_or(0),
+        };
+        Ok((status, run))
+    }
+}
+
+impl Engine for Sluice {
+    fn name(&self) -> &'static str {
+        "sluice"
+    }
+
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    fn settings(&self) -> String {
+        format!(
+            "release build; 1 driver + 2 executors x 2 slots; partitions = {PARTITIONS}; checkpoints on local disk every batch; blackhole sink"
+        )
+    }
+
+    fn unsupported(&self, _query: Query) -> Option<&'static str> {
+        None
+    }
+
+    fn run(&self, w: &Workload, data: &Dataset, _scratch: &Path) -> anyhow::Result<Run> {
+        Ok(self.run_sql(&Self::sql(w, data, None))?.1)
+    }
+
+    fn check(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Checksum> {
+        let out = scratch.join("sluice-out");
+        self.run_sql(&Self::sql(w, data, Some(&out)))?;
+        let batches = sluice_cluster_tests::committed_jsonl(&out);
+        Ok(w.checksum(&batches))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PeerKind {
+    Spark,
+    Flink,
+}
+
+/// Spark or Flink: a Python interpreter of the engine's venv and the script that drives it.
+pub struct Peer {
+    pub kind: PeerKind,
+    pub python: PathBuf,
+    pub script: PathBuf,
+    pub package: &'static str,
+}
+
+impl Peer {
+    fn spec(&self, w: &Workload, data: &Dataset, scratch: &Path, check: bool) -> Value {
+        let checkpoint = scratch.join(format!("{}-checkpoint-{}", self.name(), now_nanos()));
+        let mut spec = json!({
+            "workload": w.query.peer_name(),
+            "input": data.dir,
+            "rows": data.rows,
+            "files_per_batch": FILES_PER_BATCH,
+            "partitions": PARTITIONS,
+            "checkpoint": checkpoint,
+        });
+        if check {
+            spec["check_out"] = json!(scratch.join(format!("{}-out", self.name())));
+        }
+        spec
+    }
+
+    /// Runs the script; CPU counts from its "READY" line (the session is up) to its result.
+    fn launch(&self, spec: &Value) -> anyhow::Result<(Value, Run)> {
+        let mut child = Command::new(&self.python)
+            .arg(&self.script)
+            .arg(spec.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", self.python.display()))?;
+        let sampler = Sampler::start(Tree {
+            root: child.id(),
+            include_root: true,
+            keep: |_| true,
+        });
+        let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let errors =
+            std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let (mut cpu_before, mut cpu_ms, mut result) = (0, 0, None);
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if line == "READY" {
+                cpu_before = sampler.cpu_ms();
+            } else if line.starts_with('{') {
+                cpu_ms = sampler.cpu_ms() - cpu_before;
+                result = Some(serde_json::from_str::<Value>(&line)?);
+            }
+        }
+        let status = child.wait()?;
+        let errors = errors.join().unwrap_or_default();
+        let Some(result) = result.filter(|_| status.success()) else {
+            let tail: Vec<&str> = errors.lines().rev().take(30).collect();
+            bail!(
+                "{} failed ({status}):\n{}",
+                self.name(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        };
+        let run = Run {
+            rows: result["rows"].as_u64().unwrap_or(0),
+            wall_ms: result["wall_ms"].as_u64().unwrap_or(0),
+            cpu_ms,
+            peak_rss_bytes: sampler.peak_rss_bytes(),
+            batches: result["batches"].as_u64().unwrap_or(0),
+        };
+        Ok((result, run))
+    }
+}
+
+impl Engine for Peer {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            PeerKind::Spark => "spark",
+            PeerKind::Flink => "flink",
+        }
+    }
+
+    fn version(&self) -> String {
+        self.package.to_string()
+    }
+
+    fn settings(&self) -> String {
+        match self.kind {
+            PeerKind::Spark => format!(
+                "local[2]; spark.sql.shuffle.partitions = {PARTITIONS}; maxFilesPerTrigger = {FILES_PER_BATCH}; trigger availableNow; checkpoint on local disk; noop sink (foreachBatch for the per-batch count)"
+            ),
+            PeerKind::Flink => "local mini-cluster, parallelism 2; checkpoint every 1 s on local disk; mini-batch (1 s, 5000 rows) and two-phase aggregation; blackhole sink; the wall time of an empty job (deployment) subtracted".to_string(),
+        }
+    }
+
+    fn unsupported(&self, query: Query) -> Option<&'static str> {
+        match (self.kind, query) {
+            (PeerKind::Flink, Query::BatchCount) => Some(
+                "Flink has no micro-batches: a count per batch has no Flink equivalent (a processing-time window groups by arrival, not by input)",
+            ),
+            _ => None,
+        }
+    }
+
+    fn run(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Run> {
+        let (_, run) = self.launch(&self.spec(w, data, scratch, false))?;
+        if run.rows != data.rows {
+            bail!("{} read {} of {} rows", self.name(), run.rows, data.rows);
+        }
+        Ok(run)
+    }
+
+    fn check(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Checksum> {
+        let spec = self.spec(w, data, scratch, true);
+        self.launch(&spec)?;
+        let out = PathBuf::from(spec["check_out"].as_str().unwrap_or_default());
+        Ok(w.checksum(&checksum::read_by_batch(&out)?))
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}

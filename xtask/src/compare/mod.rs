@@ -1,0 +1,248 @@
+//! `cargo xtask bench --compare`: Sluice, Spark and Flink on the same files and the same
+//! query, their results checked against each other, timed run by run in alternating order.
+
+mod checksum;
+mod data;
+mod engines;
+mod peers;
+mod procstat;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::bail;
+use serde_json::Value;
+
+use checksum::{Checksum, final_table};
+use data::Dataset;
+use engines::{Engine, Run, Sluice};
+
+/// The queries every engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// count(*) and sum(amount) per key, kept across batches, in update mode.
+    RunningCount,
+    /// count(*) and sum(amount) per page within each batch.
+    BatchCount,
+}
+
+impl Query {
+    fn peer_name(self) -> &'static str {
+        match self {
+            Query::RunningCount => "running_count",
+            Query::BatchCount => "batch_count",
+        }
+    }
+}
+
+pub struct Workload {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub query: Query,
+    pub keys: u64,
+    pub rows: u64,
+    pub files: u64,
+}
+
+impl Workload {
+    /// What a check run's output reduces to; `batches` holds its rows by batch.
+    fn checksum(&self, batches: &BTreeMap<u64, Vec<Value>>) -> Checksum {
+        match self.query {
+            Query::RunningCount => Checksum::of(&final_table(batches, "key"), "key"),
+            Query::BatchCount => Checksum::of(batches.values().flatten(), "page"),
+        }
+    }
+}
+
+fn workloads(rows: u64) -> Vec<Workload> {
+    let files = 40;
+    vec![
+        Workload {
+            id: "running_count_1k",
+            title: "running count and sum by key, 1K keys, update mode",
+            query: Query::RunningCount,
+            keys: 1_000,
+            rows,
+            files,
+        },
+        Workload {
+            id: "running_count_100k",
+            title: "running count and sum by key, 100K keys, update mode",
+            query: Query::RunningCount,
+            keys: 100_000,
+            rows,
+            files,
+        },
+        Workload {
+            id: "batch_count",
+            title: "count and sum by page within each batch (20 pages)",
+            query: Query::BatchCount,
+            keys: 1_000,
+            rows,
+            files,
+        },
+    ]
+}
+
+/// What one workload gave: each engine's checksum and runs, and the engines left out and why.
+pub struct Outcome<'a> {
+    pub workload: &'a Workload,
+    pub checksums: Vec<(&'static str, Checksum)>,
+    pub runs: BTreeMap<&'static str, Vec<Run>>,
+    pub skipped: Vec<(&'static str, String)>,
+}
+
+impl Outcome<'_> {
+    /// The engines whose checksum differs from Sluice's.
+    fn mismatches(&self) -> Vec<String> {
+        let Some((_, reference)) = self.checksums.iter().find(|(e, _)| *e == "sluice") else {
+            return vec!["sluice has no checksum".into()];
+        };
+        self.checksums
+            .iter()
+            .filter(|(_, c)| c != reference)
+            .map(|(e, c)| {
+                format!(
+                    "{}: {e} {} != sluice {}",
+                    self.workload.id,
+                    c.to_json(),
+                    reference.to_json()
+                )
+            })
+            .collect()
+    }
+}
+
+pub struct Options {
+    pub runs: usize,
+    pub rows: u64,
+}
+
+pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
+    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Sluice {
+        bins: bins.to_path_buf(),
+    })];
+    let mut missing = Vec::new();
+    for kind in [engines::PeerKind::Spark, engines::PeerKind::Flink] {
+        match peers::ensure(root, kind) {
+            Ok(peer) => engines.push(Box::new(peer)),
+            Err(e) => missing.push((peers::name(kind), format!("{e:#}"))),
+        }
+    }
+    for (name, why) in &missing {
+        eprintln!("==> skipping {name}: {why}");
+    }
+    let workloads = workloads(opts.rows);
+    let data_root = root.join("target/bench-data");
+    let mut outcomes = Vec::new();
+    for w in &workloads {
+        let data = Dataset::ensure(&data_root, w.rows, w.files, w.keys)?;
+        outcomes.push(measure(w, &data, &engines, opts.runs)?);
+    }
+    report::write(root, &engines, &missing, &outcomes)?;
+    let mismatches: Vec<String> = outcomes.iter().flat_map(|o| o.mismatches()).collect();
+    if !mismatches.is_empty() {
+        bail!("the engines disagree:\n{}", mismatches.join("\n"));
+    }
+    Ok(())
+}
+
+/// Checks, then times, one workload on every engine that can run it. A peer that fails is
+/// reported and left out; Sluice failing fails the comparison.
+fn measure<'a>(
+    w: &'a Workload,
+    data: &Dataset,
+    engines: &[Box<dyn Engine>],
+    runs: usize,
+) -> anyhow::Result<Outcome<'a>> {
+    let mut out = Outcome {
+        workload: w,
+        checksums: Vec::new(),
+        runs: BTreeMap::new(),
+        skipped: Vec::new(),
+    };
+    let mut active: Vec<&dyn Engine> = Vec::new();
+    for e in engines {
+        if let Some(why) = e.unsupported(w.query) {
+            out.skipped.push((e.name(), why.to_string()));
+            continue;
+        }
+        let scratch = tempfile::tempdir()?;
+        eprintln!("==> {}: checking {}", w.id, e.name());
+        match e.check(w, data, scratch.path()) {
+            Ok(c) => {
+                out.checksums.push((e.name(), c));
+                active.push(e.as_ref());
+            }
+            Err(err) if e.name() != "sluice" => out
+                .skipped
+                .push((e.name(), format!("check run failed: {err:#}"))),
+            Err(err) => return Err(err),
+        }
+    }
+    // Alternate the order run by run, so no engine always runs on a warm or a cold page cache.
+    for run in 0..runs {
+        for i in 0..active.len() {
+            let e = active[(i + run) % active.len()];
+            let scratch = tempfile::tempdir()?;
+            let r = e.run(w, data, scratch.path())?;
+            eprintln!(
+                "    {} run {}: {:.0} rows/s, {:.2} CPU-s per M rows, {} MiB peak",
+                e.name(),
+                run + 1,
+                r.rows_per_second(),
+                r.cpu_seconds_per_million(),
+                r.peak_rss_bytes >> 20
+            );
+            out.runs.entry(e.name()).or_default().push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn a_peer_with_other_totals_is_a_mismatch() {
+        let w = &workloads(10)[0];
+        let batches = |n: i64| BTreeMap::from([(0, vec![json!({"key": 1, "n": n, "total": 2})])]);
+        let outcome = Outcome {
+            workload: w,
+            checksums: vec![
+                ("sluice", w.checksum(&batches(1))),
+                ("spark", w.checksum(&batches(1))),
+                ("flink", w.checksum(&batches(2))),
+            ],
+            runs: BTreeMap::new(),
+            skipped: Vec::new(),
+        };
+        let m = outcome.mismatches();
+        assert_eq!(m.len(), 1);
+        assert!(m[0].contains("flink"), "{m:?}");
+    }
+}
