@@ -954,10 +954,10 @@ fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(root.join("bench"))?;
     std::fs::write(
-        root.join("bench/results.json"),
+        root.join("bench/cluster.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    println!("\nwrote bench/results.json");
+    println!("\nwrote bench/cluster.json");
     Ok(())
 }
 

@@ -7,7 +7,8 @@ use anyhow::Context;
 use serde_json::Value;
 
 /// Output rows, the sums of their `n` and `total` columns, and a sum of `n` weighted by a
-/// hash of the key, so rows with the right totals under the wrong keys still differ.
+/// hash of the key, so rows with the right totals under the wrong keys still differ. Small
+/// enough that a peer can compute it in SQL (xtask/peers/flink_job.py does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Checksum {
     pub rows: u64,
@@ -24,11 +25,19 @@ impl Checksum {
             c.rows += 1;
             c.n += n;
             c.total += row["total"].as_i64().unwrap_or(0);
-            c.weighted = c
-                .weighted
-                .wrapping_add(fnv(&key_text(&row[key])).wrapping_mul(n as u64));
+            c.weighted += weight(&row[key]) * n as u64;
         }
         c
+    }
+
+    /// A checksum a peer computed itself: `{rows, n, total, weighted}`.
+    pub fn from_json(v: &Value) -> Checksum {
+        Checksum {
+            rows: v["rows"].as_u64().unwrap_or(0),
+            n: v["n"].as_i64().unwrap_or(0),
+            total: v["total"].as_i64().unwrap_or(0),
+            weighted: v["weighted"].as_u64().unwrap_or(0),
+        }
     }
 
     pub fn to_json(self) -> Value {
@@ -40,6 +49,16 @@ fn key_text(v: &Value) -> String {
     v.as_str()
         .map(str::to_string)
         .unwrap_or_else(|| v.to_string())
+}
+
+/// A number key's weight is `key * 2654435761 mod 65521`, which SQL can compute without
+/// overflowing; a text key's is a hash of its text, modulo the same prime.
+fn weight(key: &Value) -> u64 {
+    const PRIME: u64 = 65521;
+    match key.as_u64() {
+        Some(k) => k.wrapping_mul(2_654_435_761) % PRIME,
+        None => fnv(&key_text(key)) % PRIME,
+    }
 }
 
 fn fnv(s: &str) -> u64 {
@@ -125,6 +144,10 @@ mod tests {
         let (ca, cb) = (Checksum::of(&a, "key"), Checksum::of(&b, "key"));
         assert_eq!((ca.rows, ca.n, ca.total), (cb.rows, cb.n, cb.total));
         assert_ne!(ca, cb);
+        // What Flink's SQL computes for the same rows: sum(n * mod(key * 2654435761, 65521)).
+        let sql = |k: u64, n: u64| n * ((k * 2_654_435_761) % 65_521);
+        assert_eq!(ca.weighted, sql(1, 1) + sql(2, 2));
+        assert_eq!(Checksum::from_json(&ca.to_json()), ca);
     }
 
     #[test]

@@ -206,12 +206,9 @@ impl Peer {
         let status = child.wait()?;
         let errors = errors.join().unwrap_or_default();
         let Some(result) = result.filter(|_| status.success()) else {
-            let tail: Vec<&str> = errors.lines().rev().take(30).collect();
-            bail!(
-                "{} failed ({status}):\n{}",
-                self.name(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            let tail: Vec<&str> = errors.lines().rev().take(40).collect();
+            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!("{} failed ({status}): {}", self.name(), cause(&errors));
         };
         let run = Run {
             rows: result["rows"].as_u64().unwrap_or(0),
@@ -266,8 +263,26 @@ impl Engine for Peer {
         let spec = self.spec(w, data, scratch, true);
         self.launch(&spec)?;
         let out = PathBuf::from(spec["check_out"].as_str().unwrap_or_default());
+        if self.kind == PeerKind::Flink {
+            let path = out.join("checksum.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return Ok(Checksum::from_json(&serde_json::from_str(&text)?));
+        }
         Ok(w.checksum(&checksum::read_by_batch(&out)?))
     }
+}
+
+/// The line of a JVM or Python error output that says what went wrong: the innermost
+/// "Caused by", else the last line.
+fn cause(errors: &str) -> String {
+    let lines = || errors.lines().map(str::trim).filter(|l| !l.is_empty());
+    lines()
+        .rev()
+        .find(|l| l.starts_with("Caused by:"))
+        .or_else(|| lines().next_back())
+        .unwrap_or("no error output")
+        .to_string()
 }
 
 fn now_nanos() -> u128 {
@@ -275,4 +290,15 @@ fn now_nanos() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_innermost_cause_names_the_error() {
+        let jvm =
+            "Traceback\n  at x\nCaused by: A\n  at y\nCaused by: ParseException: bad\n  at z\n";
+        assert_eq!(super::cause(jvm), "Caused by: ParseException: bad");
+        assert_eq!(super::cause("ValueError: no\n\n"), "ValueError: no");
+    }
 }

@@ -151,7 +151,7 @@ fn workload_section(md: &mut String, o: &Outcome) {
     );
     md.push_str("| engine | rows/s | CPU-s per M rows | peak RSS (MiB) | Sluice's rows/s ÷ this | runs |\n|---|---:|---:|---:|---:|---:|\n");
     let sluice = o.runs.get("sluice").map(|r| Medians::of(r));
-    for (name, runs) in &o.runs {
+    for (name, runs) in ENGINES.iter().filter_map(|e| Some((e, o.runs.get(e)?))) {
         let m = Medians::of(runs);
         let ratio = sluice.map_or(String::from("-"), |s| {
             format!("{:.2}×", s.rows_per_second / m.rows_per_second.max(1e-9))
