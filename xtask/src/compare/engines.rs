@@ -87,7 +87,7 @@ CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
         format!("{source}{sink}\nINSERT INTO sink {select};\n")
     }
 
-    fn run_sql(&self, sql: &str) -> anyhow::Result<(Value, Run)> {
+    fn run_sql(&self, sql: &str) -> anyhow::Result<Run> {
         let c = Cluster::start_with(Cluster::with_bins(self.bins.clone()), 2);
         // The driver and executors; not the CLI processes that submit and poll.
         let sampler = Sampler::start(Tree {
@@ -109,7 +109,7 @@ CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
             peak_rss_bytes: sampler.peak_rss_bytes(),
             batches: status["batches_committed"].as_u64().unwrap_or(0),
         };
-        Ok((status, run))
+        Ok(run)
     }
 }
 
@@ -133,7 +133,7 @@ impl Engine for Sluice {
     }
 
     fn run(&self, w: &Workload, data: &Dataset, _scratch: &Path) -> anyhow::Result<Run> {
-        Ok(self.run_sql(&Self::sql(w, data, None))?.1)
+        self.run_sql(&Self::sql(w, data, None))
     }
 
     fn check(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Checksum> {
@@ -148,6 +148,15 @@ impl Engine for Sluice {
 pub enum PeerKind {
     Spark,
     Flink,
+}
+
+impl PeerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerKind::Spark => "spark",
+            PeerKind::Flink => "flink",
+        }
+    }
 }
 
 /// Spark or Flink: a Python interpreter of the engine's venv and the script that drives it.
@@ -176,7 +185,7 @@ impl Peer {
     }
 
     /// Runs the script; CPU counts from its "READY" line (the session is up) to its result.
-    fn launch(&self, spec: &Value) -> anyhow::Result<(Value, Run)> {
+    fn launch(&self, spec: &Value) -> anyhow::Result<Run> {
         let mut child = Command::new(&self.python)
             .arg(&self.script)
             .arg(spec.to_string())
@@ -217,16 +226,13 @@ impl Peer {
             peak_rss_bytes: sampler.peak_rss_bytes(),
             batches: result["batches"].as_u64().unwrap_or(0),
         };
-        Ok((result, run))
+        Ok(run)
     }
 }
 
 impl Engine for Peer {
     fn name(&self) -> &'static str {
-        match self.kind {
-            PeerKind::Spark => "spark",
-            PeerKind::Flink => "flink",
-        }
+        self.kind.name()
     }
 
     fn version(&self) -> String {
@@ -252,7 +258,7 @@ impl Engine for Peer {
     }
 
     fn run(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Run> {
-        let (_, run) = self.launch(&self.spec(w, data, scratch, false))?;
+        let run = self.launch(&self.spec(w, data, scratch, false))?;
         if run.rows != data.rows {
             bail!("{} read {} of {} rows", self.name(), run.rows, data.rows);
         }

@@ -127,7 +127,7 @@ pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
     for kind in [engines::PeerKind::Spark, engines::PeerKind::Flink] {
         match peers::ensure(root, kind) {
             Ok(peer) => engines.push(Box::new(peer)),
-            Err(e) => missing.push((peers::name(kind), format!("{e:#}"))),
+            Err(e) => missing.push((kind.name(), format!("{e:#}"))),
         }
     }
     for (name, why) in &missing {

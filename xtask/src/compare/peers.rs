@@ -11,13 +11,6 @@ use super::engines::{Peer, PeerKind};
 pub const PYSPARK: &str = "pyspark==4.3.0";
 pub const PYFLINK: &str = "apache-flink==2.3.0";
 
-pub fn name(kind: PeerKind) -> &'static str {
-    match kind {
-        PeerKind::Spark => "spark",
-        PeerKind::Flink => "flink",
-    }
-}
-
 /// The peer ready to run, or why it cannot be.
 pub fn ensure(root: &Path, kind: PeerKind) -> anyhow::Result<Peer> {
     crate::ensure_debs(&[("java", "openjdk-17-jre-headless")])?;
