@@ -992,3 +992,49 @@ impl Drop for KafkaBroker {
         let _ = self.child.wait();
     }
 }
+
+/// One long-lived gRPC client of a driver's Jobs service: a benchmark that looks every few
+/// hundred milliseconds must not start a CLI process (and a connection) for each look.
+pub struct JobsWatch {
+    runtime: tokio::runtime::Runtime,
+    client: sluice_proto::jobs_client::JobsClient<tonic::transport::Channel>,
+}
+
+impl JobsWatch {
+    /// Connects to the driver at `url` (a cluster without a token).
+    pub fn connect(url: &str) -> anyhow::Result<JobsWatch> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = runtime
+            .block_on(sluice_proto::jobs_client::JobsClient::connect(
+                url.to_string(),
+            ))
+            .with_context(|| format!("connecting to {url}"))?
+            // A batch of 100,000 tasks is described in about 10 MB.
+            .max_decoding_message_size(64 << 20);
+        Ok(JobsWatch { runtime, client })
+    }
+
+    pub fn status(&mut self, job: &str) -> anyhow::Result<sluice_proto::JobStatus> {
+        let request = sluice_proto::GetRequest {
+            job_id: job.to_string(),
+        };
+        Ok(self
+            .runtime
+            .block_on(self.client.get(request))?
+            .into_inner())
+    }
+
+    /// Batch `batch` as the driver's model holds it (phases, tasks and their timings).
+    pub fn batch(&mut self, job: &str, batch: u64) -> anyhow::Result<sluice_proto::BatchDetail> {
+        let request = sluice_proto::GetBatchRequest {
+            job_id: job.to_string(),
+            batch_id: batch,
+        };
+        Ok(self
+            .runtime
+            .block_on(self.client.get_batch(request))?
+            .into_inner())
+    }
+}

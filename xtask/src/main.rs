@@ -2,12 +2,14 @@
 //! `cargo xtask bench`: throughput and batch latency of a real local cluster;
 //! `cargo xtask bench --compare`: the same work on Sluice, Spark and Flink (see compare/).
 
+mod bench;
 mod compare;
+mod standins;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use sluice_cluster_tests::{Cluster, KafkaBroker};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,11 +26,17 @@ struct Args {
 enum Task {
     /// Install what the tests need, check formatting and lints, build, run every test
     Ci,
-    /// Measure a datagen -> filter -> per-batch GROUP BY -> blackhole job on a local cluster
+    /// Measure a local cluster of release binaries on each workload (see xtask/src/bench.rs)
     Bench {
         /// Rows for the throughput run
         #[arg(long, default_value_t = 10_000_000)]
         rows: u64,
+        /// Run only these workloads (comma-separated); the others keep their last results
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Cargo profile of the binaries measured (dev: a quick check of a workload, not figures)
+        #[arg(long, default_value = "release")]
+        profile: String,
         /// Instead: run each workload on Sluice, Spark and Flink, check their results agree,
         /// and write bench/report.md, bench/results.json and plots
         #[arg(long)]
@@ -75,7 +83,21 @@ fn main() -> anyhow::Result<()> {
             };
             compare::compare(&root, &root.join("target/release"), &opts)
         }
-        Task::Bench { rows, .. } => bench(&root, rows),
+        Task::Bench {
+            rows,
+            only,
+            profile,
+            ..
+        } => {
+            cargo(&["build", "--profile", &profile, "--bins"])?;
+            let dir = if profile == "dev" { "debug" } else { &profile };
+            let bins = root.join("target").join(dir);
+            let opts = bench::Options {
+                rows,
+                write: profile == "release",
+            };
+            bench::bench(&root, &bins, &only, &opts)
+        }
         Task::Chaos { minutes, seed } => chaos(&root, minutes, seed),
         Task::Image { profile } => image(&root, &profile, &root.join("target")),
     }
@@ -323,401 +345,6 @@ fn run_tests() -> anyhow::Result<(u64, u64)> {
     Ok((passed, failed))
 }
 
-const BENCH_SOURCE: &str = "CREATE TABLE clicks (user_id BIGINT, page TEXT, amount DOUBLE)
-  WITH (connector = 'datagen', rows_per_second = 'RATE', total_rows = 'TOTAL', seed = '1', splits = '4',
-        'fields.user_id.max' = '100000', 'fields.amount.max' = '500',
-        'fields.page.values' = 'p00,p01,p02,p03,p04,p05,p06,p07,p08,p09,p10,p11,p12,p13,p14,p15,p16,p17,p18,p19');
-CREATE TABLE sink WITH (connector = 'blackhole');
-INSERT INTO sink
-SELECT _batch, page, count(*), sum(amount), max(user_id)
-FROM clicks WHERE user_id % 10 <> 0
-GROUP BY _batch, page;
-";
-
-fn bench_job(settings: &str, rate: u64, total: u64) -> String {
-    format!(
-        "{settings}\n{}",
-        BENCH_SOURCE
-            .replace("RATE", &rate.to_string())
-            .replace("TOTAL", &total.to_string())
-    )
-}
-
-fn run_job(bins: &Path, sql: &str) -> anyhow::Result<Value> {
-    let c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
-    let id = c.submit(sql)?;
-    let status = c.wait_for(&id, &["finished", "failed"], Duration::from_secs(900));
-    if status["state"] != "finished" {
-        bail!("bench job failed: {}", status["error"]);
-    }
-    Ok(status)
-}
-
-/// 1 s batches on 4 executors; one executor is SIGKILLed while batch 5's map tasks run.
-fn executor_loss_recovery(bins: &Path) -> anyhow::Result<Value> {
-    let sql = bench_job(
-        "SET 'trigger' = '1s';\nSET 'partitions' = '8';",
-        1_000_000,
-        10_000_000,
-    );
-    for attempt in 0..3 {
-        let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 4);
-        let id = c.submit(&sql)?;
-        c.wait_for_log(
-            "driver.log",
-            &["stage started", "batch=5 ", "stage=0 "],
-            1,
-            Duration::from_secs(120),
-        );
-        let kill_ms = now_ms();
-        c.kill_executor(0);
-        let status = c.wait_for(&id, &["finished", "failed"], Duration::from_secs(300));
-        if status["state"] != "finished" {
-            bail!("executor-loss bench job failed: {}", status["error"]);
-        }
-        let batches = status["recent_batches"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let Some(hit) = batches
-            .iter()
-            .find(|b| b["rerun"]["executor_lost"].as_u64().unwrap_or(0) > 0)
-        else {
-            eprintln!("kill landed between batches (attempt {attempt}); again");
-            continue;
-        };
-        let mut others: Vec<u64> = batches
-            .iter()
-            .filter(|b| b["batch_id"] != hit["batch_id"] && b["batch_id"].as_u64() > Some(0))
-            .filter_map(|b| b["duration_ms"].as_u64())
-            .collect();
-        others.sort_unstable();
-        let median = percentile(&others, 0.5);
-        let duration = hit["duration_ms"].as_u64().unwrap_or(0);
-        return Ok(json!({
-            "executors": 4,
-            "trigger_ms": 1000,
-            "rows_per_batch": 1_000_000,
-            "batch": hit["batch_id"],
-            "kill_to_batch_complete_ms": hit["committed_at_ms"].as_u64().unwrap_or(0).saturating_sub(kill_ms),
-            "batch_duration_ms": duration,
-            "median_other_batches_ms": median,
-            "extra_ms_vs_median": duration.saturating_sub(median),
-            "driver_recovery_ms": hit["recovery_ms"],
-            "tasks_rerun": hit["tasks_rerun"],
-        }));
-    }
-    bail!("the executor kill never hit a running batch")
-}
-
-/// A small stateless job: the driver is SIGKILLed and started again; how long until the next
-/// batch commits (the new driver resumes the job and the executors reconnect).
-fn driver_restart(bins: &Path) -> anyhow::Result<Value> {
-    let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
-    let sql = bench_job(
-        "SET 'trigger' = '200ms';\nSET 'partitions' = '4';",
-        100_000,
-        1_000_000_000,
-    );
-    let id = c.submit(&sql)?;
-    c.wait_until(&id, Duration::from_secs(60), |s| {
-        s["batches_committed"].as_u64() >= Some(3)
-    });
-    let commits = c.path(&format!("state/jobs/{id}/commits"));
-    let count = || std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0);
-    let started = Instant::now();
-    c.kill_driver();
-    // Counted once the old driver is gone, so its last commits are not mistaken for new ones.
-    let before = count();
-    c.start_driver();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count() <= before {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no batch committed after the restart"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(json!({
-        "trigger_ms": 200,
-        "restart_to_commit_ms": started.elapsed().as_millis() as u64,
-    }))
-}
-
-/// A running count by key over 1.5M keys (state in 4 partitions). After 12 batches the driver
-/// is SIGKILLed and restarted: (a) alone, executors keep their state in memory; (b) with every
-/// executor, so new executors restore all 1.5M keys from the checkpoint. How long until the
-/// next batch commits, counted from the kill.
-fn stateful_restart(bins: &Path) -> anyhow::Result<Value> {
-    const KEYS: u64 = 1_500_000;
-    let sql = format!(
-        "SET 'trigger' = '500ms';
-SET 'partitions' = '4';
-CREATE TABLE g (k BIGINT, v BIGINT)
-  WITH (connector = 'datagen', rows_per_second = '600000', splits = '4',
-        'fields.k.kind' = 'sequence', 'fields.v.max' = '100');
-CREATE TABLE sink WITH (connector = 'blackhole');
-INSERT INTO sink SELECT k % {KEYS} AS key, count(*), sum(v) FROM g GROUP BY k % {KEYS};
-"
-    );
-    let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
-    let id = c.submit(&sql)?;
-    let commits = c.path(&format!("state/jobs/{id}/commits"));
-    let count = || std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0);
-    let measure = |c: &mut Cluster, with_executors: bool, after: u64| -> anyhow::Result<u64> {
-        c.wait_until(&id, Duration::from_secs(300), |s| {
-            s["batches_committed"].as_u64() >= Some(after)
-        });
-        let started = Instant::now();
-        c.kill_driver();
-        if with_executors {
-            c.kill_executor(0);
-            c.kill_executor(1);
-        }
-        let before = count();
-        c.start_driver();
-        if with_executors {
-            c.add_executor();
-            c.add_executor();
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while count() <= before {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "no batch committed after the restart"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Ok(started.elapsed().as_millis() as u64)
-    };
-    let driver_only = measure(&mut c, false, 12)?;
-    let status = c.status(&id)?;
-    let with_executors = measure(
-        &mut c,
-        true,
-        status["batches_committed"].as_u64().unwrap_or(0) + 3,
-    )?;
-    // What the new executors restored, from their logs: proof the state came from storage.
-    let restored_rows: u64 = (2..4)
-        .flat_map(|i| {
-            c.log(&format!("executor-{i}.log"))
-                .lines()
-                .filter(|l| l.contains("state restored from the checkpoint"))
-                .filter_map(|l| {
-                    l.split("rows=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .collect::<Vec<_>>()
-        })
-        .sum();
-    let mut batch_ms: Vec<u64> = c.status(&id)?["recent_batches"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|b| b["duration_ms"].as_u64())
-        .collect();
-    batch_ms.sort_unstable();
-    Ok(json!({
-        "keys": KEYS,
-        "rows_per_batch": 300_000,
-        "trigger_ms": 500,
-        "driver_restart_to_commit_ms": driver_only,
-        "driver_and_executors_restart_to_commit_ms": with_executors,
-        "rows_restored_from_checkpoint": restored_rows,
-        "batch_p50_ms": percentile(&batch_ms, 0.5),
-    }))
-}
-
-/// Kafka -> running count by key -> blackhole over a pre-filled topic (4 partitions, 10,000
-/// keys): rows/s end to end, from the first batch's start to the last commit.
-fn kafka_running_count(bins: &Path) -> anyhow::Result<Value> {
-    const RECORDS: u64 = 400_000;
-    let broker = KafkaBroker::start();
-    broker.create_topic("bench", 4);
-    let records: Vec<(i32, String, String)> = (0..RECORDS)
-        .map(|i| {
-            (
-                (i % 4) as i32,
-                format!("user{}", i % 10_000),
-                format!("{{\"amount\": {}}}", i % 100),
-            )
-        })
-        .collect();
-    let started = Instant::now();
-    broker.produce("bench", &records);
-    let produce_ms = started.elapsed().as_millis() as u64;
-    let sql = format!(
-        "SET 'trigger' = 'available_now';
-SET 'partitions' = '4';
-CREATE TABLE events (amount BIGINT)
-  WITH (connector = 'kafka', 'bootstrap.servers' = '{}', topic = 'bench', max_offsets_per_trigger = '100000');
-CREATE TABLE sink WITH (connector = 'blackhole');
-INSERT INTO sink SELECT _key, count(*), sum(amount) FROM events GROUP BY _key;
-",
-        broker.bootstrap()
-    );
-    let status = run_job(bins, &sql)?;
-    let batches = status["recent_batches"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let wall_ms = wall_ms(&status);
-    let rows = status["rows_in"].as_u64().unwrap_or(0);
-    anyhow::ensure!(rows == RECORDS, "read {rows} of {RECORDS} records");
-    Ok(json!({
-        "records": RECORDS,
-        "partitions": 4,
-        "keys": 10_000,
-        "batches": batches.len(),
-        "wall_ms": wall_ms,
-        "rows_per_second": rows * 1000 / wall_ms,
-        "prefill_ms": produce_ms,
-    }))
-}
-
-/// 2-second tumbling counts per page in append mode over generated events (each batch one
-/// second of event time): events/s end to end, and window latency, from the start of the batch
-/// that read the record closing a window (it moved the watermark past the window's end) to the
-/// commit of the batch that emitted it.
-fn windowed_counts(bins: &Path) -> anyhow::Result<Value> {
-    const RATE: u64 = 200_000;
-    const ROWS: u64 = 6_400_000;
-    let sql = format!(
-        "SET 'trigger' = 'available_now';
-SET 'partitions' = '4';
-SET 'output_mode' = 'append';
-CREATE TABLE clicks (page TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
-  WITH (connector = 'datagen', rows_per_second = '{RATE}', total_rows = '{ROWS}', seed = '1', splits = '4',
-        'fields.page.values' = 'p00,p01,p02,p03,p04,p05,p06,p07,p08,p09');
-CREATE TABLE sink WITH (connector = 'blackhole');
-INSERT INTO sink SELECT window_start, page, count(*) FROM TUMBLE(clicks, ts, INTERVAL '2' SECOND) GROUP BY window_start, window_end, page;
-"
-    );
-    let status = run_job(bins, &sql)?;
-    let batches = status["recent_batches"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let wall_ms = wall_ms(&status);
-    let rows = status["rows_in"].as_u64().unwrap_or(0);
-    anyhow::ensure!(rows == ROWS, "read {rows} of {ROWS} rows");
-    let latency = window_latency(&batches);
-    let windows: u64 = batches
-        .iter()
-        .map(|b| b["rows_out"].as_u64().unwrap_or(0))
-        .sum();
-    // 32 s of events, the last watermark 31 s: windows [0, 2) .. [28, 30) close.
-    anyhow::ensure!(
-        windows == 15 * 10,
-        "emitted {windows} window rows, want 15 windows x 10 pages"
-    );
-    Ok(json!({
-        "rows": ROWS,
-        "event_seconds": ROWS / RATE,
-        "window_rows_emitted": windows,
-        "batches": batches.len(),
-        "wall_ms": wall_ms,
-        "events_per_second": rows * 1000 / wall_ms,
-        "window_latency_ms": { "p50": percentile(&latency, 0.5), "max": latency.last() },
-    }))
-}
-
-/// Window latency per batch that emitted windows, sorted: from the start of the batch before
-/// it (which read the record that moved the watermark past the windows' end) to its commit.
-fn window_latency(batches: &[Value]) -> Vec<u64> {
-    let u = |b: &Value, k: &str| b[k].as_u64().unwrap_or(0);
-    let mut latency: Vec<u64> = batches
-        .windows(2)
-        .filter(|w| u(&w[1], "rows_out") > 0)
-        .map(|w| {
-            u(&w[1], "committed_at_ms")
-                .saturating_sub(u(&w[0], "committed_at_ms") - u(&w[0], "duration_ms"))
-        })
-        .collect();
-    latency.sort_unstable();
-    latency
-}
-
-/// The Yahoo streaming benchmark's job over Kafka: JSON ad events, views kept, joined to their
-/// campaigns (a static table), counted per campaign in 10-second windows, written to files.
-fn yahoo_campaigns(bins: &Path) -> anyhow::Result<Value> {
-    const EVENTS: u64 = 1_000_000;
-    const PER_SECOND: u64 = 10_000;
-    let broker = KafkaBroker::start();
-    broker.create_topic("ad-events", 4);
-    let types = ["view", "click", "purchase"];
-    let records: Vec<(i32, String, String)> = (0..EVENTS)
-        .map(|i| {
-            // In order, from 2025-01-01T00:00:00.
-            let ms = i * 1000 / PER_SECOND;
-            let time = format!("2025-01-01T00:{:02}:{:02}.{:03}", ms / 60_000, ms / 1000 % 60, ms % 1000);
-            let value = format!(
-                "{{\"user_id\": {}, \"page_id\": {}, \"ad_id\": {}, \"ad_type\": \"banner\", \"event_type\": \"{}\", \"event_time\": \"{time}\", \"ip_address\": \"10.0.0.1\"}}",
-                i % 100_000,
-                i % 10_000,
-                (i * 7) % 1000,
-                types[(i % 3) as usize]
-            );
-            ((i % 4) as i32, format!("u{}", i % 100_000), value)
-        })
-        .collect();
-    broker.produce("ad-events", &records);
-    let dir = std::env::temp_dir().join(format!("sluice-bench-yahoo-{}", std::process::id()));
-    let campaigns = dir.join("campaigns");
-    std::fs::create_dir_all(&campaigns)?;
-    std::fs::copy("examples/yahoo_campaigns.jsonl", campaigns.join("c.jsonl"))?;
-    let sql = std::fs::read_to_string("examples/yahoo_campaign_counts.sql")?
-        .replace("127.0.0.1:9092", &broker.bootstrap())
-        .replace("SET 'trigger' = '1s';", "SET 'trigger' = 'available_now';")
-        .replace(
-            "max_offsets_per_trigger = '5000'",
-            "max_offsets_per_trigger = '100000'",
-        )
-        .replace(
-            "/tmp/sluice-example/campaigns",
-            campaigns.to_str().unwrap_or_default(),
-        )
-        .replace(
-            "/tmp/sluice-example/campaign_counts",
-            dir.join("out").to_str().unwrap_or_default(),
-        );
-    let status = run_job(bins, &sql);
-    let _ = std::fs::remove_dir_all(&dir);
-    let status = status?;
-    let batches = status["recent_batches"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let rows = status["rows_in"].as_u64().unwrap_or(0);
-    anyhow::ensure!(rows == EVENTS, "read {rows} of {EVENTS} events");
-    let wall_ms = wall_ms(&status);
-    let latency = window_latency(&batches);
-    let windows: u64 = batches
-        .iter()
-        .map(|b| b["rows_out"].as_u64().unwrap_or(0))
-        .sum();
-    // 100 s of events, the last watermark 95 s: windows [0, 10) .. [80, 90) close, each with
-    // views of all 100 campaigns.
-    anyhow::ensure!(
-        windows == 9 * 100,
-        "emitted {windows} rows, want 9 windows x 100 campaigns"
-    );
-    Ok(json!({
-        "events": EVENTS,
-        "event_seconds": EVENTS / PER_SECOND,
-        "window_rows_emitted": windows,
-        "batches": batches.len(),
-        "wall_ms": wall_ms,
-        "events_per_second": rows * 1000 / wall_ms,
-        "window_latency_ms": { "p50": percentile(&latency, 0.5), "max": latency.last() },
-    }))
-}
-
 fn chaos(root: &Path, minutes: u64, seed: u64) -> anyhow::Result<()> {
     let tansu = ensure_tansu()?;
     // SAFETY: single-threaded here; the processes we start inherit it.
@@ -779,185 +406,6 @@ fn chaos(root: &Path, minutes: u64, seed: u64) -> anyhow::Result<()> {
             report["running_count"]
         );
     }
-    Ok(())
-}
-
-/// From the first batch's start to the last batch's commit.
-fn wall_ms(status: &Value) -> u64 {
-    let batches = status["recent_batches"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let first_start = status["first_batch_started_at_ms"].as_u64().unwrap_or(0);
-    let last_commit = batches
-        .last()
-        .and_then(|b| b["committed_at_ms"].as_u64())
-        .unwrap_or(0);
-    last_commit.saturating_sub(first_start).max(1)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn bench(root: &Path, rows: u64) -> anyhow::Result<()> {
-    cargo(&["build", "--release", "--bins"])?;
-    let bins: PathBuf = root.join("target/release");
-
-    // Throughput: big batches (available_now caps each batch at rows_per_second rows).
-    let status = run_job(
-        &bins,
-        &bench_job(
-            "SET 'trigger' = 'available_now';\nSET 'partitions' = '4';",
-            2_000_000,
-            rows,
-        ),
-    )?;
-    let batches = status["recent_batches"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let wall_ms = wall_ms(&status);
-    let rows_in = status["rows_in"].as_u64().unwrap_or(0);
-    let throughput = rows_in * 1000 / wall_ms;
-
-    // Latency: small batches every 100 ms.
-    let status = run_job(
-        &bins,
-        &bench_job(
-            "SET 'trigger' = '100ms';\nSET 'partitions' = '4';",
-            10_000,
-            50_000,
-        ),
-    )?;
-    // End to end, from the batch's start (planning its input) to its commit entry; the first
-    // batches warm caches and connections and are left out.
-    let mut durations: Vec<u64> = status["recent_batches"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .skip(5)
-        .filter_map(|b| {
-            b["committed_at_ms"]
-                .as_u64()?
-                .checked_sub(b["started_at_ms"].as_u64()?)
-        })
-        .collect();
-    durations.sort_unstable();
-    let (p50, p99) = (percentile(&durations, 0.5), percentile(&durations, 0.99));
-
-    let recovery = executor_loss_recovery(&bins)?;
-    let restart = driver_restart(&bins)?;
-    let stateful = stateful_restart(&bins)?;
-    let kafka = kafka_running_count(&bins)?;
-    let windowed = windowed_counts(&bins)?;
-    let yahoo = yahoo_campaigns(&bins)?;
-    let mut checkpoint_ms: Vec<u64> = batches
-        .iter()
-        .filter_map(|b| b["checkpoint_ms"].as_u64())
-        .collect();
-    checkpoint_ms.sort_unstable();
-
-    let rows: Vec<(&str, Value)> = vec![
-        ("throughput: rows", json!(rows_in)),
-        ("throughput: wall time (ms)", json!(wall_ms)),
-        ("throughput: rows/s end to end", json!(throughput)),
-        ("small batches (~1000 rows): count", json!(durations.len())),
-        ("small batches: p50 batch duration (ms)", json!(p50)),
-        ("small batches: p99 batch duration (ms)", json!(p99)),
-        (
-            "executor SIGKILL -> its batch committed (ms)",
-            recovery["kill_to_batch_complete_ms"].clone(),
-        ),
-        (
-            "  that batch's extra time vs median (ms)",
-            recovery["extra_ms_vs_median"].clone(),
-        ),
-        (
-            "  recovery measured by the driver (ms)",
-            recovery["driver_recovery_ms"].clone(),
-        ),
-        (
-            "driver SIGKILL+restart -> next commit (ms)",
-            restart["restart_to_commit_ms"].clone(),
-        ),
-        (
-            "1.5M-key state: driver restart -> commit (ms)",
-            stateful["driver_restart_to_commit_ms"].clone(),
-        ),
-        (
-            "1.5M-key state: driver+executors -> commit (ms)",
-            stateful["driver_and_executors_restart_to_commit_ms"].clone(),
-        ),
-        (
-            "  state rows restored by the new executors",
-            stateful["rows_restored_from_checkpoint"].clone(),
-        ),
-        (
-            "1.5M-key state: batch duration p50 (ms)",
-            stateful["batch_p50_ms"].clone(),
-        ),
-        (
-            "kafka -> running count -> blackhole: rows/s",
-            kafka["rows_per_second"].clone(),
-        ),
-        (
-            "2 s windows, append: events/s",
-            windowed["events_per_second"].clone(),
-        ),
-        (
-            "  window latency p50 (ms)",
-            windowed["window_latency_ms"]["p50"].clone(),
-        ),
-        (
-            "Yahoo job (Kafka, static join, windows): events/s",
-            yahoo["events_per_second"].clone(),
-        ),
-        (
-            "  window latency p50 (ms)",
-            yahoo["window_latency_ms"]["p50"].clone(),
-        ),
-        (
-            "checkpoint cost per batch, p50 (ms)",
-            json!(percentile(&checkpoint_ms, 0.5)),
-        ),
-    ];
-    println!();
-    println!("{:<46} {:>14}", "measure", "value");
-    for (name, value) in &rows {
-        println!("{name:<46} {:>14}", value.to_string());
-    }
-
-    let results = json!({
-        "job": "datagen -> filter -> per-batch GROUP BY (4 partitions) -> blackhole; 1 driver + 2 executors x 2 slots",
-        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
-        "throughput": { "rows": rows_in, "wall_ms": wall_ms, "rows_per_second": throughput },
-        "small_batches": { "trigger_ms": 100, "rows_per_batch": 1000, "batches": durations.len(), "p50_ms": p50, "p99_ms": p99 },
-        "executor_loss": recovery,
-        "driver_restart": restart,
-        "stateful_restart": stateful,
-        "kafka_running_count": kafka,
-        "windowed_counts": windowed,
-        "yahoo_campaigns": yahoo,
-        "checkpoint_ms_per_batch": { "p50": percentile(&checkpoint_ms, 0.5), "max": checkpoint_ms.last() },
-    });
-    std::fs::create_dir_all(root.join("bench"))?;
-    std::fs::write(
-        root.join("bench/cluster.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    println!("\nwrote bench/cluster.json");
     Ok(())
 }
 

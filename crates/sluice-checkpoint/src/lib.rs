@@ -229,19 +229,24 @@ impl JobCheckpoint {
             Err(e) => return Err(e),
         }
         let cutoff = batch.saturating_sub(retain);
+        let mut old = Vec::new();
         for log in ["offsets", "commits"] {
-            for b in self
-                .batches(log)
-                .await?
+            let batches = self.batches(log).await?;
+            old.extend(
+                batches
+                    .into_iter()
+                    .filter(|b| *b <= cutoff)
+                    .map(|b| format!("{log}/{b}")),
+            );
+        }
+        let compactions = self.compactions().await?;
+        old.extend(
+            compactions
                 .into_iter()
-                .filter(|b| *b <= cutoff)
-            {
-                self.delete(&format!("{log}/{b}")).await?;
-            }
-        }
-        for c in self.compactions().await?.into_iter().filter(|c| *c < batch) {
-            self.delete(&format!("offsets/compact-{c}")).await?;
-        }
+                .filter(|c| *c < batch)
+                .map(|c| format!("offsets/compact-{c}")),
+        );
+        self.delete_all(old).await?;
         Ok(())
     }
 
@@ -277,6 +282,30 @@ impl JobCheckpoint {
                     .ok()
             })
             .collect())
+    }
+
+    /// Deletes many files at once, with the store's bulk delete (S3: up to 1,000 per request);
+    /// a file already gone is fine. Returns how many were asked for.
+    pub(crate) async fn delete_all(&self, rels: Vec<String>) -> Result<usize> {
+        use futures::StreamExt;
+        let n = rels.len();
+        let Some(first) = rels.first().cloned() else {
+            return Ok(0);
+        };
+        let paths = futures::stream::iter(rels.iter().map(|r| Ok(self.path(r)))).boxed();
+        let mut deleted = self.store.delete_stream(paths);
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => {
+                    return Err(CheckpointError::Store {
+                        file: format!("{} (and {} more)", self.name(&first), n - 1),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(n)
     }
 
     async fn delete(&self, rel: &str) -> Result<()> {

@@ -232,7 +232,7 @@ impl JobCheckpoint {
     /// every version from `oldest_needed` on can still be restored, and a corrupted snapshot
     /// can still fall back to an older one within the retained range.
     pub async fn prune_state(&self, oldest_needed: BatchId) -> Result<usize> {
-        let mut deleted = 0;
+        let mut old = Vec::new();
         for (op, partition) in self.state_partitions().await? {
             let files = self.state_files(&op, partition).await?;
             let Some(base) = files
@@ -243,20 +243,14 @@ impl JobCheckpoint {
             else {
                 continue;
             };
-            for f in files.iter().filter(|f| f.version < base) {
-                let rel = Self::state_file_rel(&op, partition, f.version, f.kind);
-                match self.store.delete(&self.path(&rel)).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-                    Err(source) => {
-                        return Err(CheckpointError::Store {
-                            file: self.name(&rel),
-                            source,
-                        });
-                    }
-                }
-            }
+            old.extend(
+                files
+                    .iter()
+                    .filter(|f| f.version < base)
+                    .map(|f| Self::state_file_rel(&op, partition, f.version, f.kind)),
+            );
         }
-        Ok(deleted)
+        self.delete_all(old).await
     }
 }
 

@@ -18,7 +18,7 @@ pub use connector::{
 pub use connectors::console::render_console;
 pub use connectors::files::FileFormat;
 pub use options::{ConnectorError, Options, TableSpec};
-pub use sink::{Sink, ipc_batches, ipc_bytes};
+pub use sink::{IpcDecoder, Sink, ipc_batches, ipc_bytes};
 pub use sluice_core::SourceSplit;
 pub use source::{Source, source_schema, summarize, table_schema};
 

@@ -75,6 +75,47 @@ pub fn ipc_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
         .map_err(|e| ConnectorError::Read(format!("bad Arrow IPC block: {e}")))
 }
 
+/// Decodes one Arrow IPC stream that arrives in pieces. Column buffers alias the pieces
+/// (no copy) wherever a message lies within one piece; only a message split across pieces is
+/// copied, into the decoder's own buffer. A stream of no bytes at all is no rows.
+#[derive(Default)]
+pub struct IpcDecoder {
+    decoder: arrow::ipc::reader::StreamDecoder,
+    batches: Vec<RecordBatch>,
+    fed: bool,
+}
+
+impl IpcDecoder {
+    pub fn push(&mut self, piece: bytes::Bytes) -> Result<()> {
+        let mut buffer = arrow::buffer::Buffer::from(piece);
+        self.fed |= !buffer.is_empty();
+        while !buffer.is_empty() {
+            if let Some(batch) = self.decoder.decode(&mut buffer).map_err(bad_block)? {
+                self.batches.push(batch);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Vec<RecordBatch>> {
+        if self.fed {
+            self.decoder.finish().map_err(bad_block)?;
+        }
+        Ok(self.batches)
+    }
+
+    /// A whole stream at once.
+    pub fn decode(block: bytes::Bytes) -> Result<Vec<RecordBatch>> {
+        let mut decoder = IpcDecoder::default();
+        decoder.push(block)?;
+        decoder.finish()
+    }
+}
+
+fn bad_block(e: arrow::error::ArrowError) -> ConnectorError {
+    ConnectorError::Read(format!("bad Arrow IPC block: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +284,28 @@ mod tests {
             err.to_string().contains("console, blackhole, files"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_ipc_stream_decodes_from_pieces_of_any_size() {
+        let one = batch();
+        let stream =
+            bytes::Bytes::from(ipc_bytes(&[one.clone(), one.clone()], one.schema()).unwrap());
+        for size in [1, 7, 64, stream.len()] {
+            let mut decoder = IpcDecoder::default();
+            for start in (0..stream.len()).step_by(size) {
+                let end = (start + size).min(stream.len());
+                decoder.push(stream.slice(start..end)).unwrap();
+            }
+            assert_eq!(
+                decoder.finish().unwrap(),
+                vec![one.clone(), one.clone()],
+                "pieces of {size}"
+            );
+        }
+        assert!(IpcDecoder::decode(bytes::Bytes::new()).unwrap().is_empty());
+        let cut = stream.slice(..stream.len() - 9);
+        let err = IpcDecoder::decode(cut).expect_err("a truncated stream");
+        assert!(err.to_string().contains("bad Arrow IPC block"), "{err}");
     }
 }

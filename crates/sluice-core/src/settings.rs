@@ -36,6 +36,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "'true' (default) or 'false': when the watermark moved and windows wait on it, run a batch even without new input so they close promptly",
     ),
     (
+        "partial_aggregation",
+        "'true' (default) or 'false': map tasks aggregate their rows per key before the shuffle (count, sum, min, max, avg), so one row per key and task crosses it instead of every input row",
+    ),
+    (
         "late_rows.table",
         "a declared table that receives the input rows event-time windows drop as late, as the windowed aggregation received them (committed with the batch)",
     ),
@@ -166,6 +170,8 @@ pub struct JobSettings {
     pub snapshot_interval: u64,
     pub watermark_policy: crate::watermark::WatermarkPolicy,
     pub no_data_batches: bool,
+    /// Map tasks pre-aggregate before the shuffle (`SET 'partial_aggregation'`).
+    pub partial_aggregation: bool,
     /// Where late rows go, if anywhere (a declared table's name).
     pub late_rows_table: Option<String>,
     /// How long (in event time) an unbounded join keeps a row (`SET 'state.ttl'`).
@@ -197,6 +203,7 @@ impl Default for JobSettings {
             snapshot_interval: 10,
             watermark_policy: Default::default(),
             no_data_batches: true,
+            partial_aggregation: true,
             late_rows_table: None,
             state_ttl: None,
             task_max_attempts: 4,
@@ -211,6 +218,14 @@ impl Default for JobSettings {
             test_pause_at: None,
             test_panic_at: None,
         }
+    }
+}
+
+fn boolean(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
     }
 }
 
@@ -252,11 +267,12 @@ impl JobSettings {
                 }
                 "state.snapshot_interval" => s.snapshot_interval = whole(1, 1_000_000)?,
                 "no_data_batches" => {
-                    s.no_data_batches = match value.trim().to_ascii_lowercase().as_str() {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err(invalid("expected 'true' or 'false'")),
-                    }
+                    s.no_data_batches =
+                        boolean(value).ok_or_else(|| invalid("expected 'true' or 'false'"))?
+                }
+                "partial_aggregation" => {
+                    s.partial_aggregation =
+                        boolean(value).ok_or_else(|| invalid("expected 'true' or 'false'"))?
                 }
                 "late_rows.table" => match value.trim() {
                     "" => return Err(invalid("expected a declared table's name")),
@@ -561,7 +577,7 @@ mod tests {
             "name" => "x",
             "output_mode" => "complete",
             "watermark.policy" => "max",
-            "no_data_batches" => "false",
+            "no_data_batches" | "partial_aggregation" => "false",
             _ => "2",
         };
         for (key, _) in KNOWN.iter().filter(|(k, _)| !k.starts_with("restart.")) {

@@ -2,6 +2,7 @@
 //! executors through the scheduler's event loop ([`core`]).
 
 pub mod core;
+mod housekeeping;
 pub mod jobs;
 pub mod metrics;
 pub mod model;

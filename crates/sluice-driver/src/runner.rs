@@ -157,6 +157,7 @@ impl JobRunner {
             _ => Duration::ZERO,
         };
         let mut next_trigger = Instant::now();
+        let mut housekeeping = crate::housekeeping::Housekeeping::default();
         loop {
             if self.stopped() {
                 return Ok(End::Stopped);
@@ -268,14 +269,7 @@ impl JobRunner {
             let retain = self.job.settings.retain_batches;
             if (batch_id + 1) % retain == 0 {
                 let position = serde_json::json!(progress);
-                self.checkpoint
-                    .compact(batch_id, &position, retain)
-                    .await
-                    .map_err(checkpoint_failure)?;
-                self.checkpoint
-                    .prune_state(batch_id.saturating_sub(retain))
-                    .await
-                    .map_err(checkpoint_failure)?;
+                housekeeping.start(&self.job_id, &self.checkpoint, batch_id, position, retain);
             }
             next_batch = batch_id + 1;
             // An available-now job ends once its last windows closed too.

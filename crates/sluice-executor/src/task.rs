@@ -3,14 +3,13 @@
 
 use crate::Executor;
 use crate::metrics::ExecutorMetrics;
-use crate::shuffle::fetch_block;
+use crate::shuffle::fetch_blocks;
 use crate::statics::StaticCache;
 use arrow::array::{AsArray, RecordBatch};
-use futures::future::join_all;
 use sluice_connectors::ConnectorError;
 use sluice_core::progress::{self, TaskProgress};
 use sluice_core::{Failure, FailureKind, JobId, MapOutputId, SourceSplit, StatePartition};
-use sluice_proto::{FetchFailure, FetchRequest, LaunchTask, TaskKey, TaskResult};
+use sluice_proto::{FetchFailure, LaunchTask, TaskKey, TaskResult};
 use sluice_sql::{CompiledJob, SqlError, StageOutputData, Statics, TaskInput};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -270,40 +269,25 @@ impl TaskRunner {
         {
             read_split(&job, key, &launch).await?
         } else {
-            let fetches = launch.inputs.iter().map(|loc| {
-                let request = FetchRequest {
-                    job_id: key.job_id.clone(),
-                    batch_id: key.batch_id,
-                    stage_id: loc.stage_id,
-                    stage_attempt: loc.stage_attempt,
-                    map_partition: loc.map_partition,
-                    reduce_partition: key.partition,
-                    range_bounds: launch.range_bounds.clone(),
-                };
-                async move {
-                    fetch_block(executor, self_id, &loc.executor_id, &loc.address, request)
-                        .await
-                        .map_err(|e| TaskFailure {
-                            failure: Failure::new(FailureKind::LostExecutor, e),
-                            fetch: Some(FetchFailure {
-                                map_partition: loc.map_partition,
-                                executor_id: loc.executor_id.clone(),
-                            }),
-                        })
-                }
-            });
-            let blocks = join_all(fetches)
-                .await
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()?;
-            let blocks: Vec<(u32, Vec<u8>)> = launch
-                .inputs
-                .iter()
-                .map(|loc| loc.stage_id)
-                .zip(blocks)
-                .collect();
+            let blocks = fetch_blocks(
+                executor,
+                self_id,
+                &key.job_id,
+                key.batch_id,
+                key.partition,
+                &launch.range_bounds,
+                &launch.inputs,
+            )
+            .await
+            .map_err(|e| TaskFailure {
+                failure: Failure::new(FailureKind::LostExecutor, e.message),
+                fetch: Some(FetchFailure {
+                    map_partition: e.location.map_partition,
+                    executor_id: e.location.executor_id,
+                }),
+            })?;
             let input = job
-                .shuffle_input(stage, &blocks)
+                .shuffle_input(stage, blocks)
                 .map_err(SqlError::into_failure)?;
             (input, 0, TaskProgress::default())
         };

@@ -5,7 +5,7 @@ use sluice_core::progress::{self, Metrics, TaskProgress};
 use sluice_core::{
     BatchId, ExecutorId, Failure, FailureKind, JobId, ShuffleKind, StageOutput, StageSpec,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the driver hands the scheduler to run one batch.
 #[derive(Debug, Clone)]
@@ -92,7 +92,8 @@ pub(crate) enum TaskState {
 
 #[derive(Debug, Clone)]
 pub(crate) struct TaskRun {
-    pub state: TaskState,
+    /// Changed only through `StageRun::set_state`, which keeps the stage's indexes.
+    state: TaskState,
     /// Launches so far; the next launch uses this number as its task attempt.
     pub launches: u32,
     /// Failures of the task, its executor dying under it included; bounded by
@@ -120,6 +121,10 @@ impl TaskRun {
         }
     }
 
+    pub fn state(&self) -> &TaskState {
+        &self.state
+    }
+
     /// Records a launch of this task.
     pub fn launched(&mut self, key: &crate::TaskKey, executor: &ExecutorId, now_ms: u64) {
         self.attempts.push(AttemptTrace {
@@ -144,14 +149,11 @@ impl TaskRun {
         }
         self.next_cause = next;
     }
-
-    /// Puts a finished task back to run again because its map output is gone.
-    pub fn output_lost(&mut self, cause: LaunchCause) {
-        self.state = TaskState::Idle;
-        self.next_cause = cause;
-    }
 }
 
+/// A stage's tasks and indexes over their states, so that handling one event costs what the
+/// event touches, not the batch's size: a batch of 100,000 tasks gets 100,000 results, and a
+/// scan of every task per result would cost 10^10 steps.
 #[derive(Debug, Clone)]
 pub(crate) struct StageRun {
     pub spec: StageSpec,
@@ -159,13 +161,84 @@ pub(crate) struct StageRun {
     pub tasks: Vec<TaskRun>,
     /// Range boundaries for the next stage, computed once from every map task's key sample.
     pub range_bounds: Option<Vec<Vec<u8>>>,
+    /// Partitions per state: idle and pending ones (in partition order), and how many are done.
+    idle: BTreeSet<u32>,
+    pending: BTreeSet<u32>,
+    /// Pending partitions by the time they may launch, for the next wake-up.
+    pending_by_time: BTreeSet<(u64, u32)>,
+    done: usize,
+    /// A done task went back (its output was lost): the stages it reads may be needed again.
+    pub reopened: bool,
 }
 
 impl StageRun {
+    fn new(spec: StageSpec, n: u32) -> Self {
+        StageRun {
+            spec,
+            attempt: 0,
+            tasks: (0..n).map(|_| TaskRun::new()).collect(),
+            range_bounds: None,
+            idle: (0..n).collect(),
+            pending: BTreeSet::new(),
+            pending_by_time: BTreeSet::new(),
+            done: 0,
+            reopened: false,
+        }
+    }
+
+    /// The one way a task's state changes.
+    pub fn set_state(&mut self, p: usize, state: TaskState) {
+        let key = p as u32;
+        match &self.tasks[p].state {
+            TaskState::Idle => _ = self.idle.remove(&key),
+            TaskState::Pending { not_before_ms, .. } => {
+                self.pending.remove(&key);
+                self.pending_by_time.remove(&(*not_before_ms, key));
+            }
+            TaskState::Done { .. } => {
+                self.done -= 1;
+                self.reopened = true;
+            }
+            TaskState::Running { .. } => {}
+        }
+        match &state {
+            TaskState::Idle => _ = self.idle.insert(key),
+            TaskState::Pending { not_before_ms, .. } => {
+                self.pending.insert(key);
+                self.pending_by_time.insert((*not_before_ms, key));
+            }
+            TaskState::Done { .. } => self.done += 1,
+            TaskState::Running { .. } => {}
+        }
+        self.tasks[p].state = state;
+    }
+
+    /// Puts a finished task back to run again because its map output is gone.
+    pub fn output_lost(&mut self, p: usize, cause: LaunchCause) {
+        self.set_state(p, TaskState::Idle);
+        self.tasks[p].next_cause = cause;
+    }
+
+    pub fn idle(&self) -> Vec<u32> {
+        self.idle.iter().copied().collect()
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pending.iter().copied()
+    }
+
+    /// The earliest time, at or after `t`, at which a pending task may launch.
+    pub fn first_pending_from(&self, t: u64) -> Option<u64> {
+        self.pending_by_time.range((t, 0)..).next().map(|(t, _)| *t)
+    }
+
+    /// The first pending partition at or after `from`.
+    pub fn next_pending(&self, from: u32) -> Option<u32> {
+        self.pending.range(from..).next().copied()
+    }
+
     pub fn all_done(&self) -> bool {
-        self.tasks
-            .iter()
-            .all(|t| matches!(t.state, TaskState::Done { .. }))
+        self.done == self.tasks.len()
     }
 
     pub fn writes_shuffle(&self) -> bool {
@@ -183,6 +256,11 @@ pub(crate) struct BatchRun {
     pub rerun: RerunCounts,
     /// When this batch first lost work to an executor loss or fetch failure.
     pub first_loss_ms: Option<u64>,
+    /// Tasks that were running on an executor that died: (stage, partition).
+    pub lost_with_executors: Vec<(usize, usize)>,
+    /// The scheduler's count of executor losses when this batch last looked for map outputs
+    /// left on dead executors.
+    pub losses_seen: u64,
 }
 
 impl BatchRun {
@@ -203,13 +281,7 @@ impl BatchRun {
                 })
                 .max()
                 .unwrap_or(0);
-            let n = splits + partitions;
-            stages.push(StageRun {
-                spec: spec.clone(),
-                attempt: 0,
-                tasks: (0..n).map(|_| TaskRun::new()).collect(),
-                range_bounds: None,
-            });
+            stages.push(StageRun::new(spec.clone(), splits + partitions));
         }
         BatchRun {
             sub,
@@ -218,6 +290,8 @@ impl BatchRun {
             started_ms: now_ms,
             rerun: RerunCounts::default(),
             first_loss_ms: None,
+            lost_with_executors: Vec::new(),
+            losses_seen: 0,
         }
     }
 
@@ -296,16 +370,15 @@ impl BatchRun {
             );
             return Some(Failure::new(FailureKind::LostExecutor, message));
         }
-        self.stages.iter().enumerate().find_map(|(s, st)| {
-            st.tasks.iter().enumerate().find_map(|(p, t)| {
-                let reason = t.lost_with_executor.as_deref()?;
-                (t.failures >= self.sub.max_task_attempts).then(|| {
-                    let message = format!(
-                        "task {s}.{p} of batch {batch} was running on {} executors that were lost, the last: {reason}",
-                        t.failures
-                    );
-                    Failure::new(FailureKind::LostExecutor, message)
-                })
+        self.lost_with_executors.iter().find_map(|&(s, p)| {
+            let t = &self.stages[s].tasks[p];
+            let reason = t.lost_with_executor.as_deref()?;
+            (t.failures >= self.sub.max_task_attempts).then(|| {
+                let message = format!(
+                    "task {s}.{p} of batch {batch} was running on {} executors that were lost, the last: {reason}",
+                    t.failures
+                );
+                Failure::new(FailureKind::LostExecutor, message)
             })
         })
     }

@@ -187,6 +187,8 @@ pub struct Scheduler {
     executors: BTreeMap<ExecutorId, ExecutorState>,
     /// Executors declared dead: anything they send later is ignored.
     dead: BTreeSet<ExecutorId>,
+    /// Executor losses so far (a batch looks for outputs on dead executors after each).
+    losses: u64,
     /// One running batch per job (batches of a job run one at a time).
     batches: BTreeMap<JobId, BatchRun>,
     /// Which executor holds each stateful partition's latest state in memory.
@@ -295,26 +297,22 @@ impl Scheduler {
     /// send a Tick. Only future times: a task waiting for a free slot waits for an event.
     pub fn next_wakeup_ms(&self, now_ms: u64) -> Option<u64> {
         let wait = self.config.locality_wait_ms;
-        let mut any_pending = false;
-        let task_times = self
-            .batches
-            .values()
-            .flat_map(|b| b.stages.iter())
-            .flat_map(|s| s.tasks.iter().map(move |t| (s.spec.stateful, t)))
-            .filter_map(|(stateful, t)| match t.state {
-                TaskState::Pending { not_before_ms, .. } => {
-                    any_pending = true;
-                    Some([Some(not_before_ms), stateful.then(|| not_before_ms + wait)])
-                }
-                _ => None,
+        let stages = || self.batches.values().flat_map(|b| b.stages.iter());
+        if stages().all(|s| s.pending().next().is_none()) {
+            return None;
+        }
+        let task_times = stages()
+            .flat_map(|s| {
+                // A stateful task's locality wait ends `wait` after it became pending.
+                let locality = s.spec.stateful.then(|| {
+                    s.first_pending_from((now_ms + 1).saturating_sub(wait))
+                        .map(|t| t + wait)
+                });
+                [s.first_pending_from(now_ms + 1), locality.flatten()]
             })
-            .flatten()
             .flatten()
             .filter(|t| *t > now_ms)
             .min();
-        if !any_pending {
-            return None;
-        }
         let exclusion_ends = self
             .exclusions
             .values()
@@ -400,6 +398,7 @@ impl Scheduler {
         tracing::warn!(executor = %id, reason, "executor lost");
         self.record(id, ExecutorChange::Lost(reason.to_string()), now_ms);
         self.dead.insert(id.clone());
+        self.losses += 1;
         // Its state partitions are restored from the checkpoint wherever they run next.
         self.state_homes.retain(|_, e| e != id);
         for batch in self.batches.values_mut() {
@@ -410,22 +409,24 @@ impl Scheduler {
                 let outputs_matter = batch.stages[s].writes_shuffle() && batch.needed(s);
                 let stage = &mut batch.stages[s];
                 let mut lost_output = false;
-                for task in &mut stage.tasks {
-                    match &task.state {
+                for p in 0..stage.tasks.len() {
+                    match stage.tasks[p].state() {
                         // A task that kills its executor would kill every executor: its loss
                         // counts against the task's attempts (as spark.task.maxFailures does).
                         TaskState::Running { executor, .. } if executor == id => {
-                            task.state = TaskState::Idle;
+                            stage.set_state(p, TaskState::Idle);
+                            let task = &mut stage.tasks[p];
                             task.failures += 1;
                             task.lost_with_executor = Some(reason.to_string());
                             let outcome = AttemptOutcome::Lost(reason.to_string());
                             task.ended(outcome, LaunchCause::ExecutorLost, now_ms);
+                            batch.lost_with_executors.push((s, p));
                             lost += 1;
                         }
                         // Sink output is durable; only shuffle outputs die with their executor,
                         // and only matter while the next stage still needs them.
                         TaskState::Done { executor, .. } if outputs_matter && executor == id => {
-                            task.output_lost(LaunchCause::OutputLost);
+                            stage.output_lost(p, LaunchCause::OutputLost);
                             lost_output = true;
                             lost += 1;
                         }
@@ -456,7 +457,7 @@ impl Scheduler {
         let s = key.stage_id as usize;
         let stage = batch.stages.get(s)?;
         let task = stage.tasks.get(key.partition as usize)?;
-        match &task.state {
+        match task.state() {
             TaskState::Running {
                 attempt,
                 executor: e,
@@ -507,11 +508,13 @@ impl Scheduler {
         let Some((batch, s)) = self.current_task(&key, &executor) else {
             return;
         };
-        let task = &mut batch.stages[s].tasks[key.partition as usize];
-        task.state = TaskState::Done {
+        let p = key.partition as usize;
+        let state = TaskState::Done {
             executor,
             stage_attempt,
         };
+        batch.stages[s].set_state(p, state);
+        let task = &mut batch.stages[s].tasks[p];
         task.ended(AttemptOutcome::Succeeded, LaunchCause::OutputLost, now_ms);
         if let Some(a) = task.attempts.last_mut() {
             a.metrics = output
@@ -596,10 +599,11 @@ impl Scheduler {
             %executor,
             "task failed, retrying in {backoff} ms: {failure}"
         );
-        task.state = TaskState::Pending {
+        let state = TaskState::Pending {
             not_before_ms: now_ms + backoff,
             avoid: Some(executor),
         };
+        batch.stages[s].set_state(key.partition as usize, state);
         None
     }
 
@@ -617,8 +621,8 @@ impl Scheduler {
         let Some((batch, s)) = self.current_task(key, executor) else {
             return;
         };
+        batch.stages[s].set_state(key.partition as usize, TaskState::Idle);
         let task = &mut batch.stages[s].tasks[key.partition as usize];
-        task.state = TaskState::Idle;
         let outcome = AttemptOutcome::FetchFailed(failure.to_string());
         task.ended(outcome, LaunchCause::FetchFailed, now_ms);
         batch.rerun.fetch_failed += 1;
@@ -628,9 +632,10 @@ impl Scheduler {
         for up in upstreams {
             let prev = &mut batch.stages[up];
             let mut lost = 0;
-            for t in &mut prev.tasks {
-                if matches!(&t.state, TaskState::Done { executor, .. } if executor == lost_on) {
-                    t.output_lost(LaunchCause::FetchFailed);
+            for p in 0..prev.tasks.len() {
+                if matches!(prev.tasks[p].state(), TaskState::Done { executor, .. } if executor == lost_on)
+                {
+                    prev.output_lost(p, LaunchCause::FetchFailed);
                     lost += 1;
                 }
             }
@@ -706,15 +711,24 @@ impl Scheduler {
     /// Makes idle tasks pending where their inputs exist and their output is still needed.
     fn refresh(&mut self, now_ms: u64) {
         for batch in self.batches.values_mut() {
-            for s in (0..batch.stages.len()).rev() {
-                // Outputs left on a dead executor while nobody needed them are lost now.
-                if batch.stages[s].writes_shuffle() && batch.needed(s) {
+            // Outputs left on a dead executor while nobody needed them are lost once they are
+            // needed again: looked for after an executor loss or a task that went back.
+            let reopened = batch.stages.iter().any(|s| s.reopened);
+            if reopened || batch.losses_seen != self.losses {
+                batch.losses_seen = self.losses;
+                for stage in &mut batch.stages {
+                    stage.reopened = false;
+                }
+                for s in (0..batch.stages.len()).rev() {
+                    if !(batch.stages[s].writes_shuffle() && batch.needed(s)) {
+                        continue;
+                    }
                     let stage = &mut batch.stages[s];
                     let mut lost = 0;
-                    for t in &mut stage.tasks {
-                        if matches!(&t.state, TaskState::Done { executor, .. } if self.dead.contains(executor))
+                    for p in 0..stage.tasks.len() {
+                        if matches!(stage.tasks[p].state(), TaskState::Done { executor, .. } if self.dead.contains(executor))
                         {
-                            t.output_lost(LaunchCause::OutputLost);
+                            stage.output_lost(p, LaunchCause::OutputLost);
                             lost += 1;
                         }
                     }
@@ -729,47 +743,55 @@ impl Scheduler {
                 if !batch.needed(s) || !batch.inputs_ready(s) {
                     continue;
                 }
-                for task in &mut batch.stages[s].tasks {
-                    if task.state == TaskState::Idle {
-                        task.state = TaskState::Pending {
-                            not_before_ms: now_ms,
-                            avoid: None,
-                        };
-                    }
+                let stage = &mut batch.stages[s];
+                for p in stage.idle() {
+                    let state = TaskState::Pending {
+                        not_before_ms: now_ms,
+                        avoid: None,
+                    };
+                    stage.set_state(p as usize, state);
                 }
             }
         }
     }
 
     fn dispatch(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        // Executors with a free slot; once none is left nothing more can launch in this turn.
+        let mut free: Vec<ExecutorId> = self
+            .executors
+            .iter()
+            .filter(|(_, e)| e.has_free_slot())
+            .map(|(id, _)| id.clone())
+            .collect();
         let homes = &self.state_homes;
         for batch in self.batches.values_mut() {
             let job = batch.sub.job_id.clone();
-            let exclusions = &self.exclusions;
-            let excluded = |e: &str| {
-                exclusions
-                    .get(&JobExecutor {
-                        job: job.clone(),
-                        executor: e.into(),
-                    })
-                    .is_some_and(|x| x.until_ms > now_ms)
-            };
+            let excluded: BTreeSet<&ExecutorId> = self
+                .exclusions
+                .iter()
+                .filter(|(k, x)| k.job == job && x.until_ms > now_ms)
+                .map(|(k, _)| &k.executor)
+                .collect();
+            let excluded = |e: &str| excluded.contains(&ExecutorId::from(e));
             for s in 0..batch.stages.len() {
-                for p in 0..batch.stages[s].tasks.len() {
+                // A reducer launches only with every map output of its input: one that
+                // waited for a slot while a map output was lost waits for its recompute
+                // (launching it would silently drop that map's rows).
+                if free.is_empty() || !batch.upstreams_done(s) {
+                    continue;
+                }
+                // Walked one at a time: a turn usually launches one task of many pending.
+                let mut next = batch.stages[s].next_pending(0);
+                while let Some(p) = next.map(|p| p as usize) {
+                    next = batch.stages[s].next_pending(p as u32 + 1);
                     let TaskState::Pending {
                         not_before_ms,
                         avoid,
-                    } = &batch.stages[s].tasks[p].state
+                    } = batch.stages[s].tasks[p].state()
                     else {
                         continue;
                     };
                     if *not_before_ms > now_ms {
-                        continue;
-                    }
-                    // A reducer launches only with every map output of its input: one that
-                    // waited for a slot while a map output was lost waits for its recompute
-                    // (launching it would silently drop that map's rows).
-                    if !batch.upstreams_done(s) {
                         continue;
                     }
                     // A stateful partition waits for the executor holding its state while that
@@ -794,48 +816,55 @@ impl Scheduler {
                     let executor = match home {
                         Some(h) if self.executors[h].has_free_slot() => h.clone(),
                         Some(_) if waited < self.config.locality_wait_ms => continue,
-                        _ => match pick_executor(&self.executors, avoid.as_deref(), &excluded) {
-                            Some(e) => e,
-                            None => continue,
-                        },
+                        _ => {
+                            match pick_executor(&self.executors, &free, avoid.as_deref(), &excluded)
+                            {
+                                Some(e) => e,
+                                None => continue,
+                            }
+                        }
                     };
                     let launch = build_launch(batch, s, p, &self.executors);
-                    let task = &mut batch.stages[s].tasks[p];
-                    task.launched(&launch.key, &executor, now_ms);
-                    task.launches += 1;
-                    task.state = TaskState::Running {
+                    let stage = &mut batch.stages[s];
+                    stage.tasks[p].launched(&launch.key, &executor, now_ms);
+                    stage.tasks[p].launches += 1;
+                    let running = TaskState::Running {
                         attempt: launch.key.task_attempt,
                         executor: executor.clone(),
                     };
-                    self.executors
-                        .get_mut(&executor)
-                        .expect("picked")
-                        .running
-                        .insert(launch.key.clone());
+                    stage.set_state(p, running);
+                    let e = self.executors.get_mut(&executor).expect("picked");
+                    e.running.insert(launch.key.clone());
+                    if !e.has_free_slot() {
+                        free.retain(|f| *f != executor);
+                    }
                     actions.push(Action::Launch {
                         executor,
                         task: launch,
                     });
+                    if free.is_empty() {
+                        break;
+                    }
                 }
             }
         }
     }
 }
 
-/// The executor with the most free slots, avoiding `avoid` when another one has room and never
-/// one that is excluded from the job.
+/// The executor with the most free slots among `free`, the first by id on a tie, other than
+/// `avoid` when there is another.
 fn pick_executor(
     executors: &BTreeMap<ExecutorId, ExecutorState>,
+    free: &[ExecutorId],
     avoid: Option<&str>,
     excluded: &impl Fn(&str) -> bool,
 ) -> Option<ExecutorId> {
-    let free = ExecutorState::free_slots;
+    let slots = |id: &ExecutorId| executors.get(id).map_or(0, ExecutorState::free_slots);
     let best = |skip: Option<&str>| {
-        executors
-            .iter()
-            .filter(|(id, e)| free(e) > 0 && !excluded(id) && Some(id.as_str()) != skip)
-            .max_by_key(|(id, e)| (free(e), std::cmp::Reverse((*id).clone())))
-            .map(|(id, _)| id.clone())
+        free.iter()
+            .filter(|id| slots(id) > 0 && !excluded(id) && Some(id.as_str()) != skip)
+            .max_by_key(|id| (slots(id), std::cmp::Reverse((*id).clone())))
+            .cloned()
     };
     best(avoid).or_else(|| best(None))
 }
@@ -861,7 +890,7 @@ fn build_launch(
     for up in batch.upstreams(s) {
         let prev = &batch.stages[up];
         inputs.extend(prev.tasks.iter().enumerate().filter_map(|(m, t)| {
-            match &t.state {
+            match t.state() {
                 TaskState::Done {
                     executor,
                     stage_attempt,

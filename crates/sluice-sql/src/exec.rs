@@ -9,8 +9,9 @@ use arrow::compute::{SortOptions, concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
+use bytes::Bytes;
 use datafusion::physical_expr::PhysicalExpr;
-use sluice_connectors::{ipc_batches, ipc_bytes};
+use sluice_connectors::{IpcDecoder, ipc_bytes};
 use sluice_core::{BatchId, StageInput};
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
@@ -20,8 +21,9 @@ const SAMPLE_PER_TASK: usize = 128;
 
 /// A map task's output, kept by its executor until the batch is done.
 pub enum MapOutput {
-    /// One Arrow IPC block per reduce partition.
-    Hash { blocks: Vec<Vec<u8>> },
+    /// One Arrow IPC block per reduce partition; a partition without rows has no bytes.
+    /// Serving a block shares these bytes, it never copies them.
+    Hash { blocks: Vec<Bytes> },
     /// All rows plus their sort keys; split by range when reducers fetch (the boundaries are
     /// only known once every map task has reported its sample).
     Range(RangeKeys),
@@ -31,6 +33,25 @@ pub struct RangeKeys {
     pub batch: RecordBatch,
     /// arrow-row encoded sort keys: byte order is the ORDER BY order.
     pub keys: Vec<Vec<u8>>,
+}
+
+impl RangeKeys {
+    /// The rows whose keys fall in reduce partition `reduce` of `bounds`, if any.
+    fn part(&self, reduce: u32, bounds: &[Vec<u8>]) -> Result<Option<RecordBatch>, SqlError> {
+        let idx: UInt32Array = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| {
+                bounds.partition_point(|b| b.as_slice() <= k.as_slice()) == reduce as usize
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        if idx.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(take_record_batch(&self.batch, &idx)?))
+    }
 }
 
 pub enum StageOutputData {
@@ -46,32 +67,31 @@ pub enum StageOutputData {
 }
 
 impl MapOutput {
-    /// The Arrow IPC block for one reduce partition.
-    pub fn block(&self, reduce: u32, bounds: &[Vec<u8>]) -> Result<Vec<u8>, SqlError> {
+    /// The Arrow IPC block for one reduce partition (empty when it has no rows).
+    pub fn block(&self, reduce: u32, bounds: &[Vec<u8>]) -> Result<Bytes, SqlError> {
         match self {
             MapOutput::Hash { blocks } => blocks
                 .get(reduce as usize)
                 .cloned()
                 .ok_or_else(|| SqlError::internal(format!("no shuffle partition {reduce}"))),
-            MapOutput::Range(r) => {
-                let idx: UInt32Array = r
-                    .keys
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, k)| {
-                        bounds.partition_point(|b| b.as_slice() <= k.as_slice()) == reduce as usize
-                    })
-                    .map(|(i, _)| i as u32)
-                    .collect();
-                let part = take_record_batch(&r.batch, &idx)?;
-                Ok(ipc_bytes(&[part], r.batch.schema())?)
-            }
+            MapOutput::Range(r) => match r.part(reduce, bounds)? {
+                None => Ok(Bytes::new()),
+                Some(part) => Ok(ipc_bytes(&[part], r.batch.schema())?.into()),
+            },
+        }
+    }
+
+    /// The rows of one reduce partition, for a reducer on the executor that holds them.
+    pub fn rows(&self, reduce: u32, bounds: &[Vec<u8>]) -> Result<Vec<RecordBatch>, SqlError> {
+        match self {
+            MapOutput::Hash { .. } => Ok(IpcDecoder::decode(self.block(reduce, bounds)?)?),
+            MapOutput::Range(r) => Ok(r.part(reduce, bounds)?.into_iter().collect()),
         }
     }
 
     pub fn size_bytes(&self) -> usize {
         match self {
-            MapOutput::Hash { blocks } => blocks.iter().map(Vec::len).sum(),
+            MapOutput::Hash { blocks } => blocks.iter().map(Bytes::len).sum(),
             MapOutput::Range(r) => {
                 r.batch.get_array_memory_size() + r.keys.iter().map(Vec::len).sum::<usize>()
             }
@@ -80,25 +100,23 @@ impl MapOutput {
 }
 
 impl CompiledJob {
-    /// Decodes fetched shuffle blocks, each with the stage that wrote it, into the stage's
+    /// Fetched shuffle blocks, decoded, each with the stage that wrote it, as the stage's
     /// input rows per exchange.
     pub fn shuffle_input(
         &self,
         stage: usize,
-        blocks: &[(u32, Vec<u8>)],
+        blocks: Vec<(u32, Vec<RecordBatch>)>,
     ) -> Result<TaskInput, SqlError> {
         let f = &self.fragments[stage];
         let edges: Vec<u32> = f.inputs.iter().filter_map(StageInput::upstream).collect();
         let mut rows = vec![Vec::new(); edges.len()];
-        for (from, block) in blocks {
-            let edge = edges.iter().position(|e| e == from).ok_or_else(|| {
+        for (from, batches) in blocks {
+            let edge = edges.iter().position(|e| *e == from).ok_or_else(|| {
                 SqlError::internal(format!("stage {stage} does not read stage {from}"))
             })?;
             let schema = self.shuffle_schema(stage, edge)?;
-            for b in ipc_batches(block)? {
-                if b.num_rows() > 0 {
-                    rows[edge].push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
-                }
+            for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
+                rows[edge].push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
             }
         }
         Ok(TaskInput::Shuffle(rows))
@@ -232,9 +250,14 @@ fn hash_partition(
             }
         }
     }
+    // An empty partition is not encoded at all: with many partitions most blocks of a small
+    // batch are empty, and each would cost a schema message to write and to read.
     let blocks = parts
         .iter()
-        .map(|p| ipc_bytes(p, schema.clone()))
+        .map(|p| match p.is_empty() {
+            true => Ok(Bytes::new()),
+            false => ipc_bytes(p, schema.clone()).map(Bytes::from),
+        })
         .collect::<Result<_, _>>()?;
     Ok(MapOutput::Hash { blocks })
 }

@@ -7,6 +7,7 @@ mod exec;
 mod join;
 mod operator;
 mod parse;
+mod partial;
 mod plan;
 mod state;
 pub mod window;

@@ -175,6 +175,7 @@ impl CompiledJob {
             ttl_ms: settings.state_ttl.map(|d| d.as_millis() as i64),
             partitions: settings.partitions,
             output_mode: settings.output_mode,
+            partial_aggregation: settings.partial_aggregation,
             fragments: Vec::new(),
             pending_state: None,
         };
@@ -632,6 +633,8 @@ struct Cutter<'a> {
     ttl_ms: Option<i64>,
     partitions: u32,
     output_mode: Option<sluice_core::settings::OutputMode>,
+    /// Split decomposable aggregates into map-side partials and a merge (`partial.rs`).
+    partial_aggregation: bool,
     fragments: Vec<Fragment>,
     /// A running aggregate planned on the shuffle just cut, for the stage that reads it.
     pending_state: Option<Arc<dyn crate::operator::StatefulOperator>>,
@@ -660,6 +663,14 @@ impl Cutter<'_> {
         Ok(())
     }
 
+    /// `agg` over `child` as map-side partials and a merge, when the job allows and the
+    /// aggregate splits.
+    fn two_phase(&self, agg: &Aggregate, child: &LogicalPlan) -> Option<crate::partial::TwoPhase> {
+        self.partial_aggregation
+            .then(|| crate::partial::TwoPhase::plan(agg, child))
+            .flatten()
+    }
+
     /// Rewrites `plan` into the current (topmost) stage, pushing finished lower stages.
     fn cut(&mut self, plan: LogicalPlan) -> Result<LogicalPlan, String> {
         match plan {
@@ -668,8 +679,14 @@ impl Cutter<'_> {
                 let child = self.cut(Arc::unwrap_or_clone(agg.input.clone()))?;
                 self.refuse_nested_state()?;
                 let downstream = self.upstream_operators().next().is_some();
-                let keys = crate::window::shuffle_keys(&agg.group_expr);
-                let leaf = self.push(child, Some(Cut::Hash(keys)))?;
+                let two = self.two_phase(&agg, &child);
+                let leaf = match &two {
+                    Some(t) => self.push(t.map.clone(), Some(Cut::Hash(t.shuffle_keys.clone())))?,
+                    None => {
+                        let keys = crate::window::shuffle_keys(&agg.group_expr);
+                        self.push(child, Some(Cut::Hash(keys)))?
+                    }
+                };
                 let mode = self
                     .output_mode
                     .unwrap_or(sluice_core::settings::OutputMode::Update);
@@ -681,14 +698,20 @@ impl Cutter<'_> {
                     input_schema,
                     self.fragments.len(),
                     mode,
+                    two.as_ref(),
                 )?;
                 state.downstream = downstream;
                 self.pending_state = Some(Arc::new(state));
                 Ok(upper)
             }
             LogicalPlan::Aggregate(agg) => {
-                let child = self.cut(Arc::unwrap_or_clone(agg.input))?;
+                let child = self.cut(Arc::unwrap_or_clone(agg.input.clone()))?;
                 self.refuse_nested_state()?;
+                if let Some(two) = self.two_phase(&agg, &child) {
+                    let leaf =
+                        self.push(two.map.clone(), Some(Cut::Hash(two.shuffle_keys.clone())))?;
+                    return two.finish(leaf, &agg.schema).map_err(|e| e.to_string());
+                }
                 let leaf = self.push(child, Some(Cut::Hash(agg.group_expr.clone())))?;
                 Aggregate::try_new(Arc::new(leaf), agg.group_expr, agg.aggr_expr)
                     .map(LogicalPlan::Aggregate)

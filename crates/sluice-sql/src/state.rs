@@ -10,6 +10,7 @@
 
 use crate::SqlError;
 use crate::operator::{BatchContext, Processed, StatefulOperator};
+use crate::partial::{TwoPhase, flat_names, merge_exprs};
 use crate::plan::{CompiledJob, SHUFFLE_TABLE, bind_table, flat_leaf, flat_schema};
 use crate::window::{WindowKey, merge_sessions, window_key};
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
@@ -24,7 +25,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn::coalesce;
 use datafusion::functions_aggregate::array_agg::array_agg_udaf;
 use datafusion::functions_aggregate::expr_fn::array_agg;
-use datafusion::functions_aggregate::expr_fn::{bool_or, max, min, sum};
+use datafusion::functions_aggregate::expr_fn::bool_or;
 use datafusion::functions_aggregate::{count::count_udaf, sum::sum_udaf};
 use datafusion::functions_nested::expr_fn::{array_distinct, cardinality, flatten};
 use datafusion::logical_expr::ExprFunctionExt;
@@ -42,7 +43,7 @@ pub(crate) const AGG_TABLE: &str = "__agg";
 const CHANGED: &str = "__changed";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Merge {
+pub(crate) enum Merge {
     Sum,
     Min,
     Max,
@@ -52,7 +53,7 @@ enum Merge {
 
 /// How one aggregate of the query is computed from state columns.
 #[derive(Debug, Clone)]
-enum Final {
+pub(crate) enum Final {
     /// The state column is the value.
     Column(usize),
     /// avg = sum / count.
@@ -115,6 +116,7 @@ impl StatefulAgg {
         input_schema: SchemaRef,
         stage: usize,
         output_mode: OutputMode,
+        map_side: Option<&TwoPhase>,
     ) -> Result<(StatefulAgg, LogicalPlan), String> {
         let window = window_key(&agg.group_expr)?;
         let mut signature: Vec<String> = agg
@@ -122,14 +124,16 @@ impl StatefulAgg {
             .iter()
             .map(|e| format!("key {}", e.schema_name()))
             .collect();
-        let (mut partial_exprs, mut merges, mut finals) = (Vec::new(), Vec::new(), Vec::new());
-        for e in &agg.aggr_expr {
-            signature.push(format!("aggregate {}", strip_alias(e).schema_name()));
-            let (partials, merge, last) = decompose(e, partial_exprs.len(), window.is_some())?;
-            partial_exprs.extend(partials);
-            merges.extend(merge);
-            finals.push(last);
-        }
+        signature.extend(
+            agg.aggr_expr
+                .iter()
+                .map(|e| format!("aggregate {}", strip_alias(e).schema_name())),
+        );
+        let Decomposed {
+            partials: partial_exprs,
+            merges,
+            finals,
+        } = decompose_all(&agg.aggr_expr, window.is_some())?;
         let keys = agg.group_expr.len();
         if window.is_none() && output_mode == OutputMode::Append {
             return Err("SET 'output_mode' = 'append' emits each event-time window once, when the watermark passes its end: group by the window of TUMBLE(table, ts, INTERVAL '...' MINUTE) (window_start, window_end), or use 'update'".into());
@@ -141,28 +145,24 @@ impl StatefulAgg {
             signature.push(w.describe());
         }
         let scan = leaf.clone();
-        let partial = Aggregate::try_new(Arc::new(leaf), agg.group_expr.clone(), partial_exprs)
-            .map(LogicalPlan::Aggregate)
-            .map_err(|e| e.to_string())?;
-        let flat: Vec<Expr> = partial
-            .schema()
-            .columns()
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let name = if i < keys {
-                    format!("k{i}")
-                } else {
-                    format!("s{}", i - keys)
-                };
-                Expr::Column(c).alias(name)
-            })
-            .collect();
-        let partial = LogicalPlanBuilder::from(partial)
-            .project(flat)
-            .and_then(|b| b.build())
-            .map_err(|e| e.to_string())?;
-        let state_schema = nullable(partial.schema().as_arrow());
+        // Map tasks that aggregated their rows already send state-shaped partials: the
+        // batch's delta is their merge. Otherwise the rows themselves arrive.
+        let (partial, state_schema) = match map_side {
+            Some(two) => {
+                let state_schema = two.state_schema();
+                let merge = two.merge(leaf, &state_schema).map_err(|e| e.to_string())?;
+                (merge, state_schema)
+            }
+            None => {
+                let partial =
+                    Aggregate::try_new(Arc::new(leaf), agg.group_expr.clone(), partial_exprs)
+                        .map(LogicalPlan::Aggregate)
+                        .and_then(flat_names(keys))
+                        .map_err(|e| e.to_string())?;
+                let state_schema = nullable(partial.schema().as_arrow());
+                (partial, state_schema)
+            }
+        };
         signature.extend(
             state_schema
                 .fields()
@@ -295,23 +295,7 @@ impl StatefulAgg {
             .iter()
             .map(|f| col(f.name().as_str()))
             .collect();
-        let mut aggs: Vec<Expr> = fields[agg.keys..]
-            .iter()
-            .zip(&agg.merges)
-            .map(|(f, m)| {
-                let c = col(f.name().as_str());
-                match m {
-                    Merge::Sum => sum(c),
-                    Merge::Min => min(c),
-                    Merge::Max => max(c),
-                    Merge::Union => array_agg(c.clone())
-                        .filter(c.is_not_null())
-                        .build()
-                        .expect("an aggregate takes a filter"),
-                }
-                .alias(f.name())
-            })
-            .collect();
+        let mut aggs = merge_exprs(&fields[agg.keys..], &agg.merges);
         aggs.push(bool_or(col(CHANGED)).alias(CHANGED));
         // Summing a state column may widen its type (decimals); the state keeps its own. Lists
         // of distinct values were gathered as lists of lists.
@@ -561,6 +545,36 @@ impl CompiledJob {
         let op = self.state_of(stage).ok_or_else(|| no_state(stage))?;
         op.restore(&self.ctx, parts).await
     }
+}
+
+/// Every aggregate of a query as state columns, their merges and final values.
+pub(crate) struct Decomposed {
+    pub partials: Vec<Expr>,
+    pub merges: Vec<Merge>,
+    pub finals: Vec<Final>,
+}
+
+pub(crate) fn decompose_all(aggr_expr: &[Expr], windowed: bool) -> Result<Decomposed, String> {
+    let mut d = Decomposed {
+        partials: Vec::new(),
+        merges: Vec::new(),
+        finals: Vec::new(),
+    };
+    for e in aggr_expr {
+        let (partials, merges, last) = decompose(e, d.partials.len(), windowed)?;
+        d.partials.extend(partials);
+        d.merges.extend(merges);
+        d.finals.push(last);
+    }
+    Ok(d)
+}
+
+/// Merges lists of distinct values (gathered as a list of lists; flattened after).
+pub(crate) fn union_values(c: Expr) -> Expr {
+    array_agg(c.clone())
+        .filter(c.is_not_null())
+        .build()
+        .expect("an aggregate takes a filter")
 }
 
 /// One aggregate of the query as state columns (first at `at`, named s<i>), how each merges,

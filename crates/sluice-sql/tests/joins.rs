@@ -5,6 +5,7 @@
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use sluice_connectors::IpcDecoder;
 use sluice_core::StageInput;
 use sluice_sql::{BatchInfo, CompiledJob, MapOutput, StageOutputData, TaskInput};
 use std::collections::BTreeMap;
@@ -119,15 +120,16 @@ impl Run {
         let froms: Vec<u32> = f.inputs.iter().filter_map(StageInput::upstream).collect();
         (0..3)
             .map(|p| {
-                let blocks: Vec<(u32, Vec<u8>)> = froms
+                let blocks: Vec<(u32, Vec<RecordBatch>)> = froms
                     .iter()
                     .flat_map(|from| {
-                        maps[&(*from as usize)]
-                            .iter()
-                            .map(move |m| (*from, m.block(p, &[]).unwrap()))
+                        maps[&(*from as usize)].iter().map(move |m| {
+                            let block = m.block(p, &[]).unwrap();
+                            (*from, IpcDecoder::decode(block).unwrap())
+                        })
                     })
                     .collect();
-                self.job.shuffle_input(stage, &blocks).unwrap()
+                self.job.shuffle_input(stage, blocks).unwrap()
             })
             .collect()
     }

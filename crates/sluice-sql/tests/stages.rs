@@ -4,6 +4,7 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
+use sluice_connectors::IpcDecoder;
 use sluice_connectors::connectors::datagen::Rows;
 use sluice_core::{ShuffleKind, SourceSplit, StageInput, StageOutput};
 use sluice_sql::{BatchInfo, CompiledJob, StageOutputData, TaskInput};
@@ -120,11 +121,14 @@ async fn run_inputs(
         };
         inputs = (0..n as u32)
             .map(|r| {
-                let blocks: Vec<(u32, Vec<u8>)> = maps
+                let blocks: Vec<(u32, Vec<RecordBatch>)> = maps
                     .iter()
-                    .map(|(m, _)| (stage as u32, m.block(r, &bounds).unwrap()))
+                    .map(|(m, _)| {
+                        let block = m.block(r, &bounds).unwrap();
+                        (stage as u32, IpcDecoder::decode(block).unwrap())
+                    })
                     .collect();
-                job.shuffle_input(stage + 1, &blocks).unwrap()
+                job.shuffle_input(stage + 1, blocks).unwrap()
             })
             .collect();
     }
@@ -243,6 +247,77 @@ async fn per_batch_group_by_shuffles_by_key_and_counts_exactly() {
         .map(|(k, v)| (k, (v.0, v.1, v.2, v.3, v.4.len() as i64)))
         .collect();
     assert_eq!(got, want);
+}
+
+/// The rows a map task of stage 0 ships for the first split.
+async fn map_rows(job: &CompiledJob) -> u64 {
+    let rows = job.sources["clicks"].read(&splits()[0], 0).await.unwrap();
+    let input = TaskInput::Split {
+        table: "clicks".into(),
+        rows,
+    };
+    match job.run_stage(0, 0, input, &[]).await.unwrap().0 {
+        StageOutputData::Map { rows, .. } => rows,
+        StageOutputData::Sink { .. } => panic!("stage 0 writes a shuffle"),
+    }
+}
+
+fn sorted_rows(parts: &[Vec<RecordBatch>]) -> Vec<String> {
+    let mut all: Vec<String> = parts.iter().flat_map(|p| rows(p)).collect();
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn map_tasks_aggregate_per_key_before_the_shuffle_with_the_same_results() {
+    let query = "SELECT _batch, page, count(*) AS n, sum(user_id) AS s, min(user_id) AS lo, max(user_id) AS hi, avg(user_id) AS a FROM clicks WHERE user_id > 0 GROUP BY _batch, page";
+    let split = compile(query).await;
+    let whole = CompiledJob::compile(
+        &format!("SET partitions = 3;\nSET partial_aggregation = 'false';\n{SOURCE}INSERT INTO out {query};"),
+        "whole.sql",
+    )
+    .await
+    .unwrap();
+    // One row per page (5) leaves a map task, instead of every row with a positive user.
+    assert_eq!(map_rows(&split).await, 5);
+    assert!(map_rows(&whole).await > 1000);
+    assert_eq!(
+        sorted_rows(&run(&split, 3).await),
+        sorted_rows(&run(&whole, 3).await)
+    );
+    // count(DISTINCT ...) has no partial form: its rows cross the shuffle as they are.
+    let distinct = compile(&query.replace("avg(user_id)", "count(DISTINCT user_id)")).await;
+    assert!(map_rows(&distinct).await > 1000);
+}
+
+#[tokio::test]
+async fn a_running_aggregation_merges_partials_into_the_same_state() {
+    let whole = CompiledJob::compile(
+        &format!("SET partitions = 3;\nSET partial_aggregation = 'false';\n{SOURCE}INSERT INTO out {RUNNING};"),
+        "whole.sql",
+    )
+    .await
+    .unwrap();
+    let split = compile(RUNNING).await;
+    assert_eq!(map_rows(&split).await, 5);
+    // Same state layout: a checkpoint of either continues under the other.
+    assert_eq!(
+        split.state_of(1).unwrap().signature(),
+        whole.state_of(1).unwrap().signature()
+    );
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let (mut da, mut db) = (vec![Vec::new(); 3], vec![Vec::new(); 3]);
+    for batch in 0..3u64 {
+        let splits = splits_from(batch * 10_000);
+        let out_a = run_with_state(&split, batch, &splits, &mut a, &mut da).await;
+        let out_b = run_with_state(&whole, batch, &splits, &mut b, &mut db).await;
+        assert_eq!(sorted_rows(&out_a), sorted_rows(&out_b), "batch {batch}");
+        for p in 0..3 {
+            assert_eq!(rows(&a[p]), rows(&b[p]), "state of partition {p}");
+            // The delta is the batch's merged partials: one row per key.
+            assert_eq!(rows(&da[p][batch as usize]), rows(&db[p][batch as usize]));
+        }
+    }
 }
 
 #[tokio::test]

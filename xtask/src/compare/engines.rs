@@ -104,7 +104,7 @@ CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
         }
         let run = Run {
             rows: status["rows_in"].as_u64().unwrap_or(0),
-            wall_ms: crate::wall_ms(&status),
+            wall_ms: crate::bench::wall_ms(&status),
             cpu_ms,
             peak_rss_bytes: sampler.peak_rss_bytes(),
             batches: status["batches_committed"].as_u64().unwrap_or(0),

@@ -5,7 +5,7 @@ mod checksum;
 mod data;
 mod engines;
 mod peers;
-mod procstat;
+pub mod procstat;
 mod report;
 
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@ use crate::connector::{
 use crate::{ConnectorError, Result, TableSpec};
 use arrow::array::{
     ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int8Array, Int16Array,
-    Int32Array, Int64Array, StringArray, TimestampMicrosecondArray, TimestampMillisecondArray,
+    Int32Array, Int64Array, StringBuilder, TimestampMicrosecondArray, TimestampMillisecondArray,
     TimestampNanosecondArray, TimestampSecondArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -211,7 +211,7 @@ impl DatagenSource {
             rows_per_second,
             total_rows: opts.parse("total_rows")?,
             seed: opts.parse("seed")?.unwrap_or(0),
-            splits: opts.number_in("splits", 1..=4096)?,
+            splits: opts.number_in("splits", 1..=1_000_000)?,
             fields,
         })
     }
@@ -330,15 +330,31 @@ impl DatagenSource {
             DataType::Boolean => Arc::new(BooleanArray::from_iter(
                 rows.map(|r| Some(hash(r) & 1 == 1)),
             )),
-            DataType::Utf8 => Arc::new(StringArray::from_iter_values(rows.map(|r| match g {
-                FieldGen::Values(v) => v[int(r) as usize].clone(),
-                FieldGen::Sequence { start } => (start + r as i64).to_string(),
-                FieldGen::Random { length, .. } => {
-                    let mut s = format!("{:016x}{:016x}", hash(r), hash(r ^ u64::MAX));
-                    s.truncate((*length).clamp(1, 32));
-                    s
+            DataType::Utf8 => {
+                // Written straight into the array's buffer: no String per row.
+                use std::fmt::Write;
+                let n = (hi - lo) as usize;
+                let mut b = StringBuilder::with_capacity(n, n * 8);
+                for r in rows {
+                    match g {
+                        FieldGen::Values(v) => b.append_value(&v[int(r) as usize]),
+                        FieldGen::Sequence { start } => {
+                            let _ = write!(b, "{}", start + r as i64);
+                            b.append_value("");
+                        }
+                        FieldGen::Random { length, .. } => {
+                            let mut buf = [0u8; 32];
+                            let _ = std::io::Write::write_fmt(
+                                &mut &mut buf[..],
+                                format_args!("{:016x}{:016x}", hash(r), hash(r ^ u64::MAX)),
+                            );
+                            let text = std::str::from_utf8(&buf).unwrap_or_default();
+                            b.append_value(&text[..(*length).clamp(1, 32)]);
+                        }
+                    }
                 }
-            }))),
+                Arc::new(b.finish())
+            }
             DataType::Date32 => Arc::new(Date32Array::from_iter_values(
                 rows.map(|r| (micros(r) / 86_400_000_000) as i32),
             )),
@@ -389,8 +405,40 @@ fn supported(ty: &DataType) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::StringArray;
     use arrow::datatypes::{Field, Schema};
     use std::time::Duration;
+
+    #[test]
+    fn text_columns_hold_sequence_numbers_random_hex_and_listed_values() {
+        let text = |opts: &[(&str, &str)]| {
+            let d = DatagenSource::new(&spec(opts)).unwrap();
+            let batch = d.read(5, 8).unwrap().remove(0);
+            let pages = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            pages
+                .iter()
+                .map(|p| p.unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let seq = text(&[("fields.page.kind", "sequence"), ("fields.page.min", "100")]);
+        assert_eq!(seq, ["105", "106", "107"]);
+        let random = text(&[("fields.page.length", "20")]);
+        assert!(
+            random
+                .iter()
+                .all(|s| s.len() == 20 && s.chars().all(|c| c.is_ascii_hexdigit()))
+        );
+        assert_ne!(random[0], random[1]);
+        assert!(
+            text(&[("fields.page.values", "x,y")])
+                .iter()
+                .all(|p| p == "x" || p == "y")
+        );
+    }
 
     fn spec(opts: &[(&str, &str)]) -> TableSpec {
         let mut options: BTreeMap<String, String> = opts

@@ -998,3 +998,48 @@ fn a_failed_batch_carries_its_trace_and_stateful_homes_show_on_executors() {
         "every stateful partition lives on a: {held:?}"
     );
 }
+
+#[test]
+fn a_wide_batch_on_many_executors_launches_each_task_once_and_spreads_them() {
+    // 200 executors x 2 slots, 10,000 map tasks and 200 reducers: every event is handled by
+    // looking at what it touches (the stage's pending and idle tasks, the executors with a
+    // free slot), so this runs in moments even unoptimized.
+    let mut s = Scheduler::new();
+    for i in 0..200 {
+        register(&mut s, &format!("e{i:03}"), 2);
+    }
+    let mut queue: std::collections::VecDeque<Launched> =
+        launches(&s.handle(submit(10_000, Some(ShuffleKind::Hash), 200), 1)).into();
+    assert_eq!(queue.len(), 400, "every slot filled at once");
+    let mut per_stage = [
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    ];
+    let mut per_executor: BTreeMap<ExecutorId, u32> = BTreeMap::new();
+    let mut report = None;
+    while let Some(l) = queue.pop_front() {
+        let fresh = per_stage[l.1.key.stage_id as usize].insert(l.1.key.partition);
+        assert!(
+            fresh,
+            "task {}.{} launched twice",
+            l.1.key.stage_id, l.1.key.partition
+        );
+        *per_executor.entry(l.0.clone()).or_default() += 1;
+        let result = Event::TaskSucceeded {
+            key: l.1.key.clone(),
+            executor: l.0.clone(),
+            output: TaskOutput::default(),
+        };
+        let actions = s.handle(result, 2);
+        report = report.or_else(|| done(&actions).cloned());
+        queue.extend(launches(&actions));
+    }
+    assert_eq!((per_stage[0].len(), per_stage[1].len()), (10_000, 200));
+    assert_eq!(report.expect("the batch completed").tasks, 10_200);
+    // Each freed slot takes the next task: the work stays spread over every executor.
+    assert_eq!(per_executor.len(), 200);
+    assert!(
+        per_executor.values().all(|n| (45..=57).contains(n)),
+        "{per_executor:?}"
+    );
+}
