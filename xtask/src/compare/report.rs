@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 use super::engines::{Engine, Run};
 use super::{Outcome, median};
 
+/// Where Sluice's own figures are: what a comparison of engines does not show.
+const CLUSTER_LINK: &str = "Sluice on its own (`cargo xtask bench`): the latency floor over 1,000 batches with the time of each phase, wide shuffles, one driver with 1,000 executors, recovery from executor and driver kills, Kafka and windowed jobs, and each optimisation measured on and off, in [cluster.md](cluster.md).\n";
+
 /// An engine's medians over its runs of one workload.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Medians {
@@ -135,7 +138,8 @@ fn markdown(
     for (name, why) in missing {
         let _ = writeln!(md, "| {name} | not run | {why} |");
     }
-    md.push_str("\n![throughput per workload](throughput.png)\n");
+    md.push_str("\n![throughput per workload](throughput.png)\n\n");
+    md.push_str(CLUSTER_LINK);
     for o in outcomes {
         workload_section(&mut md, o);
     }
