@@ -262,6 +262,9 @@ fn an_executor_failing_every_task_is_excluded_and_the_job_completes() {
     c.add_executor();
     c.add_executor();
     c.wait_for_driver();
+    // The job takes a few dozen milliseconds: started before the failing executor registers,
+    // it would never meet it.
+    c.wait_for_registrations(3);
     let id = c
         .submit(&job(&c, "SET 'task.max_attempts' = '6';"))
         .unwrap();

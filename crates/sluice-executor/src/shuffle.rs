@@ -24,7 +24,8 @@ const BLOCKS_PER_REQUEST: usize = 4096;
 /// bounds the bytes in flight towards one task (as Spark's `maxReqsInFlight` does).
 const REQUESTS_IN_FLIGHT: usize = 8;
 /// A peer that stopped answering (a SIGSTOPped process keeps its sockets open) must not hold a
-/// reducer forever: past this, the fetch fails and the map output is recomputed.
+/// reducer forever: past this without a piece of its answer, the fetch fails and the map
+/// output is recomputed.
 const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct ShuffleStore {
@@ -262,11 +263,21 @@ async fn fetch_from_peer(
 ) -> Result<Vec<Vec<RecordBatch>>, String> {
     let mut client = executor.store.client(address)?;
     let n = request.blocks.len();
+    let stalled = || {
+        let secs = FETCH_DEADLINE.as_secs();
+        Status::deadline_exceeded(format!("no answer for {secs} s"))
+    };
+    // A deadline on progress, not on the whole answer: a large one read slowly goes on as long
+    // as pieces keep coming.
     let fetch = async {
-        let mut stream = client.fetch(request).await?.into_inner();
+        let answer = tokio::time::timeout(FETCH_DEADLINE, client.fetch(request));
+        let mut stream = answer.await.map_err(|_| stalled())??.into_inner();
         let mut decoders: Vec<IpcDecoder> = (0..n).map(|_| IpcDecoder::default()).collect();
         let mut blocks: Vec<Option<Vec<RecordBatch>>> = vec![None; n];
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = tokio::time::timeout(FETCH_DEADLINE, stream.message())
+            .await
+            .map_err(|_| stalled())??
+        {
             for piece in chunk.pieces {
                 let i = piece.block as usize;
                 let decoder = decoders
@@ -288,15 +299,7 @@ async fn fetch_from_peer(
         }
         Ok(blocks.into_iter().map(Option::unwrap_or_default).collect())
     };
-    let result = tokio::time::timeout(FETCH_DEADLINE, fetch)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(format!(
-                "no complete answer within {} s",
-                FETCH_DEADLINE.as_secs()
-            )))
-        });
-    result.map_err(|s| {
+    fetch.await.map_err(|s: Status| {
         executor.store.forget(address);
         format!("fetch from {address}: {}", s.message())
     })
