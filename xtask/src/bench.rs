@@ -813,6 +813,15 @@ INSERT INTO sink SELECT _key, count(*), sum(amount) FROM events GROUP BY _key;
         "wall_ms": wall_ms,
         "rows_per_second": rows * 1000 / wall_ms,
         "prefill_ms": produce_ms,
+        "batch_ms": batches.iter().map(|b| b["duration_ms"].clone()).collect::<Vec<_>>(),
+        "task_input_ms": batches.iter().map(|b| b["metrics"]["input_ms"].clone()).collect::<Vec<_>>(),
+        "between_batches_ms": batches
+            .windows(2)
+            .map(|w| {
+                let start = w[1]["started_at_ms"].as_u64().unwrap_or(0);
+                start.saturating_sub(w[0]["committed_at_ms"].as_u64().unwrap_or(0))
+            })
+            .collect::<Vec<_>>(),
     }))
 }
 

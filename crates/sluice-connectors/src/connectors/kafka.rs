@@ -403,7 +403,7 @@ impl KafkaSource {
     }
 
     /// Every partition of the source's topics with its (low, high) watermarks.
-    async fn watermarks(&self) -> Result<BTreeMap<(String, i32), (i64, i64)>> {
+    async fn watermarks(&self) -> Result<PartitionMarks> {
         let client = self.meta_client()?;
         let topics = self.topics.clone();
         let table = self.table.clone();
@@ -498,11 +498,7 @@ impl KafkaSource {
     }
 }
 
-fn fetch_watermarks(
-    client: &BaseConsumer,
-    topics: &Topics,
-    table: &str,
-) -> Result<BTreeMap<(String, i32), (i64, i64)>> {
+fn fetch_watermarks(client: &BaseConsumer, topics: &Topics, table: &str) -> Result<PartitionMarks> {
     // The broker being unreachable may pass (retryable); a missing topic is the job's mistake.
     let error = |m: String| ConnectorError::Write(format!("table '{table}': {m}"));
     let metadata = client
@@ -516,23 +512,15 @@ fn fetch_watermarks(
         Topics::Named(names) => names.iter().any(|n| n == name),
         Topics::Pattern(_) => pattern.as_ref().is_some_and(|r| r.is_match(name)),
     };
-    let mut out = BTreeMap::new();
     let mut found = Vec::new();
+    let mut partitions = Vec::new();
     for topic in metadata.topics().iter().filter(|t| wanted(t.name())) {
         found.push(topic.name().to_string());
         for p in topic.partitions() {
-            let marks = client
-                .fetch_watermarks(topic.name(), p.id(), REQUEST_TIMEOUT)
-                .map_err(|e| {
-                    error(format!(
-                        "cannot read the offsets of topic '{}' partition {}: {e}",
-                        topic.name(),
-                        p.id()
-                    ))
-                })?;
-            out.insert((topic.name().to_string(), p.id()), marks);
+            partitions.push((topic.name().to_string(), p.id()));
         }
     }
+    let out = list_offsets(client, &partitions).map_err(error)?;
     if let Topics::Named(names) = topics {
         let missing: Vec<String> = names
             .iter()
@@ -545,6 +533,49 @@ fn fetch_watermarks(
                 message: format!("topic(s) {} do not exist on the broker", missing.join(", ")),
             });
         }
+    }
+    Ok(out)
+}
+
+/// Each topic partition's offsets: (low, high) watermarks.
+type PartitionMarks = BTreeMap<(String, i32), (i64, i64)>;
+
+/// Every partition's (low, high) watermark in two ListOffsets rounds (earliest, latest), one
+/// request per broker each, instead of a round trip per partition: a batch's planning does not
+/// grow with the topic's partition count.
+fn list_offsets(
+    client: &BaseConsumer,
+    partitions: &[(String, i32)],
+) -> std::result::Result<PartitionMarks, String> {
+    let mut out = PartitionMarks::new();
+    if partitions.is_empty() {
+        return Ok(out);
+    }
+    // ListOffsets takes a timestamp: -2 means the earliest offset, -1 the latest.
+    let round = |at: Offset| {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in partitions {
+            tpl.add_partition_offset(topic, *p, at)
+                .map_err(|e| e.to_string())?;
+        }
+        client
+            .offsets_for_times(tpl, REQUEST_TIMEOUT)
+            .map_err(|e| format!("cannot read the offsets of the topics' partitions: {e}"))
+    };
+    let (lows, highs) = (round(Offset::Beginning)?, round(Offset::End)?);
+    for (topic, p) in partitions {
+        let offset = |list: &TopicPartitionList| {
+            let e = list.find_partition(topic, *p);
+            match e.as_ref().map(|e| (e.error(), e.offset())) {
+                Some((Ok(()), Offset::Offset(o))) => Ok(o),
+                Some((Err(err), _)) => Err(err.to_string()),
+                other => Err(format!("no offset in the answer ({other:?})")),
+            }
+            .map_err(|why| {
+                format!("cannot read the offsets of topic '{topic}' partition {p}: {why}")
+            })
+        };
+        out.insert((topic.clone(), *p), (offset(&lows)?, offset(&highs)?));
     }
     Ok(out)
 }
@@ -975,11 +1006,7 @@ impl Records {
 /// range. `max_offsets` caps the whole batch, shared by backlog.
 /// Records between where the job will be after these splits and each partition's high
 /// watermark: the consumer lag once the batch commits.
-fn backlog(
-    marks: &BTreeMap<(String, i32), (i64, i64)>,
-    positions: &Positions,
-    splits: &[Range],
-) -> u64 {
+fn backlog(marks: &PartitionMarks, positions: &Positions, splits: &[Range]) -> u64 {
     marks
         .iter()
         .map(|((topic, p), (_, high))| {
@@ -996,7 +1023,7 @@ fn backlog(
 }
 
 pub fn plan_ranges(
-    marks: &BTreeMap<(String, i32), (i64, i64)>,
+    marks: &PartitionMarks,
     positions: &Positions,
     starting: &Starting,
     max_offsets: Option<u64>,
@@ -1310,7 +1337,7 @@ mod tests {
         }
     }
 
-    fn marks(list: &[(i32, i64, i64)]) -> BTreeMap<(String, i32), (i64, i64)> {
+    fn marks(list: &[(i32, i64, i64)]) -> PartitionMarks {
         list.iter()
             .map(|(p, lo, hi)| (("t".to_string(), *p), (*lo, *hi)))
             .collect()
