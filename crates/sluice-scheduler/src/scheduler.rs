@@ -766,13 +766,13 @@ impl Scheduler {
         let homes = &self.state_homes;
         for batch in self.batches.values_mut() {
             let job = batch.sub.job_id.clone();
-            let excluded: BTreeSet<&ExecutorId> = self
+            let excluded: BTreeSet<&str> = self
                 .exclusions
                 .iter()
                 .filter(|(k, x)| k.job == job && x.until_ms > now_ms)
-                .map(|(k, _)| &k.executor)
+                .map(|(k, _)| k.executor.as_ref())
                 .collect();
-            let excluded = |e: &str| excluded.contains(&ExecutorId::from(e));
+            let excluded = |e: &str| excluded.contains(e);
             for s in 0..batch.stages.len() {
                 // A reducer launches only with every map output of its input: one that
                 // waited for a slot while a map output was lost waits for its recompute

@@ -5,14 +5,12 @@
 //! same decomposition (`state::decompose`) serves a per-batch aggregate, whose reducer merges and
 //! finalizes, and a running one, whose reducer merges the partials into its state.
 
-use crate::state::{Decomposed, Final, Merge, decompose_all};
+use crate::state::{Decomposed, Final, Merge, decompose_all, final_values};
 use crate::window::window_key;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{Column, DFSchemaRef};
-use datafusion::functions::expr_fn::coalesce;
 use datafusion::functions_aggregate::expr_fn::{max, min, sum};
-use datafusion::functions_nested::expr_fn::cardinality;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast, col, lit};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
 use std::sync::Arc;
 
 /// An aggregate split in two: what map tasks compute and what the reducer does with it.
@@ -105,17 +103,7 @@ impl TwoPhase {
         schema: &DFSchemaRef,
     ) -> datafusion::error::Result<LogicalPlan> {
         let merged = self.merge(leaf, &self.state_schema())?;
-        let s = |i: usize| col(format!("s{i}"));
-        let values = (0..self.keys)
-            .map(|i| col(format!("k{i}")))
-            .chain(self.finals.iter().map(|f| match f {
-                Final::Column(i) => s(*i),
-                Final::Average { sum, count } => {
-                    cast(s(*sum), DataType::Float64) / cast(s(*count), DataType::Float64)
-                }
-                Final::Distinct(i) => coalesce(vec![cardinality(s(*i)), lit(0u64)]),
-            }));
-        let exprs: Vec<Expr> = values
+        let exprs: Vec<Expr> = final_values(self.keys, &self.finals)
             .zip(schema.iter())
             .map(|(e, (q, f))| cast(e, f.data_type().clone()).alias_qualified(q.cloned(), f.name()))
             .collect();

@@ -405,24 +405,7 @@ impl StatefulAgg {
         let schema = agg.with_changed();
         let table = Arc::new(MemTable::try_new(schema.clone(), vec![rows])?);
         let scan = LogicalPlanBuilder::scan(STATE_TABLE, provider_as_source(table), None)?;
-        let state_col = |i: usize| col(agg.state_schema.field(agg.keys + i).name().as_str());
-        let mut exprs: Vec<Expr> = (0..agg.keys)
-            .map(|k| col(agg.state_schema.field(k).name().as_str()))
-            .collect();
-        for f in &agg.finals {
-            exprs.push(match f {
-                Final::Column(i) => state_col(*i),
-                Final::Average { sum, count } => {
-                    cast(state_col(*sum), DataType::Float64)
-                        / cast(state_col(*count), DataType::Float64)
-                }
-                Final::Distinct(values) => {
-                    coalesce(vec![cardinality(state_col(*values)), lit(0u64)])
-                }
-            });
-        }
-        let exprs: Vec<Expr> = exprs
-            .into_iter()
+        let exprs: Vec<Expr> = final_values(agg.keys, &agg.finals)
             .zip(agg.agg_schema.fields())
             .map(|(e, f)| cast(e, f.data_type().clone()).alias(f.name()))
             .collect();
@@ -567,6 +550,20 @@ pub(crate) fn decompose_all(aggr_expr: &[Expr], windowed: bool) -> Result<Decomp
         d.finals.push(last);
     }
     Ok(d)
+}
+
+/// The keys (k0..) and each aggregate's final value from state columns (s0..).
+pub(crate) fn final_values(keys: usize, finals: &[Final]) -> impl Iterator<Item = Expr> + '_ {
+    let s = |i: usize| col(format!("s{i}"));
+    (0..keys)
+        .map(|i| col(format!("k{i}")))
+        .chain(finals.iter().map(move |f| match f {
+            Final::Column(i) => s(*i),
+            Final::Average { sum, count } => {
+                cast(s(*sum), DataType::Float64) / cast(s(*count), DataType::Float64)
+            }
+            Final::Distinct(i) => coalesce(vec![cardinality(s(*i)), lit(0u64)]),
+        }))
 }
 
 /// Merges lists of distinct values (gathered as a list of lists; flattened after).
