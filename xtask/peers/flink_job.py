@@ -15,11 +15,41 @@ import time
 from pyflink.common import RowKind
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
-SOURCE = """CREATE TABLE {name} (key BIGINT, page STRING, amount BIGINT)
+SOURCE = """CREATE TABLE {name} ({columns})
   WITH ('connector' = 'filesystem', 'path' = 'file://{input}', 'format' = 'json')"""
 
+COLUMNS = {
+    "events": "key BIGINT, page STRING, amount BIGINT",
+    "bids": "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time BIGINT",
+}
+
+# The queries of compare/queries.rs in Flink's SQL, over `src`, with their sinks' columns.
 QUERIES = {
-    "running_count": "SELECT key, COUNT(*) AS n, SUM(amount) AS total FROM src GROUP BY key",
+    "running_count": (
+        "key BIGINT, n BIGINT, total BIGINT",
+        "SELECT key, COUNT(*) AS n, SUM(amount) AS total FROM src GROUP BY key",
+    ),
+    "q0": (
+        COLUMNS["bids"],
+        "SELECT auction, bidder, price, channel, url, date_time FROM src",
+    ),
+    "q1": (
+        "auction BIGINT, bidder BIGINT, price DECIMAL(23, 3), date_time BIGINT",
+        "SELECT auction, bidder, 0.908 * price AS price, date_time FROM src",
+    ),
+    "q2": ("auction BIGINT, price BIGINT", "SELECT auction, price FROM src WHERE MOD(auction, 123) = 0"),
+    "q17": (
+        "auction BIGINT, `day` STRING, total_bids BIGINT, rank1_bids BIGINT, rank2_bids BIGINT,"
+        " rank3_bids BIGINT, min_price BIGINT, max_price BIGINT, avg_price BIGINT, sum_price BIGINT",
+        """SELECT auction, DATE_FORMAT(TO_TIMESTAMP_LTZ(date_time, 3), 'yyyy-MM-dd') AS `day`,
+  COUNT(*) AS total_bids,
+  COUNT(*) FILTER (WHERE price < 10000) AS rank1_bids,
+  COUNT(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
+  COUNT(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
+  MIN(price) AS min_price, MAX(price) AS max_price, AVG(price) AS avg_price,
+  SUM(price) AS sum_price
+FROM src GROUP BY auction, DATE_FORMAT(TO_TIMESTAMP_LTZ(date_time, 3), 'yyyy-MM-dd')""",
+    ),
 }
 
 
@@ -34,22 +64,24 @@ def environment(spec):
         "table.exec.mini-batch.allow-latency": "1s",
         "table.exec.mini-batch.size": "5000",
         "table.optimizer.agg-phase-strategy": "TWO_PHASE",
+        "table.local-time-zone": "UTC",
     }
     for key, value in settings.items():
         conf.set(key, value)
-    env.execute_sql(SOURCE.format(name="src", input=os.path.abspath(spec["input"])))
+    columns = COLUMNS[spec["input_kind"]]
+    env.execute_sql(
+        SOURCE.format(name="src", columns=columns, input=os.path.abspath(spec["input"]))
+    )
     empty = spec["checkpoint"] + "-empty-input"
     os.makedirs(empty, exist_ok=True)
-    env.execute_sql(SOURCE.format(name="src_empty", input=empty))
+    env.execute_sql(SOURCE.format(name="src_empty", columns=columns, input=empty))
     return env
 
 
-def timed(env, query):
+def timed(env, columns, query):
     """The job's wall time less that of the same job over no input (its deployment), both
     after a first empty job has warmed the JVM."""
-    env.execute_sql(
-        "CREATE TABLE sink (key BIGINT, n BIGINT, total BIGINT) WITH ('connector' = 'blackhole')"
-    )
+    env.execute_sql(f"CREATE TABLE sink ({columns}) WITH ('connector' = 'blackhole')")
     empty_job = "INSERT INTO sink " + query.replace("FROM src", "FROM src_empty")
     # The first job in the JVM loads the planner's classes: warm up once, then measure.
     env.execute_sql(empty_job).wait()
@@ -64,33 +96,47 @@ def timed(env, query):
 
 # The checksum of the harness (compare/checksum.rs), computed by Flink over its own result:
 # folding a changelog of millions of updates in Python would take minutes.
-CHECKSUM = """SELECT COUNT(*) AS c, SUM(n) AS n, SUM(total) AS total,
-  SUM(n * MOD(key * 2654435761, 65521)) AS weighted FROM ({query})"""
+def checksum_sql(spec, query):
+    c = spec["checksum"]
+    sums = ", ".join(
+        f"SUM(CAST(ROUND(CAST({col} AS DOUBLE) * 1000, 0) AS BIGINT)) AS s_{col}"
+        for col in c["sums"]
+    )
+    weighted = f"SUM(CAST({c['weight_by']} AS BIGINT) * MOD({c['weight_key']} * 2654435761, 65521))"
+    return f"SELECT COUNT(*) AS c, {weighted} AS weighted, {sums} FROM ({query})"
 
 
-def check(env, query, out):
+def check(env, spec, query, out):
     """The final value of the checksum row over the query's changelog."""
     last = None
-    with env.execute_sql(CHECKSUM.format(query=query)).collect() as rows:
+    with env.execute_sql(checksum_sql(spec, query)).collect() as rows:
         for row in rows:
             if row.get_row_kind() in (RowKind.INSERT, RowKind.UPDATE_AFTER):
                 last = row
-    c, n, total, weighted = last if last is not None else (0, 0, 0, 0)
+    names = spec["checksum"]["sums"]
+    values = list(last) if last is not None else [0] * (2 + len(names))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "checksum.json"), "w") as f:
-        json.dump({"rows": c, "n": n, "total": total, "weighted": weighted}, f)
+        json.dump(
+            {
+                "rows": values[0],
+                "weighted": values[1] or 0,
+                "sums": {n: v or 0 for n, v in zip(names, values[2:])},
+            },
+            f,
+        )
 
 
 def main():
     spec = json.loads(sys.argv[1])
-    query = QUERIES[spec["workload"]]
+    columns, query = QUERIES[spec["workload"]]
     env = environment(spec)
     if spec.get("check_out"):
         print("READY", flush=True)
-        check(env, query, spec["check_out"])
+        check(env, spec, query, spec["check_out"])
         wall_ms, deployment_ms = 0, 0
     else:
-        wall_ms, deployment_ms = timed(env, query)
+        wall_ms, deployment_ms = timed(env, columns, query)
     # Flink reads the bounded files as one stream: no batches. The blackhole sink counts
     # nothing, so the rows are the input's; the check run shows they were all read.
     result = {"rows": spec["rows"], "batches": 0, "wall_ms": wall_ms, "deployment_ms": deployment_ms}

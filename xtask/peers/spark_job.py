@@ -12,7 +12,33 @@ import time
 
 from pyspark.sql import SparkSession, functions as F
 
-SCHEMA = "key BIGINT, page STRING, amount BIGINT"
+SCHEMAS = {
+    "events": "key BIGINT, page STRING, amount BIGINT",
+    "bids": "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time BIGINT",
+}
+
+# The queries of compare/queries.rs in Spark's SQL, over the streaming view `src`; each with its
+# output mode (update for running aggregations, append for the stateless ones).
+QUERIES = {
+    "running_count": (
+        "update",
+        "SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP BY key",
+    ),
+    "q0": ("append", "SELECT auction, bidder, price, channel, url, date_time FROM src"),
+    "q1": ("append", "SELECT auction, bidder, 0.908 * price AS price, date_time FROM src"),
+    "q2": ("append", "SELECT auction, price FROM src WHERE auction % 123 = 0"),
+    "q17": (
+        "update",
+        """SELECT auction, date_format(timestamp_millis(date_time), 'yyyy-MM-dd') AS day,
+  count(*) AS total_bids,
+  count(*) FILTER (WHERE price < 10000) AS rank1_bids,
+  count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
+  count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
+  min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price,
+  sum(price) AS sum_price
+FROM src GROUP BY auction, date_format(timestamp_millis(date_time), 'yyyy-MM-dd')""",
+    ),
+}
 
 
 def session(spec):
@@ -20,6 +46,7 @@ def session(spec):
         SparkSession.builder.master("local[2]")
         .appName("sluice-compare")
         .config("spark.sql.shuffle.partitions", str(spec["partitions"]))
+        .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.streaming.numRecentProgressUpdates", "100000")
@@ -30,18 +57,17 @@ def session(spec):
 
 def source(spark, spec):
     return (
-        spark.readStream.schema(SCHEMA)
+        spark.readStream.schema(SCHEMAS[spec["input_kind"]])
         .option("maxFilesPerTrigger", spec["files_per_batch"])
         .json(spec["input"])
     )
 
 
-def running_count(spark, spec):
-    """count(*) and sum(amount) per key, kept across batches, update mode."""
-    counts = source(spark, spec).groupBy("key").agg(
-        F.count("*").alias("n"), F.sum("amount").alias("total")
-    )
-    writer = counts.writeStream.outputMode("update")
+def sql_query(spark, spec):
+    """One of QUERIES over the input, to the noop sink or, for a check, to jsonl files."""
+    mode, query = QUERIES[spec["workload"]]
+    source(spark, spec).createOrReplaceTempView("src")
+    writer = spark.sql(query).writeStream.outputMode(mode)
     if spec.get("check_out"):
         out = spec["check_out"]
 
@@ -68,14 +94,70 @@ def batch_count(spark, spec):
     return source(spark, spec).writeStream.foreachBatch(write)
 
 
-WORKLOADS = {"running_count": running_count, "batch_count": batch_count}
+def latency(spark, spec):
+    """The latency floor: Spark's rate source at Sluice's rate, a trigger every
+    `trigger_ms`, and per batch the count, sum and max by page of the rows that pass a filter
+    (the query of Sluice's small-batch bench), until `batches` batches after `warm_up` ones.
+    Prints each measured batch's duration, from its trigger to its commit log entry."""
+    rows = (
+        spark.readStream.format("rate")
+        .option("rowsPerSecond", spec["rows_per_second"])
+        .option("numPartitions", 4)
+        .load()
+        .selectExpr(
+            "value % 100000 AS user_id",
+            "format_string('p%02d', value % 20) AS page",
+            "CAST(value % 500 AS DOUBLE) AS amount",
+        )
+    )
+
+    def write(df, batch_id):
+        (
+            df.where("user_id % 10 <> 0")
+            .groupBy("page")
+            .agg(F.count("*"), F.sum("amount"), F.max("user_id"))
+            .write.format("noop")
+            .mode("overwrite")
+            .save()
+        )
+
+    print("READY", flush=True)
+    query = (
+        rows.writeStream.foreachBatch(write)
+        .option("checkpointLocation", spec["checkpoint"])
+        .trigger(processingTime=f"{spec['trigger_ms']} milliseconds")
+        .start()
+    )
+    wanted = spec["warm_up"] + spec["batches"]
+    while len(query.recentProgress) < wanted:
+        time.sleep(0.2)
+    query.stop()
+    progress = query.recentProgress[spec["warm_up"] : wanted]
+    print(
+        json.dumps(
+            {
+                "rows": sum(p["numInputRows"] for p in progress),
+                "batches": len(progress),
+                "wall_ms": 0,
+                "batch_ms": [p["batchDuration"] for p in progress],
+            }
+        ),
+        flush=True,
+    )
 
 
 def main():
     spec = json.loads(sys.argv[1])
     spark = session(spec)
     spark.sparkContext.setLogLevel("ERROR")
-    writer = WORKLOADS[spec["workload"]](spark, spec)
+    if spec["workload"] == "latency":
+        latency(spark, spec)
+        spark.stop()
+        return
+    if spec["workload"] == "batch_count":
+        writer = batch_count(spark, spec)
+    else:
+        writer = sql_query(spark, spec)
     print("READY", flush=True)
     started = time.time()
     query = (

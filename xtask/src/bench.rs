@@ -74,7 +74,11 @@ pub fn bench(root: &Path, bins: &Path, only: &[String], opts: &Options) -> anyho
     std::fs::create_dir_all(root.join("bench"))?;
     std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
     std::fs::write(root.join("bench/cluster.md"), markdown(&results))?;
-    println!("\nwrote bench/cluster.json and bench/cluster.md");
+    let loss = results.get("executor_loss");
+    if let Some(timeline) = loss.and_then(|l| l["timeline"].as_array()) {
+        crate::compare::recovery_plot(&root.join("bench/recovery_timeline.png"), timeline)?;
+    }
+    println!("\nwrote bench/cluster.json, bench/cluster.md and bench/recovery_timeline.png");
     Ok(())
 }
 
@@ -92,6 +96,7 @@ fn markdown(r: &BTreeMap<String, Value>) -> String {
         let value = figure(r, workload, path);
         page.push_str(&format!("| {} | {value} |\n", label.trim()));
     }
+    page.push_str("\nAn executor SIGKILLed while a batch's map tasks run: each batch's span from its start to its commit, relative to the kill; the batch that lost tasks reran them on the other executors.\n\n![recovery timeline](recovery_timeline.png)\n");
     page
 }
 
@@ -328,17 +333,24 @@ INSERT INTO sink SELECT k, count(*), sum(v) FROM g GROUP BY k;
     Ok(Value::Object(out))
 }
 
-/// The latency floor: ~1,000-row batches every 50 ms, end to end from the batch's start
-/// (planning its input) to its commit entry, over more than 1,000 batches after 20 warm-up
-/// ones; with where the time goes (the driver's phases and the slowest task's phases, p50).
-fn small_batches(bins: &Path, _: &Options) -> anyhow::Result<Value> {
-    const WARM_UP: u64 = 20;
-    const BATCHES: u64 = 1_000;
-    const TRIGGER_MS: u64 = 50;
-    const ROWS_PER_BATCH: u64 = 1_000;
-    let rate = ROWS_PER_BATCH * 1000 / TRIGGER_MS;
-    let total = rate * (WARM_UP + BATCHES + 20) * TRIGGER_MS / 1000;
-    let settings = format!("SET 'trigger' = '{TRIGGER_MS}ms';\nSET 'partitions' = '4';");
+/// The latency floor's batches: ~1,000 rows every 50 ms, after 20 warm-up batches.
+pub const SMALL_TRIGGER_MS: u64 = 50;
+pub const SMALL_ROWS_PER_BATCH: u64 = 1_000;
+pub const SMALL_WARM_UP: u64 = 20;
+pub const SMALL_BATCHES: u64 = 1_000;
+
+/// Each measured small batch: its time end to end and its phases.
+pub struct SmallBatches {
+    pub end_to_end_ms: Vec<u64>,
+    pub phases: Vec<Vec<(String, u64)>>,
+}
+
+/// Runs the latency floor's job until `SMALL_BATCHES` batches after the warm-up ones have
+/// committed, reading each batch's times over one long-lived client.
+pub fn small_batch_times(bins: &Path) -> anyhow::Result<SmallBatches> {
+    let rate = SMALL_ROWS_PER_BATCH * 1000 / SMALL_TRIGGER_MS;
+    let total = rate * (SMALL_WARM_UP + SMALL_BATCHES + 20) * SMALL_TRIGGER_MS / 1000;
+    let settings = format!("SET 'trigger' = '{SMALL_TRIGGER_MS}ms';\nSET 'partitions' = '4';");
     let c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
     let id = c.submit(&bench_job(&settings, rate, total))?;
     let mut watch = JobsWatch::connect(&c.url())?;
@@ -347,7 +359,7 @@ fn small_batches(bins: &Path, _: &Options) -> anyhow::Result<Value> {
     loop {
         let status = watch.status(&id)?;
         for b in &status.recent_batches {
-            if b.batch_id < WARM_UP || seen.contains_key(&b.batch_id) {
+            if b.batch_id < SMALL_WARM_UP || seen.contains_key(&b.batch_id) {
                 continue;
             }
             let detail = watch.batch(&id, b.batch_id)?;
@@ -359,21 +371,33 @@ fn small_batches(bins: &Path, _: &Options) -> anyhow::Result<Value> {
             status.state(),
             JobState::Finished | JobState::Failed | JobState::Stopped
         );
-        if ended || seen.len() as u64 >= BATCHES {
+        if ended || seen.len() as u64 >= SMALL_BATCHES {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "small batches: too slow");
         std::thread::sleep(Duration::from_millis(200));
     }
     anyhow::ensure!(
-        seen.len() as u64 >= BATCHES,
+        seen.len() as u64 >= SMALL_BATCHES,
         "only {} batches were seen",
         seen.len()
     );
-    let mut e2e: Vec<u64> = seen.values().map(|(ms, _)| *ms).collect();
+    let (end_to_end_ms, phases) = seen.into_values().unzip();
+    Ok(SmallBatches {
+        end_to_end_ms,
+        phases,
+    })
+}
+
+/// The latency floor: ~1,000-row batches every 50 ms, end to end from the batch's start
+/// (planning its input) to its commit entry, over more than 1,000 batches after 20 warm-up
+/// ones; with where the time goes (the driver's phases and the slowest task's phases, p50).
+fn small_batches(bins: &Path, _: &Options) -> anyhow::Result<Value> {
+    let measured = small_batch_times(bins)?;
+    let mut e2e = measured.end_to_end_ms;
     e2e.sort_unstable();
     let mut by_phase: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for (name, ms) in seen.values().flat_map(|(_, p)| p) {
+    for (name, ms) in measured.phases.iter().flatten() {
         by_phase.entry(name.clone()).or_default().push(*ms);
     }
     let phase_p50: BTreeMap<String, u64> = by_phase
@@ -384,9 +408,9 @@ fn small_batches(bins: &Path, _: &Options) -> anyhow::Result<Value> {
         })
         .collect();
     Ok(json!({
-        "trigger_ms": TRIGGER_MS,
-        "rows_per_batch": ROWS_PER_BATCH,
-        "warm_up_batches_left_out": WARM_UP,
+        "trigger_ms": SMALL_TRIGGER_MS,
+        "rows_per_batch": SMALL_ROWS_PER_BATCH,
+        "warm_up_batches_left_out": SMALL_WARM_UP,
         "batches": e2e.len(),
         "end_to_end_ms": {
             "p50": percentile(&e2e, 0.5),
@@ -564,7 +588,7 @@ fn wait_for_commit(commits: &Path, before: usize, timeout: Duration) -> anyhow::
     Ok(())
 }
 
-fn batches_of(status: &Value) -> Vec<Value> {
+pub fn batches_of(status: &Value) -> Vec<Value> {
     status["recent_batches"]
         .as_array()
         .cloned()
@@ -642,6 +666,18 @@ fn executor_loss_recovery(bins: &Path) -> anyhow::Result<Value> {
         others.sort_unstable();
         let median = percentile(&others, 0.5);
         let duration = hit["duration_ms"].as_u64().unwrap_or(0);
+        // Every batch's span relative to the kill, for the recovery timeline plot.
+        let at = |b: &Value, field: &str| b[field].as_u64().unwrap_or(0) as i64 - kill_ms as i64;
+        let timeline: Vec<Value> = (batches.iter())
+            .map(|b| {
+                json!({
+                    "batch": b["batch_id"],
+                    "started_ms": at(b, "started_at_ms"),
+                    "committed_ms": at(b, "committed_at_ms"),
+                    "tasks_rerun": b["tasks_rerun"],
+                })
+            })
+            .collect();
         return Ok(json!({
             "executors": 4,
             "trigger_ms": 1000,
@@ -653,6 +689,7 @@ fn executor_loss_recovery(bins: &Path) -> anyhow::Result<Value> {
             "extra_ms_vs_median": duration.saturating_sub(median),
             "driver_recovery_ms": hit["recovery_ms"],
             "tasks_rerun": hit["tasks_rerun"],
+            "timeline": timeline,
         }));
     }
     bail!("the executor kill never hit a running batch")

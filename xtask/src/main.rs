@@ -31,7 +31,8 @@ enum Task {
         /// Rows for the throughput run
         #[arg(long, default_value_t = 10_000_000)]
         rows: u64,
-        /// Run only these workloads (comma-separated); the others keep their last results
+        /// Run only these workloads (comma-separated); the others keep their last results (with
+        /// --compare the report is printed, not written)
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Cargo profile of the binaries measured (dev: a quick check of a workload, not figures)
@@ -74,12 +75,14 @@ fn main() -> anyhow::Result<()> {
             compare: true,
             runs,
             compare_rows,
+            only,
             ..
         } => {
             cargo(&["build", "--release", "--bins"])?;
             let opts = compare::Options {
                 runs,
                 rows: compare_rows,
+                only,
             };
             compare::compare(&root, &root.join("target/release"), &opts)
         }

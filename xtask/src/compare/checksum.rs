@@ -4,44 +4,88 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-/// Output rows, the sums of their `n` and `total` columns, and a sum of `n` weighted by a
-/// hash of the key, so rows with the right totals under the wrong keys still differ. Small
-/// enough that a peer can compute it in SQL (xtask/peers/flink_job.py does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a query's output becomes the table that is compared, and what is summed over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// The output's key columns when it is an update-mode changelog (the latest row of a key
+    /// wins); empty when every output row stands (append mode, per-batch results).
+    pub update_key: &'static [&'static str],
+    /// Weighted = Σ weight(row[weight_key]) × row[weight_by], so the right totals under the
+    /// wrong keys still differ.
+    pub weight_key: &'static str,
+    pub weight_by: &'static str,
+    /// Columns summed in thousandths, so a decimal and a double of the same value agree.
+    pub sums: &'static [&'static str],
+}
+
+impl Spec {
+    /// What a peer needs to compute the checksum itself (xtask/peers/flink_job.py does).
+    pub fn to_json(self) -> Value {
+        json!({ "weight_key": self.weight_key, "weight_by": self.weight_by, "sums": self.sums })
+    }
+
+    /// The checksum of a check run's output, given its rows by batch.
+    pub fn checksum(self, batches: &BTreeMap<u64, Vec<Value>>) -> Checksum {
+        if self.update_key.is_empty() {
+            Checksum::of(batches.values().flatten(), self)
+        } else {
+            Checksum::of(&final_table(batches, self.update_key), self)
+        }
+    }
+}
+
+/// Output rows, each `sums` column's total in thousandths, and the weighted sum. Small enough
+/// that a peer can compute it in SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checksum {
     pub rows: u64,
-    pub n: i64,
-    pub total: i64,
+    pub sums: BTreeMap<String, i64>,
     pub weighted: u64,
 }
 
 impl Checksum {
-    pub fn of<'a>(rows: impl IntoIterator<Item = &'a Value>, key: &str) -> Checksum {
-        let mut c = Checksum::default();
+    pub fn of<'a>(rows: impl IntoIterator<Item = &'a Value>, spec: Spec) -> Checksum {
+        let mut c = Checksum {
+            sums: spec.sums.iter().map(|s| (s.to_string(), 0)).collect(),
+            ..Checksum::default()
+        };
         for row in rows {
-            let n = row["n"].as_i64().unwrap_or(0);
             c.rows += 1;
-            c.n += n;
-            c.total += row["total"].as_i64().unwrap_or(0);
-            c.weighted += weight(&row[key]) * n as u64;
+            for (column, total) in c.sums.iter_mut() {
+                *total = total.wrapping_add(thousandths(&row[column.as_str()]));
+            }
+            let by = row[spec.weight_by].as_i64().unwrap_or(0) as u64;
+            c.weighted = c
+                .weighted
+                .wrapping_add(weight(&row[spec.weight_key]).wrapping_mul(by));
         }
         c
     }
 
-    /// A checksum a peer computed itself: `{rows, n, total, weighted}`.
+    /// A checksum a peer computed itself: `{rows, sums: {column: total}, weighted}`.
     pub fn from_json(v: &Value) -> Checksum {
+        let sums = v["sums"].as_object().into_iter().flatten();
         Checksum {
             rows: v["rows"].as_u64().unwrap_or(0),
-            n: v["n"].as_i64().unwrap_or(0),
-            total: v["total"].as_i64().unwrap_or(0),
+            sums: sums
+                .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0)))
+                .collect(),
             weighted: v["weighted"].as_u64().unwrap_or(0),
         }
     }
 
-    pub fn to_json(self) -> Value {
-        serde_json::json!({ "rows": self.rows, "n": self.n, "total": self.total, "weighted": self.weighted })
+    pub fn to_json(&self) -> Value {
+        json!({ "rows": self.rows, "sums": self.sums, "weighted": self.weighted })
+    }
+}
+
+/// A number in thousandths, rounded: 1120.472 as a double or as a decimal is 1120472.
+fn thousandths(v: &Value) -> i64 {
+    match v.as_i64() {
+        Some(i) => i.wrapping_mul(1000),
+        None => v.as_f64().map_or(0, |f| (f * 1000.0).round() as i64),
     }
 }
 
@@ -69,11 +113,12 @@ fn fnv(s: &str) -> u64 {
 
 /// An update-mode changelog folded into the table it describes: per key, the row of the latest
 /// batch that updated it.
-pub fn final_table(batches: &BTreeMap<u64, Vec<Value>>, key: &str) -> Vec<Value> {
-    let mut table: BTreeMap<String, Value> = BTreeMap::new();
+pub fn final_table(batches: &BTreeMap<u64, Vec<Value>>, key: &[&str]) -> Vec<Value> {
+    let mut table: BTreeMap<Vec<String>, Value> = BTreeMap::new();
     for rows in batches.values() {
         for row in rows {
-            table.insert(key_text(&row[key]), row.clone());
+            let k = key.iter().map(|c| key_text(&row[*c])).collect();
+            table.insert(k, row.clone());
         }
     }
     table.into_values().collect()
@@ -114,6 +159,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const COUNTS: Spec = Spec {
+        update_key: &["key"],
+        weight_key: "key",
+        weight_by: "n",
+        sums: &["n", "total"],
+    };
+
     #[test]
     fn the_latest_update_of_a_key_wins() {
         let batches = BTreeMap::from([
@@ -126,9 +178,39 @@ mod tests {
             ),
             (1, vec![json!({"key": 1, "n": 3, "total": 9})]),
         ]);
-        let table = final_table(&batches, "key");
-        let c = Checksum::of(&table, "key");
-        assert_eq!((c.rows, c.n, c.total), (2, 4, 10));
+        let c = COUNTS.checksum(&batches);
+        assert_eq!((c.rows, c.sums["n"], c.sums["total"]), (2, 4000, 10000));
+        let appended = Spec {
+            update_key: &[],
+            ..COUNTS
+        };
+        assert_eq!(appended.checksum(&batches).rows, 3);
+    }
+
+    #[test]
+    fn a_composite_key_folds_on_all_its_columns() {
+        let batches = BTreeMap::from([
+            (0, vec![json!({"a": 1, "day": "d1", "n": 1})]),
+            (1, vec![json!({"a": 1, "day": "d2", "n": 2})]),
+            (2, vec![json!({"a": 1, "day": "d1", "n": 5})]),
+        ]);
+        let table = final_table(&batches, &["a", "day"]);
+        let n: Vec<i64> = table.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+        assert_eq!(n, vec![5, 2]);
+    }
+
+    #[test]
+    fn a_decimal_and_a_double_of_one_value_agree() {
+        let spec = Spec {
+            update_key: &[],
+            weight_key: "a",
+            weight_by: "a",
+            sums: &["price"],
+        };
+        let double = [json!({"a": 1, "price": 1120.4720000000002})];
+        let decimal: Value = serde_json::from_str(r#"{"a": 1, "price": 1120.472}"#).unwrap();
+        assert_eq!(Checksum::of(&double, spec), Checksum::of([&decimal], spec));
+        assert_eq!(Checksum::of(&double, spec).sums["price"], 1_120_472);
     }
 
     #[test]
@@ -141,8 +223,8 @@ mod tests {
             json!({"key": 1, "n": 2, "total": 1}),
             json!({"key": 2, "n": 1, "total": 1}),
         ];
-        let (ca, cb) = (Checksum::of(&a, "key"), Checksum::of(&b, "key"));
-        assert_eq!((ca.rows, ca.n, ca.total), (cb.rows, cb.n, cb.total));
+        let (ca, cb) = (Checksum::of(&a, COUNTS), Checksum::of(&b, COUNTS));
+        assert_eq!((ca.rows, &ca.sums), (cb.rows, &cb.sums));
         assert_ne!(ca, cb);
         // What Flink's SQL computes for the same rows: sum(n * mod(key * 2654435761, 65521)).
         let sql = |k: u64, n: u64| n * ((k * 2_654_435_761) % 65_521);

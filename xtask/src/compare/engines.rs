@@ -10,10 +10,11 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use sluice_cluster_tests::Cluster;
 
+use super::Workload;
 use super::checksum::{self, Checksum};
 use super::data::Dataset;
 use super::procstat::{Sampler, Tree};
-use super::{Query, Workload};
+use super::queries::Query;
 
 /// Files per batch for every engine (Spark's maxFilesPerTrigger, Sluice's max_files_per_batch).
 pub const FILES_PER_BATCH: u64 = 4;
@@ -22,13 +23,15 @@ pub const PARTITIONS: u64 = 4;
 
 /// One timed run: rows read, the time from the first batch's start to the last one's end, and
 /// the CPU time and peak resident memory of the engine's processes over the run.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Run {
     pub rows: u64,
     pub wall_ms: u64,
     pub cpu_ms: u64,
     pub peak_rss_bytes: u64,
     pub batches: u64,
+    /// Each batch's duration, in order (none for Flink, which has no batches).
+    pub batch_ms: Vec<u64>,
 }
 
 impl Run {
@@ -51,6 +54,9 @@ pub trait Engine {
     fn run(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Run>;
     /// An untimed run writing real output, reduced to a checksum.
     fn check(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Checksum>;
+    /// The latency floor: each of `SMALL_BATCHES` small batches' time from its trigger to its
+    /// durable commit, after warm-up batches (see bench::small_batch_times).
+    fn latency_floor(&self, scratch: &Path) -> anyhow::Result<Vec<u64>>;
 }
 
 pub struct Sluice {
@@ -62,21 +68,13 @@ impl Sluice {
         let source = format!(
             "SET 'trigger' = 'available_now';
 SET 'partitions' = '{PARTITIONS}';
-CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
+CREATE TABLE src ({})
   WITH (connector = 'files', path = '{}', format = 'jsonl', max_files_per_batch = '{FILES_PER_BATCH}');
 ",
+            w.input.columns(),
             data.dir.display()
         );
-        let (columns, select) = match w.query {
-            Query::RunningCount => (
-                "key BIGINT, n BIGINT, total BIGINT",
-                "SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP BY key",
-            ),
-            Query::BatchCount => (
-                "batch BIGINT, page TEXT, n BIGINT, total BIGINT",
-                "SELECT _batch AS batch, page, count(*) AS n, sum(amount) AS total FROM src GROUP BY _batch, page",
-            ),
-        };
+        let (columns, select) = w.query.sluice();
         let sink = match out {
             Some(dir) => format!(
                 "CREATE TABLE sink ({columns}) WITH (connector = 'files', path = '{}', format = 'jsonl');",
@@ -108,6 +106,10 @@ CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
             cpu_ms,
             peak_rss_bytes: sampler.peak_rss_bytes(),
             batches: status["batches_committed"].as_u64().unwrap_or(0),
+            batch_ms: crate::bench::batches_of(&status)
+                .iter()
+                .filter_map(|b| b["duration_ms"].as_u64())
+                .collect(),
         };
         Ok(run)
     }
@@ -142,6 +144,10 @@ impl Engine for Sluice {
         let batches = sluice_cluster_tests::committed_jsonl(&out);
         Ok(w.checksum(&batches))
     }
+
+    fn latency_floor(&self, _scratch: &Path) -> anyhow::Result<Vec<u64>> {
+        Ok(crate::bench::small_batch_times(&self.bins)?.end_to_end_ms)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -172,11 +178,13 @@ impl Peer {
         let checkpoint = scratch.join(format!("{}-checkpoint-{}", self.name(), now_nanos()));
         let mut spec = json!({
             "workload": w.query.peer_name(),
+            "input_kind": w.input.name(),
             "input": data.dir,
             "rows": data.rows,
             "files_per_batch": FILES_PER_BATCH,
             "partitions": PARTITIONS,
             "checkpoint": checkpoint,
+            "checksum": w.query.checksum().to_json(),
         });
         if check {
             spec["check_out"] = json!(scratch.join(format!("{}-out", self.name())));
@@ -225,6 +233,9 @@ impl Peer {
             cpu_ms,
             peak_rss_bytes: sampler.peak_rss_bytes(),
             batches: result["batches"].as_u64().unwrap_or(0),
+            batch_ms: (result["batch_ms"].as_array().into_iter().flatten())
+                .filter_map(Value::as_u64)
+                .collect(),
         };
         Ok(run)
     }
@@ -276,6 +287,25 @@ impl Engine for Peer {
             return Ok(Checksum::from_json(&serde_json::from_str(&text)?));
         }
         Ok(w.checksum(&checksum::read_by_batch(&out)?))
+    }
+
+    fn latency_floor(&self, scratch: &Path) -> anyhow::Result<Vec<u64>> {
+        use crate::bench::{SMALL_BATCHES, SMALL_ROWS_PER_BATCH, SMALL_TRIGGER_MS, SMALL_WARM_UP};
+        if self.kind == PeerKind::Flink {
+            bail!(
+                "Flink has no batches: a row is out once the operators pass it, and durable (for an exactly-once sink) at the next checkpoint, so its floor is the checkpoint interval"
+            );
+        }
+        let spec = json!({
+            "workload": "latency",
+            "rows_per_second": SMALL_ROWS_PER_BATCH * 1000 / SMALL_TRIGGER_MS,
+            "trigger_ms": SMALL_TRIGGER_MS,
+            "warm_up": SMALL_WARM_UP,
+            "batches": SMALL_BATCHES,
+            "partitions": PARTITIONS,
+            "checkpoint": scratch.join(format!("{}-latency-{}", self.name(), now_nanos())),
+        });
+        Ok(self.launch(&spec)?.batch_ms)
     }
 }
 

@@ -6,6 +6,7 @@ mod data;
 mod engines;
 mod peers;
 pub mod procstat;
+mod queries;
 mod report;
 
 use std::collections::BTreeMap;
@@ -14,33 +15,17 @@ use std::path::Path;
 use anyhow::bail;
 use serde_json::Value;
 
-use checksum::{Checksum, final_table};
+use checksum::Checksum;
 use data::Dataset;
 use engines::{Engine, Run, Sluice};
-
-/// The queries every engine runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Query {
-    /// count(*) and sum(amount) per key, kept across batches, in update mode.
-    RunningCount,
-    /// count(*) and sum(amount) per page within each batch.
-    BatchCount,
-}
-
-impl Query {
-    fn peer_name(self) -> &'static str {
-        match self {
-            Query::RunningCount => "running_count",
-            Query::BatchCount => "batch_count",
-        }
-    }
-}
+use queries::{Input, Query};
+pub use report::recovery_plot;
 
 pub struct Workload {
     pub id: &'static str,
     pub title: &'static str,
     pub query: Query,
-    pub keys: u64,
+    pub input: Input,
     pub rows: u64,
     pub files: u64,
 }
@@ -48,40 +33,64 @@ pub struct Workload {
 impl Workload {
     /// What a check run's output reduces to; `batches` holds its rows by batch.
     fn checksum(&self, batches: &BTreeMap<u64, Vec<Value>>) -> Checksum {
-        match self.query {
-            Query::RunningCount => Checksum::of(&final_table(batches, "key"), "key"),
-            Query::BatchCount => Checksum::of(batches.values().flatten(), "page"),
-        }
+        self.query.checksum().checksum(batches)
     }
 }
 
 fn workloads(rows: u64) -> Vec<Workload> {
     let files = 40;
+    let w = |id, title, query, input| Workload {
+        id,
+        title,
+        query,
+        input,
+        rows,
+        files,
+    };
+    let events = |keys| Input::Events { keys };
     vec![
-        Workload {
-            id: "running_count_1k",
-            title: "running count and sum by key, 1K keys, update mode",
-            query: Query::RunningCount,
-            keys: 1_000,
-            rows,
-            files,
-        },
-        Workload {
-            id: "running_count_100k",
-            title: "running count and sum by key, 100K keys, update mode",
-            query: Query::RunningCount,
-            keys: 100_000,
-            rows,
-            files,
-        },
-        Workload {
-            id: "batch_count",
-            title: "count and sum by page within each batch (20 pages)",
-            query: Query::BatchCount,
-            keys: 1_000,
-            rows,
-            files,
-        },
+        w(
+            "running_count_1k",
+            "running count and sum by key, 1K keys, update mode",
+            Query::RunningCount,
+            events(1_000),
+        ),
+        w(
+            "running_count_100k",
+            "running count and sum by key, 100K keys, update mode",
+            Query::RunningCount,
+            events(100_000),
+        ),
+        w(
+            "batch_count",
+            "count and sum by page within each batch (20 pages)",
+            Query::BatchCount,
+            events(1_000),
+        ),
+        w(
+            "nexmark_q0",
+            "Nexmark q0: every bid passed through",
+            Query::Q0,
+            Input::Bids,
+        ),
+        w(
+            "nexmark_q1",
+            "Nexmark q1: each bid's price converted to euros",
+            Query::Q1,
+            Input::Bids,
+        ),
+        w(
+            "nexmark_q2",
+            "Nexmark q2: the bids of every 123rd auction",
+            Query::Q2,
+            Input::Bids,
+        ),
+        w(
+            "nexmark_q17",
+            "Nexmark q17: per auction and day, bids by price range and price statistics, update mode",
+            Query::Q17,
+            Input::Bids,
+        ),
     ]
 }
 
@@ -117,6 +126,8 @@ impl Outcome<'_> {
 pub struct Options {
     pub runs: usize,
     pub rows: u64,
+    /// Workload ids to run; all when empty. A partial run's report is printed, not written.
+    pub only: Vec<String>,
 }
 
 pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
@@ -133,14 +144,36 @@ pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
     for (name, why) in &missing {
         eprintln!("==> skipping {name}: {why}");
     }
-    let workloads = workloads(opts.rows);
+    let all = workloads(opts.rows);
+    let unknown: Vec<&String> = (opts.only.iter())
+        .filter(|id| *id != LATENCY && !all.iter().any(|w| w.id == id.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        let ids: Vec<&str> = all.iter().map(|w| w.id).chain([LATENCY]).collect();
+        bail!("no workload {unknown:?}; the workloads: {}", ids.join(", "));
+    }
+    let workloads: Vec<Workload> = (all.into_iter())
+        .filter(|w| opts.only.is_empty() || opts.only.iter().any(|id| id == w.id))
+        .collect();
     let data_root = root.join("target/bench-data");
     let mut outcomes = Vec::new();
     for w in &workloads {
-        let data = Dataset::ensure(&data_root, w.rows, w.files, w.keys)?;
+        let data = Dataset::ensure(&data_root, w.input, w.rows, w.files)?;
         outcomes.push(measure(w, &data, &engines, opts.runs)?);
     }
-    report::write(root, &engines, &missing, &outcomes)?;
+    let latency = if opts.only.is_empty() || opts.only.iter().any(|id| id == LATENCY) {
+        latency_floors(&engines)?
+    } else {
+        Latency::default()
+    };
+    report::write(
+        root,
+        &engines,
+        &missing,
+        &outcomes,
+        &latency,
+        opts.only.is_empty(),
+    )?;
     let mismatches: Vec<String> = outcomes.iter().flat_map(|o| o.mismatches()).collect();
     if !mismatches.is_empty() {
         bail!("the engines disagree:\n{}", mismatches.join("\n"));
@@ -196,6 +229,42 @@ fn measure<'a>(
                 r.peak_rss_bytes >> 20
             );
             out.runs.entry(e.name()).or_default().push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// The id `--only` selects the latency floor by.
+const LATENCY: &str = "latency_floor";
+
+/// Each engine's small batches, end to end; and the engines left out and why.
+#[derive(Default)]
+pub struct Latency {
+    pub batch_ms: BTreeMap<&'static str, Vec<u64>>,
+    pub skipped: Vec<(&'static str, String)>,
+}
+
+/// One run of the latency floor per engine: over 1,000 batches, the distribution is the
+/// measure, so one run each rather than medians of runs.
+fn latency_floors(engines: &[Box<dyn Engine>]) -> anyhow::Result<Latency> {
+    let mut out = Latency::default();
+    for e in engines {
+        eprintln!("==> latency floor: {}", e.name());
+        let scratch = tempfile::tempdir()?;
+        match e.latency_floor(scratch.path()) {
+            Ok(ms) => {
+                let mut sorted = ms.clone();
+                sorted.sort_unstable();
+                eprintln!(
+                    "    {} batches, p50 {} ms, p99 {} ms",
+                    ms.len(),
+                    crate::bench::percentile(&sorted, 0.5),
+                    crate::bench::percentile(&sorted, 0.99)
+                );
+                out.batch_ms.insert(e.name(), ms);
+            }
+            Err(err) if e.name() != "sluice" => out.skipped.push((e.name(), format!("{err:#}"))),
+            Err(err) => return Err(err),
         }
     }
     Ok(out)

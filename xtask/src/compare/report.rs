@@ -8,7 +8,8 @@ use plotters::prelude::*;
 use serde_json::{Value, json};
 
 use super::engines::{Engine, Run};
-use super::{Outcome, median};
+use super::{Latency, Outcome, median};
+use crate::bench::percentile;
 
 /// Where Sluice's own figures are: what a comparison of engines does not show.
 const CLUSTER_LINK: &str = "Sluice on its own (`cargo xtask bench`): the latency floor over 1,000 batches with the time of each phase, wide shuffles, one driver with 1,000 executors, recovery from executor and driver kills, Kafka and windowed jobs, and each optimisation measured on and off, in [cluster.md](cluster.md).\n";
@@ -39,19 +40,28 @@ pub fn write(
     engines: &[Box<dyn Engine>],
     missing: &[(&str, String)],
     outcomes: &[Outcome],
+    latency: &Latency,
+    to_files: bool,
 ) -> anyhow::Result<()> {
+    let md = markdown(engines, missing, outcomes, latency);
+    println!("{md}");
+    if !to_files {
+        println!("a partial run (--only): bench/report.md and bench/results.json are unchanged");
+        return Ok(());
+    }
     let dir = root.join("bench");
     std::fs::create_dir_all(&dir)?;
-    let results = results_json(engines, missing, outcomes);
+    let results = results_json(engines, missing, outcomes, latency);
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let md = markdown(engines, missing, outcomes);
     std::fs::write(dir.join("report.md"), &md)?;
     throughput_plot(&dir.join("throughput.png"), outcomes)?;
-    println!("{md}");
-    println!("wrote bench/report.md, bench/results.json, bench/throughput.png");
+    latency_plot(&dir.join("latency_cdf.png"), latency)?;
+    println!(
+        "wrote bench/report.md, bench/results.json, bench/throughput.png, bench/latency_cdf.png"
+    );
     Ok(())
 }
 
@@ -76,6 +86,7 @@ fn results_json(
     engines: &[Box<dyn Engine>],
     missing: &[(&str, String)],
     outcomes: &[Outcome],
+    latency: &Latency,
 ) -> Value {
     let workloads: Vec<Value> = outcomes
         .iter()
@@ -94,6 +105,7 @@ fn results_json(
                         "runs": runs.iter().map(|r| json!({
                             "rows": r.rows, "wall_ms": r.wall_ms, "cpu_ms": r.cpu_ms,
                             "peak_rss_bytes": r.peak_rss_bytes, "batches": r.batches,
+                            "batch_ms": r.batch_ms,
                         })).collect::<Vec<_>>(),
                     }))
                 })
@@ -102,7 +114,7 @@ fn results_json(
                 "id": o.workload.id,
                 "title": o.workload.title,
                 "rows": o.workload.rows,
-                "keys": o.workload.keys,
+                "input": o.workload.input.describe(),
                 "files": o.workload.files,
                 "engines": per_engine,
                 "skipped": o.skipped.iter().map(|(e, why)| json!({"engine": e, "why": why})).collect::<Vec<_>>(),
@@ -114,13 +126,36 @@ fn results_json(
         "engines": engines.iter().map(|e| json!({"name": e.name(), "version": e.version(), "settings": e.settings()})).collect::<Vec<_>>(),
         "missing": missing.iter().map(|(e, why)| json!({"engine": e, "why": why})).collect::<Vec<_>>(),
         "workloads": workloads,
+        "latency_floor": {
+            "trigger_ms": crate::bench::SMALL_TRIGGER_MS,
+            "rows_per_batch": crate::bench::SMALL_ROWS_PER_BATCH,
+            "warm_up_batches_left_out": crate::bench::SMALL_WARM_UP,
+            "engines": latency.batch_ms.iter().map(|(e, ms)| {
+                let sorted = sorted(ms);
+                (e.to_string(), json!({
+                    "batches": ms.len(),
+                    "p50_ms": percentile(&sorted, 0.5),
+                    "p99_ms": percentile(&sorted, 0.99),
+                    "max_ms": sorted.last(),
+                    "end_to_end_ms": ms,
+                }))
+            }).collect::<serde_json::Map<_, _>>(),
+            "skipped": latency.skipped.iter().map(|(e, why)| json!({"engine": e, "why": why})).collect::<Vec<_>>(),
+        },
     })
+}
+
+fn sorted(ms: &[u64]) -> Vec<u64> {
+    let mut v = ms.to_vec();
+    v.sort_unstable();
+    v
 }
 
 fn markdown(
     engines: &[Box<dyn Engine>],
     missing: &[(&str, String)],
     outcomes: &[Outcome],
+    latency: &Latency,
 ) -> String {
     let mut md = String::from("# Sluice, Spark and Flink on the same work\n\n");
     let m = machine();
@@ -143,15 +178,54 @@ fn markdown(
     for o in outcomes {
         workload_section(&mut md, o);
     }
+    if !latency.batch_ms.is_empty() {
+        latency_section(&mut md, latency);
+    }
     md
+}
+
+fn latency_section(md: &mut String, latency: &Latency) {
+    use crate::bench::{SMALL_ROWS_PER_BATCH, SMALL_TRIGGER_MS, SMALL_WARM_UP};
+    let _ = writeln!(
+        md,
+        "\n## latency_floor: small batches, end to end\n\nRows arrive at {} per second from each engine's own generator (Sluice's datagen, Spark's rate source) with a trigger every {SMALL_TRIGGER_MS} ms, so a batch that keeps up holds about {SMALL_ROWS_PER_BATCH} rows; each batch counts, sums and takes the max by page of the rows passing a filter. A batch's time runs from its trigger to its durable commit (Sluice: planning its input to its commit entry; Spark: the progress event's batchDuration, to its commit log entry). The first {SMALL_WARM_UP} batches are left out; one run per engine, its whole distribution reported.\n\n![batch durations, cumulative](latency_cdf.png)\n",
+        SMALL_ROWS_PER_BATCH * 1000 / SMALL_TRIGGER_MS
+    );
+    md.push_str("| engine | batches | p50 (ms) | p99 (ms) | max (ms) | this p50 ÷ Sluice's |\n|---|---:|---:|---:|---:|---:|\n");
+    let p50 = |ms: &[u64]| percentile(&sorted(ms), 0.5);
+    let sluice = latency.batch_ms.get("sluice").map(|ms| p50(ms));
+    for (name, ms) in ENGINES
+        .iter()
+        .filter_map(|e| Some((e, latency.batch_ms.get(e)?)))
+    {
+        let s = sorted(ms);
+        let ratio = sluice.map_or(String::from("-"), |base| {
+            format!("{:.1}×", p50(ms) as f64 / base.max(1) as f64)
+        });
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {ratio} |",
+            s.len(),
+            percentile(&s, 0.5),
+            percentile(&s, 0.99),
+            s.last().unwrap_or(&0)
+        );
+    }
+    for (name, why) in &latency.skipped {
+        let _ = writeln!(md, "\n{name} not run: {why}");
+    }
 }
 
 fn workload_section(md: &mut String, o: &Outcome) {
     let w = o.workload;
     let _ = writeln!(
         md,
-        "\n## {}: {}\n\n{} rows in {} files, {} keys.\n",
-        w.id, w.title, w.rows, w.files, w.keys
+        "\n## {}: {}\n\n{} rows in {} files: {}.\n",
+        w.id,
+        w.title,
+        w.rows,
+        w.files,
+        w.input.describe()
     );
     md.push_str("| engine | rows/s | CPU-s per M rows | peak RSS (MiB) | Sluice's rows/s ÷ this | runs |\n|---|---:|---:|---:|---:|---:|\n");
     let sluice = o.runs.get("sluice").map(|r| Medians::of(r));
@@ -168,12 +242,17 @@ fn workload_section(md: &mut String, o: &Outcome) {
     }
     if let Some((_, c)) = o.checksums.first() {
         let agree: Vec<&str> = o.checksums.iter().map(|(e, _)| *e).collect();
+        let sums: Vec<String> = c
+            .sums
+            .iter()
+            .map(|(col, v)| format!("Σ {col} = {}", *v as f64 / 1000.0))
+            .collect();
         let _ = writeln!(
             md,
-            "\nChecked: {} output rows, n = {}, total = {} (agreeing: {}).",
+            "\nChecked: {} output rows, {}, weighted {} (agreeing: {}).",
             c.rows,
-            c.n,
-            c.total,
+            sums.join(", "),
+            c.weighted,
             agree.join(", ")
         );
     }
@@ -247,6 +326,107 @@ fn throughput_plot(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
+    root.present().context("writing the plot")?;
+    Ok(())
+}
+
+/// The share of batches at or under each duration, per engine, on a log scale of ms.
+fn latency_plot(path: &Path, latency: &Latency) -> anyhow::Result<()> {
+    if latency.batch_ms.is_empty() {
+        return Ok(());
+    }
+    register_font()?;
+    let max = (latency.batch_ms.values().flatten().copied())
+        .max()
+        .unwrap_or(1)
+        .max(10) as f64;
+    let root = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "small batches: share done within a time, trigger to durable commit",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((1.0..max * 1.2).log_scale(), 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms (log scale)")
+        .y_desc("share of batches")
+        .draw()?;
+    for (j, engine) in ENGINES.iter().enumerate() {
+        let Some(ms) = latency.batch_ms.get(engine) else {
+            continue;
+        };
+        let s = sorted(ms);
+        let n = s.len() as f64;
+        let points =
+            (s.iter().enumerate()).map(|(i, &v)| ((v as f64).max(1.0), (i + 1) as f64 / n));
+        chart
+            .draw_series(LineSeries::new(points, COLORS[j].stroke_width(2)))?
+            .label(*engine)
+            .legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 15, y)], COLORS[j].stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present().context("writing the plot")?;
+    Ok(())
+}
+
+/// One bar per batch from its start to its commit, in ms relative to an executor's kill (a
+/// red line), the batches that reran tasks in red.
+pub fn recovery_plot(path: &Path, timeline: &[Value]) -> anyhow::Result<()> {
+    let span = |b: &Value| {
+        let at = |f: &str| b[f].as_i64().unwrap_or(0) as f64;
+        (
+            at("started_ms"),
+            at("committed_ms"),
+            b["tasks_rerun"].as_u64().unwrap_or(0) > 0,
+        )
+    };
+    let spans: Vec<(f64, f64, bool)> = timeline.iter().map(span).collect();
+    let (lo, hi) = spans
+        .iter()
+        .fold((0.0f64, 1.0f64), |(lo, hi), s| (lo.min(s.0), hi.max(s.1)));
+    register_font()?;
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let n = spans.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "executor killed at 0: each batch from start to commit",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(lo - 200.0..hi + 200.0, 0.0..n)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms from the kill")
+        .y_desc("batch")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
+    for (i, (start, end, rerun)) in spans.iter().enumerate() {
+        let color = if *rerun { RED } else { COLORS[0] };
+        let y = i as f64;
+        chart.draw_series([Rectangle::new(
+            [(*start, y + 0.15), (*end, y + 0.85)],
+            color.filled(),
+        )])?;
+    }
+    chart.draw_series([PathElement::new(
+        [(0.0, 0.0), (0.0, n)],
+        RED.stroke_width(2),
+    )])?;
     root.present().context("writing the plot")?;
     Ok(())
 }

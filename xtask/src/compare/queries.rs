@@ -1,0 +1,157 @@
+//! The queries every engine runs, in Sluice's SQL; the peers' own spellings of them are in
+//! xtask/peers/ under the same names.
+
+use super::checksum::Spec;
+
+/// What a query reads: the jsonl rows data.rs writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// `{key, page, amount}` over `keys` keys.
+    Events { keys: u64 },
+    /// Nexmark's bids: `{auction, bidder, price, channel, url, date_time}`.
+    Bids,
+}
+
+impl Input {
+    pub fn name(self) -> &'static str {
+        match self {
+            Input::Events { .. } => "events",
+            Input::Bids => "bids",
+        }
+    }
+
+    /// For the report.
+    pub fn describe(self) -> String {
+        match self {
+            Input::Events { keys } => format!("`{{key, page, amount}}` over {keys} keys"),
+            Input::Bids => format!(
+                "Nexmark bids `{{auction, bidder, price, channel, url, date_time}}` over {} auctions, one every 100 ms of event time",
+                super::data::AUCTIONS
+            ),
+        }
+    }
+
+    /// The source table `src` in Sluice's SQL.
+    pub fn columns(self) -> &'static str {
+        match self {
+            Input::Events { .. } => "key BIGINT, page TEXT, amount BIGINT",
+            Input::Bids => {
+                "auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time BIGINT"
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// count(*) and sum(amount) per key, kept across batches, in update mode.
+    RunningCount,
+    /// count(*) and sum(amount) per page within each batch.
+    BatchCount,
+    /// Nexmark q0: every bid passed through.
+    Q0,
+    /// Nexmark q1: each bid's price in euros.
+    Q1,
+    /// Nexmark q2: the bids of every 123rd auction.
+    Q2,
+    /// Nexmark q17: per auction and day, bids in three price ranges and price statistics.
+    Q17,
+}
+
+const COUNTS: Spec = Spec {
+    update_key: &["key"],
+    weight_key: "key",
+    weight_by: "n",
+    sums: &["n", "total"],
+};
+
+/// The bid columns q0 and q1 keep, summed and weighted the same way.
+const BIDS: Spec = Spec {
+    update_key: &[],
+    weight_key: "auction",
+    weight_by: "bidder",
+    sums: &["bidder", "price"],
+};
+
+impl Query {
+    /// The name the peers' scripts know the query by.
+    pub fn peer_name(self) -> &'static str {
+        match self {
+            Query::RunningCount => "running_count",
+            Query::BatchCount => "batch_count",
+            Query::Q0 => "q0",
+            Query::Q1 => "q1",
+            Query::Q2 => "q2",
+            Query::Q17 => "q17",
+        }
+    }
+
+    /// The sink's columns and the SELECT that fills it, over `src`.
+    pub fn sluice(self) -> (&'static str, &'static str) {
+        match self {
+            Query::RunningCount => (
+                "key BIGINT, n BIGINT, total BIGINT",
+                "SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP BY key",
+            ),
+            Query::BatchCount => (
+                "batch BIGINT, page TEXT, n BIGINT, total BIGINT",
+                "SELECT _batch AS batch, page, count(*) AS n, sum(amount) AS total FROM src GROUP BY _batch, page",
+            ),
+            Query::Q0 => (
+                "auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time BIGINT",
+                "SELECT auction, bidder, price, channel, url, date_time FROM src",
+            ),
+            Query::Q1 => (
+                "auction BIGINT, bidder BIGINT, price DOUBLE, date_time BIGINT",
+                "SELECT auction, bidder, 0.908 * price AS price, date_time FROM src",
+            ),
+            Query::Q2 => (
+                "auction BIGINT, price BIGINT",
+                "SELECT auction, price FROM src WHERE auction % 123 = 0",
+            ),
+            Query::Q17 => (
+                "auction BIGINT, day TEXT, total_bids BIGINT, rank1_bids BIGINT, rank2_bids BIGINT, rank3_bids BIGINT, min_price BIGINT, max_price BIGINT, avg_price DOUBLE, sum_price BIGINT",
+                "SELECT auction, to_char(to_timestamp_millis(date_time), '%Y-%m-%d') AS day,
+  count(*) AS total_bids,
+  count(*) FILTER (WHERE price < 10000) AS rank1_bids,
+  count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
+  count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
+  min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price, sum(price) AS sum_price
+FROM src GROUP BY auction, to_char(to_timestamp_millis(date_time), '%Y-%m-%d')",
+            ),
+        }
+    }
+
+    /// How the outputs are compared. q17's average is left out: Flink's AVG of a BIGINT is a
+    /// BIGINT (truncated), Sluice's and Spark's a double.
+    pub fn checksum(self) -> Spec {
+        match self {
+            Query::RunningCount => COUNTS,
+            Query::BatchCount => Spec {
+                update_key: &[],
+                weight_key: "page",
+                ..COUNTS
+            },
+            Query::Q0 | Query::Q1 => BIDS,
+            Query::Q2 => Spec {
+                weight_by: "price",
+                sums: &["price"],
+                ..BIDS
+            },
+            Query::Q17 => Spec {
+                update_key: &["auction", "day"],
+                weight_key: "auction",
+                weight_by: "total_bids",
+                sums: &[
+                    "total_bids",
+                    "rank1_bids",
+                    "rank2_bids",
+                    "rank3_bids",
+                    "min_price",
+                    "max_price",
+                    "sum_price",
+                ],
+            },
+        }
+    }
+}
