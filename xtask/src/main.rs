@@ -48,6 +48,10 @@ enum Task {
         /// Input rows per workload with --compare
         #[arg(long, default_value_t = 4_000_000)]
         compare_rows: u64,
+        /// Engines to run with --compare (comma-separated: sluice, spark, flink); all when
+        /// empty. A run without all of them is printed, not written
+        #[arg(long, value_delimiter = ',')]
+        engines: Vec<String>,
     },
     /// A long chaos run: a Kafka job under random process kills and storage faults, checked
     /// for exact output; prints a table and writes bench/chaos.json
@@ -76,15 +80,23 @@ fn main() -> anyhow::Result<()> {
             runs,
             compare_rows,
             only,
+            engines,
+            profile,
             ..
         } => {
-            cargo(&["build", "--release", "--bins"])?;
+            cargo(&["build", "--profile", &profile, "--bins"])?;
             let opts = compare::Options {
                 runs,
                 rows: compare_rows,
+                write: only.is_empty() && engines.is_empty() && profile == "release",
                 only,
+                engines,
             };
-            compare::compare(&root, &root.join("target/release"), &opts)
+            compare::compare(
+                &root,
+                &root.join("target").join(profile_dir(&profile)),
+                &opts,
+            )
         }
         Task::Bench {
             rows,
@@ -93,8 +105,7 @@ fn main() -> anyhow::Result<()> {
             ..
         } => {
             cargo(&["build", "--profile", &profile, "--bins"])?;
-            let dir = if profile == "dev" { "debug" } else { &profile };
-            let bins = root.join("target").join(dir);
+            let bins = root.join("target").join(profile_dir(&profile));
             let opts = bench::Options {
                 rows,
                 write: profile == "release",
@@ -104,6 +115,11 @@ fn main() -> anyhow::Result<()> {
         Task::Chaos { minutes, seed } => chaos(&root, minutes, seed),
         Task::Image { profile } => image(&root, &profile, &root.join("target")),
     }
+}
+
+/// The directory under target/ that a cargo profile builds into.
+fn profile_dir(profile: &str) -> &str {
+    if profile == "dev" { "debug" } else { profile }
 }
 
 /// A cargo command without the variables `cargo xtask` set for this process: build scripts

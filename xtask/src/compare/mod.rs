@@ -126,8 +126,12 @@ impl Outcome<'_> {
 pub struct Options {
     pub runs: usize,
     pub rows: u64,
-    /// Workload ids to run; all when empty. A partial run's report is printed, not written.
+    /// Workload ids to run; all when empty.
     pub only: Vec<String>,
+    /// Engines to run; all when empty.
+    pub engines: Vec<String>,
+    /// Write the report and results (a partial run's report is printed, not written).
+    pub write: bool,
 }
 
 pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
@@ -135,7 +139,17 @@ pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
         bins: bins.to_path_buf(),
     })];
     let mut missing = Vec::new();
+    let wanted = |name: &str| opts.engines.is_empty() || opts.engines.iter().any(|e| e == name);
+    if let Some(e) =
+        (opts.engines.iter()).find(|e| !["sluice", "spark", "flink"].contains(&e.as_str()))
+    {
+        bail!("no engine {e:?}; the engines: sluice, spark, flink");
+    }
     for kind in [engines::PeerKind::Spark, engines::PeerKind::Flink] {
+        if !wanted(kind.name()) {
+            missing.push((kind.name(), "not asked for (--engines)".to_string()));
+            continue;
+        }
         match peers::ensure(root, kind) {
             Ok(peer) => engines.push(Box::new(peer)),
             Err(e) => missing.push((kind.name(), format!("{e:#}"))),
@@ -166,14 +180,7 @@ pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
     } else {
         Latency::default()
     };
-    report::write(
-        root,
-        &engines,
-        &missing,
-        &outcomes,
-        &latency,
-        opts.only.is_empty(),
-    )?;
+    report::write(root, &engines, &missing, &outcomes, &latency, opts.write)?;
     let mismatches: Vec<String> = outcomes.iter().flat_map(|o| o.mismatches()).collect();
     if !mismatches.is_empty() {
         bail!("the engines disagree:\n{}", mismatches.join("\n"));
