@@ -28,6 +28,7 @@ const WORKLOADS: &[(&str, Measure)] = &[
     ("executor_loss", |bins, _| executor_loss_recovery(bins)),
     ("driver_restart", |bins, _| driver_restart(bins)),
     ("stateful_restart", |bins, _| stateful_restart(bins)),
+    ("state_scaling", |bins, _| state_scaling(bins)),
     ("kafka_running_count", |bins, _| kafka_running_count(bins)),
     ("windowed_counts", |bins, _| windowed_counts(bins)),
     ("yahoo_campaigns", |bins, _| yahoo_campaigns(bins)),
@@ -217,6 +218,16 @@ const TABLE: &[(&str, &str, &str)] = &[
         "1.5M-key state: batch duration p50 (ms)",
         "stateful_restart",
         "batch_p50_ms",
+    ),
+    (
+        "10M-key state, 1% of keys changed: batch p50 (ms)",
+        "state_scaling",
+        "changed_1pct.batch_p50_ms",
+    ),
+    (
+        "  10% of keys changed: batch p50 (ms)",
+        "state_scaling",
+        "changed_10pct.batch_p50_ms",
     ),
     (
         "kafka -> running count -> blackhole: rows/s",
@@ -800,6 +811,56 @@ INSERT INTO sink SELECT k % {KEYS} AS key, count(*), sum(v) FROM g GROUP BY k % 
         "rows_restored_from_checkpoint": restored_rows,
         "batch_p50_ms": percentile(&batch_ms, 0.5),
     }))
+}
+
+/// A running count and sum over 10M keys: once every key is in the state, batches that
+/// change 1% and then 10% of them (each batch exactly that many distinct keys). With a state
+/// store whose cost follows the keys a batch touches, the 10% batches take about ten times
+/// the 1% ones; one whose cost follows the state's size takes about as long for both.
+fn state_scaling(bins: &Path) -> anyhow::Result<Value> {
+    const KEYS: u64 = 10_000_000;
+    const MEASURED: u64 = 8;
+    let mut out = serde_json::Map::new();
+    out.insert("keys".into(), json!(KEYS));
+    for percent in [1u64, 10] {
+        let per_batch = KEYS * percent / 100;
+        let filling = KEYS / per_batch;
+        let total = per_batch * (filling + MEASURED);
+        let sql = format!(
+            "SET 'trigger' = 'available_now';
+SET 'partitions' = '4';
+CREATE TABLE g (k BIGINT, v BIGINT)
+  WITH (connector = 'datagen', rows_per_second = '{per_batch}', total_rows = '{total}', splits = '4',
+        'fields.k.kind' = 'sequence', 'fields.v.max' = '100');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT k % {KEYS} AS key, count(*), sum(v) FROM g GROUP BY k % {KEYS};
+"
+        );
+        let started = Instant::now();
+        let status = run_job(bins, &sql)?;
+        let batches = batches_of(&status);
+        let mut ms: Vec<u64> = (batches.iter())
+            .filter(|b| b["batch_id"].as_u64().is_some_and(|id| id >= filling))
+            .filter_map(|b| b["duration_ms"].as_u64())
+            .collect();
+        anyhow::ensure!(
+            ms.len() as u64 == MEASURED,
+            "{} of the {MEASURED} batches after the state filled were seen",
+            ms.len()
+        );
+        ms.sort_unstable();
+        out.insert(
+            format!("changed_{percent}pct"),
+            json!({
+                "changed_keys_per_batch": per_batch,
+                "batches_to_fill": filling,
+                "fill_and_run_ms": started.elapsed().as_millis() as u64,
+                "batch_p50_ms": percentile(&ms, 0.5),
+                "batch_ms": ms,
+            }),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 /// Kafka -> running count by key -> blackhole over a pre-filled topic (4 partitions, 10,000

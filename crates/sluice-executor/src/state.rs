@@ -8,13 +8,13 @@ use sluice_checkpoint::{CheckpointError, JobCheckpoint, StateKind, restore_plans
 use sluice_connectors::{ipc_batches, ipc_bytes, store};
 use sluice_core::StatePartition;
 use sluice_core::{BatchId, Failure, FailureKind};
-use sluice_sql::CompiledJob;
+use sluice_sql::{CompiledJob, State};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// A partition's state versions in memory.
-type Versions = BTreeMap<BatchId, Arc<Vec<RecordBatch>>>;
+type Versions = BTreeMap<BatchId, Arc<State>>;
 
 /// Versions kept in memory per partition: the latest and the one before it, so a rerun of the
 /// latest batch (after a driver restart) starts from memory too.
@@ -60,9 +60,9 @@ impl StateCache {
         key: &StatePartition,
         batch: BatchId,
         checkpoint_uri: &str,
-    ) -> Result<(Arc<Vec<RecordBatch>>, Origin), Failure> {
+    ) -> Result<(Arc<State>, Origin), Failure> {
         let Some(version) = batch.checked_sub(1) else {
-            return Ok((Arc::new(Vec::new()), Origin::Empty));
+            return Ok((Arc::new(State::default()), Origin::Empty));
         };
         if let Some(s) = self
             .versions
@@ -75,7 +75,7 @@ impl StateCache {
         }
         let started = Instant::now();
         let state = self.restore(job, key, version, checkpoint_uri).await?;
-        let rows: usize = state.iter().map(|b| b.num_rows()).sum();
+        let rows = state.num_rows();
         tracing::info!(
             job = %key.job,
             stage = key.stage,
@@ -102,7 +102,7 @@ impl StateCache {
         }: &StatePartition,
         version: BatchId,
         checkpoint_uri: &str,
-    ) -> Result<Vec<RecordBatch>, Failure> {
+    ) -> Result<State, Failure> {
         let cp = self.checkpoint(checkpoint_uri)?;
         let op = job.state_of(*stage as usize).ok_or_else(|| {
             Failure::new(
@@ -194,7 +194,8 @@ impl StateCache {
             .await
             .map_err(stored)?;
         if (batch + 1).is_multiple_of(job.settings.snapshot_interval) {
-            let full = encode(&update.state, schema)?;
+            let rows = update.state.batches().map_err(|e| e.into_failure())?;
+            let full = encode(&rows, schema)?;
             cp.write_state(op.name(), key.partition, batch, StateKind::Snapshot, &full)
                 .await
                 .map_err(stored)?;
@@ -203,7 +204,7 @@ impl StateCache {
         Ok(())
     }
 
-    fn remember(&self, key: &StatePartition, version: BatchId, state: Arc<Vec<RecordBatch>>) {
+    fn remember(&self, key: &StatePartition, version: BatchId, state: Arc<State>) {
         let mut all = self.versions.lock().unwrap();
         let versions = all.entry(key.clone()).or_default();
         versions.insert(version, state);
@@ -217,12 +218,8 @@ impl StateCache {
         let all = self.versions.lock().unwrap();
         all.values()
             .filter_map(|v| v.last_key_value())
-            .flat_map(|(_, batches)| batches.iter())
-            .fold((0, 0), |(rows, bytes), b| {
-                (
-                    rows + b.num_rows() as u64,
-                    bytes + b.get_array_memory_size() as u64,
-                )
+            .fold((0, 0), |(rows, bytes), (_, s)| {
+                (rows + s.num_rows() as u64, bytes + s.memory_size() as u64)
             })
     }
 

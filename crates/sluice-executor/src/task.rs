@@ -314,7 +314,7 @@ impl TaskRunner {
                 tracing::debug!(?key, ?origin, "state ready");
                 s
             }
-            None => Arc::new(Vec::new()),
+            None => Arc::new(sluice_sql::State::default()),
         };
         clock.lap(progress::STATE_READ_MS);
         let mut statics = Statics::new();
@@ -351,8 +351,8 @@ impl TaskRunner {
                     &progress::operator_rows(op, progress::LATE_ROWS),
                     update.late_rows,
                 );
-            let state_rows: usize = update.state.iter().map(|b| b.num_rows()).sum();
-            let state_bytes: usize = update.state.iter().map(|b| b.get_array_memory_size()).sum();
+            let state_rows = update.state.num_rows();
+            let state_bytes = update.state.memory_size();
             progress
                 .count(progress::STATE_ROWS, state_rows as u64)
                 .count(progress::STATE_BYTES, state_bytes as u64)

@@ -1,6 +1,7 @@
 //! Running one stage's operators on an executor, and partitioning its output for the shuffle.
 
 use crate::SqlError;
+use crate::keyed::State;
 use crate::operator::BatchContext;
 use crate::plan::{CompiledJob, FragmentOutput, Statics, TaskInput, bind_table};
 use crate::state::StateUpdate;
@@ -130,7 +131,7 @@ impl CompiledJob {
         stage: usize,
         batch: impl Into<BatchInfo>,
         input: TaskInput,
-        state: &[RecordBatch],
+        state: &State,
     ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
         self.run_task(stage, batch, input, &Statics::new(), state)
             .await
@@ -144,7 +145,7 @@ impl CompiledJob {
         batch: impl Into<BatchInfo>,
         input: TaskInput,
         statics: &Statics,
-        state: &[RecordBatch],
+        state: &State,
     ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
         let batch = batch.into();
         let f = &self.fragments[stage];

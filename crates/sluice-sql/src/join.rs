@@ -17,6 +17,7 @@
 //! [`BatchContext::previous_watermark_ms`]).
 
 use crate::SqlError;
+use crate::keyed::State;
 use crate::operator::{BatchContext, Processed, StatefulOperator};
 use crate::plan::{bind_table, flat_leaf, flat_schema};
 use crate::state::{conform, nullable};
@@ -544,7 +545,7 @@ impl StatefulOperator for StreamJoin {
         &self,
         ctx: &BatchContext<'_>,
         inputs: Vec<Vec<RecordBatch>>,
-        state: &[RecordBatch],
+        state: &State,
     ) -> Result<Processed, SqlError> {
         let late_watermark = match self.downstream {
             true => ctx.previous_watermark_ms,
@@ -564,7 +565,7 @@ impl StatefulOperator for StreamJoin {
         let new: [Held; 2] = new
             .try_into()
             .map_err(|_| SqlError::internal("two sides"))?;
-        let old = self.held(state)?;
+        let old = self.held(&state.batches()?)?;
         let (output, kept) = match self.window {
             true => {
                 let [ol, or] = old;
@@ -588,7 +589,7 @@ impl StatefulOperator for StreamJoin {
             late_rows,
             // Expired rows must stay expired on restore: the delta is the whole (bounded) state.
             delta: state.clone(),
-            state,
+            state: State::from_batches(state),
             metrics,
         })
     }
@@ -597,8 +598,10 @@ impl StatefulOperator for StreamJoin {
         &self,
         _session: &SessionContext,
         parts: &[Vec<RecordBatch>],
-    ) -> Result<Vec<RecordBatch>, SqlError> {
-        Ok(parts.last().cloned().unwrap_or_default())
+    ) -> Result<State, SqlError> {
+        Ok(State::from_batches(
+            parts.last().cloned().unwrap_or_default(),
+        ))
     }
 }
 

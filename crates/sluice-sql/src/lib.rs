@@ -5,6 +5,7 @@
 mod compat;
 mod exec;
 mod join;
+mod keyed;
 mod operator;
 mod parse;
 mod partial;
@@ -14,6 +15,7 @@ pub mod window;
 
 pub use exec::{BatchInfo, MapOutput, RangeKeys, StageOutputData};
 pub use join::join_state_sides;
+pub use keyed::State;
 pub use operator::{BatchContext, Processed, StatefulOperator};
 pub use parse::{JobFile, parse_job, split_inserts};
 pub use plan::{CompiledJob, Fragment, FragmentOutput, Statics, TaskInput};

@@ -8,6 +8,7 @@
 //! and no new branch in the task runner.
 
 use crate::SqlError;
+use crate::keyed::State;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
@@ -41,7 +42,7 @@ pub struct Processed {
     /// `<operator>.<name>` (a join's `left.state_rows`, ...).
     pub metrics: Vec<(String, u64)>,
     /// The partition's new state version.
-    pub state: Vec<RecordBatch>,
+    pub state: State,
     /// What is written to the checkpoint for this version: replaying deltas over a snapshot
     /// with [`StatefulOperator::restore`] rebuilds the state.
     pub delta: Vec<RecordBatch>,
@@ -88,7 +89,7 @@ pub trait StatefulOperator: Send + Sync {
         &self,
         ctx: &BatchContext<'_>,
         inputs: Vec<Vec<RecordBatch>>,
-        state: &[RecordBatch],
+        state: &State,
     ) -> Result<Processed, SqlError>;
 
     /// A state version from a snapshot followed by the deltas after it (`parts`, oldest first).
@@ -96,5 +97,5 @@ pub trait StatefulOperator: Send + Sync {
         &self,
         session: &SessionContext,
         parts: &[Vec<RecordBatch>],
-    ) -> Result<Vec<RecordBatch>, SqlError>;
+    ) -> Result<State, SqlError>;
 }

@@ -9,6 +9,7 @@
 //! Restoring version N is the same merge over the latest snapshot and the deltas after it.
 
 use crate::SqlError;
+use crate::keyed::{KeyColumns, State};
 use crate::operator::{BatchContext, Processed, StatefulOperator};
 use crate::partial::{TwoPhase, flat_names, merge_exprs};
 use crate::plan::{CompiledJob, SHUFFLE_TABLE, bind_table, flat_leaf, flat_schema};
@@ -87,13 +88,16 @@ pub struct StatefulAgg {
     pub signature: Vec<String>,
     /// Another stateful operator feeds it: late rows are judged by the previous watermark.
     pub(crate) downstream: bool,
+    /// Without a window, state rows are found by key (see `keyed`); a windowed aggregation's
+    /// state is its open windows, which every batch scans for the closed ones anyway.
+    key_columns: Option<KeyColumns>,
 }
 
 /// What a stateful task leaves behind: the new state and the delta to persist, and what its
 /// operator did (for the progress channel).
 #[derive(Default)]
 pub struct StateUpdate {
-    pub state: Vec<RecordBatch>,
+    pub state: State,
     pub delta: Vec<RecordBatch>,
     /// The operator's name (`agg-1`), and the rows it took in and emitted.
     pub operator: String,
@@ -172,6 +176,10 @@ impl StatefulAgg {
         let agg_schema: DFSchemaRef = agg.schema.clone();
         let agg_flat = flat_schema(&agg_schema);
         let upper_leaf = flat_leaf(AGG_TABLE, &agg_schema).map_err(|e| e.to_string())?;
+        let key_columns = match window {
+            Some(_) => None,
+            None => Some(KeyColumns::new(&state_schema, keys).map_err(|e| e.to_string())?),
+        };
         Ok((
             StatefulAgg {
                 operator: format!("agg-{stage}"),
@@ -187,6 +195,7 @@ impl StatefulAgg {
                 window,
                 leaf: scan,
                 downstream: false,
+                key_columns,
             },
             upper_leaf,
         ))
@@ -383,12 +392,48 @@ impl StatefulAgg {
         };
         Ok((
             StateUpdate {
-                state,
+                state: State::from_batches(state),
                 delta,
                 ..Default::default()
             },
             output,
         ))
+    }
+
+    /// One batch of a running aggregation without a window, over keyed state: only the keys
+    /// the batch touched are looked up, merged and appended (see `keyed`).
+    async fn update_keyed(
+        &self,
+        session: &SessionContext,
+        keys: &KeyColumns,
+        partials: Vec<RecordBatch>,
+        old: &State,
+    ) -> Result<(StateUpdate, Vec<RecordBatch>), SqlError> {
+        let mut next = old.next(keys)?;
+        let batch = arrow::compute::concat_batches(&self.state_schema, &partials)?;
+        let changed = match next.lookup(keys, &batch)? {
+            Some(before) => {
+                let parts = vec![(std::slice::from_ref(&before), true), (&partials[..], true)];
+                self.merge(session, parts).await?
+            }
+            None => flagged(&partials, &self.with_changed())?,
+        };
+        let rows = without_changed(changed.clone(), self)?;
+        next.upsert(
+            keys,
+            arrow::compute::concat_batches(&self.state_schema, &rows)?,
+        )?;
+        let emit = match self.output_mode {
+            OutputMode::Complete => flagged(&next.batches()?, &self.with_changed())?,
+            OutputMode::Update | OutputMode::Append => changed,
+        };
+        let output = self.finalize(session, emit).await?;
+        let update = StateUpdate {
+            state: next.into_state(),
+            delta: partials,
+            ..Default::default()
+        };
+        Ok((update, output))
     }
 
     /// Final aggregate values from state rows.
@@ -453,7 +498,7 @@ impl StatefulOperator for StatefulAgg {
         &self,
         ctx: &BatchContext<'_>,
         inputs: Vec<Vec<RecordBatch>>,
-        state: &[RecordBatch],
+        state: &State,
     ) -> Result<Processed, SqlError> {
         let input = inputs.into_iter().flatten().collect();
         let watermark = ctx
@@ -471,14 +516,21 @@ impl StatefulOperator for StatefulAgg {
                 Vec::new(),
             ),
         };
-        let (update, output) = self
-            .update_state(ctx.session, partials, state, watermark)
-            .await?;
+        let (update, output) = match &self.key_columns {
+            Some(keys) => {
+                self.update_keyed(ctx.session, keys, partials, state)
+                    .await?
+            }
+            None => {
+                self.update_state(ctx.session, partials, &state.batches()?, watermark)
+                    .await?
+            }
+        };
         // A windowed aggregation's state rows are its open windows (per key and window).
         let open_windows = match self.window {
             Some(_) => vec![(
                 sluice_core::progress::OPEN_WINDOWS.to_string(),
-                update.state.iter().map(|b| b.num_rows() as u64).sum(),
+                update.state.num_rows() as u64,
             )],
             None => Vec::new(),
         };
@@ -496,9 +548,11 @@ impl StatefulOperator for StatefulAgg {
         &self,
         session: &SessionContext,
         parts: &[Vec<RecordBatch>],
-    ) -> Result<Vec<RecordBatch>, SqlError> {
+    ) -> Result<State, SqlError> {
         if self.window.is_some() {
-            return Ok(parts.last().cloned().unwrap_or_default());
+            return Ok(State::from_batches(
+                parts.last().cloned().unwrap_or_default(),
+            ));
         }
         let merged = self
             .merge(
@@ -506,7 +560,7 @@ impl StatefulOperator for StatefulAgg {
                 parts.iter().map(|p| (p.as_slice(), false)).collect(),
             )
             .await?;
-        without_changed(merged, self)
+        Ok(State::from_batches(without_changed(merged, self)?))
     }
 }
 
@@ -524,7 +578,7 @@ impl CompiledJob {
         &self,
         stage: usize,
         parts: &[Vec<RecordBatch>],
-    ) -> Result<Vec<RecordBatch>, SqlError> {
+    ) -> Result<State, SqlError> {
         let op = self.state_of(stage).ok_or_else(|| no_state(stage))?;
         op.restore(&self.ctx, parts).await
     }
@@ -685,6 +739,18 @@ pub(crate) fn conform(
         .into_iter()
         .filter(|b| b.num_rows() > 0)
         .map(|b| Ok(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?))
+        .collect()
+}
+
+/// State rows with the changed flag set (the schema `with_changed` gives).
+fn flagged(rows: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<RecordBatch>, SqlError> {
+    (rows.iter())
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(BooleanArray::from(vec![true; b.num_rows()])));
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        })
         .collect()
 }
 

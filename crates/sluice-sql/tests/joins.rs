@@ -7,7 +7,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampM
 use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use sluice_connectors::IpcDecoder;
 use sluice_core::StageInput;
-use sluice_sql::{BatchInfo, CompiledJob, MapOutput, StageOutputData, TaskInput};
+use sluice_sql::{BatchInfo, CompiledJob, MapOutput, StageOutputData, State, TaskInput};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ async fn compile(settings: &str, query: &str) -> Result<CompiledJob, String> {
 struct Run {
     job: CompiledJob,
     /// Per stateful stage, each partition's state.
-    state: BTreeMap<usize, Vec<Vec<RecordBatch>>>,
+    state: BTreeMap<usize, Vec<State>>,
     /// Per stateful stage and partition, the deltas written so far.
     deltas: BTreeMap<(usize, usize), Vec<Vec<RecordBatch>>>,
     late: u64,
@@ -71,7 +71,7 @@ impl Run {
             for (p, input) in tasks.into_iter().enumerate() {
                 let parts = self.state.entry(stage).or_default();
                 if parts.len() <= p {
-                    parts.resize(p + 1, Vec::new());
+                    parts.resize_with(p + 1, State::default);
                 }
                 let (out, update) = self
                     .job
@@ -157,10 +157,9 @@ impl Run {
     async fn assert_restores(&self) {
         for ((stage, p), deltas) in &self.deltas {
             let restored = self.job.restore_state(*stage, deltas).await.unwrap();
-            let n = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows()).sum::<usize>();
             assert_eq!(
-                n(&restored),
-                n(&self.state[stage][*p]),
+                restored.num_rows(),
+                self.state[stage][*p].num_rows(),
                 "stage {stage} partition {p}"
             );
         }

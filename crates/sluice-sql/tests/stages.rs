@@ -7,7 +7,7 @@ use arrow::record_batch::RecordBatch;
 use sluice_connectors::IpcDecoder;
 use sluice_connectors::connectors::datagen::Rows;
 use sluice_core::{ShuffleKind, SourceSplit, StageInput, StageOutput};
-use sluice_sql::{BatchInfo, CompiledJob, StageOutputData, TaskInput};
+use sluice_sql::{BatchInfo, CompiledJob, StageOutputData, State, TaskInput};
 use std::collections::BTreeMap;
 
 const SOURCE: &str = "CREATE TABLE clicks (user_id BIGINT, page TEXT, ts TIMESTAMP)
@@ -48,7 +48,7 @@ async fn run_with_state(
     job: &CompiledJob,
     batch_id: u64,
     splits: &[SourceSplit],
-    state: &mut Vec<Vec<RecordBatch>>,
+    state: &mut Vec<State>,
     deltas: &mut [Vec<Vec<RecordBatch>>],
 ) -> Vec<Vec<RecordBatch>> {
     run_batch(job, batch_id.into(), splits, state, deltas)
@@ -61,7 +61,7 @@ async fn run_batch(
     job: &CompiledJob,
     batch: BatchInfo,
     splits: &[SourceSplit],
-    state: &mut Vec<Vec<RecordBatch>>,
+    state: &mut Vec<State>,
     deltas: &mut [Vec<Vec<RecordBatch>>],
 ) -> (Vec<Vec<RecordBatch>>, u64) {
     let mut inputs: Vec<TaskInput> = Vec::new();
@@ -78,7 +78,7 @@ async fn run_inputs(
     job: &CompiledJob,
     batch: BatchInfo,
     mut inputs: Vec<TaskInput>,
-    state: &mut Vec<Vec<RecordBatch>>,
+    state: &mut Vec<State>,
     deltas: &mut [Vec<Vec<RecordBatch>>],
 ) -> (Vec<Vec<RecordBatch>>, u64) {
     let mut late = 0;
@@ -86,7 +86,7 @@ async fn run_inputs(
         let mut outputs = Vec::new();
         for (p, input) in inputs.into_iter().enumerate() {
             if state.len() <= p {
-                state.push(Vec::new());
+                state.push(State::default());
             }
             let (out, update) = job.run_stage(stage, batch, input, &state[p]).await.unwrap();
             if let Some(update) = update {
@@ -256,7 +256,12 @@ async fn map_rows(job: &CompiledJob) -> u64 {
         table: "clicks".into(),
         rows,
     };
-    match job.run_stage(0, 0, input, &[]).await.unwrap().0 {
+    match job
+        .run_stage(0, 0, input, &State::default())
+        .await
+        .unwrap()
+        .0
+    {
         StageOutputData::Map { rows, .. } => rows,
         StageOutputData::Sink { .. } => panic!("stage 0 writes a shuffle"),
     }
@@ -313,7 +318,11 @@ async fn a_running_aggregation_merges_partials_into_the_same_state() {
         let out_b = run_with_state(&whole, batch, &splits, &mut b, &mut db).await;
         assert_eq!(sorted_rows(&out_a), sorted_rows(&out_b), "batch {batch}");
         for p in 0..3 {
-            assert_eq!(rows(&a[p]), rows(&b[p]), "state of partition {p}");
+            assert_eq!(
+                rows(&current(&a[p])),
+                rows(&current(&b[p])),
+                "state of partition {p}"
+            );
             // The delta is the batch's merged partials: one row per key.
             assert_eq!(rows(&da[p][batch as usize]), rows(&db[p][batch as usize]));
         }
@@ -522,19 +531,32 @@ async fn running_aggregation_complete_mode_and_restore_from_deltas() {
         let mut want = expected_running(&job, &batches).await;
         want.remove("help");
         assert_eq!(emitted(&parts), want, "complete output after batch {b}");
-        snapshots.push(state.clone());
+        snapshots.push(state.iter().map(current).collect::<Vec<_>>());
     }
     for p in 0..3 {
         // Version 2 = every delta from the start, or the snapshot of version 0 plus the rest.
         let from_deltas = job.restore_state(1, &deltas[p]).await.unwrap();
-        assert_eq!(rows(&from_deltas), rows(&state[p]), "partition {p}");
+        assert_eq!(
+            rows(&current(&from_deltas)),
+            rows(&current(&state[p])),
+            "partition {p}"
+        );
         let mut parts = vec![snapshots[0][p].clone()];
         parts.extend(deltas[p][1..].iter().cloned());
         let from_snapshot = job.restore_state(1, &parts).await.unwrap();
-        assert_eq!(rows(&from_snapshot), rows(&state[p]), "partition {p}");
+        assert_eq!(
+            rows(&current(&from_snapshot)),
+            rows(&current(&state[p])),
+            "partition {p}"
+        );
     }
-    let keys: usize = state.iter().map(|p| rows(p).len()).sum();
+    let keys: usize = state.iter().map(|p| rows(&current(p)).len()).sum();
     assert_eq!(keys, 4, "one state row per key");
+}
+
+/// A state version's current rows.
+fn current(state: &State) -> Vec<RecordBatch> {
+    state.batches().unwrap()
 }
 
 /// State rows as sorted text, to compare versions.
@@ -772,15 +794,10 @@ async fn windows_of(job: &CompiledJob, first: u64) -> BTreeMap<i64, i64> {
 }
 
 /// Restoring each partition from its deltas gives as many rows as its state holds.
-async fn assert_restores(
-    job: &CompiledJob,
-    deltas: &[Vec<Vec<RecordBatch>>],
-    state: &[Vec<RecordBatch>],
-) {
-    let rows = |v: &[RecordBatch]| v.iter().map(|b| b.num_rows()).sum::<usize>();
+async fn assert_restores(job: &CompiledJob, deltas: &[Vec<Vec<RecordBatch>>], state: &[State]) {
     for (p, parts) in deltas.iter().enumerate() {
         let restored = job.restore_state(1, parts).await.unwrap();
-        assert_eq!(rows(&restored), rows(&state[p]), "partition {p}");
+        assert_eq!(restored.num_rows(), state[p].num_rows(), "partition {p}");
     }
 }
 
@@ -851,7 +868,7 @@ async fn append_mode_emits_each_window_once_when_the_watermark_passes_it_and_dro
     assert_eq!(late as i64, late_want);
     assert!(late_want > 9_000, "{late_want}");
     // State keeps only the open windows; restoring from the deltas gives exactly that state.
-    let held: usize = state.iter().flatten().map(|b| b.num_rows()).sum();
+    let held: usize = state.iter().map(State::num_rows).sum();
     let open = second.keys().filter(|s| **s + 1000 > wm2).count();
     assert_eq!(held, open);
     assert_restores(&job, &deltas, &state).await;
@@ -870,7 +887,7 @@ async fn update_mode_emits_changed_windows_and_evicts_closed_ones() {
     let last = first[&wm];
     assert_eq!(window_counts(out), BTreeMap::from([(wm, 2 * last)]));
     assert_eq!(late as i64, first.values().sum::<i64>() - last);
-    let held: usize = state.iter().flatten().map(|b| b.num_rows()).sum();
+    let held: usize = state.iter().map(State::num_rows).sum();
     assert_eq!(held, 1, "closed windows are evicted");
 }
 
@@ -1017,9 +1034,7 @@ const SESSIONS: &str = "SELECT user_id, session_start, session_end, count(*) AS 
 async fn session_windows_merge_per_key_and_close_when_the_watermark_passes_their_end() {
     let job = windowed_job("append", SESSIONS).await;
     let (mut state, mut deltas) = (Vec::new(), vec![Vec::new(); 3]);
-    let held = |state: &Vec<Vec<RecordBatch>>| -> usize {
-        state.iter().flatten().map(|b| b.num_rows()).sum()
-    };
+    let held = |state: &Vec<State>| -> usize { state.iter().map(State::num_rows).sum() };
     let s = 1_000;
     // Batch 0, no watermark: user 1 has [0, 15) and [30, 40), user 2 has [0, 10).
     let input = vec![
@@ -1053,7 +1068,7 @@ async fn session_windows_merge_per_key_and_close_when_the_watermark_passes_their
     assert_eq!(held(&state), 0);
     for parts in &deltas {
         let restored = job.restore_state(1, parts).await.unwrap();
-        assert_eq!(restored.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+        assert_eq!(restored.num_rows(), 0);
     }
 }
 
@@ -1219,7 +1234,7 @@ async fn a_long_run_over_sliding_windows_keeps_state_bounded() {
         let (out, late) = run_inputs(&job, batch, input, &mut state, &mut deltas).await;
         assert_eq!(late, 0);
         emitted += out.iter().flatten().map(|b| b.num_rows()).sum::<usize>();
-        let held: usize = state.iter().flatten().map(|b| b.num_rows()).sum();
+        let held: usize = state.iter().map(State::num_rows).sum();
         // This batch's windows and the last one's, which ends just after the watermark.
         let bound = users as usize * if b == 0 { 1 } else { 2 };
         assert_eq!(held, bound, "batch {b}");

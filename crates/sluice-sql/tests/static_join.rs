@@ -54,7 +54,12 @@ async fn sink_rows(job: &CompiledJob, statics: &Statics) -> Vec<RecordBatch> {
         table: "clicks".into(),
         rows,
     };
-    match job.run_task(0, 0, input, statics, &[]).await.unwrap().0 {
+    match job
+        .run_task(0, 0, input, statics, &sluice_sql::State::default())
+        .await
+        .unwrap()
+        .0
+    {
         StageOutputData::Sink { batches, .. } => batches,
         StageOutputData::Map { .. } => panic!("one stage"),
     }

@@ -1,0 +1,446 @@
+//! A stateful operator's state version: chunks of rows, with the rows a later batch superseded
+//! masked out, and for a running aggregation an index from key to row. A batch then looks up,
+//! merges and appends only the keys it touched, so its cost grows with those keys and not with
+//! the state (Spark's RocksDB store and Flink's keyed state backends make the same trade).
+//!
+//! Versions share their chunks: the next version clones them (reference counts), masks out
+//! the superseded rows copy-on-write and appends one chunk of the batch's new rows. The index
+//! moves from a version to the next one built from it; a version used again (a rerun, a
+//! restore) builds its own. Chunks merge size-tiered (the newest while they are at least half
+//! the size of the one before), and everything is rewritten once superseded rows outnumber
+//! current ones, so each row is rewritten O(log n) times and the chunks stay few.
+
+use crate::SqlError;
+use arrow::array::BooleanBufferBuilder;
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow::buffer::BooleanBuffer;
+use arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, Rows, SortField};
+use hashbrown::HashTable;
+use std::sync::{Arc, Mutex};
+
+/// One state version of one partition.
+#[derive(Default)]
+pub struct State {
+    chunks: Vec<Chunk>,
+    /// Handed to the next version built from this one (taken, not shared).
+    index: Mutex<Option<KeyIndex>>,
+}
+
+#[derive(Clone)]
+struct Chunk {
+    rows: RecordBatch,
+    /// The key columns row-encoded, for hashing and comparing keys; set once indexed.
+    keys: Option<Arc<Rows>>,
+    /// Which rows are current; `None`: all of them.
+    live: Option<BooleanBuffer>,
+    live_rows: usize,
+}
+
+/// Key → location (chunk << 32 | row) of its current row.
+struct KeyIndex(HashTable<u64>);
+
+/// A location that is not in the chunk list yet (a merge's new chunk).
+const PENDING: u32 = u32::MAX;
+
+fn pack(chunk: u32, row: usize) -> u64 {
+    ((chunk as u64) << 32) | row as u64
+}
+
+fn unpack(loc: u64) -> (u32, usize) {
+    ((loc >> 32) as u32, (loc & 0xffff_ffff) as usize)
+}
+
+fn hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+impl Chunk {
+    fn new(rows: RecordBatch, keys: Option<Arc<Rows>>) -> Chunk {
+        Chunk {
+            live_rows: rows.num_rows(),
+            rows,
+            keys,
+            live: None,
+        }
+    }
+
+    fn current(&self) -> Result<RecordBatch, SqlError> {
+        Ok(match &self.live {
+            None => self.rows.clone(),
+            Some(live) => filter_record_batch(&self.rows, &BooleanArray::new(live.clone(), None))?,
+        })
+    }
+
+    fn key(&self, row: usize) -> &[u8] {
+        let keys = self.keys.as_ref().expect("an indexed chunk has its keys");
+        keys.row(row).data()
+    }
+
+    fn is_live(&self, row: usize) -> bool {
+        self.live.as_ref().is_none_or(|l| l.value(row))
+    }
+
+    /// Masks out `rows` (copying the mask, which older versions may share).
+    fn supersede(&mut self, rows: &[usize]) {
+        let n = self.rows.num_rows();
+        let mut b = BooleanBufferBuilder::new(n);
+        match &self.live {
+            Some(live) => b.append_buffer(live),
+            None => b.append_n(n, true),
+        }
+        for &r in rows {
+            b.set_bit(r, false);
+        }
+        self.live = Some(b.finish());
+        self.live_rows -= rows.len();
+    }
+}
+
+impl State {
+    /// A version holding `batches` as they are (operators without a key index).
+    pub fn from_batches(batches: Vec<RecordBatch>) -> State {
+        let chunks = (batches.into_iter())
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| Chunk::new(b, None))
+            .collect();
+        State {
+            chunks,
+            index: Mutex::new(None),
+        }
+    }
+
+    /// The current rows.
+    pub fn batches(&self) -> Result<Vec<RecordBatch>, SqlError> {
+        (self.chunks.iter())
+            .filter(|c| c.live_rows > 0)
+            .map(Chunk::current)
+            .collect()
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.chunks.iter().map(|c| c.live_rows).sum()
+    }
+
+    /// Memory held: the chunks (superseded rows included), their keys and the index.
+    pub fn memory_size(&self) -> usize {
+        let chunks: usize = (self.chunks.iter())
+            .map(|c| c.rows.get_array_memory_size() + c.keys.as_ref().map_or(0, |k| k.size()))
+            .sum();
+        let index = self.index.lock().unwrap();
+        chunks + index.as_ref().map_or(0, |i| i.0.capacity() * 8)
+    }
+
+    /// Where the next version is built from this one.
+    pub(crate) fn next(&self, keys: &KeyColumns) -> Result<Next, SqlError> {
+        let taken = self.index.lock().unwrap().take();
+        let mut chunks = self.chunks.clone();
+        let index = match taken {
+            Some(index) => index,
+            None => {
+                for c in chunks.iter_mut().filter(|c| c.keys.is_none()) {
+                    c.keys = Some(Arc::new(keys.encode(&c.rows)?));
+                }
+                let mut table = HashTable::with_capacity(self.num_rows());
+                for (i, c) in chunks.iter().enumerate() {
+                    for row in (0..c.rows.num_rows()).filter(|&r| c.is_live(r)) {
+                        let loc = pack(i as u32, row);
+                        table.insert_unique(hash(c.key(row)), loc, |l: &u64| {
+                            hash(key_at(&chunks, None, *l))
+                        });
+                    }
+                }
+                KeyIndex(table)
+            }
+        };
+        Ok(Next { chunks, index })
+    }
+}
+
+/// The key columns of a state schema (its first columns) and their row encoding.
+pub(crate) struct KeyColumns {
+    count: usize,
+    converter: RowConverter,
+}
+
+impl KeyColumns {
+    pub(crate) fn new(schema: &SchemaRef, count: usize) -> Result<KeyColumns, SqlError> {
+        let fields = (schema.fields()[..count].iter())
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(KeyColumns {
+            count,
+            converter: RowConverter::new(fields)?,
+        })
+    }
+
+    fn encode(&self, rows: &RecordBatch) -> Result<Rows, SqlError> {
+        let columns: Vec<ArrayRef> = rows.columns()[..self.count].to_vec();
+        Ok(self.converter.convert_columns(&columns)?)
+    }
+}
+
+fn key_at<'a>(chunks: &'a [Chunk], pending: Option<&'a Chunk>, loc: u64) -> &'a [u8] {
+    match unpack(loc) {
+        (PENDING, row) => pending.expect("a pending chunk").key(row),
+        (chunk, row) => chunks[chunk as usize].key(row),
+    }
+}
+
+/// The next version while a batch builds it.
+pub(crate) struct Next {
+    chunks: Vec<Chunk>,
+    index: KeyIndex,
+}
+
+impl Next {
+    /// The current rows of those keys of `rows` that the state holds.
+    pub(crate) fn lookup(
+        &self,
+        keys: &KeyColumns,
+        rows: &RecordBatch,
+    ) -> Result<Option<RecordBatch>, SqlError> {
+        let encoded = keys.encode(rows)?;
+        let found: Vec<(usize, usize)> = (0..rows.num_rows())
+            .filter_map(|i| self.find(encoded.row(i).data()))
+            .map(|loc| {
+                let (c, r) = unpack(loc);
+                (c as usize, r)
+            })
+            .collect();
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let sources: Vec<&RecordBatch> = self.chunks.iter().map(|c| &c.rows).collect();
+        Ok(Some(interleave_record_batch(&sources, &found)?))
+    }
+
+    fn find(&self, key: &[u8]) -> Option<u64> {
+        (self.index.0)
+            .find(hash(key), |l| key_at(&self.chunks, None, *l) == key)
+            .copied()
+    }
+
+    /// Makes `rows` (one per key) the current rows of their keys, superseding older ones.
+    pub(crate) fn upsert(&mut self, keys: &KeyColumns, rows: RecordBatch) -> Result<(), SqlError> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let encoded = Arc::new(keys.encode(&rows)?);
+        let at = self.chunks.len() as u32;
+        self.chunks.push(Chunk::new(rows, Some(encoded.clone())));
+        let mut superseded: Vec<Vec<usize>> = vec![Vec::new(); self.chunks.len()];
+        let chunks = &self.chunks;
+        for i in 0..encoded.num_rows() {
+            let key = encoded.row(i).data();
+            let h = hash(key);
+            match (self.index.0).find_mut(h, |l| key_at(chunks, None, *l) == key) {
+                Some(loc) => {
+                    let (c, r) = unpack(*loc);
+                    superseded[c as usize].push(r);
+                    *loc = pack(at, i);
+                }
+                None => {
+                    (self.index.0)
+                        .insert_unique(h, pack(at, i), |l| hash(key_at(chunks, None, *l)));
+                }
+            }
+        }
+        for (c, rows) in superseded.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            self.chunks[c].supersede(rows);
+        }
+        self.compact(keys)
+    }
+
+    fn compact(&mut self, keys: &KeyColumns) -> Result<(), SqlError> {
+        let live: usize = self.chunks.iter().map(|c| c.live_rows).sum();
+        let all: usize = self.chunks.iter().map(|c| c.rows.num_rows()).sum();
+        if all - live > live {
+            return self.merge_from(0, keys);
+        }
+        let mut from = self.chunks.len().saturating_sub(1);
+        let mut newer = self.chunks.last().map_or(0, |c| c.live_rows);
+        while from > 0 && newer * 2 >= self.chunks[from - 1].live_rows {
+            from -= 1;
+            newer += self.chunks[from].live_rows;
+        }
+        match from + 1 < self.chunks.len() {
+            true => self.merge_from(from, keys),
+            false => Ok(()),
+        }
+    }
+
+    /// Rewrites the current rows of chunks `from..` as one chunk and points the index at it:
+    /// first at the pending chunk (the old ones are still needed to compare keys), then, with
+    /// the old ones gone, at its place.
+    fn merge_from(&mut self, from: usize, keys: &KeyColumns) -> Result<(), SqlError> {
+        let schema = self.chunks[from].rows.schema();
+        let current: Vec<RecordBatch> = (self.chunks[from..].iter())
+            .filter(|c| c.live_rows > 0)
+            .map(Chunk::current)
+            .collect::<Result<_, _>>()?;
+        let rows = concat_batches(&schema, &current)?;
+        let encoded = Arc::new(keys.encode(&rows)?);
+        let merged = Chunk::new(rows, Some(encoded.clone()));
+        for (chunk, stage) in [(PENDING, Some(&merged)), (from as u32, None)] {
+            if stage.is_none() {
+                self.chunks.truncate(from);
+                self.chunks.push(merged.clone());
+            }
+            let (chunks, pending) = (&self.chunks, stage.or(self.chunks.get(from)));
+            for i in 0..encoded.num_rows() {
+                let key = encoded.row(i).data();
+                let eq = |l: &u64| key_at(chunks, pending, *l) == key;
+                let loc = (self.index.0).find_mut(hash(key), eq);
+                *loc.expect("every current row is indexed") = pack(chunk, i);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_state(self) -> State {
+        State {
+            chunks: self.chunks,
+            index: Mutex::new(Some(self.index)),
+        }
+    }
+
+    /// The current rows.
+    pub(crate) fn batches(&self) -> Result<Vec<RecordBatch>, SqlError> {
+        (self.chunks.iter())
+            .filter(|c| c.live_rows > 0)
+            .map(Chunk::current)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray, Int64Array};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use std::collections::BTreeMap;
+
+    type Model = BTreeMap<Option<i64>, i64>;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k0", DataType::Int64, true),
+            Field::new("s0", DataType::Int64, true),
+        ]))
+    }
+
+    fn rows(pairs: &[(Option<i64>, i64)]) -> RecordBatch {
+        let keys: Int64Array = pairs.iter().map(|(k, _)| *k).collect();
+        let values: Int64Array = pairs.iter().map(|(_, v)| Some(*v)).collect();
+        RecordBatch::try_new(schema(), vec![Arc::new(keys), Arc::new(values)]).unwrap()
+    }
+
+    fn contents(state: &State) -> Model {
+        let mut out = Model::new();
+        for b in state.batches().unwrap() {
+            let (k, v) = (
+                b.column(0).as_primitive::<Int64Type>(),
+                b.column(1).as_primitive::<Int64Type>(),
+            );
+            for i in 0..b.num_rows() {
+                let key = k.is_valid(i).then(|| k.value(i));
+                assert!(out.insert(key, v.value(i)).is_none(), "key {key:?} twice");
+            }
+        }
+        out
+    }
+
+    /// One batch adding `delta` to each of its keys, as the running aggregation does.
+    fn apply(state: &State, keys: &KeyColumns, delta: &[(Option<i64>, i64)]) -> State {
+        let mut next = state.next(keys).unwrap();
+        let batch = rows(delta);
+        let mut before = Model::new();
+        if let Some(old) = next.lookup(keys, &batch).unwrap() {
+            before = contents(&State::from_batches(vec![old]));
+        }
+        let merged: Vec<_> = (delta.iter())
+            .map(|(k, d)| (*k, before.get(k).copied().unwrap_or(0) + d))
+            .collect();
+        next.upsert(keys, rows(&merged)).unwrap();
+        next.into_state()
+    }
+
+    /// Batch `b`'s distinct keys: a few big batches over 0..20,000, then many small ones
+    /// that keep rewriting a hot range (superseded rows pile up and force compactions).
+    fn batch(b: u64) -> Vec<(Option<i64>, i64)> {
+        let (n, range) = if b < 3 {
+            (6_000, 20_000)
+        } else {
+            (1 + b * 37 % 3_000, 20_000)
+        };
+        let mut seen = BTreeMap::new();
+        let mut x = b
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        for _ in 0..n {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = (x >> 33) as i64 % range;
+            seen.insert(
+                if key == 7 { None } else { Some(key) },
+                (x >> 40) as i64 % 100,
+            );
+        }
+        seen.into_iter().collect()
+    }
+
+    #[test]
+    fn versions_match_a_model_and_the_chunks_stay_few() {
+        let keys = KeyColumns::new(&schema(), 1).unwrap();
+        let mut state = Arc::new(State::default());
+        let mut model = Model::new();
+        let mut kept = Vec::new();
+        for b in 0..200 {
+            let delta = batch(b);
+            for (k, d) in &delta {
+                *model.entry(*k).or_default() += d;
+            }
+            state = Arc::new(apply(&state, &keys, &delta));
+            assert_eq!(contents(&state), model, "after batch {b}");
+            assert!(
+                state.chunks.len() <= 16,
+                "{} chunks after batch {b}",
+                state.chunks.len()
+            );
+            if b % 50 == 10 {
+                kept.push((b, state.clone(), model.clone()));
+            }
+        }
+        // A kept version gave its index away; a rerun from it builds one and sees its keys.
+        for (b, old, model) in kept {
+            let delta = batch(b + 1);
+            let mut want = model.clone();
+            for (k, d) in &delta {
+                *want.entry(*k).or_default() += d;
+            }
+            assert_eq!(
+                contents(&apply(&old, &keys, &delta)),
+                want,
+                "rerun of {}",
+                b + 1
+            );
+            assert_eq!(contents(&old), model, "version {b} unchanged by later ones");
+        }
+    }
+
+    #[test]
+    fn a_version_without_an_index_is_indexed_on_first_use() {
+        let keys = KeyColumns::new(&schema(), 1).unwrap();
+        let restored = State::from_batches(vec![
+            rows(&[(Some(1), 10), (None, 5)]),
+            rows(&[(Some(2), 1)]),
+        ]);
+        let next = apply(&restored, &keys, &[(Some(2), 4), (None, 1), (Some(3), 3)]);
+        let want = Model::from([(None, 6), (Some(1), 10), (Some(2), 5), (Some(3), 3)]);
+        assert_eq!(contents(&next), want);
+        assert_eq!(next.num_rows(), 4);
+    }
+}
