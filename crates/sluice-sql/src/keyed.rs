@@ -113,10 +113,7 @@ impl State {
 
     /// The current rows.
     pub fn batches(&self) -> Result<Vec<RecordBatch>, SqlError> {
-        (self.chunks.iter())
-            .filter(|c| c.live_rows > 0)
-            .map(Chunk::current)
-            .collect()
+        current_rows(&self.chunks)
     }
 
     pub fn num_rows(&self) -> usize {
@@ -276,26 +273,18 @@ impl Next {
     /// the old ones gone, at its place.
     fn merge_from(&mut self, from: usize, keys: &KeyColumns) -> Result<(), SqlError> {
         let schema = self.chunks[from].rows.schema();
-        let current: Vec<RecordBatch> = (self.chunks[from..].iter())
-            .filter(|c| c.live_rows > 0)
-            .map(Chunk::current)
-            .collect::<Result<_, _>>()?;
-        let rows = concat_batches(&schema, &current)?;
+        let rows = concat_batches(&schema, &current_rows(&self.chunks[from..])?)?;
         let encoded = Arc::new(keys.encode(&rows)?);
         let merged = Chunk::new(rows, Some(encoded.clone()));
-        for (chunk, stage) in [(PENDING, Some(&merged)), (from as u32, None)] {
-            if stage.is_none() {
-                self.chunks.truncate(from);
-                self.chunks.push(merged.clone());
-            }
-            let (chunks, pending) = (&self.chunks, stage.or(self.chunks.get(from)));
-            for i in 0..encoded.num_rows() {
-                let key = encoded.row(i).data();
-                let eq = |l: &u64| key_at(chunks, pending, *l) == key;
-                let loc = (self.index.0).find_mut(hash(key), eq);
-                *loc.expect("every current row is indexed") = pack(chunk, i);
-            }
-        }
+        repoint(&mut self.index, &self.chunks, &merged, PENDING);
+        self.chunks.truncate(from);
+        self.chunks.push(merged);
+        repoint(
+            &mut self.index,
+            &self.chunks,
+            &self.chunks[from],
+            from as u32,
+        );
         Ok(())
     }
 
@@ -308,11 +297,26 @@ impl Next {
 
     /// The current rows.
     pub(crate) fn batches(&self) -> Result<Vec<RecordBatch>, SqlError> {
-        (self.chunks.iter())
-            .filter(|c| c.live_rows > 0)
-            .map(Chunk::current)
-            .collect()
+        current_rows(&self.chunks)
     }
+}
+
+/// Points the index entries of `merged`'s keys at its rows in chunk `at`; `merged` also
+/// resolves the entries already pointing at `PENDING`.
+fn repoint(index: &mut KeyIndex, chunks: &[Chunk], merged: &Chunk, at: u32) {
+    for i in 0..merged.rows.num_rows() {
+        let key = merged.key(i);
+        let eq = |l: &u64| key_at(chunks, Some(merged), *l) == key;
+        let loc = index.0.find_mut(hash(key), eq);
+        *loc.expect("every current row is indexed") = pack(at, i);
+    }
+}
+
+fn current_rows(chunks: &[Chunk]) -> Result<Vec<RecordBatch>, SqlError> {
+    (chunks.iter())
+        .filter(|c| c.live_rows > 0)
+        .map(Chunk::current)
+        .collect()
 }
 
 #[cfg(test)]

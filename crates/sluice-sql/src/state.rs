@@ -284,11 +284,7 @@ impl StatefulAgg {
         let schema = agg.with_changed();
         let mut rows = Vec::new();
         for (batches, changed) in parts {
-            for b in batches.iter().filter(|b| b.num_rows() > 0) {
-                let mut columns = b.columns().to_vec();
-                columns.push(Arc::new(BooleanArray::from(vec![changed; b.num_rows()])));
-                rows.push(RecordBatch::try_new(schema.clone(), columns)?);
-            }
+            rows.extend(flagged(batches, &schema, changed)?);
         }
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -410,13 +406,14 @@ impl StatefulAgg {
         old: &State,
     ) -> Result<(StateUpdate, Vec<RecordBatch>), SqlError> {
         let mut next = old.next(keys)?;
+        let schema = self.with_changed();
         let batch = arrow::compute::concat_batches(&self.state_schema, &partials)?;
         let changed = match next.lookup(keys, &batch)? {
             Some(before) => {
                 let parts = vec![(std::slice::from_ref(&before), true), (&partials[..], true)];
                 self.merge(session, parts).await?
             }
-            None => flagged(&partials, &self.with_changed())?,
+            None => flagged(&partials, &schema, true)?,
         };
         let rows = without_changed(changed.clone(), self)?;
         next.upsert(
@@ -424,7 +421,7 @@ impl StatefulAgg {
             arrow::compute::concat_batches(&self.state_schema, &rows)?,
         )?;
         let emit = match self.output_mode {
-            OutputMode::Complete => flagged(&next.batches()?, &self.with_changed())?,
+            OutputMode::Complete => flagged(&next.batches()?, &schema, true)?,
             OutputMode::Update | OutputMode::Append => changed,
         };
         let output = self.finalize(session, emit).await?;
@@ -742,13 +739,17 @@ pub(crate) fn conform(
         .collect()
 }
 
-/// State rows with the changed flag set (the schema `with_changed` gives).
-fn flagged(rows: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<RecordBatch>, SqlError> {
+/// State rows with the changed flag (the schema `with_changed` gives) set to `changed`.
+fn flagged(
+    rows: &[RecordBatch],
+    schema: &SchemaRef,
+    changed: bool,
+) -> Result<Vec<RecordBatch>, SqlError> {
     (rows.iter())
         .filter(|b| b.num_rows() > 0)
         .map(|b| {
             let mut columns = b.columns().to_vec();
-            columns.push(Arc::new(BooleanArray::from(vec![true; b.num_rows()])));
+            columns.push(Arc::new(BooleanArray::from(vec![changed; b.num_rows()])));
             Ok(RecordBatch::try_new(schema.clone(), columns)?)
         })
         .collect()
