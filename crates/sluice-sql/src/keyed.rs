@@ -12,7 +12,7 @@
 
 use crate::SqlError;
 use arrow::array::BooleanBufferBuilder;
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
 use arrow::buffer::BooleanBuffer;
 use arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
 use arrow::datatypes::SchemaRef;
@@ -185,6 +185,19 @@ fn key_at<'a>(chunks: &'a [Chunk], pending: Option<&'a Chunk>, loc: u64) -> &'a 
     }
 }
 
+/// A batch's keys (one row each), row-encoded, and where the state holds each.
+pub(crate) struct Located {
+    encoded: Arc<Rows>,
+    hashes: Vec<u64>,
+    found: Vec<Option<u64>>,
+}
+
+impl Located {
+    pub(crate) fn any_found(&self) -> bool {
+        self.found.iter().any(Option::is_some)
+    }
+}
+
 /// The next version while a batch builds it.
 pub(crate) struct Next {
     chunks: Vec<Chunk>,
@@ -192,55 +205,92 @@ pub(crate) struct Next {
 }
 
 impl Next {
-    /// The current rows of those keys of `rows` that the state holds.
-    pub(crate) fn lookup(
+    /// Finds `rows`' keys (one row per key) in the state.
+    pub(crate) fn locate(
         &self,
         keys: &KeyColumns,
         rows: &RecordBatch,
-    ) -> Result<Option<RecordBatch>, SqlError> {
-        let encoded = keys.encode(rows)?;
-        let found: Vec<(usize, usize)> = (0..rows.num_rows())
-            .filter_map(|i| self.find(encoded.row(i).data()))
+    ) -> Result<Located, SqlError> {
+        let encoded = Arc::new(keys.encode(rows)?);
+        let hashes: Vec<u64> = encoded.iter().map(|k| hash(k.data())).collect();
+        let found = (encoded.iter().zip(&hashes))
+            .map(|(key, h)| {
+                let key = key.data();
+                (self.index.0)
+                    .find(*h, |l| key_at(&self.chunks, None, *l) == key)
+                    .copied()
+            })
+            .collect();
+        Ok(Located {
+            encoded,
+            hashes,
+            found,
+        })
+    }
+
+    /// The state's rows of `located`'s keys, row i for key i; a key the state lacks gets a
+    /// row of nulls (every state column is nullable).
+    pub(crate) fn aligned(
+        &self,
+        located: &Located,
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch, SqlError> {
+        let nulls = (schema.fields().iter())
+            .map(|f| new_null_array(f.data_type(), 1))
+            .collect();
+        let nulls = RecordBatch::try_new(schema.clone(), nulls)?;
+        let mut sources: Vec<&RecordBatch> = self.chunks.iter().map(|c| &c.rows).collect();
+        sources.push(&nulls);
+        let at: Vec<(usize, usize)> = (located.found.iter())
+            .map(|loc| match loc.map(unpack) {
+                Some((c, r)) => (c as usize, r),
+                None => (self.chunks.len(), 0),
+            })
+            .collect();
+        Ok(interleave_record_batch(&sources, &at)?)
+    }
+
+    /// The current rows of those of `located`'s keys that the state holds, in no set order.
+    pub(crate) fn found_rows(&self, located: &Located) -> Result<Option<RecordBatch>, SqlError> {
+        let sources: Vec<&RecordBatch> = self.chunks.iter().map(|c| &c.rows).collect();
+        let at: Vec<(usize, usize)> = (located.found.iter().flatten())
             .map(|loc| {
-                let (c, r) = unpack(loc);
+                let (c, r) = unpack(*loc);
                 (c as usize, r)
             })
             .collect();
-        if found.is_empty() {
+        if at.is_empty() {
             return Ok(None);
         }
-        let sources: Vec<&RecordBatch> = self.chunks.iter().map(|c| &c.rows).collect();
-        Ok(Some(interleave_record_batch(&sources, &found)?))
+        Ok(Some(interleave_record_batch(&sources, &at)?))
     }
 
-    fn find(&self, key: &[u8]) -> Option<u64> {
-        (self.index.0)
-            .find(hash(key), |l| key_at(&self.chunks, None, *l) == key)
-            .copied()
-    }
-
-    /// Makes `rows` (one per key) the current rows of their keys, superseding older ones.
-    pub(crate) fn upsert(&mut self, keys: &KeyColumns, rows: RecordBatch) -> Result<(), SqlError> {
+    /// Makes `rows` (row i for key i of `located`) the current rows of their keys,
+    /// superseding older ones.
+    pub(crate) fn upsert(
+        &mut self,
+        keys: &KeyColumns,
+        located: Located,
+        rows: RecordBatch,
+    ) -> Result<(), SqlError> {
         if rows.num_rows() == 0 {
             return Ok(());
         }
-        let encoded = Arc::new(keys.encode(&rows)?);
         let at = self.chunks.len() as u32;
-        self.chunks.push(Chunk::new(rows, Some(encoded.clone())));
+        self.chunks.push(Chunk::new(rows, Some(located.encoded)));
         let mut superseded: Vec<Vec<usize>> = vec![Vec::new(); self.chunks.len()];
         let chunks = &self.chunks;
-        for i in 0..encoded.num_rows() {
-            let key = encoded.row(i).data();
-            let h = hash(key);
-            match (self.index.0).find_mut(h, |l| key_at(chunks, None, *l) == key) {
-                Some(loc) => {
-                    let (c, r) = unpack(*loc);
+        for (i, (h, found)) in located.hashes.iter().zip(&located.found).enumerate() {
+            match found {
+                Some(old) => {
+                    let (c, r) = unpack(*old);
                     superseded[c as usize].push(r);
-                    *loc = pack(at, i);
+                    let loc = self.index.0.find_mut(*h, |l| l == old);
+                    *loc.expect("a located key is indexed") = pack(at, i);
                 }
                 None => {
                     (self.index.0)
-                        .insert_unique(h, pack(at, i), |l| hash(key_at(chunks, None, *l)));
+                        .insert_unique(*h, pack(at, i), |l| hash(key_at(chunks, None, *l)));
                 }
             }
         }
@@ -360,14 +410,19 @@ mod tests {
     fn apply(state: &State, keys: &KeyColumns, delta: &[(Option<i64>, i64)]) -> State {
         let mut next = state.next(keys).unwrap();
         let batch = rows(delta);
-        let mut before = Model::new();
-        if let Some(old) = next.lookup(keys, &batch).unwrap() {
-            before = contents(&State::from_batches(vec![old]));
-        }
-        let merged: Vec<_> = (delta.iter())
-            .map(|(k, d)| (*k, before.get(k).copied().unwrap_or(0) + d))
+        let located = next.locate(keys, &batch).unwrap();
+        let found = next.found_rows(&located).unwrap();
+        let before = contents(&State::from_batches(found.into_iter().collect()));
+        let aligned = next.aligned(&located, &schema()).unwrap();
+        let aligned = aligned.column(1).as_primitive::<Int64Type>();
+        let merged: Vec<_> = (delta.iter().enumerate())
+            .map(|(i, (k, d))| {
+                let old = before.get(k).copied();
+                assert_eq!(aligned.is_valid(i).then(|| aligned.value(i)), old);
+                (*k, old.unwrap_or(0) + d)
+            })
             .collect();
-        next.upsert(keys, rows(&merged)).unwrap();
+        next.upsert(keys, located, rows(&merged)).unwrap();
         next.into_state()
     }
 

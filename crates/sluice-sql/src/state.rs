@@ -14,7 +14,7 @@ use crate::operator::{BatchContext, Processed, StatefulOperator};
 use crate::partial::{TwoPhase, flat_names, merge_exprs};
 use crate::plan::{CompiledJob, SHUFFLE_TABLE, bind_table, flat_leaf, flat_schema};
 use crate::window::{WindowKey, merge_sessions, window_key};
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::datatypes::{TimeUnit, TimestampMillisecondType};
@@ -50,6 +50,48 @@ pub(crate) enum Merge {
     Max,
     /// Lists of distinct values: their union.
     Union,
+}
+
+impl Merge {
+    /// Whether `apply` merges a column of this type; otherwise DataFusion's group-by does.
+    fn elementwise(&self, data_type: &DataType) -> bool {
+        use DataType::*;
+        match self {
+            Merge::Sum => data_type.is_integer() || data_type.is_floating(),
+            Merge::Min | Merge::Max => {
+                data_type.is_numeric()
+                    || matches!(
+                        data_type,
+                        Boolean
+                            | Utf8
+                            | LargeUtf8
+                            | Utf8View
+                            | Binary
+                            | LargeBinary
+                            | Date32
+                            | Date64
+                            | Timestamp(..)
+                            | Time32(_)
+                            | Time64(_)
+                            | Duration(_)
+                    )
+            }
+            Merge::Union => false,
+        }
+    }
+
+    /// Row by row: a null on one side is no value, so the other side is the result.
+    fn apply(&self, before: &ArrayRef, after: &ArrayRef) -> Result<ArrayRef, SqlError> {
+        use arrow::compute::kernels::{cmp, numeric, zip::zip};
+        let merged = match self {
+            Merge::Sum => numeric::add_wrapping(before, after)?,
+            Merge::Min => zip(&cmp::lt(after, before)?, after, before)?,
+            Merge::Max => zip(&cmp::gt(after, before)?, after, before)?,
+            Merge::Union => unreachable!("lists of distinct values merge in DataFusion"),
+        };
+        let merged = zip(&arrow::compute::is_null(before)?, after, &merged)?;
+        Ok(zip(&arrow::compute::is_null(after)?, before, &merged)?)
+    }
 }
 
 /// How one aggregate of the query is computed from state columns.
@@ -408,18 +450,24 @@ impl StatefulAgg {
         let mut next = old.next(keys)?;
         let schema = self.with_changed();
         let batch = arrow::compute::concat_batches(&self.state_schema, &partials)?;
-        let changed = match next.lookup(keys, &batch)? {
-            Some(before) => {
-                let parts = vec![(std::slice::from_ref(&before), true), (&partials[..], true)];
-                self.merge(session, parts).await?
+        let located = next.locate(keys, &batch)?;
+        let (located, merged) = match (located.any_found(), self.elementwise()) {
+            (false, _) => (located, batch),
+            (true, true) => {
+                let before = next.aligned(&located, &self.state_schema)?;
+                let merged = self.merge_aligned(&before, &batch)?;
+                (located, merged)
             }
-            None => flagged(&partials, &schema, true)?,
+            (true, false) => {
+                let before = Vec::from_iter(next.found_rows(&located)?);
+                let parts = vec![(&before[..], true), (&partials[..], true)];
+                let merged = without_changed(self.merge(session, parts).await?, self)?;
+                let merged = arrow::compute::concat_batches(&self.state_schema, &merged)?;
+                (next.locate(keys, &merged)?, merged)
+            }
         };
-        let rows = without_changed(changed.clone(), self)?;
-        next.upsert(
-            keys,
-            arrow::compute::concat_batches(&self.state_schema, &rows)?,
-        )?;
+        let changed = flagged(std::slice::from_ref(&merged), &schema, true)?;
+        next.upsert(keys, located, merged)?;
         let emit = match self.output_mode {
             OutputMode::Complete => flagged(&next.batches()?, &schema, true)?,
             OutputMode::Update | OutputMode::Append => changed,
@@ -431,6 +479,26 @@ impl StatefulAgg {
             ..Default::default()
         };
         Ok((update, output))
+    }
+
+    /// Whether every state column merges row by row with Arrow kernels.
+    fn elementwise(&self) -> bool {
+        let columns = &self.state_schema.fields()[self.keys..];
+        (self.merges.iter().zip(columns)).all(|(m, f)| m.elementwise(f.data_type()))
+    }
+
+    /// Row i of `before` (a key's state, or nulls) merged with row i of `after` (its partials).
+    fn merge_aligned(
+        &self,
+        before: &RecordBatch,
+        after: &RecordBatch,
+    ) -> Result<RecordBatch, SqlError> {
+        let mut columns = after.columns()[..self.keys].to_vec();
+        for (i, merge) in self.merges.iter().enumerate() {
+            let at = self.keys + i;
+            columns.push(merge.apply(before.column(at), after.column(at))?);
+        }
+        Ok(RecordBatch::try_new(self.state_schema.clone(), columns)?)
     }
 
     /// Final aggregate values from state rows.
@@ -778,4 +846,72 @@ fn window_closed(b: &RecordBatch, key: usize, watermark_ms: i64) -> Result<Boole
         .iter()
         .map(|end| Some(end.is_some_and(|end| end <= watermark_ms)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Float64Array, Int64Array, StringArray};
+
+    /// Every pair of (null, smaller, larger) on each side.
+    fn sides<T: Copy>(lo: T, hi: T) -> (Vec<Option<T>>, Vec<Option<T>>) {
+        let values = [None, Some(lo), Some(hi)];
+        let before = values.iter().flat_map(|v| [*v; 3]).collect();
+        let after = (0..3).flat_map(|_| values).collect();
+        (before, after)
+    }
+
+    fn merged<T: Copy>(a: Option<T>, b: Option<T>, f: impl Fn(T, T) -> T) -> Option<T> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(f(a, b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    #[test]
+    fn row_by_row_merges_treat_a_null_side_as_no_value() {
+        let (b, a) = sides(-3i64, i64::MAX);
+        let (before, after): (ArrayRef, ArrayRef) = (
+            Arc::new(Int64Array::from(b.clone())),
+            Arc::new(Int64Array::from(a.clone())),
+        );
+        let sum = Merge::Sum.apply(&before, &after).unwrap();
+        let want: Int64Array = (b.iter().zip(&a))
+            .map(|(x, y)| merged(*x, *y, i64::wrapping_add))
+            .collect();
+        assert_eq!(sum.as_primitive::<arrow::datatypes::Int64Type>(), &want);
+
+        let (b, a) = sides(-0.5f64, 2.0);
+        let (before, after): (ArrayRef, ArrayRef) = (
+            Arc::new(Float64Array::from(b.clone())),
+            Arc::new(Float64Array::from(a.clone())),
+        );
+        let min = Merge::Min.apply(&before, &after).unwrap();
+        let want: Float64Array = (b.iter().zip(&a))
+            .map(|(x, y)| merged(*x, *y, f64::min))
+            .collect();
+        assert_eq!(min.as_primitive::<arrow::datatypes::Float64Type>(), &want);
+
+        let (b, a) = sides("apple", "pear");
+        let (before, after): (ArrayRef, ArrayRef) = (
+            Arc::new(StringArray::from(b.clone())),
+            Arc::new(StringArray::from(a.clone())),
+        );
+        let max = Merge::Max.apply(&before, &after).unwrap();
+        let want: StringArray = (b.iter().zip(&a))
+            .map(|(x, y)| merged(*x, *y, std::cmp::max))
+            .collect();
+        assert_eq!(max.as_string::<i32>(), &want);
+        assert_eq!(max.null_count(), 1);
+    }
+
+    #[test]
+    fn only_sums_of_numbers_and_comparable_extremes_merge_row_by_row() {
+        assert!(Merge::Sum.elementwise(&DataType::Int64));
+        assert!(!Merge::Sum.elementwise(&DataType::Decimal128(20, 2)));
+        assert!(Merge::Max.elementwise(&DataType::Utf8));
+        let list = DataType::new_list(DataType::Int64, true);
+        assert!(!Merge::Union.elementwise(&list));
+        assert!(!Merge::Min.elementwise(&list));
+    }
 }
