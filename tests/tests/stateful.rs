@@ -7,7 +7,7 @@ use serde_json::Value;
 use sluice_cluster_tests::{Cluster, S3Server, committed_jsonl, run_to_end, wait_finished};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -339,7 +339,7 @@ fn corrupted_snapshot_falls_back_to_an_older_one_plus_deltas() {
     let id = c
         .submit(&running_job(
             &c,
-            "SET 'state.snapshot_interval' = '1';\nSET 'sluice.test.pause_at' = 'before_tasks:3:3s';",
+            "SET 'state.snapshot_interval' = '1';\nSET 'state.snapshot_changed_percent' = '0';\nSET 'sluice.test.pause_at' = 'before_tasks:3:3s';",
         ))
         .unwrap();
     c.wait_for_log(
@@ -355,6 +355,11 @@ fn corrupted_snapshot_falls_back_to_an_older_one_plus_deltas() {
     let state = c.path("state/jobs").join(&id).join("state/agg-1");
     for p in 0..4 {
         let snap = state.join(format!("{p}/2.snapshot"));
+        // Snapshots are written in the background, after the batch committed.
+        let deadline = Instant::now() + LONG;
+        while !snap.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let mut bytes = std::fs::read(&snap).unwrap();
         let n = bytes.len();
         bytes[n - 3] ^= 0x5a;

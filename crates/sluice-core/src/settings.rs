@@ -53,7 +53,11 @@ pub const KNOWN: &[(&str, &str)] = &[
     ),
     (
         "state.snapshot_interval",
-        "running aggregations: a full state snapshot every N batches, deltas in between (default 10)",
+        "stateful operators: at least N batches between full state snapshots, deltas in between (default 10)",
+    ),
+    (
+        "state.snapshot_changed_percent",
+        "stateful operators: a snapshot is also due only once the deltas since the last one hold this many rows per 100 rows of state (default 100, so snapshots cost about what the batches changed; 0: every interval)",
     ),
     (
         "task.max_attempts",
@@ -168,6 +172,8 @@ pub struct JobSettings {
     /// Set explicitly; a running aggregation defaults to update, other jobs refuse it.
     pub output_mode: Option<OutputMode>,
     pub snapshot_interval: u64,
+    /// Delta rows since the last snapshot, per 100 state rows, before the next one is due.
+    pub snapshot_changed_percent: u64,
     pub watermark_policy: crate::watermark::WatermarkPolicy,
     pub no_data_batches: bool,
     /// Map tasks pre-aggregate before the shuffle (`SET 'partial_aggregation'`).
@@ -201,6 +207,7 @@ impl Default for JobSettings {
             partitions: 4,
             output_mode: None,
             snapshot_interval: 10,
+            snapshot_changed_percent: 100,
             watermark_policy: Default::default(),
             no_data_batches: true,
             partial_aggregation: true,
@@ -266,6 +273,9 @@ impl JobSettings {
                     })
                 }
                 "state.snapshot_interval" => s.snapshot_interval = whole(1, 1_000_000)?,
+                "state.snapshot_changed_percent" => {
+                    s.snapshot_changed_percent = whole(0, 1_000_000)?
+                }
                 "no_data_batches" => {
                     s.no_data_batches =
                         boolean(value).ok_or_else(|| invalid("expected 'true' or 'false'"))?
@@ -611,6 +621,7 @@ mod tests {
             ("partitions", "100000"),
             ("task.max_attempts", "-1"),
             ("state.snapshot_interval", "0"),
+            ("state.snapshot_changed_percent", "-5"),
             ("checkpoint.retain_batches", "0"),
             ("trigger", "-1s"),
             ("task.backoff", "1e400s"),

@@ -41,9 +41,6 @@ struct Chunk {
 /// Key → location (chunk << 32 | row) of its current row.
 struct KeyIndex(HashTable<u64>);
 
-/// A location that is not in the chunk list yet (a merge's new chunk).
-const PENDING: u32 = u32::MAX;
-
 fn pack(chunk: u32, row: usize) -> u64 {
     ((chunk as u64) << 32) | row as u64
 }
@@ -144,7 +141,7 @@ impl State {
                     for row in (0..c.rows.num_rows()).filter(|&r| c.is_live(r)) {
                         let loc = pack(i as u32, row);
                         table.insert_unique(hash(c.key(row)), loc, |l: &u64| {
-                            hash(key_at(&chunks, None, *l))
+                            hash(key_at(&chunks, *l))
                         });
                     }
                 }
@@ -178,11 +175,9 @@ impl KeyColumns {
     }
 }
 
-fn key_at<'a>(chunks: &'a [Chunk], pending: Option<&'a Chunk>, loc: u64) -> &'a [u8] {
-    match unpack(loc) {
-        (PENDING, row) => pending.expect("a pending chunk").key(row),
-        (chunk, row) => chunks[chunk as usize].key(row),
-    }
+fn key_at(chunks: &[Chunk], loc: u64) -> &[u8] {
+    let (chunk, row) = unpack(loc);
+    chunks[chunk as usize].key(row)
 }
 
 /// A batch's keys (one row each), row-encoded, and where the state holds each.
@@ -217,7 +212,7 @@ impl Next {
             .map(|(key, h)| {
                 let key = key.data();
                 (self.index.0)
-                    .find(*h, |l| key_at(&self.chunks, None, *l) == key)
+                    .find(*h, |l| key_at(&self.chunks, *l) == key)
                     .copied()
             })
             .collect();
@@ -289,8 +284,7 @@ impl Next {
                     *loc.expect("a located key is indexed") = pack(at, i);
                 }
                 None => {
-                    (self.index.0)
-                        .insert_unique(*h, pack(at, i), |l| hash(key_at(chunks, None, *l)));
+                    (self.index.0).insert_unique(*h, pack(at, i), |l| hash(key_at(chunks, *l)));
                 }
             }
         }
@@ -318,23 +312,24 @@ impl Next {
         }
     }
 
-    /// Rewrites the current rows of chunks `from..` as one chunk and points the index at it:
-    /// first at the pending chunk (the old ones are still needed to compare keys), then, with
-    /// the old ones gone, at its place.
+    /// Rewrites the current rows of chunks `from..` as one chunk and points the index at it.
+    /// Each entry is found by its old location, so no key is compared.
     fn merge_from(&mut self, from: usize, keys: &KeyColumns) -> Result<(), SqlError> {
         let schema = self.chunks[from].rows.schema();
         let rows = concat_batches(&schema, &current_rows(&self.chunks[from..])?)?;
         let encoded = Arc::new(keys.encode(&rows)?);
-        let merged = Chunk::new(rows, Some(encoded.clone()));
-        repoint(&mut self.index, &self.chunks, &merged, PENDING);
+        // The old locations in the order `current_rows` lists the rows.
+        let old = (self.chunks.iter().enumerate().skip(from)).flat_map(|(c, chunk)| {
+            (0..chunk.rows.num_rows())
+                .filter(|&r| chunk.is_live(r))
+                .map(move |r| pack(c as u32, r))
+        });
+        for (i, old) in old.enumerate() {
+            let loc = (self.index.0).find_mut(hash(encoded.row(i).data()), |l| *l == old);
+            *loc.expect("every current row is indexed") = pack(from as u32, i);
+        }
         self.chunks.truncate(from);
-        self.chunks.push(merged);
-        repoint(
-            &mut self.index,
-            &self.chunks,
-            &self.chunks[from],
-            from as u32,
-        );
+        self.chunks.push(Chunk::new(rows, Some(encoded)));
         Ok(())
     }
 
@@ -348,17 +343,6 @@ impl Next {
     /// The current rows.
     pub(crate) fn batches(&self) -> Result<Vec<RecordBatch>, SqlError> {
         current_rows(&self.chunks)
-    }
-}
-
-/// Points the index entries of `merged`'s keys at its rows in chunk `at`; `merged` also
-/// resolves the entries already pointing at `PENDING`.
-fn repoint(index: &mut KeyIndex, chunks: &[Chunk], merged: &Chunk, at: u32) {
-    for i in 0..merged.rows.num_rows() {
-        let key = merged.key(i);
-        let eq = |l: &u64| key_at(chunks, Some(merged), *l) == key;
-        let loc = index.0.find_mut(hash(key), eq);
-        *loc.expect("every current row is indexed") = pack(at, i);
     }
 }
 
