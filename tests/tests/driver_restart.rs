@@ -323,21 +323,46 @@ fn checkpoint_inspect_lists_batches_and_names_a_corrupted_file() {
 
 #[test]
 fn retention_compacts_the_logs_and_a_restart_reads_no_file_twice() {
+    // Short names: the files source's position is logged with every batch and a restart reads
+    // the newest entry only.
+    let log = retention_then_restart(30, 4, "");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("source positions recovered") && l.contains("entries_read=1")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_position_too_large_to_log_is_replayed_from_the_compaction() {
+    // Names of 250 characters: after 60 files the position outgrows what an entry logs, so a
+    // restart rebuilds it from compact-3 and the entries after it.
+    let log = retention_then_restart(75, 10, &"x".repeat(240));
+    assert!(
+        log.lines().any(|l| l.contains("source positions recovered")
+            && l.contains("replayed=[\"f\"]")
+            && l.contains("entries_read=2")),
+        "{log}"
+    );
+}
+
+/// `files` files of 10 rows, `per_batch` of them per batch (8 batches), checkpoint retention
+/// of 2 batches; the driver is killed after batch 5 and restarted. Returns the driver's log.
+fn retention_then_restart(files: usize, per_batch: usize, padding: &str) -> String {
     let mut c = Cluster::start(2);
     let input = c.path("in");
     std::fs::create_dir_all(&input).unwrap();
-    // 30 files of 10 rows each; 4 files per batch -> 8 batches.
-    for i in 0..30 {
+    for i in 0..files {
         let rows: String = (0..10)
             .map(|j| format!("{{\"k\": {}}}\n", (i * 10 + j) % 7))
             .collect();
-        std::fs::write(input.join(format!("f-{i:03}.jsonl")), rows).unwrap();
+        std::fs::write(input.join(format!("f-{i:03}{padding}.jsonl")), rows).unwrap();
     }
     let sql = format!(
         "SET 'trigger' = 'available_now';
 SET 'checkpoint.retain_batches' = '2';
 SET 'sluice.test.pause_at' = 'after_commit:5:2s';
-CREATE TABLE f (k BIGINT) WITH (connector = 'files', path = '{}', max_files_per_batch = '4');
+CREATE TABLE f (k BIGINT) WITH (connector = 'files', path = '{}', max_files_per_batch = '{per_batch}');
 CREATE TABLE o (batch BIGINT, k BIGINT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
 INSERT INTO o SELECT _batch, k, count(*) FROM f GROUP BY _batch, k;
 ",
@@ -382,14 +407,42 @@ INSERT INTO o SELECT _batch, k, count(*) FROM f GROUP BY _batch, k;
         .map(|r| r["n"].as_u64().unwrap())
         .sum();
     assert_eq!(
-        total, 300,
+        total,
+        files as u64 * 10,
         "every row once: no file read twice after the restart"
     );
     for (batch, rows) in &out {
         let n: u64 = rows.iter().map(|r| r["n"].as_u64().unwrap()).sum();
-        let files = if *batch == 7 { 2 } else { 4 };
-        assert_eq!(n, files * 10, "batch {batch}");
+        let last = (files - 7 * per_batch) as u64;
+        let read = if *batch == 7 { last } else { per_batch as u64 };
+        assert_eq!(n, read * 10, "batch {batch}");
     }
+    c.log("driver.log")
+}
+
+#[test]
+fn a_restart_reads_the_newest_offsets_entry_only() {
+    let mut c = Cluster::start(2);
+    reference();
+    let sql = job(&c, "SET 'sluice.test.pause_at' = 'after_commit:2:3s';");
+    let id = c.submit(&sql).unwrap();
+    c.wait_for_log(
+        "driver.log",
+        &["test pause", "step=\"after_commit\"", "batch=2"],
+        1,
+        LONG,
+    );
+    c.kill_driver();
+    // Entries a restart does not need, damaged: resuming must not read them.
+    for b in 0..2 {
+        let entry = c.path(&format!("state/jobs/{id}/offsets/{b}"));
+        std::fs::write(&entry, b"damaged").unwrap();
+    }
+    c.start_driver();
+    c.wait_for_driver();
+    let s = wait_finished(&c, &id);
+    assert_eq!(s["batches_committed"], 4, "{s}");
+    assert_eq!(&committed_rows(&c.path("out")), reference());
 }
 
 #[test]

@@ -73,7 +73,16 @@ pub struct OffsetsEntry {
     /// time per source of the batches committed before it (what the watermark came from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<sluice_core::watermark::Watermarks>,
+    /// Each source's position after this batch, for the sources whose position is small
+    /// (see [`LOGGED_POSITION_BYTES`]): a restarted driver resumes from the newest entry alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub position: BTreeMap<String, serde_json::Value>,
 }
+
+/// The largest source position (as JSON) logged with every batch; a larger one (a files
+/// source that has seen many files) is rebuilt from the latest compaction and the entries after
+/// it instead, so entries stay small.
+pub const LOGGED_POSITION_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitEntry {
@@ -421,6 +430,7 @@ mod tests {
             .into_iter()
             .collect(),
             watermark: None,
+            position: [("clicks".to_string(), serde_json::json!({"next_row": 10}))].into(),
         }
     }
 

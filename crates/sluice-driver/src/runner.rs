@@ -202,12 +202,16 @@ impl JobRunner {
                     let mut sources = planned.splits;
                     sources.extend(self.static_versions().await?);
                     phases.push((model::PLAN, planning.elapsed().as_millis() as u64));
-                    let entry = OffsetsEntry {
+                    let mut entry = OffsetsEntry {
                         batch_id: next_batch,
                         planned_at_ms: ctx.now_ms,
                         sources,
                         watermark: (!self.job.event_times.is_empty()).then(|| watermarks.clone()),
+                        position: BTreeMap::new(),
                     };
+                    let mut after = progress.clone();
+                    self.advance(&mut after, &entry)?;
+                    entry.position = logged_positions(&after);
                     // Write-ahead: the batch's input is fixed before any task runs.
                     let started = Instant::now();
                     self.checkpoint
@@ -215,7 +219,7 @@ impl JobRunner {
                         .await
                         .map_err(checkpoint_failure)?;
                     phases.push((model::OFFSETS, started.elapsed().as_millis() as u64));
-                    self.advance(&mut progress, &entry)?;
+                    progress = after;
                     (entry, planned.exhausted)
                 }
             };
@@ -371,51 +375,44 @@ impl JobRunner {
         self.job.event_times.iter().filter_map(read).collect()
     }
 
-    /// Rebuilds every source's progress from the offsets log and finds the batch to run next,
-    /// with the watermark state it starts from: the last logged batch's, moved on by its
-    /// commit's event times when it committed.
+    /// Finds the batch to run next, every source's position before it, and the watermark state
+    /// it starts from (the last logged batch's, moved on by its commit's event times when it
+    /// committed). The positions come from the newest offsets entry alone when it logs them;
+    /// a source it does not (a large position) is replayed from the latest compaction.
     async fn recover(&self) -> Result<Recovered, Failure> {
         let cp = &self.checkpoint;
         let logged = cp.batches("offsets").await.map_err(checkpoint_failure)?;
-        let mut progress: Progress = self
-            .job
-            .sources
-            .iter()
-            .map(|(table, source)| (table.clone(), source.new_progress()))
-            .collect();
-        // The compacted position covers every entry deleted by retention.
-        if let Some((batch, position)) = cp.latest_compaction().await.map_err(checkpoint_failure)? {
-            for (table, at) in progress.iter_mut() {
-                let Some(stored) = position.get(table) else {
-                    continue;
-                };
-                // Read back through its connector now, so a bad file is named at once.
-                let mut stored = stored.clone();
-                self.job.sources[table]
-                    .advance(&mut stored, &[])
-                    .map_err(|e| {
-                        let file = format!("{}/offsets/compact-{batch}", cp.uri());
-                        JobFailure::new(
-                            FailureKind::BadPlan,
-                            format!("{file}: table '{table}': {e}"),
-                        )
-                    })?;
-                *at = stored;
+        let last = match logged.last() {
+            Some(b) => Some(self.read_entry(*b).await?),
+            None => None,
+        };
+        let mut progress = Progress::new();
+        let mut replay = Progress::new();
+        for (table, source) in &self.job.sources {
+            match last
+                .as_ref()
+                .and_then(|e| Some((e.batch_id, e.position.get(table)?)))
+            {
+                Some((batch, at)) => {
+                    let at = self.read_back(table, at, &format!("offsets/{batch}"))?;
+                    progress.insert(table.clone(), at);
+                }
+                None => {
+                    replay.insert(table.clone(), source.new_progress());
+                }
             }
         }
-        let mut last = None;
-        for b in &logged {
-            let entry = cp
-                .read_offsets(*b)
-                .await
-                .map_err(checkpoint_failure)?
-                .ok_or_else(|| {
-                    let message = format!("offsets/{b} vanished while recovering");
-                    JobFailure::new(FailureKind::Outage, message)
-                })?;
-            self.advance(&mut progress, &entry)?;
-            last = Some(entry);
-        }
+        let entries_read = match replay.is_empty() {
+            true => usize::from(last.is_some()),
+            false => self.replay(&mut replay, &logged, last.as_ref()).await?,
+        };
+        tracing::info!(
+            job = %self.job_id,
+            entries_read,
+            replayed = ?replay.keys().collect::<Vec<_>>(),
+            "source positions recovered"
+        );
+        progress.extend(replay);
         match last {
             None => Ok((progress, 0, None, Watermarks::default(), None)),
             Some(entry) => {
@@ -435,6 +432,58 @@ impl JobRunner {
                 }
             }
         }
+    }
+
+    async fn read_entry(&self, batch: BatchId) -> Result<OffsetsEntry, Failure> {
+        let entry = (self.checkpoint.read_offsets(batch).await).map_err(checkpoint_failure)?;
+        Ok(entry.ok_or_else(|| {
+            let message = format!("offsets/{batch} vanished while recovering");
+            JobFailure::new(FailureKind::Outage, message)
+        })?)
+    }
+
+    /// A stored position, read back through its connector now so a bad one is named at once.
+    fn read_back(&self, table: &str, stored: &Position, file: &str) -> Result<Position, Failure> {
+        let mut at = stored.clone();
+        self.job.sources[table].advance(&mut at, &[]).map_err(|e| {
+            let file = format!("{}/{file}", self.checkpoint.uri());
+            JobFailure::new(
+                FailureKind::BadPlan,
+                format!("{file}: table '{table}': {e}"),
+            )
+        })?;
+        Ok(at)
+    }
+
+    /// Rebuilds the positions in `progress` from the latest compaction and the logged entries
+    /// after it (`last` is the newest, already read); returns how many entries it read.
+    async fn replay(
+        &self,
+        progress: &mut Progress,
+        logged: &[BatchId],
+        last: Option<&OffsetsEntry>,
+    ) -> Result<usize, Failure> {
+        let compaction = (self.checkpoint.latest_compaction().await).map_err(checkpoint_failure)?;
+        let mut after = 0;
+        if let Some((batch, position)) = compaction {
+            for (table, at) in progress.iter_mut() {
+                if let Some(stored) = position.get(table) {
+                    *at = self.read_back(table, stored, &format!("offsets/compact-{batch}"))?;
+                }
+            }
+            after = batch + 1;
+        }
+        let mut read = usize::from(last.is_some());
+        for b in logged.iter().filter(|b| **b >= after) {
+            match last.filter(|e| e.batch_id == *b) {
+                Some(entry) => self.advance(progress, entry)?,
+                None => {
+                    self.advance(progress, &self.read_entry(*b).await?)?;
+                    read += 1;
+                }
+            }
+        }
+        Ok(read)
     }
 
     /// Sleeps until `at`; false when the job was stopped meanwhile.
@@ -599,6 +648,14 @@ impl JobRunner {
 
 /// How far each source table has been read.
 type Progress = BTreeMap<String, Position>;
+
+/// The positions small enough to log with every batch.
+fn logged_positions(progress: &Progress) -> BTreeMap<String, Position> {
+    (progress.iter())
+        .filter(|(_, p)| p.to_string().len() <= sluice_checkpoint::LOGGED_POSITION_BYTES)
+        .map(|(t, p)| (t.clone(), p.clone()))
+        .collect()
+}
 
 /// Where a job resumes: every source's progress, the next batch, the logged batch to rerun
 /// (if it never committed), the watermark state the next batch starts from, and the watermark
