@@ -3,7 +3,7 @@
 use crate::SqlError;
 use crate::keyed::State;
 use crate::operator::BatchContext;
-use crate::plan::{CompiledJob, FragmentOutput, Statics, TaskInput, bind_table};
+use crate::plan::{CompiledJob, FragmentOutput, Statics, TaskInput};
 use crate::state::StateUpdate;
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::{SortOptions, concat_batches, take_record_batch};
@@ -149,8 +149,8 @@ impl CompiledJob {
     ) -> Result<(StageOutputData, Option<StateUpdate>), SqlError> {
         let batch = batch.into();
         let f = &self.fragments[stage];
-        let (plan, update) = match (&f.operator, input) {
-            (None, input) => (self.bind_input(stage, input)?, None),
+        let ((table, input), update) = match (&f.operator, input) {
+            (None, input) => (self.input_rows(stage, input)?, None),
             (Some(op), TaskInput::Shuffle(inputs)) => {
                 let ctx = BatchContext {
                     batch_id: batch.id,
@@ -162,8 +162,6 @@ impl CompiledJob {
                 let rows_in = inputs.iter().flatten().map(|b| b.num_rows() as u64).sum();
                 let done = op.process(&ctx, inputs, state).await?;
                 let rows_out = done.output.iter().map(|b| b.num_rows() as u64).sum();
-                let (table, schema) = op.output();
-                let plan = bind_table(f.plan.clone(), table, schema, done.output)?;
                 let update = StateUpdate {
                     state: done.state,
                     delta: done.delta,
@@ -174,7 +172,7 @@ impl CompiledJob {
                     late: done.late,
                     metrics: done.metrics,
                 };
-                (plan, Some(update))
+                ((op.output().0.to_string(), done.output), Some(update))
             }
             (Some(_), TaskInput::Split { .. }) => {
                 return Err(SqlError::internal(format!(
@@ -182,9 +180,11 @@ impl CompiledJob {
                 )));
             }
         };
-        let plan = self.bind_statics(plan, stage, statics)?;
-        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let mut rows = self.static_rows(stage, statics)?;
+        rows.0.insert(table, input);
+        let planned = self.planned(stage).await?;
+        let schema = planned.schema.clone();
+        let batches = planned.run(&self.ctx, rows).await?;
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let data = match &self.fragments[stage].output {

@@ -10,6 +10,7 @@ mod operator;
 mod parse;
 mod partial;
 mod plan;
+mod slots;
 mod state;
 pub mod window;
 

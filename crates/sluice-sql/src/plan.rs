@@ -6,8 +6,10 @@
 
 use crate::SqlError;
 use crate::parse::{JobFile, parse_job};
+use crate::slots::{Planned, TaskRows};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef};
@@ -71,6 +73,8 @@ pub struct CompiledJob {
     pub event_times: BTreeMap<String, EventTime>,
     pub fragments: Vec<Fragment>,
     pub(crate) ctx: SessionContext,
+    /// Each stage's physical plan once a task has needed it.
+    planned: std::sync::Mutex<std::collections::HashMap<usize, Arc<Planned>>>,
 }
 
 impl CompiledJob {
@@ -224,6 +228,7 @@ impl CompiledJob {
             settings,
             job,
             ctx,
+            planned: Default::default(),
         })
     }
 
@@ -262,44 +267,27 @@ impl CompiledJob {
         })
     }
 
-    /// Builds the logical plan of `stage` reading `input` (all of it in memory). A split's
-    /// rows replace its table's scans; the stage's other source tables read nothing in this
-    /// task (their splits are other tasks').
-    pub(crate) fn bind_input(
+    /// The table `input` fills in a task of `stage` and its rows: a split's rows are its
+    /// table's; the stage's other source tables read nothing in this task (their splits are
+    /// other tasks').
+    pub(crate) fn input_rows(
         &self,
         stage: usize,
         input: TaskInput,
-    ) -> Result<LogicalPlan, SqlError> {
-        self.bind_plan(self.fragments[stage].plan.clone(), stage, input)
-    }
-
-    /// Binds the leaves of `plan` (stage `stage`'s operators or a part of them) to `input`.
-    pub(crate) fn bind_plan(
-        &self,
-        plan: LogicalPlan,
-        stage: usize,
-        input: TaskInput,
-    ) -> Result<LogicalPlan, SqlError> {
-        let f = &self.fragments[stage];
+    ) -> Result<(String, Vec<RecordBatch>), SqlError> {
         match input {
             TaskInput::Shuffle(mut edges) if edges.len() == 1 => {
-                let rows = edges.pop().unwrap_or_default();
-                bind_table(plan, SHUFFLE_TABLE, self.shuffle_schema(stage, 0)?, rows)
+                Ok((SHUFFLE_TABLE.to_string(), edges.pop().unwrap_or_default()))
             }
             TaskInput::Shuffle(edges) => Err(SqlError::internal(format!(
                 "stage {stage} has no operator to take {} exchanges",
                 edges.len()
             ))),
             TaskInput::Split { table, rows } => {
-                let mut plan = plan;
-                let mut rows = Some(rows);
-                for t in f.inputs.iter().filter_map(StageInput::source) {
-                    let mine = if t == table { rows.take() } else { None };
-                    plan = bind_table(plan, t, self.source_schema(t)?, mine.unwrap_or_default())?;
-                }
-                match rows {
-                    None => Ok(plan),
-                    Some(_) => Err(SqlError::internal(format!(
+                let sources = self.fragments[stage].inputs.iter();
+                match sources.filter_map(StageInput::source).any(|t| *t == table) {
+                    true => Ok((table, rows)),
+                    false => Err(SqlError::internal(format!(
                         "stage {stage} does not read source table '{table}'"
                     ))),
                 }
@@ -307,25 +295,35 @@ impl CompiledJob {
         }
     }
 
-    /// Binds the static tables stage `stage` joins to their rows.
-    pub(crate) fn bind_statics(
+    /// The rows of every static table `stage` joins, from `statics` (the version the batch
+    /// logged).
+    pub(crate) fn static_rows(
         &self,
-        mut plan: LogicalPlan,
         stage: usize,
         statics: &Statics,
-    ) -> Result<LogicalPlan, SqlError> {
+    ) -> Result<TaskRows, SqlError> {
+        let mut rows = std::collections::HashMap::new();
         for t in self.fragments[stage]
             .inputs
             .iter()
             .filter_map(StageInput::broadcast)
         {
-            let rows = statics
+            let static_rows = statics
                 .get(t)
                 .ok_or_else(|| SqlError::internal(format!("no rows for static table '{t}'")))?;
-            let spec = self.spec(t)?;
-            plan = bind_table(plan, t, table_schema(spec), rows.to_vec())?;
+            rows.insert(t.to_string(), static_rows.to_vec());
         }
-        Ok(plan)
+        Ok(TaskRows(rows))
+    }
+
+    /// `stage`'s physical plan, planned on first use.
+    pub(crate) async fn planned(&self, stage: usize) -> Result<Arc<Planned>, SqlError> {
+        if let Some(p) = self.planned.lock().unwrap().get(&stage) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(Planned::new(&self.ctx, self.fragments[stage].plan.clone()).await?);
+        self.planned.lock().unwrap().insert(stage, p.clone());
+        Ok(p)
     }
 
     /// Reads a static table's logged version: every file in `files`.
