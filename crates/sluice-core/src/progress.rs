@@ -54,6 +54,30 @@ pub const TASK_PHASES: [&str; 5] = [
 pub const KEY_SAMPLE: &str = "key_sample";
 /// Payload: a console sink's first rows of the partition (Arrow IPC).
 pub const CONSOLE: &str = "console";
+/// Payload: which reduce partitions a hash map task wrote rows for, one bit each
+/// ([`partition_bits`]); a reducer is sent only the map outputs that hold rows for it, so a
+/// batch's fetches follow its data rather than maps × reducers (Spark's MapStatus does this).
+pub const NONEMPTY_PARTITIONS: &str = "nonempty_partitions";
+
+/// One bit per partition, set for those with rows.
+pub fn partition_bits(nonempty: impl IntoIterator<Item = bool>) -> Vec<u8> {
+    let mut bits = Vec::new();
+    for (i, set) in nonempty.into_iter().enumerate() {
+        if i % 8 == 0 {
+            bits.push(0u8);
+        }
+        if set {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+    }
+    bits
+}
+
+/// Whether partition `p` is set in [`partition_bits`]' output.
+pub fn has_partition(bits: &[u8], p: u32) -> bool {
+    bits.get(p as usize / 8)
+        .is_some_and(|b| b & (1 << (p % 8)) != 0)
+}
 
 /// How a metric of many tasks becomes one number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +170,16 @@ pub fn fold<'a>(tasks: impl IntoIterator<Item = &'a TaskProgress>) -> Metrics {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn partition_bits_round_trip() {
+        let set = [3u32, 8, 9, 1000];
+        let bits = partition_bits((0..1001).map(|p| set.contains(&p)));
+        assert_eq!(bits.len(), 126);
+        for p in 0..1010 {
+            assert_eq!(has_partition(&bits, p), set.contains(&p), "partition {p}");
+        }
+    }
+
     use super::*;
 
     #[test]

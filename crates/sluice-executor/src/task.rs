@@ -396,6 +396,10 @@ impl TaskRunner {
                     stage_attempt: key.stage_attempt,
                     partition: key.partition,
                 };
+                if let Some(nonempty) = output.nonempty() {
+                    let bits = progress::partition_bits(nonempty);
+                    progress.payload(progress::NONEMPTY_PARTITIONS, bits);
+                }
                 executor.store.put(id, output);
                 progress.count(progress::ROWS_OUT, rows);
                 for key in sample {

@@ -869,6 +869,8 @@ fn pick_executor(
     best(avoid).or_else(|| best(None))
 }
 
+use sluice_core::progress::{NONEMPTY_PARTITIONS as NONEMPTY, has_partition};
+
 fn build_launch(
     batch: &BatchRun,
     s: usize,
@@ -889,24 +891,33 @@ fn build_launch(
     let mut range_bounds = Vec::new();
     for up in batch.upstreams(s) {
         let prev = &batch.stages[up];
-        inputs.extend(prev.tasks.iter().enumerate().filter_map(|(m, t)| {
-            match t.state() {
-                TaskState::Done {
-                    executor,
-                    stage_attempt,
-                } => Some(MapOutputLocation {
-                    stage_id: up as u32,
-                    map_partition: m as u32,
-                    stage_attempt: *stage_attempt,
-                    executor_id: executor.clone(),
-                    address: executors
-                        .get(executor)
-                        .map(|e| e.address.clone())
-                        .unwrap_or_default(),
+        // A map output known to hold no rows for partition p is not fetched at all.
+        let has_rows = |t: &&crate::batch::TaskRun| {
+            let bits = t.output.as_ref().and_then(|o| o.payloads(NONEMPTY).next());
+            bits.is_none_or(|bits| has_partition(bits, p as u32))
+        };
+        inputs.extend(
+            prev.tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| has_rows(t))
+                .filter_map(|(m, t)| match t.state() {
+                    TaskState::Done {
+                        executor,
+                        stage_attempt,
+                    } => Some(MapOutputLocation {
+                        stage_id: up as u32,
+                        map_partition: m as u32,
+                        stage_attempt: *stage_attempt,
+                        executor_id: executor.clone(),
+                        address: executors
+                            .get(executor)
+                            .map(|e| e.address.clone())
+                            .unwrap_or_default(),
+                    }),
+                    _ => None,
                 }),
-                _ => None,
-            }
-        }));
+        );
         if let Some(bounds) = &prev.range_bounds {
             range_bounds = bounds.clone();
         }

@@ -90,6 +90,14 @@ impl MapOutput {
         }
     }
 
+    /// Which reduce partitions have rows, when known before reducers fetch (hash outputs).
+    pub fn nonempty(&self) -> Option<impl Iterator<Item = bool> + '_> {
+        match self {
+            MapOutput::Hash { blocks } => Some(blocks.iter().map(|b| !b.is_empty())),
+            MapOutput::Range(_) => None,
+        }
+    }
+
     pub fn size_bytes(&self) -> usize {
         match self {
             MapOutput::Hash { blocks } => blocks.iter().map(Bytes::len).sum(),

@@ -200,6 +200,37 @@ fn reducers_start_after_all_maps_and_get_every_location() {
 }
 
 #[test]
+fn a_reducer_is_sent_only_the_map_outputs_with_rows_for_it() {
+    let mut s = Scheduler::new();
+    register(&mut s, "a", 8);
+    let maps = launches(&s.handle(submit(3, Some(ShuffleKind::Hash), 4), 0));
+    // Map m wrote rows for reduce partitions m and 3 only.
+    let mut reduces = Vec::new();
+    for (m, (executor, task)) in maps.iter().enumerate() {
+        let mut out = TaskOutput::default();
+        let bits = progress::partition_bits((0..4).map(|r| r == m || r == 3));
+        out.payload(progress::NONEMPTY_PARTITIONS, bits);
+        let event = Event::TaskSucceeded {
+            key: task.key.clone(),
+            executor: executor.clone(),
+            output: out,
+        };
+        reduces.extend(launches(&s.handle(event, 1)));
+    }
+    let inputs: BTreeMap<u32, Vec<u32>> = (reduces.iter())
+        .map(|(_, r)| {
+            let maps = r.inputs.iter().map(|l| l.map_partition).collect();
+            (r.key.partition, maps)
+        })
+        .collect();
+    // Every reducer still runs (a stateful one must carry its state on), fetching nothing
+    // where no map wrote for it.
+    let want: BTreeMap<u32, Vec<u32>> =
+        [(0, vec![0]), (1, vec![1]), (2, vec![2]), (3, vec![0, 1, 2])].into();
+    assert_eq!(inputs, want);
+}
+
+#[test]
 fn failed_task_retries_after_backoff_on_another_executor_then_fails_the_batch() {
     let mut s = Scheduler::new();
     register(&mut s, "a", 1);
