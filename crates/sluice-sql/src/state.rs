@@ -13,6 +13,7 @@ use crate::keyed::{KeyColumns, State};
 use crate::operator::{BatchContext, Processed, StatefulOperator};
 use crate::partial::{TwoPhase, flat_names, merge_exprs};
 use crate::plan::{CompiledJob, SHUFFLE_TABLE, bind_table, flat_leaf, flat_schema};
+use crate::slots::{Planned, TaskRows};
 use crate::window::{WindowKey, merge_sessions, window_key};
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -133,6 +134,8 @@ pub struct StatefulAgg {
     /// Without a window, state rows are found by key (see `keyed`); a windowed aggregation's
     /// state is its open windows, which every batch scans for the closed ones anyway.
     key_columns: Option<KeyColumns>,
+    /// `partial` planned once, on first use (see `slots`).
+    partial_planned: std::sync::Mutex<Option<Arc<Planned>>>,
 }
 
 /// What a stateful task leaves behind: the new state and the delta to persist, and what its
@@ -238,6 +241,7 @@ impl StatefulAgg {
                 leaf: scan,
                 downstream: false,
                 key_columns,
+                partial_planned: Default::default(),
             },
             upper_leaf,
         ))
@@ -267,6 +271,25 @@ impl StatefulAgg {
         let plan = bind_table(partial, SHUFFLE_TABLE, self.input_schema.clone(), input)?;
         let out = session.execute_logical_plan(plan).await?.collect().await?;
         conform(out, &self.state_schema)
+    }
+
+    /// [`partials`](Self::partials) with `self.partial`, planned once per operator.
+    async fn planned_partials(
+        &self,
+        session: &SessionContext,
+        input: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let cached = self.partial_planned.lock().unwrap().clone();
+        let planned = match cached {
+            Some(p) => p,
+            None => {
+                let p = Arc::new(Planned::new(session, self.partial.clone()).await?);
+                *self.partial_planned.lock().unwrap() = Some(p.clone());
+                p
+            }
+        };
+        let rows = TaskRows([(SHUFFLE_TABLE.to_string(), input)].into());
+        conform(planned.run(session, rows).await?, &self.state_schema)
     }
 
     /// The batch's partials without its late rows, and the late rows: those whose window ends
@@ -575,11 +598,7 @@ impl StatefulOperator for StatefulAgg {
         };
         let (partials, late) = match (&self.window, late_watermark) {
             (Some(w), Some(wm)) => self.on_time_partials(ctx.session, w, wm, input).await?,
-            _ => (
-                self.partials(ctx.session, self.partial.clone(), input)
-                    .await?,
-                Vec::new(),
-            ),
+            _ => (self.planned_partials(ctx.session, input).await?, Vec::new()),
         };
         let (update, output) = match &self.key_columns {
             Some(keys) => {
