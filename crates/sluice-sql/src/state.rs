@@ -23,7 +23,7 @@ use datafusion::catalog::MemTable;
 use datafusion::common::DFSchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::datasource::provider_as_source;
+use datafusion::datasource::{empty::EmptyTable, provider_as_source};
 use datafusion::functions::expr_fn::coalesce;
 use datafusion::functions_aggregate::array_agg::array_agg_udaf;
 use datafusion::functions_aggregate::expr_fn::array_agg;
@@ -134,8 +134,9 @@ pub struct StatefulAgg {
     /// Without a window, state rows are found by key (see `keyed`); a windowed aggregation's
     /// state is its open windows, which every batch scans for the closed ones anyway.
     key_columns: Option<KeyColumns>,
-    /// `partial` planned once, on first use (see `slots`).
+    /// `partial` and the final values' projection, planned once, on first use (see `slots`).
     partial_planned: std::sync::Mutex<Option<Arc<Planned>>>,
+    final_planned: std::sync::Mutex<Option<Arc<Planned>>>,
 }
 
 /// What a stateful task leaves behind: the new state and the delta to persist, and what its
@@ -242,6 +243,7 @@ impl StatefulAgg {
                 downstream: false,
                 key_columns,
                 partial_planned: Default::default(),
+                final_planned: Default::default(),
             },
             upper_leaf,
         ))
@@ -279,15 +281,8 @@ impl StatefulAgg {
         session: &SessionContext,
         input: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>, SqlError> {
-        let cached = self.partial_planned.lock().unwrap().clone();
-        let planned = match cached {
-            Some(p) => p,
-            None => {
-                let p = Arc::new(Planned::new(session, self.partial.clone()).await?);
-                *self.partial_planned.lock().unwrap() = Some(p.clone());
-                p
-            }
-        };
+        let planned =
+            (self.planned(session, &self.partial_planned, || Ok(self.partial.clone()))).await?;
         let rows = TaskRows([(SHUFFLE_TABLE.to_string(), input)].into());
         conform(planned.run(session, rows).await?, &self.state_schema)
     }
@@ -530,21 +525,36 @@ impl StatefulAgg {
         session: &SessionContext,
         rows: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>, SqlError> {
-        let agg = self;
         let rows: Vec<RecordBatch> = rows.into_iter().filter(|b| b.num_rows() > 0).collect();
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let schema = agg.with_changed();
-        let table = Arc::new(MemTable::try_new(schema.clone(), vec![rows])?);
-        let scan = LogicalPlanBuilder::scan(STATE_TABLE, provider_as_source(table), None)?;
-        let exprs: Vec<Expr> = final_values(agg.keys, &agg.finals)
-            .zip(agg.agg_schema.fields())
-            .map(|(e, f)| cast(e, f.data_type().clone()).alias(f.name()))
-            .collect();
-        let plan = scan.project(exprs)?.build()?;
-        let out = session.execute_logical_plan(plan).await?.collect().await?;
-        conform(out, &agg.agg_schema)
+        let planned = self.planned(session, &self.final_planned, || {
+            let table = Arc::new(EmptyTable::new(self.with_changed()));
+            let scan = LogicalPlanBuilder::scan(STATE_TABLE, provider_as_source(table), None)?;
+            let exprs: Vec<Expr> = final_values(self.keys, &self.finals)
+                .zip(self.agg_schema.fields())
+                .map(|(e, f)| cast(e, f.data_type().clone()).alias(f.name()))
+                .collect();
+            Ok(scan.project(exprs)?.build()?)
+        });
+        let rows = TaskRows([(STATE_TABLE.to_string(), rows)].into());
+        conform(planned.await?.run(session, rows).await?, &self.agg_schema)
+    }
+
+    /// The plan `build` makes, planned on first use and kept in `cache` (see `slots`).
+    async fn planned(
+        &self,
+        session: &SessionContext,
+        cache: &std::sync::Mutex<Option<Arc<Planned>>>,
+        build: impl FnOnce() -> Result<LogicalPlan, SqlError>,
+    ) -> Result<Arc<Planned>, SqlError> {
+        if let Some(p) = cache.lock().unwrap().clone() {
+            return Ok(p);
+        }
+        let p = Arc::new(Planned::new(session, build()?).await?);
+        *cache.lock().unwrap() = Some(p.clone());
+        Ok(p)
     }
 }
 
