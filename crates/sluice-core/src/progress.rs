@@ -170,16 +170,6 @@ pub fn fold<'a>(tasks: impl IntoIterator<Item = &'a TaskProgress>) -> Metrics {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn partition_bits_round_trip() {
-        let set = [3u32, 8, 9, 1000];
-        let bits = partition_bits((0..1001).map(|p| set.contains(&p)));
-        assert_eq!(bits.len(), 126);
-        for p in 0..1010 {
-            assert_eq!(has_partition(&bits, p), set.contains(&p), "partition {p}");
-        }
-    }
-
     use super::*;
 
     #[test]
@@ -211,5 +201,15 @@ mod tests {
         assert_eq!(a.get(DEAD_LETTERS), 0);
         assert_eq!(a.payloads(KEY_SAMPLE).collect::<Vec<_>>(), vec![&[3u8][..]]);
         assert_eq!(a.payloads(CONSOLE).count(), 0);
+    }
+
+    #[test]
+    fn partition_bits_round_trip() {
+        let set = [3u32, 8, 9, 1000];
+        let bits = partition_bits((0..1001).map(|p| set.contains(&p)));
+        assert_eq!(bits.len(), 126);
+        for p in 0..1010 {
+            assert_eq!(has_partition(&bits, p), set.contains(&p), "partition {p}");
+        }
     }
 }

@@ -1,10 +1,13 @@
 //! Executors, running batches, and the single `handle` entry point.
 
-use crate::batch::{BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskState, range_bounds};
+use crate::batch::{
+    BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskRun, TaskState, range_bounds,
+};
 use crate::model::{
     AttemptOutcome, BatchTrace, EXECUTOR_HISTORY, ExecutorChange, ExecutorEvent, ExecutorView,
     LaunchCause,
 };
+use sluice_core::progress::{NONEMPTY_PARTITIONS as NONEMPTY, has_partition};
 use sluice_core::{BatchId, ExecutorId, Failure, JobId, StageOutput, StatePartition};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -869,8 +872,6 @@ fn pick_executor(
     best(avoid).or_else(|| best(None))
 }
 
-use sluice_core::progress::{NONEMPTY_PARTITIONS as NONEMPTY, has_partition};
-
 fn build_launch(
     batch: &BatchRun,
     s: usize,
@@ -892,7 +893,7 @@ fn build_launch(
     for up in batch.upstreams(s) {
         let prev = &batch.stages[up];
         // A map output known to hold no rows for partition p is not fetched at all.
-        let has_rows = |t: &&crate::batch::TaskRun| {
+        let has_rows = |t: &&TaskRun| {
             let bits = t.output.as_ref().and_then(|o| o.payloads(NONEMPTY).next());
             bits.is_none_or(|bits| has_partition(bits, p as u32))
         };

@@ -6,7 +6,7 @@
 
 use crate::SqlError;
 use crate::parse::{JobFile, parse_job};
-use crate::slots::{Planned, TaskRows};
+use crate::slots::{PlanCache, Planned, TaskRows};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -73,8 +73,8 @@ pub struct CompiledJob {
     pub event_times: BTreeMap<String, EventTime>,
     pub fragments: Vec<Fragment>,
     pub(crate) ctx: SessionContext,
-    /// Each stage's physical plan once a task has needed it.
-    planned: std::sync::Mutex<std::collections::HashMap<usize, Arc<Planned>>>,
+    /// Each stage's physical plan once a task has needed it, by stage.
+    planned: Vec<PlanCache>,
 }
 
 impl CompiledJob {
@@ -214,6 +214,7 @@ impl CompiledJob {
                 "SET 'output_mode' = 'append' closes windows as the watermark passes them, but no source table declares a WATERMARK: add WATERMARK FOR ts AS ts - INTERVAL '10' SECOND (with your column and delay) to the windowed table's CREATE TABLE".into(),
             ));
         }
+        let planned = fragments.iter().map(|_| PlanCache::default()).collect();
         let late_rows = late_rows_sink(&job, &settings, &insert.target, &sources, windowed)
             .map_err(plan_err)?;
         Ok(CompiledJob {
@@ -228,7 +229,7 @@ impl CompiledJob {
             settings,
             job,
             ctx,
-            planned: Default::default(),
+            planned,
         })
     }
 
@@ -318,12 +319,8 @@ impl CompiledJob {
 
     /// `stage`'s physical plan, planned on first use.
     pub(crate) async fn planned(&self, stage: usize) -> Result<Arc<Planned>, SqlError> {
-        if let Some(p) = self.planned.lock().unwrap().get(&stage) {
-            return Ok(p.clone());
-        }
-        let p = Arc::new(Planned::new(&self.ctx, self.fragments[stage].plan.clone()).await?);
-        self.planned.lock().unwrap().insert(stage, p.clone());
-        Ok(p)
+        let plan = || Ok(self.fragments[stage].plan.clone());
+        self.planned[stage].get(&self.ctx, plan).await
     }
 
     /// Reads a static table's logged version: every file in `files`.

@@ -22,7 +22,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::SessionContext;
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A task's rows per table, handed to the plan through its task context.
 #[derive(Debug, Default)]
@@ -76,6 +76,27 @@ impl Planned {
         let config = state.config().clone().with_extension(Arc::new(rows));
         let task = TaskContext::from(&state).with_session_config(config);
         Ok(datafusion::physical_plan::collect(plan, Arc::new(task)).await?)
+    }
+}
+
+/// A plan planned the first time a task needs it, then kept: one per stage, and one per plan a
+/// stateful operator runs itself.
+#[derive(Default)]
+pub(crate) struct PlanCache(Mutex<Option<Arc<Planned>>>);
+
+impl PlanCache {
+    /// The plan, planned from what `build` makes if it is not yet.
+    pub async fn get(
+        &self,
+        ctx: &SessionContext,
+        build: impl FnOnce() -> Result<LogicalPlan, SqlError>,
+    ) -> Result<Arc<Planned>, SqlError> {
+        if let Some(p) = self.0.lock().unwrap().clone() {
+            return Ok(p);
+        }
+        let p = Arc::new(Planned::new(ctx, build()?).await?);
+        *self.0.lock().unwrap() = Some(p.clone());
+        Ok(p)
     }
 }
 

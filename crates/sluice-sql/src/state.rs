@@ -13,7 +13,7 @@ use crate::keyed::{KeyColumns, State};
 use crate::operator::{BatchContext, Processed, StatefulOperator};
 use crate::partial::{TwoPhase, flat_names, merge_exprs};
 use crate::plan::{CompiledJob, SHUFFLE_TABLE, bind_table, flat_leaf, flat_schema};
-use crate::slots::{Planned, TaskRows};
+use crate::slots::{PlanCache, TaskRows};
 use crate::window::{WindowKey, merge_sessions, window_key};
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -135,8 +135,8 @@ pub struct StatefulAgg {
     /// state is its open windows, which every batch scans for the closed ones anyway.
     key_columns: Option<KeyColumns>,
     /// `partial` and the final values' projection, planned once, on first use (see `slots`).
-    partial_planned: std::sync::Mutex<Option<Arc<Planned>>>,
-    final_planned: std::sync::Mutex<Option<Arc<Planned>>>,
+    partial_planned: PlanCache,
+    final_planned: PlanCache,
 }
 
 /// What a stateful task leaves behind: the new state and the delta to persist, and what its
@@ -281,8 +281,8 @@ impl StatefulAgg {
         session: &SessionContext,
         input: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>, SqlError> {
-        let planned =
-            (self.planned(session, &self.partial_planned, || Ok(self.partial.clone()))).await?;
+        let partial = || Ok(self.partial.clone());
+        let planned = self.partial_planned.get(session, partial).await?;
         let rows = TaskRows([(SHUFFLE_TABLE.to_string(), input)].into());
         conform(planned.run(session, rows).await?, &self.state_schema)
     }
@@ -529,7 +529,7 @@ impl StatefulAgg {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let planned = self.planned(session, &self.final_planned, || {
+        let planned = self.final_planned.get(session, || {
             let table = Arc::new(EmptyTable::new(self.with_changed()));
             let scan = LogicalPlanBuilder::scan(STATE_TABLE, provider_as_source(table), None)?;
             let exprs: Vec<Expr> = final_values(self.keys, &self.finals)
@@ -540,21 +540,6 @@ impl StatefulAgg {
         });
         let rows = TaskRows([(STATE_TABLE.to_string(), rows)].into());
         conform(planned.await?.run(session, rows).await?, &self.agg_schema)
-    }
-
-    /// The plan `build` makes, planned on first use and kept in `cache` (see `slots`).
-    async fn planned(
-        &self,
-        session: &SessionContext,
-        cache: &std::sync::Mutex<Option<Arc<Planned>>>,
-        build: impl FnOnce() -> Result<LogicalPlan, SqlError>,
-    ) -> Result<Arc<Planned>, SqlError> {
-        if let Some(p) = cache.lock().unwrap().clone() {
-            return Ok(p);
-        }
-        let p = Arc::new(Planned::new(session, build()?).await?);
-        *cache.lock().unwrap() = Some(p.clone());
-        Ok(p)
     }
 }
 
@@ -897,35 +882,33 @@ mod tests {
         }
     }
 
+    /// `sides(lo, hi)` as the arrays `A` of the before and after sides.
+    fn arrays<T: Copy, A>(lo: T, hi: T) -> (Vec<Option<T>>, Vec<Option<T>>, ArrayRef, ArrayRef)
+    where
+        A: From<Vec<Option<T>>> + Array + 'static,
+    {
+        let (b, a) = sides(lo, hi);
+        let (before, after) = (A::from(b.clone()), A::from(a.clone()));
+        (b, a, Arc::new(before), Arc::new(after))
+    }
+
     #[test]
     fn row_by_row_merges_treat_a_null_side_as_no_value() {
-        let (b, a) = sides(-3i64, i64::MAX);
-        let (before, after): (ArrayRef, ArrayRef) = (
-            Arc::new(Int64Array::from(b.clone())),
-            Arc::new(Int64Array::from(a.clone())),
-        );
+        let (b, a, before, after) = arrays::<_, Int64Array>(-3i64, i64::MAX);
         let sum = Merge::Sum.apply(&before, &after).unwrap();
         let want: Int64Array = (b.iter().zip(&a))
             .map(|(x, y)| merged(*x, *y, i64::wrapping_add))
             .collect();
         assert_eq!(sum.as_primitive::<arrow::datatypes::Int64Type>(), &want);
 
-        let (b, a) = sides(-0.5f64, 2.0);
-        let (before, after): (ArrayRef, ArrayRef) = (
-            Arc::new(Float64Array::from(b.clone())),
-            Arc::new(Float64Array::from(a.clone())),
-        );
+        let (b, a, before, after) = arrays::<_, Float64Array>(-0.5f64, 2.0);
         let min = Merge::Min.apply(&before, &after).unwrap();
         let want: Float64Array = (b.iter().zip(&a))
             .map(|(x, y)| merged(*x, *y, f64::min))
             .collect();
         assert_eq!(min.as_primitive::<arrow::datatypes::Float64Type>(), &want);
 
-        let (b, a) = sides("apple", "pear");
-        let (before, after): (ArrayRef, ArrayRef) = (
-            Arc::new(StringArray::from(b.clone())),
-            Arc::new(StringArray::from(a.clone())),
-        );
+        let (b, a, before, after) = arrays::<_, StringArray>("apple", "pear");
         let max = Merge::Max.apply(&before, &after).unwrap();
         let want: StringArray = (b.iter().zip(&a))
             .map(|(x, y)| merged(*x, *y, std::cmp::max))
