@@ -15,6 +15,8 @@ from pyspark.sql import SparkSession, functions as F
 SCHEMAS = {
     "events": "key BIGINT, page STRING, amount BIGINT",
     "bids": "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time BIGINT",
+    "ads": "user_id BIGINT, page_id BIGINT, ad_id BIGINT, ad_type STRING, event_type STRING,"
+    " event_time TIMESTAMP, ip_address STRING",
 }
 
 # The queries of compare/queries.rs in Spark's SQL, over the streaming view `src`; each with its
@@ -38,12 +40,29 @@ QUERIES = {
   sum(price) AS sum_price
 FROM src GROUP BY auction, date_format(timestamp_millis(date_time), 'yyyy-MM-dd')""",
     ),
+    "windowed": (
+        "append",
+        """SELECT window.start AS window_start, page_id, count(*) AS n
+FROM src GROUP BY window(event_time, '10 seconds'), page_id""",
+    ),
+    "yahoo": (
+        "append",
+        """SELECT window.start AS window_start, c.campaign_id, count(*) AS views
+FROM src e JOIN campaigns c ON e.ad_id = c.ad_id WHERE e.event_type = 'view'
+GROUP BY window(e.event_time, '10 seconds'), c.campaign_id""",
+    ),
 }
 
 
+ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+
+
 def session(spec):
+    builder = SparkSession.builder
+    if spec.get("large_state"):
+        builder = builder.config("spark.sql.streaming.stateStore.providerClass", ROCKSDB)
     return (
-        SparkSession.builder.master("local[2]")
+        builder.master("local[2]")
         .appName("sluice-compare")
         .config("spark.sql.shuffle.partitions", str(spec["partitions"]))
         .config("spark.sql.session.timeZone", "UTC")
@@ -56,11 +75,17 @@ def session(spec):
 
 
 def source(spark, spec):
-    return (
+    rows = (
         spark.readStream.schema(SCHEMAS[spec["input_kind"]])
         .option("maxFilesPerTrigger", spec["files_per_batch"])
         .json(spec["input"])
     )
+    if spec["input_kind"] != "ads":
+        return rows
+    # The ad events' watermark (Sluice's WATERMARK FOR), and their static table of campaigns.
+    campaigns = spark.read.schema("ad_id BIGINT, campaign_id BIGINT").json(spec["campaigns"])
+    campaigns.createOrReplaceTempView("campaigns")
+    return rows.withWatermark("event_time", "5 seconds")
 
 
 def sql_query(spark, spec):
@@ -72,7 +97,7 @@ def sql_query(spark, spec):
         out = spec["check_out"]
 
         def write(df, batch_id):
-            df.withColumn("batch", F.lit(batch_id)).write.mode("append").json(out)
+            df.write.mode("overwrite").json(f"{out}/batch={batch_id}")
 
         return writer.foreachBatch(write)
     return writer.format("noop")
@@ -87,7 +112,7 @@ def batch_count(spark, spec):
             F.count("*").alias("n"), F.sum("amount").alias("total")
         )
         if out:
-            per_batch.withColumn("batch", F.lit(batch_id)).write.mode("append").json(out)
+            per_batch.write.mode("overwrite").json(f"{out}/batch={batch_id}")
         else:
             per_batch.write.format("noop").mode("overwrite").save()
 

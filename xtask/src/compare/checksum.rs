@@ -1,7 +1,7 @@
 //! What each engine's check run produced, reduced to numbers that must agree across engines.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -26,13 +26,12 @@ impl Spec {
         json!({ "weight_key": self.weight_key, "weight_by": self.weight_by, "sums": self.sums })
     }
 
-    /// The checksum of a check run's output, given its rows by batch.
+    /// The checksum of rows given by batch.
+    #[cfg(test)]
     pub fn checksum(self, batches: &BTreeMap<u64, Vec<Value>>) -> Checksum {
-        if self.update_key.is_empty() {
-            Checksum::of(batches.values().flatten(), self)
-        } else {
-            Checksum::of(&final_table(batches, self.update_key), self)
-        }
+        let mut folder = Folder::new(self);
+        batches.values().flatten().for_each(|row| folder.add(row));
+        folder.finish()
     }
 }
 
@@ -45,23 +44,76 @@ pub struct Checksum {
     pub weighted: u64,
 }
 
-impl Checksum {
-    pub fn of<'a>(rows: impl IntoIterator<Item = &'a Value>, spec: Spec) -> Checksum {
+/// What one output row adds to a checksum: its `sums` columns in thousandths (in the spec's
+/// order) and its weighted value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Share {
+    sums: Box<[i64]>,
+    weighted: u64,
+}
+
+/// A checksum built row by row in batch order, holding per key of an update-mode changelog
+/// only the latest row's share (tens of millions of rows do not fit in memory as JSON values).
+pub struct Folder {
+    spec: Spec,
+    appended: Vec<Share>,
+    latest: HashMap<u128, Share>,
+}
+
+impl Folder {
+    pub fn new(spec: Spec) -> Folder {
+        Folder {
+            spec,
+            appended: Vec::new(),
+            latest: HashMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, row: &Value) {
+        let share = Share {
+            sums: self
+                .spec
+                .sums
+                .iter()
+                .map(|c| thousandths(&row[*c]))
+                .collect(),
+            weighted: weight(&row[self.spec.weight_key])
+                .wrapping_mul(row[self.spec.weight_by].as_i64().unwrap_or(0) as u64),
+        };
+        if self.spec.update_key.is_empty() {
+            self.appended.push(share);
+        } else {
+            self.latest
+                .insert(key_hash(row, self.spec.update_key), share);
+        }
+    }
+
+    pub fn finish(self) -> Checksum {
         let mut c = Checksum {
-            sums: spec.sums.iter().map(|s| (s.to_string(), 0)).collect(),
+            sums: self.spec.sums.iter().map(|s| (s.to_string(), 0)).collect(),
             ..Checksum::default()
         };
-        for row in rows {
+        for share in self.appended.iter().chain(self.latest.values()) {
             c.rows += 1;
-            for (column, total) in c.sums.iter_mut() {
-                *total = total.wrapping_add(thousandths(&row[column.as_str()]));
+            for (column, v) in self.spec.sums.iter().zip(&share.sums) {
+                let total = c.sums.get_mut(*column).expect("every sum column");
+                *total = total.wrapping_add(*v);
             }
-            let by = row[spec.weight_by].as_i64().unwrap_or(0) as u64;
-            c.weighted = c
-                .weighted
-                .wrapping_add(weight(&row[spec.weight_key]).wrapping_mul(by));
+            c.weighted = c.weighted.wrapping_add(share.weighted);
         }
         c
+    }
+}
+
+impl Checksum {
+    #[cfg(test)]
+    pub fn of<'a>(rows: impl IntoIterator<Item = &'a Value>, spec: Spec) -> Checksum {
+        let mut folder = Folder::new(Spec {
+            update_key: &[],
+            ..spec
+        });
+        rows.into_iter().for_each(|row| folder.add(row));
+        folder.finish()
     }
 
     /// A checksum a peer computed itself: `{rows, sums: {column: total}, weighted}`.
@@ -111,47 +163,58 @@ fn fnv(s: &str) -> u64 {
     })
 }
 
-/// An update-mode changelog folded into the table it describes: per key, the row of the latest
-/// batch that updated it.
-pub fn final_table(batches: &BTreeMap<u64, Vec<Value>>, key: &[&str]) -> Vec<Value> {
-    let mut table: BTreeMap<Vec<String>, Value> = BTreeMap::new();
-    for rows in batches.values() {
-        for row in rows {
-            let k = key.iter().map(|c| key_text(&row[*c])).collect();
-            table.insert(k, row.clone());
+/// A key's columns hashed to 128 bits (FNV-1a), collision-free in practice at any key count
+/// the bench runs.
+fn key_hash(row: &Value, key: &[&str]) -> u128 {
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013B;
+    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for column in key {
+        for b in key_text(&row[*column]).bytes().chain([0xff]) {
+            h = (h ^ b as u128).wrapping_mul(PRIME);
         }
     }
-    table.into_values().collect()
+    h
 }
 
-/// Every jsonl record under `dir` (recursively; names starting with `.` or `_` skipped),
-/// grouped by its `batch` field (0 when it has none).
-pub fn read_by_batch(dir: &Path) -> anyhow::Result<BTreeMap<u64, Vec<Value>>> {
-    let mut out: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with('.') || name.starts_with('_') {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            for (i, line) in std::fs::read_to_string(&path)?.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
+/// The checksum of the jsonl rows under `dir`, written one directory per batch (`batch=N`,
+/// committed ones holding `_SUCCESS`, as Sluice's files sink and the Spark script write them),
+/// folded in batch order.
+pub fn read_batches(dir: &Path, spec: Spec) -> anyhow::Result<Checksum> {
+    let mut batches: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let batch = name.strip_prefix("batch=").and_then(|b| b.parse().ok());
+        if let Some(b) = batch.filter(|_| path.join("_SUCCESS").exists()) {
+            batches.push((b, path));
+        }
+    }
+    batches.sort();
+    let mut folder = Folder::new(spec);
+    for (_, batch) in batches {
+        let mut parts: Vec<PathBuf> = (std::fs::read_dir(&batch)?.flatten())
+            .map(|e| e.path())
+            .filter(|p| {
+                // A rerun stages a part as `part-...#n` before renaming it: not a part.
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("part-") && !name.contains('#')
+            })
+            .collect();
+        parts.sort();
+        for path in parts {
+            let text = std::fs::read_to_string(&path)?;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
                 let row: Value = serde_json::from_str(line)
                     .with_context(|| format!("{}:{}", path.display(), i + 1))?;
-                let batch = row["batch"].as_u64().unwrap_or(0);
-                out.entry(batch).or_default().push(row);
+                folder.add(&row);
             }
         }
     }
-    Ok(out)
+    Ok(folder.finish())
 }
 
 #[cfg(test)]
@@ -194,9 +257,14 @@ mod tests {
             (1, vec![json!({"a": 1, "day": "d2", "n": 2})]),
             (2, vec![json!({"a": 1, "day": "d1", "n": 5})]),
         ]);
-        let table = final_table(&batches, &["a", "day"]);
-        let n: Vec<i64> = table.iter().map(|r| r["n"].as_i64().unwrap()).collect();
-        assert_eq!(n, vec![5, 2]);
+        let spec = Spec {
+            update_key: &["a", "day"],
+            weight_key: "a",
+            weight_by: "n",
+            sums: &["n"],
+        };
+        let c = spec.checksum(&batches);
+        assert_eq!((c.rows, c.sums["n"]), (2, 7000));
     }
 
     #[test]
@@ -233,17 +301,26 @@ mod tests {
     }
 
     #[test]
-    fn records_are_read_by_batch_from_nested_files() {
+    fn committed_batches_are_folded_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
-        std::fs::write(
-            dir.path().join("sub/part-0.json"),
-            "{\"key\":1,\"batch\":3}\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("_SUCCESS"), "").unwrap();
-        std::fs::write(dir.path().join("f.jsonl"), "{\"key\":2}\n\n").unwrap();
-        let by_batch = read_by_batch(dir.path()).unwrap();
-        assert_eq!(by_batch.keys().copied().collect::<Vec<_>>(), vec![0, 3]);
+        let batch = |n: u64, rows: &str, committed: bool| {
+            let d = dir.path().join(format!("batch={n}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("part-00000.json"), rows).unwrap();
+            std::fs::write(d.join("part-00001.json#1"), "{\"key\":1,\"n\":99}\n").unwrap();
+            if committed {
+                std::fs::write(d.join("_SUCCESS"), "").unwrap();
+            }
+        };
+        // Batch 10 sorts after batch 9 as a number, not as text; batch 11 never committed.
+        batch(
+            9,
+            "{\"key\":1,\"n\":1,\"total\":1}\n\n{\"key\":2,\"n\":1,\"total\":1}\n",
+            true,
+        );
+        batch(10, "{\"key\":1,\"n\":2,\"total\":3}\n", true);
+        batch(11, "{\"key\":1,\"n\":7,\"total\":7}\n", false);
+        let c = read_batches(dir.path(), COUNTS).unwrap();
+        assert_eq!((c.rows, c.sums["n"], c.sums["total"]), (2, 3000, 4000));
     }
 }

@@ -24,6 +24,7 @@ impl Dataset {
         let dir = root.join(match input {
             Input::Events { keys } => format!("rows{rows}-keys{keys}-files{files}"),
             Input::Bids => format!("bids{rows}-files{files}"),
+            Input::Ads => format!("ads{rows}-files{files}"),
         });
         let data = Dataset {
             dir: dir.join("data"),
@@ -59,14 +60,52 @@ impl Dataset {
                         )?;
                     }
                     Input::Bids => writeln!(out, "{}", bid(i))?,
+                    Input::Ads => writeln!(out, "{}", ad_event(i))?,
                 }
             }
             out.flush()?;
             drop(out);
             file.set_modified(base + Duration::from_secs(f))?;
         }
+        if input == Input::Ads {
+            write_campaigns(&data.campaigns())?;
+        }
         std::fs::write(&marker, "")?;
         Ok(data)
+    }
+
+    /// The same rows in `parts` files, each a contiguous run of the originals, beside them
+    /// (made once). Flink's file source hands its readers files in no particular order and has
+    /// each advance the watermark as it reads; with one file per reader, in event-time order,
+    /// none of its rows is late.
+    pub fn in_parts(&self, parts: u64) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.with_file_name(format!("in{parts}"));
+        let marker = dir.join(".complete");
+        if marker.exists() {
+            return Ok(dir);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut files: Vec<PathBuf> = (std::fs::read_dir(&self.dir)?.flatten())
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for (p, chunk) in files
+            .chunks(files.len().div_ceil(parts as usize).max(1))
+            .enumerate()
+        {
+            let mut out = std::fs::File::create(dir.join(format!("part-{p:05}.jsonl")))?;
+            for f in chunk {
+                std::io::copy(&mut std::fs::File::open(f)?, &mut out)?;
+            }
+        }
+        std::fs::write(&marker, "")?;
+        Ok(dir)
+    }
+
+    /// The ad events' static table of campaigns, beside the events.
+    pub fn campaigns(&self) -> PathBuf {
+        self.dir.with_file_name("campaigns")
     }
 }
 
@@ -95,6 +134,56 @@ pub fn bid(i: u64) -> String {
         h % 1000,
         FIRST_BID_MS + i * 100
     )
+}
+
+/// Ads the events show, and ads per campaign.
+pub const ADS: u64 = 1_000;
+const ADS_PER_CAMPAIGN: u64 = 10;
+/// Ad events per second of event time: 4M events span 400 s, or forty 10-second windows.
+pub const AD_EVENTS_PER_SECOND: u64 = 10_000;
+/// Pages the ads are shown on (the windowed count's key).
+pub const AD_PAGES: u64 = 100;
+const EVENT_TYPES: [&str; 3] = ["view", "click", "purchase"];
+
+/// Ad event `i` as a jsonl line, after the Yahoo streaming benchmark's events, in event-time
+/// order from 2026-11-01T00:00:00 (no zone: every engine reads it as UTC).
+pub fn ad_event(i: u64) -> String {
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+    let ms = i * 1000 / AD_EVENTS_PER_SECOND;
+    format!(
+        "{{\"user_id\":{},\"page_id\":{},\"ad_id\":{},\"ad_type\":\"banner\",\"event_type\":\"{}\",\"event_time\":\"{}\",\"ip_address\":\"10.0.0.1\"}}",
+        (h >> 30) % 100_000,
+        (h >> 20) % AD_PAGES,
+        h % ADS,
+        EVENT_TYPES[((h / ADS) % 3) as usize],
+        event_time(ms)
+    )
+}
+
+/// `ms` after 2026-11-01T00:00:00 as ISO 8601 without a zone, to the millisecond.
+pub fn event_time(ms: u64) -> String {
+    let (s, ms) = (ms / 1000, ms % 1000);
+    let (d, s) = (s / 86_400, s % 86_400);
+    format!(
+        "2026-11-{:02}T{:02}:{:02}:{:02}.{ms:03}",
+        1 + d,
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+fn write_campaigns(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let rows: String = (0..ADS)
+        .map(|ad| {
+            format!(
+                "{{\"ad_id\":{ad},\"campaign_id\":{}}}\n",
+                ad / ADS_PER_CAMPAIGN
+            )
+        })
+        .collect();
+    Ok(std::fs::write(dir.join("campaigns.jsonl"), rows)?)
 }
 
 #[cfg(test)]
@@ -127,6 +216,45 @@ mod tests {
         assert!(auctions.iter().any(|a| a % 123 == 0));
         let days = |i: u64| (FIRST_BID_MS + i * 100) / 86_400_000;
         assert_eq!(days(4_000_000) - days(0), 4);
+    }
+
+    #[test]
+    fn ad_events_run_in_event_time_order_over_every_ad_and_type() {
+        assert_eq!(event_time(0), "2026-11-01T00:00:00.000");
+        assert_eq!(
+            event_time(86_400_000 + 3_723_004),
+            "2026-11-02T01:02:03.004"
+        );
+        let events: Vec<serde_json::Value> = (0..30_000)
+            .map(|i| serde_json::from_str(&ad_event(i)).unwrap())
+            .collect();
+        let field = |k: &str| -> std::collections::BTreeSet<String> {
+            events.iter().map(|e| e[k].to_string()).collect()
+        };
+        assert_eq!(field("ad_id").len() as u64, ADS);
+        assert_eq!(field("page_id").len() as u64, AD_PAGES);
+        assert_eq!(field("event_type").len(), 3);
+        let times: Vec<&str> = events
+            .iter()
+            .map(|e| e["event_time"].as_str().unwrap())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(times[29_999], "2026-11-01T00:00:02.999");
+    }
+
+    #[test]
+    fn parts_join_runs_of_files_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Dataset::ensure(dir.path(), Input::Events { keys: 5 }, 10, 5).unwrap();
+        let parts = d.in_parts(2).unwrap();
+        let lines = |name: &str| -> Vec<String> {
+            let text = std::fs::read_to_string(parts.join(name)).unwrap();
+            text.lines().map(str::to_string).collect()
+        };
+        let (a, b) = (lines("part-00000.jsonl"), lines("part-00001.jsonl"));
+        assert_eq!((a.len(), b.len()), (6, 4));
+        assert_eq!(a[0], "{\"key\":0,\"page\":\"p00\",\"amount\":0}");
+        assert_eq!(b[3], "{\"key\":4,\"page\":\"p09\",\"amount\":9}");
     }
 
     #[test]

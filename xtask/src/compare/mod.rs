@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::bail;
-use serde_json::Value;
 
 use checksum::Checksum;
 use data::Dataset;
@@ -28,13 +27,6 @@ pub struct Workload {
     pub input: Input,
     pub rows: u64,
     pub files: u64,
-}
-
-impl Workload {
-    /// What a check run's output reduces to; `batches` holds its rows by batch.
-    fn checksum(&self, batches: &BTreeMap<u64, Vec<Value>>) -> Checksum {
-        self.query.checksum().checksum(batches)
-    }
 }
 
 fn workloads(rows: u64) -> Vec<Workload> {
@@ -61,6 +53,15 @@ fn workloads(rows: u64) -> Vec<Workload> {
             Query::RunningCount,
             events(100_000),
         ),
+        Workload {
+            rows: rows.max(10_000_000),
+            ..w(
+                "running_count_10m",
+                "running count and sum by key, 10M keys, update mode (each key once)",
+                Query::RunningCount,
+                events(10_000_000),
+            )
+        },
         w(
             "batch_count",
             "count and sum by page within each batch (20 pages)",
@@ -91,6 +92,18 @@ fn workloads(rows: u64) -> Vec<Workload> {
             Query::Q17,
             Input::Bids,
         ),
+        w(
+            "windowed",
+            "ad events counted per page in 10-second tumbling windows, append mode",
+            Query::Windowed,
+            Input::Ads,
+        ),
+        w(
+            "yahoo",
+            "the Yahoo streaming benchmark: views joined to their campaigns (a static table), counted per campaign in 10-second windows, append mode",
+            Query::Yahoo,
+            Input::Ads,
+        ),
     ]
 }
 
@@ -100,6 +113,8 @@ pub struct Outcome<'a> {
     pub checksums: Vec<(&'static str, Checksum)>,
     pub runs: BTreeMap<&'static str, Vec<Run>>,
     pub skipped: Vec<(&'static str, String)>,
+    /// How an engine ran this workload where it differs from its usual settings.
+    pub notes: Vec<(&'static str, &'static str)>,
 }
 
 impl Outcome<'_> {
@@ -201,6 +216,7 @@ fn measure<'a>(
         checksums: Vec::new(),
         runs: BTreeMap::new(),
         skipped: Vec::new(),
+        notes: Vec::new(),
     };
     let mut active: Vec<&dyn Engine> = Vec::new();
     for e in engines {
@@ -213,6 +229,7 @@ fn measure<'a>(
         match e.check(w, data, scratch.path()) {
             Ok(c) => {
                 out.checksums.push((e.name(), c));
+                (out.notes).extend(e.notes(w).into_iter().map(|n| (e.name(), n)));
                 active.push(e.as_ref());
             }
             Err(err) if e.name() != "sluice" => out
@@ -307,15 +324,17 @@ mod tests {
     fn a_peer_with_other_totals_is_a_mismatch() {
         let w = &workloads(10)[0];
         let batches = |n: i64| BTreeMap::from([(0, vec![json!({"key": 1, "n": n, "total": 2})])]);
+        let checksum = |b| w.query.checksum().checksum(&b);
         let outcome = Outcome {
             workload: w,
             checksums: vec![
-                ("sluice", w.checksum(&batches(1))),
-                ("spark", w.checksum(&batches(1))),
-                ("flink", w.checksum(&batches(2))),
+                ("sluice", checksum(batches(1))),
+                ("spark", checksum(batches(1))),
+                ("flink", checksum(batches(2))),
             ],
             runs: BTreeMap::new(),
             skipped: Vec::new(),
+            notes: Vec::new(),
         };
         let m = outcome.mismatches();
         assert_eq!(m.len(), 1);

@@ -10,6 +10,8 @@ pub enum Input {
     Events { keys: u64 },
     /// Nexmark's bids: `{auction, bidder, price, channel, url, date_time}`.
     Bids,
+    /// The Yahoo benchmark's ad events, in event-time order, and a static table of campaigns.
+    Ads,
 }
 
 impl Input {
@@ -17,6 +19,15 @@ impl Input {
         match self {
             Input::Events { .. } => "events",
             Input::Bids => "bids",
+            Input::Ads => "ads",
+        }
+    }
+
+    /// The keys the rows spread over (none for bids, whose state is per auction and day).
+    pub fn keys(self) -> u64 {
+        match self {
+            Input::Events { keys } => keys,
+            Input::Bids | Input::Ads => 0,
         }
     }
 
@@ -28,6 +39,13 @@ impl Input {
                 "Nexmark bids `{{auction, bidder, price, channel, url, date_time}}` over {} auctions, one every 100 ms of event time",
                 super::data::AUCTIONS
             ),
+            Input::Ads => format!(
+                "the Yahoo benchmark's ad events `{{user_id, page_id, ad_id, ad_type, event_type, event_time, ip_address}}`, {} per second of event time, over {} ads on {} pages; a static table maps the ads to {} campaigns",
+                super::data::AD_EVENTS_PER_SECOND,
+                super::data::ADS,
+                super::data::AD_PAGES,
+                super::data::ADS / 10
+            ),
         }
     }
 
@@ -37,6 +55,9 @@ impl Input {
             Input::Events { .. } => "key BIGINT, page TEXT, amount BIGINT",
             Input::Bids => {
                 "auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time BIGINT"
+            }
+            Input::Ads => {
+                "user_id BIGINT, page_id BIGINT, ad_id BIGINT, ad_type TEXT, event_type TEXT, event_time TIMESTAMP, ip_address TEXT, WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND"
             }
         }
     }
@@ -56,7 +77,16 @@ pub enum Query {
     Q2,
     /// Nexmark q17: per auction and day, bids in three price ranges and price statistics.
     Q17,
+    /// Ad events counted per page in 10-second tumbling windows, append mode.
+    Windowed,
+    /// The Yahoo job: views joined to their campaigns, counted per campaign in 10-second
+    /// windows, append mode.
+    Yahoo,
 }
+
+/// The ad events' watermark delay and window size, in every engine's query.
+pub const WATERMARK_DELAY_MS: u64 = 5_000;
+pub const WINDOW_MS: u64 = 10_000;
 
 const COUNTS: Spec = Spec {
     update_key: &["key"],
@@ -83,6 +113,8 @@ impl Query {
             Query::Q1 => "q1",
             Query::Q2 => "q2",
             Query::Q17 => "q17",
+            Query::Windowed => "windowed",
+            Query::Yahoo => "yahoo",
         }
     }
 
@@ -119,6 +151,32 @@ impl Query {
   min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price, sum(price) AS sum_price
 FROM src GROUP BY auction, to_char(to_timestamp_millis(date_time), '%Y-%m-%d')",
             ),
+            Query::Windowed => (
+                "window_start TIMESTAMP, page_id BIGINT, n BIGINT",
+                "SELECT window_start, page_id, count(*) AS n FROM TUMBLE(src, event_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end, page_id",
+            ),
+            Query::Yahoo => (
+                "window_start TIMESTAMP, campaign_id BIGINT, views BIGINT",
+                "SELECT date_bin(INTERVAL '10 seconds', e.event_time) AS window_start, c.campaign_id, count(*) AS views
+FROM src e JOIN campaigns c ON e.ad_id = c.ad_id WHERE e.event_type = 'view'
+GROUP BY date_bin(INTERVAL '10 seconds', e.event_time), c.campaign_id",
+            ),
+        }
+    }
+
+    /// What Sluice's job declares besides `src` and the sink: the output mode of a windowed
+    /// query, and the static table a join reads (its files in `campaigns`).
+    pub fn sluice_preamble(self, campaigns: &std::path::Path) -> String {
+        match self {
+            Query::Windowed => "SET 'output_mode' = 'append';\n".into(),
+            Query::Yahoo => format!(
+                "SET 'output_mode' = 'append';
+CREATE TABLE campaigns (ad_id BIGINT, campaign_id BIGINT)
+  WITH (connector = 'files', path = '{}', format = 'jsonl', static = 'true');
+",
+                campaigns.display()
+            ),
+            _ => String::new(),
         }
     }
 
@@ -151,6 +209,18 @@ FROM src GROUP BY auction, to_char(to_timestamp_millis(date_time), '%Y-%m-%d')",
                     "max_price",
                     "sum_price",
                 ],
+            },
+            Query::Windowed => Spec {
+                update_key: &[],
+                weight_key: "page_id",
+                weight_by: "n",
+                sums: &["n"],
+            },
+            Query::Yahoo => Spec {
+                update_key: &[],
+                weight_key: "campaign_id",
+                weight_by: "views",
+                sums: &["views"],
             },
         }
     }

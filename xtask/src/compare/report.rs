@@ -118,6 +118,7 @@ fn results_json(
                 "files": o.workload.files,
                 "engines": per_engine,
                 "skipped": o.skipped.iter().map(|(e, why)| json!({"engine": e, "why": why})).collect::<Vec<_>>(),
+                "notes": o.notes.iter().map(|(e, note)| json!({"engine": e, "note": note})).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -255,6 +256,9 @@ fn workload_section(md: &mut String, o: &Outcome) {
             c.weighted,
             agree.join(", ")
         );
+    }
+    for (name, note) in &o.notes {
+        let _ = writeln!(md, "\n{name}: {note}.");
     }
     for (name, why) in &o.skipped {
         let _ = writeln!(md, "\n{name} not run: {why}");
