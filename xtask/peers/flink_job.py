@@ -7,18 +7,20 @@ environment is up (after the empty job, for a timed run) and, at the end, one JS
 measures.
 """
 
+import glob
 import json
 import os
 import re
 import sys
 import time
+import urllib.request
 
 from pyflink.common import RowKind
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
 SOURCE = """CREATE TABLE {name} ({columns})
   WITH ('connector' = 'filesystem', 'path' = 'file://{input}', 'format' = 'json',
-        'json.timestamp-format.standard' = 'ISO-8601')"""
+        'json.timestamp-format.standard' = 'ISO-8601'{extra})"""
 
 COLUMNS = {
     "events": "key BIGINT, page STRING, amount BIGINT",
@@ -75,8 +77,10 @@ GROUP BY e.window_start, c.campaign_id""",
 }
 
 
-def environment(spec):
-    env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+def environment(spec, env=None, watch=False):
+    """The settings every job shares and the tables over the input; with `watch` the input
+    directory is watched for new files (an unbounded source)."""
+    env = env or TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     conf = env.get_config()
     settings = {
         "parallelism.default": "2",
@@ -91,8 +95,11 @@ def environment(spec):
     for key, value in settings.items():
         conf.set(key, value)
     columns = COLUMNS[spec["input_kind"]]
+    extra = ", 'source.monitor-interval' = '100ms'" if watch else ""
     env.execute_sql(
-        SOURCE.format(name="src", columns=columns, input=os.path.abspath(spec["input"]))
+        SOURCE.format(
+            name="src", columns=columns, input=os.path.abspath(spec["input"]), extra=extra
+        )
     )
     if spec["input_kind"] == "ads":
         env.execute_sql(
@@ -100,11 +107,12 @@ def environment(spec):
                 name="campaigns",
                 columns="ad_id BIGINT, campaign_id BIGINT",
                 input=os.path.abspath(spec["campaigns"]),
+                extra="",
             )
         )
     empty = spec["checkpoint"] + "-empty-input"
     os.makedirs(empty, exist_ok=True)
-    env.execute_sql(SOURCE.format(name="src_empty", columns=columns, input=empty))
+    env.execute_sql(SOURCE.format(name="src_empty", columns=columns, input=empty, extra=""))
     return env
 
 
@@ -164,8 +172,58 @@ def check(env, spec, query, out):
         )
 
 
+def latest_checkpoint(directory):
+    """The newest completed checkpoint under a job's checkpoint directory, if any."""
+    done = glob.glob(os.path.join(directory, "*", "chk-*", "_metadata"))
+    newest = max(done, key=lambda p: int(p.split("chk-")[-1].split(os.sep)[0]), default=None)
+    return os.path.dirname(newest) if newest else None
+
+
+def restart(spec):
+    """The restart workload: the running count over a directory Flink keeps watching, with
+    its REST endpoint on `rest_port`; restored from the newest checkpoint when there is one.
+    Prints "COMMITTED <rows>" once the source has read `wait_rows` rows and a checkpoint
+    triggered after that has completed (what an exactly-once sink commits on), then runs on
+    until the harness kills the process."""
+    env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    conf = env.get_config()
+    conf.set("rest.bind-port", str(spec["rest_port"]))
+    resume = latest_checkpoint(spec["checkpoint"])
+    if resume:
+        conf.set("execution.state-recovery.path", resume)
+    environment(spec, env, watch=True)
+    columns, query = QUERIES["running_count"]
+    env.execute_sql(f"CREATE TABLE sink ({columns}) WITH ('connector' = 'blackhole')")
+    print("READY", flush=True)
+    job = env.execute_sql("INSERT INTO sink " + query).get_job_client().get_job_id()
+    rest = f"http://127.0.0.1:{spec['rest_port']}/jobs/{job}"
+
+    def get(path):
+        with urllib.request.urlopen(rest + path) as r:
+            return json.load(r)
+
+    def source_rows():
+        vertices = get("")["vertices"]
+        return next(v["metrics"]["read-records"] for v in vertices if v["name"].startswith("Source"))
+
+    while (rows := source_rows()) < spec["wait_rows"]:
+        time.sleep(0.02)
+    after = int(time.time() * 1000)
+    while True:
+        done = get("/checkpoints")["latest"]["completed"]
+        if done and done["trigger_timestamp"] > after:
+            break
+        time.sleep(0.02)
+    print(f"COMMITTED {rows}", flush=True)
+    while True:
+        time.sleep(60)
+
+
 def main():
     spec = json.loads(sys.argv[1])
+    if spec["workload"] == "restart":
+        restart(spec)
+        return
     columns, query = QUERIES[spec["workload"]]
     env = environment(spec)
     if spec.get("check_out"):

@@ -171,6 +171,33 @@ def latency(spark, spec):
     )
 
 
+def restart(spark, spec):
+    """The restart workload: the running count over a directory that stays watched, a
+    trigger every 100 ms; prints "COMMITTED <rows>" once batches holding `wait_rows` rows have
+    committed (their progress is posted after the commit log entry), then runs on until the
+    harness kills the process. Started again on the same checkpoint, it resumes from it."""
+    mode, query = QUERIES["running_count"]
+    source(spark, spec).createOrReplaceTempView("src")
+    print("READY", flush=True)
+    q = (
+        spark.sql(query)
+        .writeStream.outputMode(mode)
+        .format("noop")
+        .option("checkpointLocation", spec["checkpoint"])
+        .trigger(processingTime="100 milliseconds")
+        .start()
+    )
+    counted, rows = set(), 0
+    while rows < spec["wait_rows"]:
+        for p in q.recentProgress:
+            if p["batchId"] not in counted and p["numInputRows"] > 0:
+                counted.add(p["batchId"])
+                rows += p["numInputRows"]
+        time.sleep(0.01)
+    print(f"COMMITTED {rows}", flush=True)
+    q.awaitTermination()
+
+
 def main():
     spec = json.loads(sys.argv[1])
     spark = session(spec)
@@ -178,6 +205,9 @@ def main():
     if spec["workload"] == "latency":
         latency(spark, spec)
         spark.stop()
+        return
+    if spec["workload"] == "restart":
+        restart(spark, spec)
         return
     if spec["workload"] == "batch_count":
         writer = batch_count(spark, spec)

@@ -51,14 +51,7 @@ impl Dataset {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
             for i in f * per_file..((f + 1) * per_file).min(rows) {
                 match input {
-                    Input::Events { keys } => {
-                        let r = row(i, keys);
-                        writeln!(
-                            out,
-                            "{{\"key\":{},\"page\":\"p{:02}\",\"amount\":{}}}",
-                            r.0, r.1, r.2
-                        )?;
-                    }
+                    Input::Events { keys } => writeln!(out, "{}", event_line(i, keys))?,
                     Input::Bids => writeln!(out, "{}", bid(i))?,
                     Input::Ads => writeln!(out, "{}", ad_event(i))?,
                 }
@@ -112,6 +105,12 @@ impl Dataset {
 /// Row `i`: a key spread over `keys` by a multiplicative hash, its page and its amount.
 pub fn row(i: u64, keys: u64) -> (u64, u64, u64) {
     (i.wrapping_mul(2_654_435_761) % keys, i % PAGES, i % 500)
+}
+
+/// Row `i` of `{key, page, amount}` over `keys` keys as a jsonl line.
+pub fn event_line(i: u64, keys: u64) -> String {
+    let (key, page, amount) = row(i, keys);
+    format!("{{\"key\":{key},\"page\":\"p{page:02}\",\"amount\":{amount}}}")
 }
 
 /// Auctions the bids go to (q17 groups them by auction and day).

@@ -15,6 +15,7 @@ use super::checksum::{self, Checksum};
 use super::data::Dataset;
 use super::procstat::{Sampler, Tree};
 use super::queries::{Input, Query};
+use super::restart::{self, Case, Recovery};
 
 /// Files per batch for every engine (Spark's maxFilesPerTrigger, Sluice's max_files_per_batch).
 pub const FILES_PER_BATCH: u64 = 4;
@@ -68,6 +69,10 @@ pub trait Engine {
     /// The latency floor: each of `SMALL_BATCHES` small batches' time from its trigger to its
     /// durable commit, after warm-up batches (see bench::small_batch_times).
     fn latency_floor(&self, scratch: &Path) -> anyhow::Result<Vec<u64>>;
+    /// The restart workload's case `case`: each way of killing this engine's coordinator
+    /// and the time from the kill to the next commit.
+    fn restart(&self, case: &Case, data: &Dataset, scratch: &Path)
+    -> anyhow::Result<Vec<Recovery>>;
 }
 
 pub struct Sluice {
@@ -157,6 +162,15 @@ impl Engine for Sluice {
 
     fn latency_floor(&self, _scratch: &Path) -> anyhow::Result<Vec<u64>> {
         Ok(crate::bench::small_batch_times(&self.bins)?.end_to_end_ms)
+    }
+
+    fn restart(
+        &self,
+        case: &Case,
+        data: &Dataset,
+        scratch: &Path,
+    ) -> anyhow::Result<Vec<Recovery>> {
+        restart::sluice(&self.bins, case, data, scratch)
     }
 }
 
@@ -363,6 +377,15 @@ impl Engine for Peer {
             "checkpoint": scratch.join(format!("{}-latency-{}", self.name(), now_nanos())),
         });
         Ok(self.launch(&spec)?.batch_ms)
+    }
+
+    fn restart(
+        &self,
+        case: &Case,
+        data: &Dataset,
+        scratch: &Path,
+    ) -> anyhow::Result<Vec<Recovery>> {
+        restart::peer(self, case, data, scratch)
     }
 }
 

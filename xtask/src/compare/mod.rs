@@ -8,6 +8,7 @@ mod peers;
 pub mod procstat;
 mod queries;
 mod report;
+mod restart;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -175,10 +176,11 @@ pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
     }
     let all = workloads(opts.rows);
     let unknown: Vec<&String> = (opts.only.iter())
-        .filter(|id| *id != LATENCY && !all.iter().any(|w| w.id == id.as_str()))
+        .filter(|id| ![LATENCY, RESTART].contains(&id.as_str()))
+        .filter(|id| !all.iter().any(|w| w.id == id.as_str()))
         .collect();
     if !unknown.is_empty() {
-        let ids: Vec<&str> = all.iter().map(|w| w.id).chain([LATENCY]).collect();
+        let ids: Vec<&str> = all.iter().map(|w| w.id).chain([LATENCY, RESTART]).collect();
         bail!("no workload {unknown:?}; the workloads: {}", ids.join(", "));
     }
     let workloads: Vec<Workload> = (all.into_iter())
@@ -190,12 +192,20 @@ pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
         let data = Dataset::ensure(&data_root, w.input, w.rows, w.files)?;
         outcomes.push(measure(w, &data, &engines, opts.runs)?);
     }
-    let latency = if opts.only.is_empty() || opts.only.iter().any(|id| id == LATENCY) {
+    let asked = |id: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == id);
+    let latency = if asked(LATENCY) {
         latency_floors(&engines)?
     } else {
         Latency::default()
     };
-    report::write(root, &engines, &missing, &outcomes, &latency, opts.write)?;
+    let restarts = if asked(RESTART) {
+        restart::measure(root, &engines, opts.runs)?
+    } else {
+        Vec::new()
+    };
+    report::write(
+        root, &engines, &missing, &outcomes, &latency, &restarts, opts.write,
+    )?;
     let mismatches: Vec<String> = outcomes.iter().flat_map(|o| o.mismatches()).collect();
     if !mismatches.is_empty() {
         bail!("the engines disagree:\n{}", mismatches.join("\n"));
@@ -258,8 +268,9 @@ fn measure<'a>(
     Ok(out)
 }
 
-/// The id `--only` selects the latency floor by.
+/// The ids `--only` selects the latency floor and the restart workload by.
 const LATENCY: &str = "latency_floor";
+const RESTART: &str = "restart";
 
 /// Each engine's small batches, end to end; and the engines left out and why.
 #[derive(Default)]

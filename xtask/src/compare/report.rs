@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use serde_json::{Value, json};
 
 use super::engines::{Engine, Run};
-use super::{Latency, Outcome, median};
+use super::{Latency, Outcome, median, restart};
 use crate::bench::percentile;
 
 /// Where Sluice's own figures are: what a comparison of engines does not show.
@@ -41,9 +41,11 @@ pub fn write(
     missing: &[(&str, String)],
     outcomes: &[Outcome],
     latency: &Latency,
+    restarts: &[restart::Outcome],
     to_files: bool,
 ) -> anyhow::Result<()> {
-    let md = markdown(engines, missing, outcomes, latency);
+    let mut md = markdown(engines, missing, outcomes, latency);
+    restart::markdown(&mut md, restarts);
     println!("{md}");
     if !to_files {
         println!("a partial run (--only): bench/report.md and bench/results.json are unchanged");
@@ -51,7 +53,8 @@ pub fn write(
     }
     let dir = root.join("bench");
     std::fs::create_dir_all(&dir)?;
-    let results = results_json(engines, missing, outcomes, latency);
+    let mut results = results_json(engines, missing, outcomes, latency);
+    results["restart"] = restart::to_json(restarts);
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_string_pretty(&results)?,

@@ -1,0 +1,409 @@
+//! The restart workload: a running count by key holds its state (1K or 1.5M keys) when the
+//! engine's coordinator is SIGKILLed; a new input file is written and the engine started again.
+//! Measured: the time from the kill to the first commit that holds the new rows.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use sluice_cluster_tests::Cluster;
+
+use super::data::{self, Dataset};
+use super::engines::{Engine, FILES_PER_BATCH, PARTITIONS, Peer, PeerKind};
+use super::queries::Input;
+
+/// The state a restart finds: keys, and the rows and files that build it.
+pub struct Case {
+    pub id: &'static str,
+    pub keys: u64,
+    pub rows: u64,
+    pub files: u64,
+}
+
+pub const CASES: [Case; 2] = [
+    Case {
+        id: "restart_1k",
+        keys: 1_000,
+        rows: 400_000,
+        files: 4,
+    },
+    Case {
+        id: "restart_1_5m",
+        keys: 1_500_000,
+        rows: 3_000_000,
+        files: 12,
+    },
+];
+
+impl Case {
+    pub fn dataset(&self, root: &Path) -> anyhow::Result<Dataset> {
+        let input = Input::Events { keys: self.keys };
+        Dataset::ensure(root, input, self.rows, self.files)
+    }
+}
+
+/// Rows in the file written after the kill.
+pub const NEW_ROWS: u64 = 1_000;
+
+/// One restart: what was killed, and the time from the kill to the next commit.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    pub killed: &'static str,
+    pub kill_to_commit_ms: u64,
+}
+
+/// The case's files copied into `dir`, keeping their modification times (Spark orders by them).
+fn fresh_input(data: &Dataset, dir: &Path) -> anyhow::Result<PathBuf> {
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input)?;
+    for entry in std::fs::read_dir(&data.dir)? {
+        let entry = entry?;
+        let to = input.join(entry.file_name());
+        std::fs::copy(entry.path(), &to)?;
+        let modified = entry.metadata()?.modified()?;
+        std::fs::File::options()
+            .write(true)
+            .open(&to)?
+            .set_modified(modified)?;
+    }
+    Ok(input)
+}
+
+/// The file written after the kill: the next `NEW_ROWS` rows, named and dated after the
+/// others, written beside the input and renamed into it so no engine sees half of it.
+fn write_new_file(input: &Path, case: &Case) -> anyhow::Result<()> {
+    let rows: String = (case.rows..case.rows + NEW_ROWS)
+        .map(|i| data::event_line(i, case.keys) + "\n")
+        .collect();
+    let staged = input.with_file_name("new-part.jsonl");
+    std::fs::write(&staged, rows)?;
+    Ok(std::fs::rename(staged, input.join("part-99999.jsonl"))?)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Sluice twice: the driver killed alone (executors keep their state), then the driver and
+/// both executors (new executors restore the state from the checkpoint). The commit time is
+/// the driver's own, of the first batch after the restart that read rows.
+pub fn sluice(
+    bins: &Path,
+    case: &Case,
+    data: &Dataset,
+    scratch: &Path,
+) -> anyhow::Result<Vec<Recovery>> {
+    let mut out = Vec::new();
+    for (killed, executors) in [("driver", false), ("driver and both executors", true)] {
+        let input = fresh_input(data, &scratch.join(killed.replace(' ', "-")))?;
+        let sql = format!(
+            "SET 'trigger' = '100ms';
+SET 'partitions' = '{PARTITIONS}';
+CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
+  WITH (connector = 'files', path = '{}', format = 'jsonl', max_files_per_batch = '{FILES_PER_BATCH}');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP BY key;
+",
+            input.display()
+        );
+        let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
+        let id = c.submit(&sql)?;
+        c.wait_until(&id, Duration::from_secs(600), |s| {
+            s["rows_in"].as_u64() >= Some(case.rows)
+        });
+        let killed_at = now_ms();
+        c.kill_driver();
+        if executors {
+            c.kill_executor(0);
+            c.kill_executor(1);
+        }
+        write_new_file(&input, case)?;
+        c.start_driver();
+        if executors {
+            c.add_executor();
+            c.add_executor();
+        }
+        // The new driver's batches (its totals carry on from the checkpoint).
+        let first_with_rows = |s: &Value| {
+            (crate::bench::batches_of(s).iter())
+                .find(|b| b["rows_in"].as_u64() > Some(0))
+                .and_then(|b| b["committed_at_ms"].as_u64())
+        };
+        let status = c.wait_until(&id, Duration::from_secs(120), |s| {
+            first_with_rows(s).is_some()
+        });
+        let committed = first_with_rows(&status).context("no batch with rows")?;
+        let rows = status["rows_in"].as_u64().unwrap_or(0);
+        if rows != case.rows + NEW_ROWS {
+            bail!("Sluice read {rows} rows, not {}", case.rows + NEW_ROWS);
+        }
+        out.push(Recovery {
+            killed,
+            kill_to_commit_ms: committed.saturating_sub(killed_at),
+        });
+    }
+    Ok(out)
+}
+
+/// Spark or Flink: the script in its restart mode until it reports the state committed; then
+/// its whole process group (Python and the JVM: driver, or mini-cluster) SIGKILLed, the new
+/// file written and the script started again on the same checkpoint, until it reports the
+/// commit that holds the new rows.
+pub fn peer(
+    p: &Peer,
+    case: &Case,
+    data: &Dataset,
+    scratch: &Path,
+) -> anyhow::Result<Vec<Recovery>> {
+    let input = fresh_input(data, scratch)?;
+    let mut spec = json!({
+        "workload": "restart",
+        "input_kind": "events",
+        "input": input,
+        "files_per_batch": FILES_PER_BATCH,
+        "partitions": PARTITIONS,
+        "checkpoint": scratch.join("checkpoint"),
+        "large_state": case.keys >= super::engines::LARGE_STATE_KEYS,
+        "rest_port": free_port()?,
+        "wait_rows": case.rows,
+    });
+    let mut first = Script::start(p, &spec)?;
+    first.committed(Duration::from_secs(600))?;
+    let started = Instant::now();
+    first.kill();
+    write_new_file(&input, case)?;
+    spec["wait_rows"] = json!(NEW_ROWS);
+    let mut second = Script::start(p, &spec)?;
+    let rows = second.committed(Duration::from_secs(300));
+    let kill_to_commit_ms = started.elapsed().as_millis() as u64;
+    second.kill();
+    let rows = rows?;
+    if rows != NEW_ROWS {
+        bail!(
+            "{} read {rows} rows after the restart, not the {NEW_ROWS} new ones",
+            p.name()
+        );
+    }
+    let killed = match p.kind {
+        PeerKind::Spark => "driver (local[2]: the driver runs the tasks too)",
+        PeerKind::Flink => "mini-cluster (job manager and task manager in one JVM)",
+    };
+    Ok(vec![Recovery {
+        killed,
+        kill_to_commit_ms,
+    }])
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A peer script in its own process group; its stdout lines arrive on a channel.
+struct Script {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Script {
+    fn start(p: &Peer, spec: &Value) -> anyhow::Result<Script> {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(&p.python)
+            .arg(&p.script)
+            .arg(spec.to_string())
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", p.python.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Script { child, lines })
+    }
+
+    /// The rows of the script's "COMMITTED <rows>" line.
+    fn committed(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rows) = line.strip_prefix("COMMITTED ") {
+                        return Ok(rows.trim().parse()?);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!("no commit within {timeout:?}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the script exited before its commit")
+                }
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One case's restarts: each engine's times by what was killed, and the engines left out.
+pub struct Outcome {
+    pub case: &'static Case,
+    pub ms: BTreeMap<(&'static str, &'static str), Vec<u64>>,
+    pub skipped: Vec<(&'static str, String)>,
+}
+
+/// Every case on every engine, `runs` times each in alternating order. A peer that fails is
+/// reported and left out; Sluice failing fails the comparison.
+pub fn measure(
+    root: &Path,
+    engines: &[Box<dyn Engine>],
+    runs: usize,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    for case in &CASES {
+        let data = case.dataset(&root.join("target/bench-data"))?;
+        let mut out = Outcome {
+            case,
+            ms: BTreeMap::new(),
+            skipped: Vec::new(),
+        };
+        for run in 0..runs {
+            for i in 0..engines.len() {
+                let e = engines[(i + run) % engines.len()].as_ref();
+                if out.skipped.iter().any(|(name, _)| *name == e.name()) {
+                    continue;
+                }
+                eprintln!("==> {}: {} run {}", case.id, e.name(), run + 1);
+                let scratch = tempfile::tempdir()?;
+                match e.restart(case, &data, scratch.path()) {
+                    Ok(recoveries) => {
+                        for r in recoveries {
+                            eprintln!(
+                                "    {} killed: {} ms to the next commit",
+                                r.killed, r.kill_to_commit_ms
+                            );
+                            out.ms
+                                .entry((e.name(), r.killed))
+                                .or_default()
+                                .push(r.kill_to_commit_ms);
+                        }
+                    }
+                    Err(err) if e.name() != "sluice" => {
+                        out.skipped.push((e.name(), format!("{err:#}")))
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        outcomes.push(out);
+    }
+    Ok(outcomes)
+}
+
+fn median_ms(ms: &[u64]) -> u64 {
+    super::median(ms.iter().map(|&m| m as f64).collect()) as u64
+}
+
+pub fn markdown(md: &mut String, outcomes: &[Outcome]) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## restart: the coordinator killed, to the next commit\n\nA running count and sum by key (update mode) over the case's rows; once all of them are committed, the coordinator is SIGKILLed, a file of {NEW_ROWS} new rows is written and the engine is started again on its checkpoint. Measured from the kill to the first commit holding the new rows: Sluice's commit entry of the first batch with rows (its driver's clock); Spark's commit log entry for the batch that read them (its progress event); Flink's first checkpoint completed after its source read them (what an exactly-once sink commits on). Every engine watches the input directory (Sluice and Spark with a 100 ms trigger, Flink's file source with a 100 ms monitor interval) and checkpoints as in the workloads above. The peers run in local mode, so their coordinator is their whole runtime: a standalone cluster's job manager failover would need an HA service (ZooKeeper or Kubernetes) not set up here. Medians of the runs.\n\nHow each recovers: Sluice's new driver reads the newest offsets entry and its commit; executors that lived keep their state partitions in memory, new ones restore them from the latest snapshot and the deltas after it. Spark starts a new JVM and session, reads its offsets and commit logs, and each state partition's task loads the latest state version. Flink starts a new JVM and mini-cluster and restores every operator's state from the newest completed checkpoint (`execution.state-recovery.path`) before it reads on.\n\n| state | engine | killed | kill → next commit (ms) | runs |\n|---|---|---|---:|---:|"
+    );
+    for o in outcomes {
+        let state = format!("{} keys ({} rows)", o.case.keys, o.case.rows);
+        for ((engine, killed), ms) in &o.ms {
+            let _ = writeln!(
+                md,
+                "| {state} | {engine} | {killed} | {} | {} |",
+                median_ms(ms),
+                ms.len()
+            );
+        }
+        for (engine, why) in &o.skipped {
+            let _ = writeln!(md, "| {state} | {engine} | not run: {why} | - | 0 |");
+        }
+    }
+}
+
+pub fn to_json(outcomes: &[Outcome]) -> Value {
+    Value::Array(
+        outcomes
+            .iter()
+            .map(|o| {
+                json!({
+                    "id": o.case.id,
+                    "keys": o.case.keys,
+                    "rows": o.case.rows,
+                    "new_rows": NEW_ROWS,
+                    "engines": o.ms.iter().map(|((engine, killed), ms)| json!({
+                        "engine": engine,
+                        "killed": killed,
+                        "kill_to_commit_ms": median_ms(ms),
+                        "runs_ms": ms,
+                    })).collect::<Vec<_>>(),
+                    "skipped": o.skipped.iter().map(|(e, why)| json!({"engine": e, "why": why})).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_new_file_continues_the_rows_after_the_copied_input() {
+        let root = tempfile::tempdir().unwrap();
+        let case = Case {
+            id: "t",
+            keys: 7,
+            rows: 20,
+            files: 2,
+        };
+        let data = case.dataset(root.path()).unwrap();
+        let input = fresh_input(&data, &root.path().join("run")).unwrap();
+        let modified = |p: PathBuf| std::fs::metadata(p).unwrap().modified().unwrap();
+        for name in ["part-00000.jsonl", "part-00001.jsonl"] {
+            assert_eq!(modified(input.join(name)), modified(data.dir.join(name)));
+        }
+        write_new_file(&input, &case).unwrap();
+        let mut names: Vec<String> = (std::fs::read_dir(&input).unwrap())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.last().map(String::as_str), Some("part-99999.jsonl"));
+        let new = std::fs::read_to_string(input.join("part-99999.jsonl")).unwrap();
+        assert_eq!(new.lines().count() as u64, NEW_ROWS);
+        assert_eq!(new.lines().next(), Some(data::event_line(20, 7).as_str()));
+        assert!(!input.with_file_name("new-part.jsonl").exists());
+    }
+}
