@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import urllib.request
@@ -219,8 +220,111 @@ def restart(spec):
         time.sleep(60)
 
 
+# A standalone session cluster on loopback: a job manager and two task managers of two slots
+# each, the job's subtasks spread over both; heartbeats and restart strategy at their defaults.
+CLUSTER_CONF = """jobmanager.rpc.address: 127.0.0.1
+jobmanager.bind-host: 127.0.0.1
+taskmanager.bind-host: 127.0.0.1
+taskmanager.host: 127.0.0.1
+rest.address: 127.0.0.1
+rest.bind-address: 127.0.0.1
+rest.port: {port}
+jobmanager.memory.process.size: 1024m
+taskmanager.memory.process.size: 2048m
+taskmanager.numberOfTaskSlots: 2
+parallelism.default: 2
+cluster.evenly-spread-out-slots: true
+"""
+
+
+def rest_get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
+        return json.load(r)
+
+
+def start_cluster(spec):
+    """Starts the cluster's JVMs (in this script's process group, which the harness kills)
+    and waits for both task managers; returns their pids."""
+    import pyflink
+
+    home = os.path.dirname(os.path.abspath(pyflink.__file__))
+    base = spec["checkpoint"] + "-cluster"
+    conf, logs = os.path.join(base, "conf"), os.path.join(base, "log")
+    os.makedirs(conf, exist_ok=True)
+    os.makedirs(logs, exist_ok=True)
+    with open(os.path.join(conf, "config.yaml"), "w") as f:
+        f.write(CLUSTER_CONF.format(port=spec["rest_port"]))
+    env = dict(os.environ, FLINK_CONF_DIR=conf, FLINK_LOG_DIR=logs, FLINK_PID_DIR=base)
+    bin_dir = os.path.join(home, "bin")
+    subprocess.run([os.path.join(bin_dir, "jobmanager.sh"), "start"], env=env, check=True)
+    for _ in range(2):
+        subprocess.run([os.path.join(bin_dir, "taskmanager.sh"), "start"], env=env, check=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if len(rest_get(spec["rest_port"], "/taskmanagers")["taskmanagers"]) == 2:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pid_file = next(
+        os.path.join(base, n) for n in os.listdir(base) if n.endswith("taskexecutor.pid")
+    )
+    with open(pid_file) as f:
+        return [int(line) for line in f.read().split()]
+
+
+def executor_kill(spec):
+    """The executor-kill workload: the running count over the input on the standalone
+    cluster; once its source has read `kill_at_rows` rows, one task manager is SIGKILLed.
+    Prints one JSON line: the time from the kill to the next completed checkpoint (the next
+    commit), and the job's restarts by then."""
+    task_managers = start_cluster(spec)
+    env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    conf = env.get_config()
+    conf.set("execution.target", "remote")
+    conf.set("rest.address", "127.0.0.1")
+    conf.set("rest.port", str(spec["rest_port"]))
+    environment(spec, env, watch=True)
+    columns, query = QUERIES["running_count"]
+    env.execute_sql(f"CREATE TABLE sink ({columns}) WITH ('connector' = 'blackhole')")
+    print("READY", flush=True)
+    job = env.execute_sql("INSERT INTO sink " + query).get_job_client().get_job_id()
+    port, path = spec["rest_port"], f"/jobs/{job}"
+
+    def source_rows():
+        try:
+            vertices = rest_get(port, path)["vertices"]
+        except OSError:
+            return 0
+        return next(v["metrics"]["read-records"] for v in vertices if v["name"].startswith("Source"))
+
+    while source_rows() < spec["kill_at_rows"]:
+        time.sleep(0.02)
+    os.kill(task_managers[0], 9)
+    killed_ms = time.time() * 1000
+    while True:
+        done = rest_get(port, path + "/checkpoints")["latest"]["completed"]
+        if done and done["trigger_timestamp"] > killed_ms:
+            break
+        time.sleep(0.02)
+    restarts = rest_get(port, path + "/metrics?get=numRestarts")
+    print(
+        json.dumps(
+            {
+                "kill_to_commit_ms": int(done["latest_ack_timestamp"] - killed_ms),
+                "restarts": int(float(restarts[0]["value"])) if restarts else None,
+            }
+        ),
+        flush=True,
+    )
+
+
 def main():
     spec = json.loads(sys.argv[1])
+    if spec["workload"] == "executor_kill":
+        executor_kill(spec)
+        return
     if spec["workload"] == "restart":
         restart(spec)
         return

@@ -7,6 +7,7 @@ results go there as jsonl instead of to the noop sink. Prints "READY" once the s
 """
 
 import json
+import os
 import sys
 import time
 
@@ -198,8 +199,82 @@ def restart(spark, spec):
     q.awaitTermination()
 
 
+def executor_pids():
+    """The executor JVMs this machine runs (local-cluster mode starts them as processes)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"CoarseGrainedExecutorBackend" in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return sorted(pids)
+
+
+def executor_kill(spec):
+    """The executor-kill workload: Spark's local-cluster mode (a master, a worker and two
+    executor JVMs of one core each), the running count over the input one file per batch;
+    after `kill_after` batches, `kill_delay_ms` into the next one, one executor is SIGKILLed.
+    Prints one JSON line: the time from the kill to the commit of the batch it hit, and the
+    durations of the batches before it."""
+    spark = (
+        SparkSession.builder.master("local-cluster[2,1,2048]")
+        .appName("sluice-compare")
+        .config("spark.sql.shuffle.partitions", str(spec["partitions"]))
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    mode, query = QUERIES["running_count"]
+    source(spark, spec).createOrReplaceTempView("src")
+    print("READY", flush=True)
+    q = (
+        spark.sql(query)
+        .writeStream.outputMode(mode)
+        .format("noop")
+        .option("checkpointLocation", spec["checkpoint"])
+        .trigger(processingTime="100 milliseconds")
+        .start()
+    )
+
+    def done():
+        return [p for p in q.recentProgress if p["numInputRows"] > 0]
+
+    while len(done()) < spec["kill_after"]:
+        time.sleep(0.01)
+    time.sleep(spec["kill_delay_ms"] / 1000)
+    victim = executor_pids()[0]
+    os.kill(victim, 9)
+    killed_ms = time.time() * 1000
+    while len(done()) <= spec["kill_after"]:
+        time.sleep(0.01)
+    before = done()[: spec["kill_after"]]
+    hit = done()[spec["kill_after"]]
+    committed_ms = time_ms(hit["timestamp"]) + hit["batchDuration"]
+    print(
+        json.dumps(
+            {
+                "kill_to_commit_ms": int(committed_ms - killed_ms),
+                "batch_ms": [p["batchDuration"] for p in before],
+                "hit_batch_ms": hit["batchDuration"],
+                "hit_started_before_kill": time_ms(hit["timestamp"]) < killed_ms,
+            }
+        ),
+        flush=True,
+    )
+    q.stop()
+    spark.stop()
+
+
 def main():
     spec = json.loads(sys.argv[1])
+    # Spark binds to the machine's first address otherwise; everything here stays on loopback.
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    if spec["workload"] == "executor_kill":
+        executor_kill(spec)
+        return
     spark = session(spec)
     spark.sparkContext.setLogLevel("ERROR")
     if spec["workload"] == "latency":

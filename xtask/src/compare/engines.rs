@@ -15,7 +15,7 @@ use super::checksum::{self, Checksum};
 use super::data::Dataset;
 use super::procstat::{Sampler, Tree};
 use super::queries::{Input, Query};
-use super::restart::{self, Case, Recovery};
+use super::recovery::{self, Case, Recovery};
 
 /// Files per batch for every engine (Spark's maxFilesPerTrigger, Sluice's max_files_per_batch).
 pub const FILES_PER_BATCH: u64 = 4;
@@ -73,6 +73,14 @@ pub trait Engine {
     /// and the time from the kill to the next commit.
     fn restart(&self, case: &Case, data: &Dataset, scratch: &Path)
     -> anyhow::Result<Vec<Recovery>>;
+    /// The executor-kill workload: one executor (task manager) killed while the running count
+    /// over `case` runs, and the time from the kill to the next commit.
+    fn executor_kill(
+        &self,
+        case: &Case,
+        data: &Dataset,
+        scratch: &Path,
+    ) -> anyhow::Result<Vec<Recovery>>;
 }
 
 pub struct Sluice {
@@ -170,7 +178,16 @@ impl Engine for Sluice {
         data: &Dataset,
         scratch: &Path,
     ) -> anyhow::Result<Vec<Recovery>> {
-        restart::sluice(&self.bins, case, data, scratch)
+        recovery::sluice(&self.bins, case, data, scratch)
+    }
+
+    fn executor_kill(
+        &self,
+        case: &Case,
+        data: &Dataset,
+        scratch: &Path,
+    ) -> anyhow::Result<Vec<Recovery>> {
+        recovery::sluice_executor_kill(&self.bins, case, data, scratch)
     }
 }
 
@@ -385,7 +402,16 @@ impl Engine for Peer {
         data: &Dataset,
         scratch: &Path,
     ) -> anyhow::Result<Vec<Recovery>> {
-        restart::peer(self, case, data, scratch)
+        recovery::peer(self, case, data, scratch)
+    }
+
+    fn executor_kill(
+        &self,
+        case: &Case,
+        data: &Dataset,
+        scratch: &Path,
+    ) -> anyhow::Result<Vec<Recovery>> {
+        recovery::peer_executor_kill(self, case, data, scratch)
     }
 }
 

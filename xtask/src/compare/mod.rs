@@ -7,8 +7,8 @@ mod engines;
 mod peers;
 pub mod procstat;
 mod queries;
+mod recovery;
 mod report;
-mod restart;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -176,11 +176,15 @@ pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
     }
     let all = workloads(opts.rows);
     let unknown: Vec<&String> = (opts.only.iter())
-        .filter(|id| ![LATENCY, RESTART].contains(&id.as_str()))
+        .filter(|id| ![LATENCY, RESTART, EXECUTOR_KILL].contains(&id.as_str()))
         .filter(|id| !all.iter().any(|w| w.id == id.as_str()))
         .collect();
     if !unknown.is_empty() {
-        let ids: Vec<&str> = all.iter().map(|w| w.id).chain([LATENCY, RESTART]).collect();
+        let ids: Vec<&str> = all
+            .iter()
+            .map(|w| w.id)
+            .chain([LATENCY, RESTART, EXECUTOR_KILL])
+            .collect();
         bail!("no workload {unknown:?}; the workloads: {}", ids.join(", "));
     }
     let workloads: Vec<Workload> = (all.into_iter())
@@ -198,13 +202,23 @@ pub fn compare(root: &Path, bins: &Path, opts: &Options) -> anyhow::Result<()> {
     } else {
         Latency::default()
     };
-    let restarts = if asked(RESTART) {
-        restart::measure(root, &engines, opts.runs)?
-    } else {
-        Vec::new()
-    };
+    let kinds: Vec<recovery::Kind> = [
+        (RESTART, recovery::Kind::Restart),
+        (EXECUTOR_KILL, recovery::Kind::ExecutorKill),
+    ]
+    .into_iter()
+    .filter(|(id, _)| asked(id))
+    .map(|(_, kind)| kind)
+    .collect();
+    let recoveries = recovery::measure(root, &engines, opts.runs, &kinds)?;
     report::write(
-        root, &engines, &missing, &outcomes, &latency, &restarts, opts.write,
+        root,
+        &engines,
+        &missing,
+        &outcomes,
+        &latency,
+        &recoveries,
+        opts.write,
     )?;
     let mismatches: Vec<String> = outcomes.iter().flat_map(|o| o.mismatches()).collect();
     if !mismatches.is_empty() {
@@ -268,9 +282,10 @@ fn measure<'a>(
     Ok(out)
 }
 
-/// The ids `--only` selects the latency floor and the restart workload by.
+/// The ids `--only` selects the latency floor and the recovery workloads by.
 const LATENCY: &str = "latency_floor";
 const RESTART: &str = "restart";
+const EXECUTOR_KILL: &str = "executor_kill";
 
 /// Each engine's small batches, end to end; and the engines left out and why.
 #[derive(Default)]

@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use serde_json::{Value, json};
 
 use super::engines::{Engine, Run};
-use super::{Latency, Outcome, median, restart};
+use super::{Latency, Outcome, median, recovery};
 use crate::bench::percentile;
 
 /// Where Sluice's own figures are: what a comparison of engines does not show.
@@ -41,11 +41,11 @@ pub fn write(
     missing: &[(&str, String)],
     outcomes: &[Outcome],
     latency: &Latency,
-    restarts: &[restart::Outcome],
+    recoveries: &[recovery::Outcome],
     to_files: bool,
 ) -> anyhow::Result<()> {
     let mut md = markdown(engines, missing, outcomes, latency);
-    restart::markdown(&mut md, restarts);
+    recovery::markdown(&mut md, recoveries);
     println!("{md}");
     if !to_files {
         println!("a partial run (--only): bench/report.md and bench/results.json are unchanged");
@@ -54,7 +54,7 @@ pub fn write(
     let dir = root.join("bench");
     std::fs::create_dir_all(&dir)?;
     let mut results = results_json(engines, missing, outcomes, latency);
-    results["restart"] = restart::to_json(restarts);
+    results["recovery"] = recovery::to_json(recoveries);
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_string_pretty(&results)?,

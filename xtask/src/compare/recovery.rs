@@ -1,6 +1,8 @@
-//! The restart workload: a running count by key holds its state (1K or 1.5M keys) when the
-//! engine's coordinator is SIGKILLed; a new input file is written and the engine started again.
-//! Measured: the time from the kill to the first commit that holds the new rows.
+//! Recovery, from a SIGKILL to the next commit, while a running count by key holds its state.
+//! Restart: the engine's coordinator killed once the input is committed (1K or 1.5M keys), a
+//! new input file written and the engine started again; measured to the first commit holding
+//! the new rows. Executor kill: one executor (Flink: task manager) killed while a batch runs
+//! over 1.5M keys; measured to the commit of that batch (Flink: the next checkpoint).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -203,6 +205,87 @@ pub fn peer(
     }])
 }
 
+/// Sluice: the running count one file per batch on a driver and two executors; executor 0
+/// SIGKILLed once the fifth batch's first stage has started; the time to that batch's commit
+/// (the driver's clock).
+pub fn sluice_executor_kill(
+    bins: &Path,
+    case: &Case,
+    data: &Dataset,
+    _scratch: &Path,
+) -> anyhow::Result<Vec<Recovery>> {
+    let sql = format!(
+        "SET 'trigger' = '100ms';
+SET 'partitions' = '{PARTITIONS}';
+CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
+  WITH (connector = 'files', path = '{}', format = 'jsonl', max_files_per_batch = '1');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP BY key;
+",
+        data.dir.display()
+    );
+    let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
+    let id = c.submit(&sql)?;
+    let hit = 5;
+    c.wait_for_log(
+        "driver.log",
+        &["stage started", &format!("batch={hit} "), "stage=0 "],
+        1,
+        Duration::from_secs(300),
+    );
+    let killed_at = now_ms();
+    c.kill_executor(0);
+    let status = c.wait_until(&id, Duration::from_secs(300), |s| {
+        s["rows_in"].as_u64() >= Some(case.rows)
+    });
+    let committed = (crate::bench::batches_of(&status).iter())
+        .find(|b| b["batch_id"].as_u64() == Some(hit))
+        .and_then(|b| b["committed_at_ms"].as_u64())
+        .context("the batch the kill hit did not commit")?;
+    if status["rows_in"].as_u64() != Some(case.rows) {
+        bail!("Sluice read {} rows, not {}", status["rows_in"], case.rows);
+    }
+    Ok(vec![Recovery {
+        killed: "one of two executors",
+        kill_to_commit_ms: committed.saturating_sub(killed_at),
+    }])
+}
+
+/// Spark or Flink: the script's executor-kill mode, which kills one of its own executors (or
+/// task managers) and reports the time to the next commit.
+pub fn peer_executor_kill(
+    p: &Peer,
+    case: &Case,
+    data: &Dataset,
+    scratch: &Path,
+) -> anyhow::Result<Vec<Recovery>> {
+    let spec = json!({
+        "workload": "executor_kill",
+        "input_kind": "events",
+        "input": data.dir,
+        "files_per_batch": 1,
+        "partitions": PARTITIONS,
+        "checkpoint": scratch.join("checkpoint"),
+        "large_state": case.keys >= super::engines::LARGE_STATE_KEYS,
+        "rest_port": free_port()?,
+        "kill_after": 4,
+        "kill_delay_ms": 300,
+        "kill_at_rows": case.rows / 3,
+    });
+    let mut script = Script::start(p, &spec)?;
+    let result = script.result(Duration::from_secs(600))?;
+    let ms = result["kill_to_commit_ms"].as_u64();
+    let ms = ms.with_context(|| format!("{} reported {result}", p.name()))?;
+    let killed = match p.kind {
+        PeerKind::Spark => "one of two executors (local-cluster)",
+        PeerKind::Flink => "one of two task managers (standalone)",
+    };
+    Ok(vec![Recovery {
+        killed,
+        kill_to_commit_ms: ms,
+    }])
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -240,18 +323,27 @@ impl Script {
 
     /// The rows of the script's "COMMITTED <rows>" line.
     fn committed(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let line = self.line_starting("COMMITTED ", timeout)?;
+        Ok(line.trim_start_matches("COMMITTED ").trim().parse()?)
+    }
+
+    /// The script's JSON result line.
+    fn result(&mut self, timeout: Duration) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&self.line_starting("{", timeout)?)?)
+    }
+
+    fn line_starting(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rows) = line.strip_prefix("COMMITTED ") {
-                        return Ok(rows.trim().parse()?);
-                    }
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("no {prefix:?} line within {timeout:?}")
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => bail!("no commit within {timeout:?}"),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("the script exited before its commit")
+                    bail!("the script exited before its {prefix:?} line")
                 }
             }
         }
@@ -272,84 +364,131 @@ impl Drop for Script {
 
 /// One case's restarts: each engine's times by what was killed, and the engines left out.
 pub struct Outcome {
+    pub kind: Kind,
     pub case: &'static Case,
     pub ms: BTreeMap<(&'static str, &'static str), Vec<u64>>,
     pub skipped: Vec<(&'static str, String)>,
 }
 
-/// Every case on every engine, `runs` times each in alternating order. A peer that fails is
-/// reported and left out; Sluice failing fails the comparison.
+/// Which recovery a measurement is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Restart,
+    ExecutorKill,
+}
+
+/// The executor kill's state: the 1.5M-key case, read one file per batch.
+pub const EXECUTOR_KILL: Case = Case {
+    id: "executor_kill_1_5m",
+    keys: 1_500_000,
+    rows: 3_000_000,
+    files: 12,
+};
+
+/// Each recovery on every engine, `runs` times each in alternating order. A peer that fails
+/// is reported and left out; Sluice failing fails the comparison.
 pub fn measure(
     root: &Path,
     engines: &[Box<dyn Engine>],
     runs: usize,
+    kinds: &[Kind],
 ) -> anyhow::Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
-    for case in &CASES {
-        let data = case.dataset(&root.join("target/bench-data"))?;
-        let mut out = Outcome {
-            case,
-            ms: BTreeMap::new(),
-            skipped: Vec::new(),
+    for &kind in kinds {
+        let cases: &[Case] = match kind {
+            Kind::Restart => &CASES,
+            Kind::ExecutorKill => std::slice::from_ref(&EXECUTOR_KILL),
         };
-        for run in 0..runs {
-            for i in 0..engines.len() {
-                let e = engines[(i + run) % engines.len()].as_ref();
-                if out.skipped.iter().any(|(name, _)| *name == e.name()) {
-                    continue;
-                }
-                eprintln!("==> {}: {} run {}", case.id, e.name(), run + 1);
-                let scratch = tempfile::tempdir()?;
-                match e.restart(case, &data, scratch.path()) {
-                    Ok(recoveries) => {
-                        for r in recoveries {
-                            eprintln!(
-                                "    {} killed: {} ms to the next commit",
-                                r.killed, r.kill_to_commit_ms
-                            );
-                            out.ms
-                                .entry((e.name(), r.killed))
-                                .or_default()
-                                .push(r.kill_to_commit_ms);
-                        }
-                    }
-                    Err(err) if e.name() != "sluice" => {
-                        out.skipped.push((e.name(), format!("{err:#}")))
-                    }
-                    Err(err) => return Err(err),
-                }
-            }
+        for case in cases {
+            outcomes.push(measure_case(root, engines, runs, kind, case)?);
         }
-        outcomes.push(out);
     }
     Ok(outcomes)
+}
+
+fn measure_case(
+    root: &Path,
+    engines: &[Box<dyn Engine>],
+    runs: usize,
+    kind: Kind,
+    case: &'static Case,
+) -> anyhow::Result<Outcome> {
+    let data = case.dataset(&root.join("target/bench-data"))?;
+    let mut out = Outcome {
+        kind,
+        case,
+        ms: BTreeMap::new(),
+        skipped: Vec::new(),
+    };
+    for run in 0..runs {
+        for i in 0..engines.len() {
+            let e = engines[(i + run) % engines.len()].as_ref();
+            if out.skipped.iter().any(|(name, _)| *name == e.name()) {
+                continue;
+            }
+            eprintln!("==> {}: {} run {}", case.id, e.name(), run + 1);
+            let scratch = tempfile::tempdir()?;
+            let recoveries = match kind {
+                Kind::Restart => e.restart(case, &data, scratch.path()),
+                Kind::ExecutorKill => e.executor_kill(case, &data, scratch.path()),
+            };
+            match recoveries {
+                Ok(recoveries) => {
+                    for r in recoveries {
+                        eprintln!(
+                            "    {} killed: {} ms to the next commit",
+                            r.killed, r.kill_to_commit_ms
+                        );
+                        (out.ms.entry((e.name(), r.killed)).or_default()).push(r.kill_to_commit_ms);
+                    }
+                }
+                Err(err) if e.name() != "sluice" => {
+                    out.skipped.push((e.name(), format!("{err:#}")))
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn median_ms(ms: &[u64]) -> u64 {
     super::median(ms.iter().map(|&m| m as f64).collect()) as u64
 }
 
+const RESTART_TEXT: &str = "\n## restart: the coordinator killed, to the next commit\n\nA running count and sum by key (update mode) over the case's rows; once all of them are committed, the coordinator is SIGKILLed, a file of 1000 new rows is written and the engine is started again on its checkpoint. Measured from the kill to the first commit holding the new rows: Sluice's commit entry of the first batch with rows (its driver's clock); Spark's commit log entry for the batch that read them (its progress event); Flink's first checkpoint completed after its source read them (what an exactly-once sink commits on). Every engine watches the input directory (Sluice and Spark with a 100 ms trigger, Flink's file source with a 100 ms monitor interval) and checkpoints as in the workloads above. The peers run in local mode, so their coordinator is their whole runtime: a standalone cluster's job manager failover would need an HA service (ZooKeeper or Kubernetes) not set up here. Medians of the runs.\n\nHow each recovers: Sluice's new driver reads the newest offsets entry and its commit; executors that lived keep their state partitions in memory, new ones restore them from the latest snapshot and the deltas after it. Spark starts a new JVM and session, reads its offsets and commit logs, and each state partition's task loads the latest state version. Flink starts a new JVM and mini-cluster and restores every operator's state from the newest completed checkpoint (`execution.state-recovery.path`) before it reads on.\n\n| state | engine | killed | kill → next commit (ms) | runs |";
+
+const EXECUTOR_KILL_TEXT: &str = "\n## executor_kill: an executor or task manager killed, to the next commit\n\nThe running count over 1.5M keys (3M rows in 12 files, one file per batch), each engine on processes of its own: Sluice's driver and two executors; Spark's local-cluster mode (a master, a worker and two executor JVMs of one core each); Flink's standalone session cluster (a job manager and two task managers of two slots each, the job's subtasks spread over both, heartbeats and restart strategy at their defaults). One executor is SIGKILLed while the fifth batch runs (Sluice: once its first stage has started; Spark: 300 ms after the fourth batch's progress), or for Flink once its source has read 1M rows. Measured from the kill to the commit of the batch it hit (Flink: its next completed checkpoint). Medians of the runs.\n\nHow each recovers: Sluice's driver sees the executor's stream end, reruns its lost tasks (and the map outputs they need, from lineage) on the executor left, which restores the lost state partitions from the checkpoint; the batch then commits once. Spark's driver hears from the worker that the executor exited, resubmits the lost tasks and the stages whose shuffle output died with it, and the worker starts a replacement executor. Flink fails the job over: every task is cancelled and the job restarts from its latest completed checkpoint on the slots left, re-reading what came after it.\n\n| state | engine | killed | kill → next commit (ms) | runs |\n|---|---|---|---:|---:|";
+
 pub fn markdown(md: &mut String, outcomes: &[Outcome]) {
-    if outcomes.is_empty() {
-        return;
+    for (kind, text) in [
+        (Kind::Restart, RESTART_TEXT),
+        (Kind::ExecutorKill, EXECUTOR_KILL_TEXT),
+    ] {
+        let of_kind: Vec<&Outcome> = outcomes.iter().filter(|o| o.kind == kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        md.push_str(text);
+        md.push('\n');
+        for o in of_kind {
+            table_rows(md, o);
+        }
     }
-    let _ = writeln!(
-        md,
-        "\n## restart: the coordinator killed, to the next commit\n\nA running count and sum by key (update mode) over the case's rows; once all of them are committed, the coordinator is SIGKILLed, a file of {NEW_ROWS} new rows is written and the engine is started again on its checkpoint. Measured from the kill to the first commit holding the new rows: Sluice's commit entry of the first batch with rows (its driver's clock); Spark's commit log entry for the batch that read them (its progress event); Flink's first checkpoint completed after its source read them (what an exactly-once sink commits on). Every engine watches the input directory (Sluice and Spark with a 100 ms trigger, Flink's file source with a 100 ms monitor interval) and checkpoints as in the workloads above. The peers run in local mode, so their coordinator is their whole runtime: a standalone cluster's job manager failover would need an HA service (ZooKeeper or Kubernetes) not set up here. Medians of the runs.\n\nHow each recovers: Sluice's new driver reads the newest offsets entry and its commit; executors that lived keep their state partitions in memory, new ones restore them from the latest snapshot and the deltas after it. Spark starts a new JVM and session, reads its offsets and commit logs, and each state partition's task loads the latest state version. Flink starts a new JVM and mini-cluster and restores every operator's state from the newest completed checkpoint (`execution.state-recovery.path`) before it reads on.\n\n| state | engine | killed | kill → next commit (ms) | runs |\n|---|---|---|---:|---:|"
-    );
-    for o in outcomes {
-        let state = format!("{} keys ({} rows)", o.case.keys, o.case.rows);
-        for ((engine, killed), ms) in &o.ms {
-            let _ = writeln!(
-                md,
-                "| {state} | {engine} | {killed} | {} | {} |",
-                median_ms(ms),
-                ms.len()
-            );
-        }
-        for (engine, why) in &o.skipped {
-            let _ = writeln!(md, "| {state} | {engine} | not run: {why} | - | 0 |");
-        }
+}
+
+fn table_rows(md: &mut String, o: &Outcome) {
+    let state = format!("{} keys ({} rows)", o.case.keys, o.case.rows);
+    for ((engine, killed), ms) in &o.ms {
+        let _ = writeln!(
+            md,
+            "| {state} | {engine} | {killed} | {} | {} |",
+            median_ms(ms),
+            ms.len()
+        );
+    }
+    for (engine, why) in &o.skipped {
+        let _ = writeln!(md, "| {state} | {engine} | not run: {why} | - | 0 |");
     }
 }
 
@@ -360,6 +499,7 @@ pub fn to_json(outcomes: &[Outcome]) -> Value {
             .map(|o| {
                 json!({
                     "id": o.case.id,
+                    "kind": match o.kind { Kind::Restart => "restart", Kind::ExecutorKill => "executor_kill" },
                     "keys": o.case.keys,
                     "rows": o.case.rows,
                     "new_rows": NEW_ROWS,
