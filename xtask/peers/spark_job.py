@@ -155,7 +155,9 @@ def latency(spark, spec):
         .start()
     )
     wanted = spec["warm_up"] + spec["batches"]
-    while len(query.recentProgress) < wanted:
+    # One progress object per poll: the whole recentProgress, converted under the lock the
+    # query takes to post a batch's progress, slowed batches to ~1 s once it held hundreds.
+    while (query.lastProgress or {"batchId": -1})["batchId"] + 1 < wanted:
         time.sleep(0.2)
     query.stop()
     progress = query.recentProgress[spec["warm_up"] : wanted]

@@ -456,7 +456,7 @@ fn median_ms(ms: &[u64]) -> u64 {
     super::median(ms.iter().map(|&m| m as f64).collect()) as u64
 }
 
-const RESTART_TEXT: &str = "\n## restart: the coordinator killed, to the next commit\n\nA running count and sum by key (update mode) over the case's rows; once all of them are committed, the coordinator is SIGKILLed, a file of 1000 new rows is written and the engine is started again on its checkpoint. Measured from the kill to the first commit holding the new rows: Sluice's commit entry of the first batch with rows (its driver's clock); Spark's commit log entry for the batch that read them (its progress event); Flink's first checkpoint completed after its source read them (what an exactly-once sink commits on). Every engine watches the input directory (Sluice and Spark with a 100 ms trigger, Flink's file source with a 100 ms monitor interval) and checkpoints as in the workloads above. The peers run in local mode, so their coordinator is their whole runtime: a standalone cluster's job manager failover would need an HA service (ZooKeeper or Kubernetes) not set up here. Medians of the runs.\n\nHow each recovers: Sluice's new driver reads the newest offsets entry and its commit; executors that lived keep their state partitions in memory, new ones restore them from the latest snapshot and the deltas after it. Spark starts a new JVM and session, reads its offsets and commit logs, and each state partition's task loads the latest state version. Flink starts a new JVM and mini-cluster and restores every operator's state from the newest completed checkpoint (`execution.state-recovery.path`) before it reads on.\n\n| state | engine | killed | kill → next commit (ms) | runs |";
+const RESTART_TEXT: &str = "\n## restart: the coordinator killed, to the next commit\n\nA running count and sum by key (update mode) over the case's rows; once all of them are committed, the coordinator is SIGKILLed, a file of 1000 new rows is written and the engine is started again on its checkpoint. Measured from the kill to the first commit holding the new rows: Sluice's commit entry of the first batch with rows (its driver's clock); Spark's commit log entry for the batch that read them (its progress event); Flink's first checkpoint completed after its source read them (what an exactly-once sink commits on). Every engine watches the input directory (Sluice and Spark with a 100 ms trigger, Flink's file source with a 100 ms monitor interval) and checkpoints as in the workloads above. The peers run in local mode, so their coordinator is their whole runtime: a standalone cluster's job manager failover would need an HA service (ZooKeeper or Kubernetes) not set up here. Medians of the runs.\n\nHow each recovers: Sluice's new driver reads the newest offsets entry and its commit; executors that lived keep their state partitions in memory, new ones restore them from the latest snapshot and the deltas after it. Spark starts a new JVM and session, reads its offsets and commit logs, and each state partition's task loads the latest state version. Flink starts a new JVM and mini-cluster and restores every operator's state from the newest completed checkpoint (`execution.state-recovery.path`) before it reads on.\n\n| state | engine | killed | kill → next commit (ms) | runs |\n|---|---|---|---:|---:|";
 
 const EXECUTOR_KILL_TEXT: &str = "\n## executor_kill: an executor or task manager killed, to the next commit\n\nThe running count over 1.5M keys (3M rows in 12 files, one file per batch), each engine on processes of its own: Sluice's driver and two executors; Spark's local-cluster mode (a master, a worker and two executor JVMs of one core each); Flink's standalone session cluster (a job manager and two task managers of two slots each, the job's subtasks spread over both, heartbeats and restart strategy at their defaults). One executor is SIGKILLed while the fifth batch runs (Sluice: once its first stage has started; Spark: 300 ms after the fourth batch's progress), or for Flink once its source has read 1M rows. Measured from the kill to the commit of the batch it hit (Flink: its next completed checkpoint). Medians of the runs.\n\nHow each recovers: Sluice's driver sees the executor's stream end, reruns its lost tasks (and the map outputs they need, from lineage) on the executor left, which restores the lost state partitions from the checkpoint; the batch then commits once. Spark's driver hears from the worker that the executor exited, resubmits the lost tasks and the stages whose shuffle output died with it, and the worker starts a replacement executor. Flink fails the job over: every task is cancelled and the job restarts from its latest completed checkpoint on the slots left, re-reading what came after it.\n\n| state | engine | killed | kill → next commit (ms) | runs |\n|---|---|---|---:|---:|";
 
@@ -519,6 +519,36 @@ pub fn to_json(outcomes: &[Outcome]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_recovery_table_has_its_rule_and_medians() {
+        let outcome = |kind, case, killed, ms: Vec<u64>| Outcome {
+            kind,
+            case,
+            ms: BTreeMap::from([(("sluice", killed), ms)]),
+            skipped: vec![("spark", "no JVM".into())],
+        };
+        let outcomes = vec![
+            outcome(Kind::Restart, &CASES[0], "driver", vec![3, 1, 2]),
+            outcome(Kind::ExecutorKill, &EXECUTOR_KILL, "one", vec![5]),
+        ];
+        let mut md = String::new();
+        markdown(&mut md, &outcomes);
+        let lines: Vec<&str> = md.lines().collect();
+        let headers: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].starts_with("| state "))
+            .collect();
+        assert_eq!(headers.len(), 2, "{md}");
+        assert!(
+            headers.iter().all(|&i| lines[i + 1].starts_with("|---")),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1000 keys (400000 rows) | sluice | driver | 2 | 3 |"),
+            "{md}"
+        );
+        assert!(md.contains("| spark | not run: no JVM | - | 0 |"), "{md}");
+    }
 
     #[test]
     fn the_new_file_continues_the_rows_after_the_copied_input() {

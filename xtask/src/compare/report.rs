@@ -12,6 +12,9 @@ use super::{Latency, Outcome, median, recovery};
 use crate::bench::percentile;
 
 /// Where Sluice's own figures are: what a comparison of engines does not show.
+/// Why the Kafka jobs (the Yahoo job among them) read files here.
+const KAFKA: &str = "No workload here reads Kafka: the peers' Kafka connectors (Spark's spark-sql-kafka, Flink's flink-connector-kafka) are published only to Maven Central, which this machine cannot reach (its registries: crates.io, PyPI, Debian's packages, npm), so the Yahoo job reads the same events from files on every engine; Sluice's own bench runs it over Kafka (cluster.md).";
+
 const CLUSTER_LINK: &str = "Sluice on its own (`cargo xtask bench`): the latency floor over 1,000 batches with the time of each phase, wide shuffles, one driver with 1,000 executors, recovery from executor and driver kills, Kafka and windowed jobs, and each optimisation measured on and off, in [cluster.md](cluster.md).\n";
 
 /// An engine's medians over its runs of one workload.
@@ -165,7 +168,7 @@ fn markdown(
     let m = machine();
     let _ = writeln!(
         md,
-        "Written by `cargo xtask bench --compare`. Machine: {} CPUs ({}), {} GiB. Every engine reads the same jsonl files and runs the same query; a check run of each writes real output, and the comparison fails unless the outputs' row counts and checksums agree. Figures are medians over the timed runs, which alternate the engines' order. Rows per second run from the first batch's start to the last batch's end (Flink: from the job's start, less the wall time of the same job over no input); CPU and memory are of the engine's processes, from /proc.\n",
+        "Written by `cargo xtask bench --compare`. Machine: {} CPUs ({}), {} GiB. Every engine reads the same jsonl files and runs the same query; a check run of each writes real output, and the comparison fails unless the outputs' row counts and checksums agree. Figures are medians over the timed runs, which alternate the engines' order. Rows per second run from the first batch's start to the last batch's end (Flink: from the job's start, less the wall time of the same job over no input); CPU and memory are of the engine's processes, from /proc. {KAFKA}\n",
         m["cpus"],
         m["cpu"].as_str().unwrap_or(""),
         m["memory_gib"]
