@@ -1079,7 +1079,7 @@ pub fn wall_ms(status: &Value) -> u64 {
     last_commit.saturating_sub(first_start).max(1)
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -88,11 +88,18 @@ fn write_new_file(input: &Path, case: &Case) -> anyhow::Result<()> {
     Ok(std::fs::rename(staged, input.join("part-99999.jsonl"))?)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Sluice's running count over the files in `input`, a trigger every 100 ms.
+fn running_count_sql(input: &Path, files_per_batch: u64) -> String {
+    format!(
+        "SET 'trigger' = '100ms';
+SET 'partitions' = '{PARTITIONS}';
+CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
+  WITH (connector = 'files', path = '{}', format = 'jsonl', max_files_per_batch = '{files_per_batch}');
+CREATE TABLE sink WITH (connector = 'blackhole');
+INSERT INTO sink SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP BY key;
+",
+        input.display()
+    )
 }
 
 /// Sluice twice: the driver killed alone (executors keep their state), then the driver and
@@ -107,22 +114,13 @@ pub fn sluice(
     let mut out = Vec::new();
     for (killed, executors) in [("driver", false), ("driver and both executors", true)] {
         let input = fresh_input(data, &scratch.join(killed.replace(' ', "-")))?;
-        let sql = format!(
-            "SET 'trigger' = '100ms';
-SET 'partitions' = '{PARTITIONS}';
-CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
-  WITH (connector = 'files', path = '{}', format = 'jsonl', max_files_per_batch = '{FILES_PER_BATCH}');
-CREATE TABLE sink WITH (connector = 'blackhole');
-INSERT INTO sink SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP BY key;
-",
-            input.display()
-        );
+        let sql = running_count_sql(&input, FILES_PER_BATCH);
         let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
         let id = c.submit(&sql)?;
         c.wait_until(&id, Duration::from_secs(600), |s| {
             s["rows_in"].as_u64() >= Some(case.rows)
         });
-        let killed_at = now_ms();
+        let killed_at = crate::bench::now_ms();
         c.kill_driver();
         if executors {
             c.kill_executor(0);
@@ -214,16 +212,7 @@ pub fn sluice_executor_kill(
     data: &Dataset,
     _scratch: &Path,
 ) -> anyhow::Result<Vec<Recovery>> {
-    let sql = format!(
-        "SET 'trigger' = '100ms';
-SET 'partitions' = '{PARTITIONS}';
-CREATE TABLE src (key BIGINT, page TEXT, amount BIGINT)
-  WITH (connector = 'files', path = '{}', format = 'jsonl', max_files_per_batch = '1');
-CREATE TABLE sink WITH (connector = 'blackhole');
-INSERT INTO sink SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP BY key;
-",
-        data.dir.display()
-    );
+    let sql = running_count_sql(&data.dir, 1);
     let mut c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
     let id = c.submit(&sql)?;
     let hit = 5;
@@ -233,7 +222,7 @@ INSERT INTO sink SELECT key, count(*) AS n, sum(amount) AS total FROM src GROUP 
         1,
         Duration::from_secs(300),
     );
-    let killed_at = now_ms();
+    let killed_at = crate::bench::now_ms();
     c.kill_executor(0);
     let status = c.wait_until(&id, Duration::from_secs(300), |s| {
         s["rows_in"].as_u64() >= Some(case.rows)
