@@ -326,7 +326,7 @@ fn each_driver_restart_starts_the_executors_reconnect_delay_over() {
     }
     assert_eq!(after_registration.len(), 4, "{log}");
     assert!(
-        after_registration.iter().all(|ms| *ms <= 200),
+        after_registration.iter().all(|ms| *ms <= 20),
         "{after_registration:?}\n{log}"
     );
 }
