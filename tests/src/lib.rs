@@ -642,14 +642,11 @@ pub fn committed_rows(dir: &Path) -> BatchRows {
         .collect()
 }
 
-/// Rows of every committed batch (a `_SUCCESS` marker) under a files-sink directory, as JSON
-/// objects, keyed by batch id, with each batch's part files read in partition order.
-pub fn committed_jsonl(dir: &Path) -> std::collections::BTreeMap<u64, Vec<Value>> {
-    let mut out = std::collections::BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
+/// Every committed batch (a `_SUCCESS` marker) under a files-sink directory, in batch order,
+/// with its part files in partition order. None when the directory cannot be read.
+pub fn committed_parts(dir: &Path) -> Option<Vec<(u64, Vec<PathBuf>)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(batch) = name
             .strip_prefix("batch=")
@@ -661,30 +658,46 @@ pub fn committed_jsonl(dir: &Path) -> std::collections::BTreeMap<u64, Vec<Value>
             continue;
         }
         let mut parts: Vec<PathBuf> = std::fs::read_dir(e.path())
-            .unwrap()
+            .ok()?
             .flatten()
             .map(|p| p.path())
             .filter(|p| {
                 // A rerun rewriting a part stages it as `part-...#n` (object_store's local
                 // put) before the rename: not a part.
-                let name = p.file_name().unwrap().to_string_lossy();
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
                 name.starts_with("part-") && !name.contains('#')
             })
             .collect();
         parts.sort();
-        let rows = parts
-            .iter()
-            .flat_map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str::<Value>(l).expect("jsonl row"))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        out.insert(batch, rows);
+        out.push((batch, parts));
     }
-    out
+    out.sort();
+    Some(out)
+}
+
+/// Rows of every committed batch (a `_SUCCESS` marker) under a files-sink directory, as JSON
+/// objects, keyed by batch id, with each batch's part files read in partition order.
+pub fn committed_jsonl(dir: &Path) -> std::collections::BTreeMap<u64, Vec<Value>> {
+    if !dir.exists() {
+        return Default::default();
+    }
+    let batches = committed_parts(dir).expect("committed batches readable");
+    batches
+        .into_iter()
+        .map(|(batch, parts)| {
+            let rows = parts
+                .iter()
+                .flat_map(|p| {
+                    std::fs::read_to_string(p)
+                        .unwrap()
+                        .lines()
+                        .map(|l| serde_json::from_str::<Value>(l).expect("jsonl row"))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (batch, rows)
+        })
+        .collect()
 }
 
 /// A real S3-compatible server (moto) on a loopback port, with one bucket, stopped on drop.

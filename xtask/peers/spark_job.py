@@ -174,15 +174,13 @@ def latency(spark, spec):
     )
 
 
-def restart(spark, spec):
-    """The restart workload: the running count over a directory that stays watched, a
-    trigger every 100 ms; prints "COMMITTED <rows>" once batches holding `wait_rows` rows have
-    committed (their progress is posted after the commit log entry), then runs on until the
-    harness kills the process. Started again on the same checkpoint, it resumes from it."""
+def start_running_count(spark, spec):
+    """The running count to the noop sink, a trigger every 100 ms, on the spec's checkpoint
+    (the recovery workloads); prints "READY" as it starts."""
     mode, query = QUERIES["running_count"]
     source(spark, spec).createOrReplaceTempView("src")
     print("READY", flush=True)
-    q = (
+    return (
         spark.sql(query)
         .writeStream.outputMode(mode)
         .format("noop")
@@ -190,6 +188,14 @@ def restart(spark, spec):
         .trigger(processingTime="100 milliseconds")
         .start()
     )
+
+
+def restart(spark, spec):
+    """The restart workload: the running count over a directory that stays watched, a
+    trigger every 100 ms; prints "COMMITTED <rows>" once batches holding `wait_rows` rows have
+    committed (their progress is posted after the commit log entry), then runs on until the
+    harness kills the process. Started again on the same checkpoint, it resumes from it."""
+    q = start_running_count(spark, spec)
     counted, rows = set(), 0
     while rows < spec["wait_rows"]:
         for p in q.recentProgress:
@@ -229,17 +235,7 @@ def executor_kill(spec):
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
-    mode, query = QUERIES["running_count"]
-    source(spark, spec).createOrReplaceTempView("src")
-    print("READY", flush=True)
-    q = (
-        spark.sql(query)
-        .writeStream.outputMode(mode)
-        .format("noop")
-        .option("checkpointLocation", spec["checkpoint"])
-        .trigger(processingTime="100 milliseconds")
-        .start()
-    )
+    q = start_running_count(spark, spec)
 
     def done():
         return [p for p in q.recentProgress if p["numInputRows"] > 0]

@@ -1,7 +1,7 @@
 //! What each engine's check run produced, reduced to numbers that must agree across engines.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -180,27 +180,10 @@ fn key_hash(row: &Value, key: &[&str]) -> u128 {
 /// committed ones holding `_SUCCESS`, as Sluice's files sink and the Spark script write them),
 /// folded in batch order.
 pub fn read_batches(dir: &Path, spec: Spec) -> anyhow::Result<Checksum> {
-    let mut batches: Vec<(u64, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let batch = name.strip_prefix("batch=").and_then(|b| b.parse().ok());
-        if let Some(b) = batch.filter(|_| path.join("_SUCCESS").exists()) {
-            batches.push((b, path));
-        }
-    }
-    batches.sort();
+    let batches = sluice_cluster_tests::committed_parts(dir)
+        .with_context(|| format!("reading {}", dir.display()))?;
     let mut folder = Folder::new(spec);
-    for (_, batch) in batches {
-        let mut parts: Vec<PathBuf> = (std::fs::read_dir(&batch)?.flatten())
-            .map(|e| e.path())
-            .filter(|p| {
-                // A rerun stages a part as `part-...#n` before renaming it: not a part.
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                name.starts_with("part-") && !name.contains('#')
-            })
-            .collect();
-        parts.sort();
+    for (_, parts) in batches {
         for path in parts {
             let text = std::fs::read_to_string(&path)?;
             for (i, line) in text
