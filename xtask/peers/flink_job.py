@@ -26,12 +26,15 @@ SOURCE = """CREATE TABLE {name} ({columns})
 COLUMNS = {
     "events": "key BIGINT, page STRING, amount BIGINT",
     "bids": "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time BIGINT",
+    "timed_bids": "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING,"
+    " date_time TIMESTAMP(3), WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND",
     "ads": "user_id BIGINT, page_id BIGINT, ad_id BIGINT, ad_type STRING, event_type STRING,"
     " event_time TIMESTAMP(3), ip_address STRING,"
     " WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND",
 }
 
 WINDOW = "TABLE(TUMBLE(TABLE src, DESCRIPTOR(event_time), INTERVAL '10' SECOND))"
+HOP = "TABLE(HOP(TABLE src, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))"
 
 # The queries of compare/queries.rs in Flink's SQL, over `src`, with their sinks' columns.
 QUERIES = {
@@ -59,6 +62,29 @@ QUERIES = {
   MIN(price) AS min_price, MAX(price) AS max_price, AVG(price) AS avg_price,
   SUM(price) AS sum_price
 FROM src GROUP BY auction, DATE_FORMAT(TO_TIMESTAMP_LTZ(date_time, 3), 'yyyy-MM-dd')""",
+    ),
+    # Nexmark's own spellings of q5 and q7.
+    "q5": (
+        "auction BIGINT, num BIGINT, window_end TIMESTAMP(3)",
+        f"""SELECT a.auction, a.num, a.window_end FROM (
+  SELECT auction, COUNT(*) AS num, window_start, window_end FROM {HOP}
+  GROUP BY auction, window_start, window_end) a
+JOIN (
+  SELECT MAX(num) AS maxn, window_start, window_end FROM (
+    SELECT COUNT(*) AS num, window_start, window_end FROM {HOP}
+    GROUP BY auction, window_start, window_end) c
+  GROUP BY window_start, window_end) m
+ON a.window_start = m.window_start AND a.window_end = m.window_end AND a.num >= m.maxn""",
+    ),
+    "q7": (
+        "auction BIGINT, price BIGINT, bidder BIGINT, date_time TIMESTAMP(3), window_end TIMESTAMP(3)",
+        """SELECT b.auction, b.price, b.bidder, b.date_time, m.window_end
+FROM src b JOIN (
+  SELECT MAX(price) AS maxprice, window_end
+  FROM TABLE(TUMBLE(TABLE src, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+  GROUP BY window_start, window_end) m
+ON b.price = m.maxprice
+WHERE b.date_time BETWEEN m.window_end - INTERVAL '10' SECOND AND m.window_end""",
     ),
     "windowed": (
         "window_start TIMESTAMP(3), page_id BIGINT, n BIGINT",
@@ -145,10 +171,10 @@ def checksum_sql(spec, query):
         f"SUM(CAST(`{c['weight_by']}` AS BIGINT) * MOD(`{c['weight_key']}` * 2654435761, 65521))"
     )
     closed = ""
-    if spec["input_kind"] == "ads":
+    if spec.get("window_end"):
         # Flink closes every window at the end of a bounded input; the others only those the
         # final watermark passed.
-        closed = f" WHERE window_start <= TIMESTAMP '{spec['last_closed_window']}'"
+        closed = f" WHERE {spec['window_end']} <= TIMESTAMP '{spec['final_watermark']}'"
     return f"SELECT COUNT(*) AS c, {weighted} AS weighted, {sums} FROM ({query}){closed}"
 
 

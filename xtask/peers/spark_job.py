@@ -16,6 +16,8 @@ from pyspark.sql import SparkSession, functions as F
 SCHEMAS = {
     "events": "key BIGINT, page STRING, amount BIGINT",
     "bids": "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time BIGINT",
+    "timed_bids": "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING,"
+    " date_time TIMESTAMP",
     "ads": "user_id BIGINT, page_id BIGINT, ad_id BIGINT, ad_type STRING, event_type STRING,"
     " event_time TIMESTAMP, ip_address STRING",
 }
@@ -41,6 +43,32 @@ QUERIES = {
   sum(price) AS sum_price
 FROM src GROUP BY auction, date_format(timestamp_millis(date_time), 'yyyy-MM-dd')""",
     ),
+    # The windows' maxima joined back: on window_time(window), the event-time column a windowed
+    # aggregation leaves, so the watermark bounds the join's state; window_end states it exactly.
+    "q5": (
+        "append",
+        """WITH counts AS (
+  SELECT auction, num, window.start AS window_start, window.end AS window_end,
+    window_time(window) AS wt
+  FROM (SELECT auction, window, count(*) AS num FROM src
+        GROUP BY auction, window(date_time, '10 seconds', '2 seconds'))),
+maxes AS (
+  SELECT window_start, window_end, wt, max(num) AS maxn FROM counts
+  GROUP BY window_start, window_end, wt)
+SELECT a.auction, a.num, a.window_end FROM counts a JOIN maxes m
+ON a.wt = m.wt AND a.window_start = m.window_start AND a.window_end = m.window_end
+  AND a.num >= m.maxn""",
+    ),
+    "q7": (
+        "append",
+        """SELECT b.auction, b.price, b.bidder, b.date_time, m.window_end
+FROM src b JOIN (
+  SELECT maxprice, window.end AS window_end, window_time(window) AS wt
+  FROM (SELECT window, max(price) AS maxprice FROM src GROUP BY window(date_time, '10 seconds'))) m
+ON b.price = m.maxprice
+  AND b.date_time BETWEEN m.window_end - INTERVAL 10 SECONDS AND m.window_end
+  AND b.date_time BETWEEN m.wt - INTERVAL 11 SECONDS AND m.wt + INTERVAL 1 SECOND""",
+    ),
     "windowed": (
         "append",
         """SELECT window.start AS window_start, page_id, count(*) AS n
@@ -58,12 +86,12 @@ GROUP BY window(e.event_time, '10 seconds'), c.campaign_id""",
 ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 
 
-def session(spec):
+def session(spec, master="local[2]"):
     builder = SparkSession.builder
     if spec.get("large_state"):
         builder = builder.config("spark.sql.streaming.stateStore.providerClass", ROCKSDB)
     return (
-        builder.master("local[2]")
+        builder.master(master)
         .appName("sluice-compare")
         .config("spark.sql.shuffle.partitions", str(spec["partitions"]))
         .config("spark.sql.session.timeZone", "UTC")
@@ -81,6 +109,8 @@ def source(spark, spec):
         .option("maxFilesPerTrigger", spec["files_per_batch"])
         .json(spec["input"])
     )
+    if spec["input_kind"] == "timed_bids":
+        return rows.withWatermark("date_time", "5 seconds")
     if spec["input_kind"] != "ads":
         return rows
     # The ad events' watermark (Sluice's WATERMARK FOR), and their static table of campaigns.
@@ -225,15 +255,9 @@ def executor_kill(spec):
     executor JVMs of one core each), the running count over the input one file per batch;
     after `kill_after` batches, `kill_delay_ms` into the next one, one executor is SIGKILLed.
     Prints one JSON line: the time from the kill to the commit of the batch it hit, and the
-    durations of the batches before it."""
-    spark = (
-        SparkSession.builder.master("local-cluster[2,1,2048]")
-        .appName("sluice-compare")
-        .config("spark.sql.shuffle.partitions", str(spec["partitions"]))
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
+    durations of the batches before it. The state store is the one the restart workload uses
+    for the same keys."""
+    spark = session(spec, master="local-cluster[2,1,2048]")
     spark.sparkContext.setLogLevel("ERROR")
     q = start_running_count(spark, spec)
 

@@ -24,6 +24,7 @@ impl Dataset {
         let dir = root.join(match input {
             Input::Events { keys } => format!("rows{rows}-keys{keys}-files{files}"),
             Input::Bids => format!("bids{rows}-files{files}"),
+            Input::TimedBids => format!("timed-bids{rows}-files{files}"),
             Input::Ads => format!("ads{rows}-files{files}"),
         });
         let data = Dataset {
@@ -53,6 +54,7 @@ impl Dataset {
                 match input {
                     Input::Events { keys } => writeln!(out, "{}", event_line(i, keys))?,
                     Input::Bids => writeln!(out, "{}", bid(i))?,
+                    Input::TimedBids => writeln!(out, "{}", timed_bid(i))?,
                     Input::Ads => writeln!(out, "{}", ad_event(i))?,
                 }
             }
@@ -122,16 +124,31 @@ const FIRST_BID_MS: u64 = 1_793_491_200_000;
 /// Bid `i` as a jsonl line, after Nexmark's generator: prices spread over five decades (as its
 /// log-uniform prices are), so each of q17's three price ranges holds bids.
 pub fn bid(i: u64) -> String {
+    bid_at(i, &(FIRST_BID_MS + i * 100).to_string())
+}
+
+/// Timed bids per second of event time: 4M bids span 400 s, or forty 10-second windows.
+pub const TIMED_BIDS_PER_SECOND: u64 = 10_000;
+
+/// Bid `i` with `date_time` an ISO timestamp, `TIMED_BIDS_PER_SECOND` of them per second.
+pub fn timed_bid(i: u64) -> String {
+    bid_at(
+        i,
+        &format!("\"{}\"", event_time(i * 1000 / TIMED_BIDS_PER_SECOND)),
+    )
+}
+
+/// Bid `i` with `date_time` as the JSON value `date_time`.
+fn bid_at(i: u64, date_time: &str) -> String {
     let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
     let auction = 1000 + h % AUCTIONS;
     let bidder = 1000 + (h / AUCTIONS) % 100_000;
     let price = (1000 + (h >> 20) % 9000) * 10u64.pow(((h >> 40) % 5) as u32);
     let channel = CHANNELS[(i % 4) as usize];
     format!(
-        "{{\"auction\":{auction},\"bidder\":{bidder},\"price\":{price},\"channel\":\"{channel}\",\"url\":\"https://www.nexmark.com/{}/item.htm?query=1&channel_id={}\",\"date_time\":{}}}",
+        "{{\"auction\":{auction},\"bidder\":{bidder},\"price\":{price},\"channel\":\"{channel}\",\"url\":\"https://www.nexmark.com/{}/item.htm?query=1&channel_id={}\",\"date_time\":{date_time}}}",
         channel.to_lowercase(),
         h % 1000,
-        FIRST_BID_MS + i * 100
     )
 }
 
@@ -215,6 +232,25 @@ mod tests {
         assert!(auctions.iter().any(|a| a % 123 == 0));
         let days = |i: u64| (FIRST_BID_MS + i * 100) / 86_400_000;
         assert_eq!(days(4_000_000) - days(0), 4);
+    }
+
+    #[test]
+    fn timed_bids_are_the_bids_with_iso_times_in_order() {
+        let parse = |line: String| serde_json::from_str::<serde_json::Value>(&line).unwrap();
+        let (plain, timed) = (parse(bid(12_345)), parse(timed_bid(12_345)));
+        for field in ["auction", "bidder", "price", "channel", "url"] {
+            assert_eq!(plain[field], timed[field], "{field}");
+        }
+        assert_eq!(timed["date_time"], "2026-11-01T00:00:01.234");
+        let times: Vec<String> = (0..30_000)
+            .map(|i| {
+                parse(timed_bid(i))["date_time"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::Workload;
 use super::checksum::{self, Checksum};
 use super::data::Dataset;
 use super::procstat::{Sampler, Tree};
-use super::queries::{Input, Query};
+use super::queries::Query;
 use super::recovery::{self, Case, Recovery};
 
 /// Files per batch for every engine (Spark's maxFilesPerTrigger, Sluice's max_files_per_batch).
@@ -159,7 +159,14 @@ impl Engine for Sluice {
     }
 
     fn run(&self, w: &Workload, data: &Dataset, _scratch: &Path) -> anyhow::Result<Run> {
-        self.run_sql(&Self::sql(w, data, None))
+        let mut run = self.run_sql(&Self::sql(w, data, None))?;
+        // A query that scans `src` more than once (q5 and q7 join it to itself) counts its
+        // rows once per scan; the rate is of input rows, as for the peers.
+        if run.rows == 0 || run.rows % data.rows != 0 {
+            bail!("sluice read {} rows of {}", run.rows, data.rows);
+        }
+        run.rows = data.rows;
+        Ok(run)
     }
 
     fn check(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Checksum> {
@@ -224,7 +231,9 @@ impl Peer {
     ) -> anyhow::Result<Value> {
         let checkpoint = scratch.join(format!("{}-checkpoint-{}", self.name(), now_nanos()));
         let input = match (self.kind, w.input) {
-            (PeerKind::Flink, Input::Ads) => data.in_parts(FLINK_PARALLELISM)?,
+            (PeerKind::Flink, input) if input.events_per_second().is_some() => {
+                data.in_parts(FLINK_PARALLELISM)?
+            }
             _ => data.dir.clone(),
         };
         let mut spec = json!({
@@ -238,7 +247,8 @@ impl Peer {
             "checksum": w.query.checksum().to_json(),
             "large_state": w.input.keys() >= LARGE_STATE_KEYS,
             "campaigns": data.campaigns(),
-            "last_closed_window": last_closed_window(data.rows),
+            "final_watermark": w.input.events_per_second().map(|rate| final_watermark(data.rows, rate)),
+            "window_end": w.query.window_end(),
         });
         if check {
             spec["check_out"] = json!(scratch.join(format!("{}-out", self.name())));
@@ -295,6 +305,8 @@ impl Peer {
     }
 }
 
+const CLOSED_WINDOWS: &str = "Flink closes every window at the end of a bounded input; its checksum counts only the windows the final watermark closes, as Sluice and Spark emit";
+
 impl Engine for Peer {
     fn name(&self) -> &'static str {
         self.kind.name()
@@ -325,8 +337,12 @@ impl Engine for Peer {
             (PeerKind::Flink, Query::Yahoo) => notes.push(
                 "Flink SQL joins a stream to a static table only through a lookup source, which files are not, and a regular join drops the event-time attribute: the window is assigned before the join and counted after it by its start (an updating aggregation whose final values are compared)",
             ),
-            (PeerKind::Flink, Query::Windowed) => notes.push(
-                "Flink closes every window at the end of a bounded input; its checksum counts only the windows the final watermark closes, as Sluice and Spark emit",
+            (PeerKind::Flink, Query::Windowed | Query::Q5) => notes.push(CLOSED_WINDOWS),
+            (PeerKind::Flink, Query::Q7) => notes.push(
+                "window_end is not a time attribute after Flink's window aggregation, so it runs q7's join as a regular join, whose state no watermark evicts; and as for the windows, its checksum counts only the rows of windows the final watermark closes",
+            ),
+            (PeerKind::Spark, Query::Q5 | Query::Q7) => notes.push(
+                "Spark joins on window_time(window), its event-time column after a windowed aggregation, so that its watermark bounds the join's state; window_end gives the exact condition",
             ),
             (PeerKind::Spark, Query::Yahoo) => notes.push(
                 "Spark pushes the view filter into its JSON reader, so its progress counts only views; rows per second counts every row it read, as for the others",
@@ -415,15 +431,12 @@ impl Engine for Peer {
     }
 }
 
-/// The start of the last window the ad events' final watermark closes, as a SQL timestamp:
-/// Flink closes every window at the end of a bounded input, Sluice and Spark only those the
-/// watermark passed, so Flink's checksum leaves the others out.
-fn last_closed_window(rows: u64) -> String {
-    use super::queries::{WATERMARK_DELAY_MS, WINDOW_MS};
-    let last_ms = rows.saturating_sub(1) * 1000 / super::data::AD_EVENTS_PER_SECOND;
-    let watermark = last_ms.saturating_sub(WATERMARK_DELAY_MS);
-    let start = (watermark / WINDOW_MS).saturating_sub(1) * WINDOW_MS;
-    super::data::event_time(start).replace('T', " ")
+/// The watermark after the last of `rows` events at `rate` per second, as a SQL timestamp:
+/// the windows ending by then are the ones Sluice and Spark emit.
+fn final_watermark(rows: u64, rate: u64) -> String {
+    let last_ms = rows.saturating_sub(1) * 1000 / rate;
+    let watermark = last_ms.saturating_sub(super::queries::WATERMARK_DELAY_MS);
+    super::data::event_time(watermark).replace('T', " ")
 }
 
 /// The line of a JVM or Python error output that says what went wrong: the innermost
@@ -448,12 +461,12 @@ fn now_nanos() -> u128 {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_last_closed_window_ends_before_the_final_watermark() {
-        // 4M events end at 399.9999 s; the watermark 394.999 s closes [380, 390) but not
-        // [390, 400).
+    fn the_final_watermark_trails_the_last_event_by_the_delay() {
+        // 4M events at 10,000 per second end at 399.9999 s: the watermark is 394.999 s, which
+        // closes [380, 390) but not [390, 400).
         assert_eq!(
-            super::last_closed_window(4_000_000),
-            "2026-11-01 00:06:20.000"
+            super::final_watermark(4_000_000, 10_000),
+            "2026-11-01 00:06:34.999"
         );
     }
 

@@ -9,6 +9,7 @@ pub mod procstat;
 mod queries;
 mod recovery;
 mod report;
+mod targets;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -93,6 +94,25 @@ fn workloads(rows: u64) -> Vec<Workload> {
             Query::Q17,
             Input::Bids,
         ),
+        // A quarter of the rows: Spark runs q5 at about 16K rows/s.
+        Workload {
+            rows: (rows / 4).max(1),
+            ..w(
+                "nexmark_q5",
+                "Nexmark q5: the auctions with the most bids in each 10-second window sliding by 2 seconds, append mode",
+                Query::Q5,
+                Input::TimedBids,
+            )
+        },
+        Workload {
+            rows: (rows / 4).max(1),
+            ..w(
+                "nexmark_q7",
+                "Nexmark q7: the bids at the highest price of their 10-second window (a stream joined to its own windowed maximum), append mode",
+                Query::Q7,
+                Input::TimedBids,
+            )
+        },
         w(
             "windowed",
             "ad events counted per page in 10-second tumbling windows, append mode",

@@ -10,6 +10,9 @@ pub enum Input {
     Events { keys: u64 },
     /// Nexmark's bids: `{auction, bidder, price, channel, url, date_time}`.
     Bids,
+    /// The same bids in event-time order, `date_time` a timestamp with a watermark, 10,000 per
+    /// second of event time (the windowed queries).
+    TimedBids,
     /// The Yahoo benchmark's ad events, in event-time order, and a static table of campaigns.
     Ads,
 }
@@ -19,7 +22,17 @@ impl Input {
         match self {
             Input::Events { .. } => "events",
             Input::Bids => "bids",
+            Input::TimedBids => "timed_bids",
             Input::Ads => "ads",
+        }
+    }
+
+    /// Rows per second of event time, for an input with a watermark.
+    pub fn events_per_second(self) -> Option<u64> {
+        match self {
+            Input::TimedBids => Some(super::data::TIMED_BIDS_PER_SECOND),
+            Input::Ads => Some(super::data::AD_EVENTS_PER_SECOND),
+            Input::Events { .. } | Input::Bids => None,
         }
     }
 
@@ -27,7 +40,7 @@ impl Input {
     pub fn keys(self) -> u64 {
         match self {
             Input::Events { keys } => keys,
-            Input::Bids | Input::Ads => 0,
+            Input::Bids | Input::TimedBids | Input::Ads => 0,
         }
     }
 
@@ -38,6 +51,11 @@ impl Input {
             Input::Bids => format!(
                 "Nexmark bids `{{auction, bidder, price, channel, url, date_time}}` over {} auctions, one every 100 ms of event time",
                 super::data::AUCTIONS
+            ),
+            Input::TimedBids => format!(
+                "the same bids in event-time order, {} per second of event time, `date_time` an ISO timestamp with a {} s watermark delay",
+                super::data::TIMED_BIDS_PER_SECOND,
+                WATERMARK_DELAY_MS / 1000
             ),
             Input::Ads => format!(
                 "the Yahoo benchmark's ad events `{{user_id, page_id, ad_id, ad_type, event_type, event_time, ip_address}}`, {} per second of event time, over {} ads on {} pages; a static table maps the ads to {} campaigns",
@@ -55,6 +73,9 @@ impl Input {
             Input::Events { .. } => "key BIGINT, page TEXT, amount BIGINT",
             Input::Bids => {
                 "auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time BIGINT"
+            }
+            Input::TimedBids => {
+                "auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time TIMESTAMP, WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND"
             }
             Input::Ads => {
                 "user_id BIGINT, page_id BIGINT, ad_id BIGINT, ad_type TEXT, event_type TEXT, event_time TIMESTAMP, ip_address TEXT, WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND"
@@ -75,6 +96,10 @@ pub enum Query {
     Q1,
     /// Nexmark q2: the bids of every 123rd auction.
     Q2,
+    /// Nexmark q5: the auctions with the most bids in each 10-second window sliding by 2.
+    Q5,
+    /// Nexmark q7: the bids at the highest price of their 10-second window.
+    Q7,
     /// Nexmark q17: per auction and day, bids in three price ranges and price statistics.
     Q17,
     /// Ad events counted per page in 10-second tumbling windows, append mode.
@@ -84,9 +109,8 @@ pub enum Query {
     Yahoo,
 }
 
-/// The ad events' watermark delay and window size, in every engine's query.
+/// The watermark delay of the event-time inputs, in every engine's query.
 pub const WATERMARK_DELAY_MS: u64 = 5_000;
-pub const WINDOW_MS: u64 = 10_000;
 
 const COUNTS: Spec = Spec {
     update_key: &["key"],
@@ -112,6 +136,8 @@ impl Query {
             Query::Q0 => "q0",
             Query::Q1 => "q1",
             Query::Q2 => "q2",
+            Query::Q5 => "q5",
+            Query::Q7 => "q7",
             Query::Q17 => "q17",
             Query::Windowed => "windowed",
             Query::Yahoo => "yahoo",
@@ -141,6 +167,26 @@ impl Query {
                 "auction BIGINT, price BIGINT",
                 "SELECT auction, price FROM src WHERE auction % 123 = 0",
             ),
+            Query::Q5 => (
+                "auction BIGINT, num BIGINT, window_end TIMESTAMP",
+                "SELECT a.auction, a.num, a.window_end FROM (
+  SELECT auction, count(*) AS num, window_start, window_end
+  FROM HOP(src, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end
+) a JOIN (
+  SELECT max(num) AS maxn, window_start, window_end FROM (
+    SELECT auction, count(*) AS num, window_start, window_end
+    FROM HOP(src, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end
+  ) c GROUP BY window_start, window_end
+) m ON a.window_start = m.window_start AND a.window_end = m.window_end AND a.num >= m.maxn",
+            ),
+            Query::Q7 => (
+                "auction BIGINT, price BIGINT, bidder BIGINT, date_time TIMESTAMP, window_end TIMESTAMP",
+                "SELECT b.auction, b.price, b.bidder, b.date_time, m.window_end FROM src b JOIN (
+  SELECT max(price) AS maxprice, window_end
+  FROM TUMBLE(src, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end
+) m ON b.price = m.maxprice
+WHERE b.date_time BETWEEN m.window_end - INTERVAL '10' SECOND AND m.window_end",
+            ),
             Query::Q17 => (
                 "auction BIGINT, day TEXT, total_bids BIGINT, rank1_bids BIGINT, rank2_bids BIGINT, rank3_bids BIGINT, min_price BIGINT, max_price BIGINT, avg_price DOUBLE, sum_price BIGINT",
                 "SELECT auction, to_char(to_timestamp_millis(date_time), '%Y-%m-%d') AS day,
@@ -168,7 +214,7 @@ GROUP BY date_bin(INTERVAL '10 seconds', e.event_time), c.campaign_id",
     /// query, and the static table a join reads (its files in `campaigns`).
     pub fn sluice_preamble(self, campaigns: &std::path::Path) -> String {
         match self {
-            Query::Windowed => "SET 'output_mode' = 'append';\n".into(),
+            Query::Windowed | Query::Q5 | Query::Q7 => "SET 'output_mode' = 'append';\n".into(),
             Query::Yahoo => format!(
                 "SET 'output_mode' = 'append';
 CREATE TABLE campaigns (ad_id BIGINT, campaign_id BIGINT)
@@ -194,6 +240,17 @@ CREATE TABLE campaigns (ad_id BIGINT, campaign_id BIGINT)
             Query::Q2 => Spec {
                 weight_by: "price",
                 sums: &["price"],
+                ..BIDS
+            },
+            Query::Q5 => Spec {
+                update_key: &[],
+                weight_key: "auction",
+                weight_by: "num",
+                sums: &["num"],
+            },
+            Query::Q7 => Spec {
+                weight_by: "price",
+                sums: &["bidder", "price"],
                 ..BIDS
             },
             Query::Q17 => Spec {
@@ -222,6 +279,17 @@ CREATE TABLE campaigns (ad_id BIGINT, campaign_id BIGINT)
                 weight_by: "views",
                 sums: &["views"],
             },
+        }
+    }
+
+    /// The expression over an output row that is the end of its window, for a windowed query:
+    /// Flink closes every window at the end of a bounded input, Sluice and Spark only those the
+    /// final watermark passed, so Flink's checksum keeps the rows whose window ends by then.
+    pub fn window_end(self) -> Option<&'static str> {
+        match self {
+            Query::Windowed | Query::Yahoo => Some("window_start + INTERVAL '10' SECOND"),
+            Query::Q5 | Query::Q7 => Some("window_end"),
+            _ => None,
         }
     }
 }

@@ -49,6 +49,7 @@ pub fn write(
 ) -> anyhow::Result<()> {
     let mut md = markdown(engines, missing, outcomes, latency);
     recovery::markdown(&mut md, recoveries);
+    super::targets::markdown(&mut md, outcomes, latency, recoveries);
     println!("{md}");
     if !to_files {
         println!("a partial run (--only): bench/report.md and bench/results.json are unchanged");
@@ -285,7 +286,7 @@ fn throughput_plot(path: &Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
         .iter()
         .flat_map(|o| o.runs.values().map(|r| Medians::of(r).rows_per_second))
         .fold(1.0, f64::max);
-    let root = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1400, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let n = outcomes.len().max(1) as f64;
     let mut chart = ChartBuilder::on(&root)
