@@ -9,7 +9,10 @@ use crate::connector::{
     decode_split, encode_position,
 };
 use crate::{ConnectorError, Result, TableSpec};
-use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use rdkafka::config::ClientConfig;
@@ -234,6 +237,8 @@ pub struct KafkaSource {
     pub dead_letter_table: Option<String>,
     /// The driver's metadata client, made on first use.
     meta: Mutex<Option<Arc<BaseConsumer>>>,
+    /// The executor's consumers between tasks.
+    consumers: Arc<ConsumerPool>,
     /// Offsets skipped because retention deleted them (fail_on_data_loss = false).
     pub lost_offsets: AtomicU64,
 }
@@ -378,6 +383,7 @@ impl KafkaSource {
             topics,
             config,
             meta: Mutex::new(None),
+            consumers: Arc::default(),
             lost_offsets: AtomicU64::new(0),
         })
     }
@@ -468,6 +474,7 @@ impl KafkaSource {
         until: i64,
     ) -> Result<(RecordBatch, Option<RecordBatch>)> {
         let reader = RangeReader {
+            consumers: self.consumers.clone(),
             dead_letters: self.dead_letter_table.is_some(),
             fail_on_data_loss: self.fail_on_data_loss,
             table: self.table.clone(),
@@ -605,8 +612,47 @@ fn commit_offsets(
         .map_err(|e| error(format!("cannot commit offsets to group '{group}': {e}")))
 }
 
+/// Consumers an executor keeps between the tasks of a job: creating one costs a connection and
+/// a metadata round trip to the broker, which a task of a small batch would otherwise pay
+/// every time.
+#[derive(Default)]
+struct ConsumerPool {
+    idle: Mutex<Vec<BaseConsumer>>,
+}
+
+/// Idle consumers kept per source table: about the tasks an executor runs at once.
+const MAX_IDLE_CONSUMERS: usize = 8;
+
+impl ConsumerPool {
+    fn take(&self, config: &ClientConfig, table: &str) -> Result<BaseConsumer> {
+        if let Some(consumer) = self.idle.lock().unwrap().pop() {
+            return Ok(consumer);
+        }
+        config
+            .clone()
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "error")
+            // librdkafka refuses assign() without a group id; this one never joins or commits.
+            .set("group.id", format!("sluice-direct-{table}"))
+            .create()
+            .map_err(|e| ConnectorError::Write(format!("cannot create a Kafka client: {e}")))
+    }
+
+    /// Keeps a consumer whose read succeeded, unassigned so it fetches nothing while idle.
+    fn give_back(&self, consumer: BaseConsumer) {
+        if consumer.unassign().is_err() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap();
+        if idle.len() < MAX_IDLE_CONSUMERS {
+            idle.push(consumer);
+        }
+    }
+}
+
 /// One task's read of one partition's range, run on a blocking thread.
 struct RangeReader {
+    consumers: Arc<ConsumerPool>,
     dead_letters: bool,
     fail_on_data_loss: bool,
     table: String,
@@ -621,44 +667,45 @@ struct RangeReader {
 
 impl RangeReader {
     fn read(self) -> Result<(RecordBatch, Option<RecordBatch>)> {
+        let consumer = self.consumers.take(&self.config, &self.table)?;
+        let records = self.fetch(&consumer)?;
+        self.consumers.give_back(consumer);
+        let Some(records) = records else {
+            return Ok((
+                RecordBatch::new_empty(with_metadata_columns(&self.value_schema)),
+                None,
+            ));
+        };
+        self.decode(records)
+    }
+
+    /// The range's records, or None when none of it can be read any more (and that is allowed).
+    fn fetch(&self, consumer: &BaseConsumer) -> Result<Option<Records>> {
         let RangeReader {
-            dead_letters,
-            fail_on_data_loss,
             table,
-            config,
-            format,
-            value_schema,
             topic,
             partition,
-            from,
             until,
+            ..
         } = self;
-        let schema = with_metadata_columns(&value_schema);
-        let consumer: BaseConsumer = config
-            .clone()
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "error")
-            // librdkafka refuses assign() without a group id; this one never joins or commits.
-            .set("group.id", format!("sluice-direct-{table}"))
-            .create()
-            .map_err(|e| ConnectorError::Write(format!("cannot create a Kafka client: {e}")))?;
+        let (partition, until) = (*partition, *until);
         let gone = Gone {
-            table: &table,
-            topic: &topic,
+            table,
+            topic,
             partition,
-            fail_on_data_loss,
+            fail_on_data_loss: self.fail_on_data_loss,
         };
-        let from = gone.first_readable(&consumer, from, until)?;
+        let from = gone.first_readable(consumer, self.from, until)?;
         if until <= from {
-            return Ok((RecordBatch::new_empty(schema), None));
+            return Ok(None);
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, partition, Offset::Offset(from))
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from))
             .map_err(|e| ConnectorError::Write(e.to_string()))?;
         consumer.assign(&tpl).map_err(|e| {
             ConnectorError::Write(format!("cannot assign {topic}/{partition}: {e}"))
         })?;
-        let mut records = Records::default();
+        let mut records = Records::new(self.format);
         let mut last = from - 1;
         let started = Instant::now();
         // A deadline on progress, not on the whole range: a large range read slowly goes on as
@@ -681,6 +728,10 @@ impl RangeReader {
                     last + 1
                 ))
             })?;
+            // A reused consumer may still hand over what it fetched for an earlier task.
+            if msg.partition() != partition || msg.topic() != topic.as_str() {
+                continue;
+            }
             let offset = msg.offset();
             if offset >= until {
                 break;
@@ -699,22 +750,29 @@ impl RangeReader {
             ms = started.elapsed().as_millis() as u64,
             "kafka range fetched"
         );
+        Ok(Some(records))
+    }
+
+    /// The records as rows; with a dead-letter table, those that do not decode come back
+    /// separately instead of failing the read.
+    fn decode(&self, records: Records) -> Result<(RecordBatch, Option<RecordBatch>)> {
+        let (topic, partition) = (&self.topic, self.partition);
         let bad = |offset: i64, e: String| {
             ConnectorError::Read(format!(
-                "table '{table}': topic '{topic}' partition {partition} offset {offset}: {e}"
+                "table '{}': topic '{topic}' partition {partition} offset {offset}: {e}",
+                self.table
             ))
         };
-        if !dead_letters {
-            return records
-                .decode(format, &value_schema, schema, partition)
-                .map(|b| (b, None))
-                .map_err(|(offset, e)| bad(offset, e));
-        }
-        let (good, rejected) = records.split_bad(format, &value_schema, partition);
+        let records = match records.decode(&self.value_schema, partition) {
+            Ok(batch) => return Ok((batch, None)),
+            Err(e) if !self.dead_letters => return Err(bad(e.offset, e.why)),
+            Err(e) => *e.records,
+        };
+        let (good, rejected) = records.split_bad(&self.value_schema, partition);
         let batch = good
-            .decode(format, &value_schema, schema, partition)
-            .map_err(|(offset, e)| bad(offset, e))?;
-        let dead = (!rejected.is_empty()).then(|| rejected.into_batch(&topic, partition));
+            .decode(&self.value_schema, partition)
+            .map_err(|e| bad(e.offset, e.why))?;
+        let dead = (!rejected.is_empty()).then(|| rejected.into_batch(topic, partition));
         Ok((batch, dead))
     }
 }
@@ -793,7 +851,6 @@ pub fn dead_letter_schema() -> SchemaRef {
 }
 
 /// Records that did not decode, with why.
-#[derive(Default)]
 struct Rejected {
     records: Records,
     errors: Vec<String>,
@@ -805,24 +862,17 @@ impl Rejected {
     }
 
     fn into_batch(self, topic: &str, partition: i32) -> RecordBatch {
+        let r = &self.records;
         let n = self.errors.len();
-        let values: Vec<Option<String>> = self
-            .records
-            .values
-            .iter()
-            .map(|v| {
-                v.as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            })
-            .collect();
+        let values = (0..n).map(|i| r.value(i).map(String::from_utf8_lossy));
         RecordBatch::try_new(
             dead_letter_schema(),
             vec![
                 Arc::new(StringArray::from(vec![topic; n])),
                 Arc::new(Int32Array::from_value(partition, n)),
-                Arc::new(Int64Array::from(self.records.offsets)),
-                Arc::new(StringArray::from(self.records.keys)),
-                Arc::new(StringArray::from(values)),
+                Arc::new(Int64Array::from(r.offsets.clone())),
+                r.key_column(),
+                Arc::new(values.collect::<StringArray>()),
                 Arc::new(StringArray::from(self.errors)),
             ],
         )
@@ -835,165 +885,252 @@ fn strip_line(e: &str) -> String {
     e.strip_prefix("line 1:").map_or(e, str::trim).to_string()
 }
 
-/// The records of one range, as read.
-#[derive(Default)]
+/// The records of one range, as read. Each value is copied once out of librdkafka's buffer,
+/// into one buffer that the decoder reads whole (jsonl and csv, a '\n' after each value) or
+/// that becomes the column itself (raw).
 struct Records {
-    values: Vec<Option<Vec<u8>>>,
-    keys: Vec<Option<String>>,
+    format: RecordFormat,
+    data: Vec<u8>,
+    /// Where each record's value is in `data`; None for a record without one.
+    values: Vec<Option<std::ops::Range<usize>>>,
+    key_data: Vec<u8>,
+    keys: Vec<Option<std::ops::Range<usize>>>,
     offsets: Vec<i64>,
     timestamps: Vec<Option<i64>>,
 }
 
+/// Records that did not decode as a whole, given back, with the first bad one's offset.
+struct Undecodable {
+    records: Box<Records>,
+    offset: i64,
+    why: String,
+}
+
+impl std::fmt::Debug for Undecodable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "offset {}: {}", self.offset, self.why)
+    }
+}
+
 impl Records {
+    fn new(format: RecordFormat) -> Records {
+        Records {
+            format,
+            data: Vec::new(),
+            values: Vec::new(),
+            key_data: Vec::new(),
+            keys: Vec::new(),
+            offsets: Vec::new(),
+            timestamps: Vec::new(),
+        }
+    }
+
+    fn push<M: Message>(&mut self, msg: &M) {
+        let ts = msg.timestamp().to_millis();
+        self.push_parts(msg.payload(), msg.key(), msg.offset(), ts);
+    }
+
     fn push_parts(
         &mut self,
-        value: Option<Vec<u8>>,
-        key: Option<String>,
+        value: Option<&[u8]>,
+        key: Option<&[u8]>,
         offset: i64,
         ts: Option<i64>,
     ) {
-        self.values.push(value);
-        self.keys.push(key);
+        let span = |buf: &mut Vec<u8>, bytes: &[u8]| {
+            buf.extend_from_slice(bytes);
+            buf.len() - bytes.len()..buf.len()
+        };
+        self.values.push(value.map(|v| span(&mut self.data, v)));
+        if value.is_some() && self.format != RecordFormat::Raw {
+            self.data.push(b'\n');
+        }
+        self.keys.push(key.map(|k| span(&mut self.key_data, k)));
         self.offsets.push(offset);
         self.timestamps.push(ts);
     }
 
-    /// Separates the records that decode from those that do not (the slow path: only taken
-    /// when the whole range does not decode at once).
-    fn split_bad(
-        self,
-        format: RecordFormat,
-        value_schema: &SchemaRef,
-        partition: i32,
-    ) -> (Records, Rejected) {
-        let schema = with_metadata_columns(value_schema);
-        if self
-            .decode(format, value_schema, schema.clone(), partition)
-            .is_ok()
-        {
-            return (self, Rejected::default());
-        }
-        let (mut good, mut bad) = (Records::default(), Rejected::default());
-        let Records {
-            values,
-            keys,
-            offsets,
-            timestamps,
-        } = self;
-        for (((v, k), o), t) in values.into_iter().zip(keys).zip(offsets).zip(timestamps) {
-            let mut one = Records::default();
-            one.push_parts(v.clone(), k.clone(), o, t);
-            match one.decode(format, value_schema, schema.clone(), partition) {
-                Ok(_) => good.push_parts(v, k, o, t),
-                Err((_, e)) => {
-                    bad.records.push_parts(v, k, o, t);
-                    bad.errors.push(e);
+    fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn value(&self, i: usize) -> Option<&[u8]> {
+        self.values[i].clone().map(|r| &self.data[r])
+    }
+
+    fn key(&self, i: usize) -> Option<&[u8]> {
+        self.keys[i].clone().map(|r| &self.key_data[r])
+    }
+
+    /// Record `i` alone.
+    fn one(&self, i: usize) -> Records {
+        let mut one = Records::new(self.format);
+        one.push_parts(
+            self.value(i),
+            self.key(i),
+            self.offsets[i],
+            self.timestamps[i],
+        );
+        one
+    }
+
+    /// Keys as text, as Spark's `CAST(key AS STRING)` shows them.
+    fn key_column(&self) -> ArrayRef {
+        let keys = (0..self.len()).map(|i| self.key(i).map(String::from_utf8_lossy));
+        Arc::new(keys.collect::<StringArray>())
+    }
+
+    /// Separates the records that decode from those that do not, one record at a time (the
+    /// slow path, taken only when the whole range does not decode at once).
+    fn split_bad(self, value_schema: &SchemaRef, partition: i32) -> (Records, Rejected) {
+        let mut good = Records::new(self.format);
+        let mut bad = Rejected {
+            records: Records::new(self.format),
+            errors: Vec::new(),
+        };
+        for i in 0..self.len() {
+            let parts = (
+                self.value(i),
+                self.key(i),
+                self.offsets[i],
+                self.timestamps[i],
+            );
+            match self.one(i).decode(value_schema, partition) {
+                Ok(_) => good.push_parts(parts.0, parts.1, parts.2, parts.3),
+                Err(e) => {
+                    bad.records.push_parts(parts.0, parts.1, parts.2, parts.3);
+                    bad.errors.push(e.why);
                 }
             }
         }
         (good, bad)
     }
 
-    fn push<M: Message>(&mut self, msg: &M) {
-        self.values.push(msg.payload().map(<[u8]>::to_vec));
-        self.keys
-            .push(msg.key().map(|k| String::from_utf8_lossy(k).into_owned()));
-        self.offsets.push(msg.offset());
-        self.timestamps.push(msg.timestamp().to_millis());
-    }
-
-    /// Decodes the values into the declared columns and adds the metadata columns.
-    /// On a bad record: its offset and why.
+    /// Decodes the values into the declared columns and adds the metadata columns; on a bad
+    /// record, gives the records back with its offset and why.
     fn decode(
-        &self,
-        format: RecordFormat,
+        mut self,
         value_schema: &SchemaRef,
-        schema: SchemaRef,
         partition: i32,
-    ) -> std::result::Result<RecordBatch, (i64, String)> {
-        let n = self.offsets.len();
-        let mut columns: Vec<ArrayRef> = match format {
-            RecordFormat::Raw => {
-                let values: Vec<Option<&[u8]>> = self.values.iter().map(|v| v.as_deref()).collect();
-                let array: ArrayRef = match value_schema.field(0).data_type() {
-                    DataType::Utf8 | DataType::LargeUtf8 => {
-                        let mut strings = Vec::with_capacity(n);
-                        for (i, v) in values.iter().enumerate() {
-                            strings.push(match v {
-                                None => None,
-                                Some(b) => Some(std::str::from_utf8(b).map_err(|e| {
-                                    (self.offsets[i], format!("value is not UTF-8 text: {e}"))
-                                })?),
-                            });
-                        }
-                        let a: ArrayRef = Arc::new(StringArray::from(strings));
-                        arrow::compute::cast(&a, value_schema.field(0).data_type())
-                            .map_err(|e| (self.offsets[0], e.to_string()))?
-                    }
-                    _ => {
-                        let a: ArrayRef = Arc::new(arrow::array::BinaryArray::from(values));
-                        arrow::compute::cast(&a, value_schema.field(0).data_type())
-                            .map_err(|e| (self.offsets[0], e.to_string()))?
-                    }
-                };
-                vec![array]
-            }
-            RecordFormat::Jsonl | RecordFormat::Csv { .. } => {
-                let file_format = match format {
-                    RecordFormat::Csv { delimiter } => crate::FileFormat::Csv {
-                        header: false,
-                        delimiter,
-                    },
-                    _ => crate::FileFormat::Jsonl,
-                };
-                // Fast path: all values as one document, one line each.
-                let mut text = Vec::new();
-                for (i, v) in self.values.iter().enumerate() {
-                    let v = v.as_deref().unwrap_or_default();
-                    if v.is_empty() || v.contains(&b'\n') {
-                        let why = if v.is_empty() {
-                            "empty value"
-                        } else {
-                            "value spans several lines"
-                        };
-                        return Err((self.offsets[i], why.into()));
-                    }
-                    text.extend_from_slice(v);
-                    text.push(b'\n');
-                }
-                let batches = crate::connectors::files::decode(&text, file_format, value_schema)
-                    .map_err(|e| {
-                        // Not every decoder error names its line: find the record itself.
-                        self.values
-                            .iter()
-                            .zip(&self.offsets)
-                            .find_map(|(v, o)| {
-                                let mut one = v.clone().unwrap_or_default();
-                                one.push(b'\n');
-                                crate::connectors::files::decode(&one, file_format, value_schema)
-                                    .err()
-                                    .map(|e| (*o, strip_line(&e)))
-                            })
-                            .unwrap_or((self.offsets[0], e))
-                    })?;
-                let batch = arrow::compute::concat_batches(value_schema, &batches)
-                    .map_err(|e| (self.offsets[0], e.to_string()))?;
-                if batch.num_rows() != n {
-                    return Err((
-                        self.offsets[0],
-                        format!("{} records decoded into {} rows", n, batch.num_rows()),
-                    ));
-                }
-                batch.columns().to_vec()
+    ) -> std::result::Result<RecordBatch, Undecodable> {
+        let checked = match self.format {
+            RecordFormat::Raw => self.check_raw(value_schema),
+            RecordFormat::Jsonl | RecordFormat::Csv { .. } => self.text_columns(value_schema),
+        };
+        let mut columns = match checked {
+            Ok(columns) => columns,
+            Err((offset, why)) => {
+                return Err(Undecodable {
+                    records: Box::new(self),
+                    offset,
+                    why,
+                });
             }
         };
-        columns.push(Arc::new(StringArray::from(self.keys.clone())));
+        if self.format == RecordFormat::Raw {
+            columns.push(self.raw_column(value_schema.field(0).data_type()));
+        }
+        let n = self.len();
+        columns.push(self.key_column());
         columns.push(Arc::new(Int32Array::from_value(partition, n)));
-        columns.push(Arc::new(Int64Array::from(self.offsets.clone())));
-        columns.push(Arc::new(TimestampMillisecondArray::from(
-            self.timestamps.clone(),
-        )));
-        RecordBatch::try_new(schema, columns).map_err(|e| (0, e.to_string()))
+        columns.push(Arc::new(Int64Array::from(self.offsets)));
+        columns.push(Arc::new(TimestampMillisecondArray::from(self.timestamps)));
+        Ok(
+            RecordBatch::try_new(with_metadata_columns(value_schema), columns)
+                .expect("decoded columns match the declared ones"),
+        )
+    }
+
+    /// Whether the values fit the raw column: text must be UTF-8, and offsets fit in 32 bits.
+    fn check_raw(
+        &self,
+        value_schema: &SchemaRef,
+    ) -> std::result::Result<Vec<ArrayRef>, (i64, String)> {
+        if i32::try_from(self.data.len()).is_err() {
+            let first = self.offsets.first().copied().unwrap_or_default();
+            return Err((first, "the range's values exceed 2 GiB".into()));
+        }
+        if matches!(
+            value_schema.field(0).data_type(),
+            DataType::Utf8 | DataType::LargeUtf8
+        ) {
+            for i in 0..self.len() {
+                if let Err(e) = std::str::from_utf8(self.value(i).unwrap_or_default()) {
+                    return Err((self.offsets[i], format!("value is not UTF-8 text: {e}")));
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// The checked values as the table's one column, over the buffer they were read into.
+    fn raw_column(&mut self, target: &DataType) -> ArrayRef {
+        let lengths = self
+            .values
+            .iter()
+            .map(|v| v.as_ref().map_or(0, |r| r.len()));
+        let nulls = NullBuffer::from_iter(self.values.iter().map(Option::is_some));
+        let binary = BinaryArray::new(
+            OffsetBuffer::from_lengths(lengths),
+            Buffer::from_vec(std::mem::take(&mut self.data)),
+            (nulls.null_count() > 0).then_some(nulls),
+        );
+        let column: ArrayRef = match target {
+            DataType::Utf8 | DataType::LargeUtf8 => {
+                Arc::new(StringArray::try_from_binary(binary).expect("values checked as UTF-8"))
+            }
+            _ => Arc::new(binary),
+        };
+        arrow::compute::cast(&column, target).expect("a byte column casts to TEXT or BYTEA")
+    }
+
+    /// jsonl or csv values, decoded as one document of one line per record.
+    fn text_columns(
+        &self,
+        value_schema: &SchemaRef,
+    ) -> std::result::Result<Vec<ArrayRef>, (i64, String)> {
+        let file_format = match self.format {
+            RecordFormat::Csv { delimiter } => crate::FileFormat::Csv {
+                header: false,
+                delimiter,
+            },
+            _ => crate::FileFormat::Jsonl,
+        };
+        for i in 0..self.len() {
+            let v = self.value(i).unwrap_or_default();
+            if v.is_empty() {
+                return Err((self.offsets[i], "empty value".into()));
+            }
+            if v.contains(&b'\n') {
+                return Err((self.offsets[i], "value spans several lines".into()));
+            }
+        }
+        let decode =
+            |text: &[u8]| crate::connectors::files::decode(text, file_format, value_schema);
+        let batches = decode(&self.data).map_err(|e| {
+            // Not every decoder error names its line: find the record itself.
+            (0..self.len())
+                .find_map(|i| {
+                    let one = self.one(i);
+                    decode(&one.data)
+                        .err()
+                        .map(|e| (self.offsets[i], strip_line(&e)))
+                })
+                .unwrap_or((self.offsets[0], e))
+        })?;
+        let batch = arrow::compute::concat_batches(value_schema, &batches)
+            .map_err(|e| (self.offsets[0], e.to_string()))?;
+        if batch.num_rows() != self.len() {
+            return Err((
+                self.offsets[0],
+                format!(
+                    "{} records decoded into {} rows",
+                    self.len(),
+                    batch.num_rows()
+                ),
+            ));
+        }
+        Ok(batch.columns().to_vec())
     }
 }
 
@@ -1442,33 +1579,25 @@ mod tests {
     #[test]
     fn bad_records_are_named_by_offset() {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
-        let mut r = Records::default();
-        for (i, v) in [b"{\"n\": 1}".as_slice(), b"{\"n\": \"x\"}", b"{\"n\": 3}"]
-            .iter()
-            .enumerate()
-        {
-            r.values.push(Some(v.to_vec()));
-            r.keys.push(None);
-            r.offsets.push(100 + i as i64);
-            r.timestamps.push(None);
-        }
-        let (offset, why) = r
-            .decode(
-                RecordFormat::Jsonl,
-                &schema,
-                with_metadata_columns(&schema),
-                0,
-            )
-            .unwrap_err();
-        assert_eq!(offset, 101, "{why}");
+        let r = records_of(
+            RecordFormat::Jsonl,
+            &[b"{\"n\": 1}", b"{\"n\": \"x\"}", b"{\"n\": 3}"],
+        );
+        let e = r.decode(&schema, 0).unwrap_err();
+        assert_eq!(e.offset, 8, "{}", e.why);
+        // The records come back whole, for the dead-letter path.
+        assert_eq!(e.records.len(), 3);
+        let multi = records_of(RecordFormat::Jsonl, &[b"{\"n\": 1}", b"{\"n\":\n 2}"]);
+        let e = multi.decode(&schema, 0).unwrap_err();
+        assert_eq!((e.offset, e.why.as_str()), (8, "value spans several lines"));
     }
 
-    fn records_of(values: &[&[u8]]) -> Records {
-        let mut r = Records::default();
+    fn records_of(format: RecordFormat, values: &[&[u8]]) -> Records {
+        let mut r = Records::new(format);
         for (i, v) in values.iter().enumerate() {
             r.push_parts(
-                Some(v.to_vec()),
-                Some(format!("k{i}")),
+                Some(*v),
+                Some(format!("k{i}").as_bytes()),
                 7 + i as i64,
                 Some(1000),
             );
@@ -1482,52 +1611,70 @@ mod tests {
             Field::new("n", DataType::Int64, true),
             Field::new("s", DataType::Utf8, true),
         ]));
-        let r = records_of(&[b"1,a", b"2,b"]);
-        let b = r
-            .decode(
-                RecordFormat::Csv { delimiter: b',' },
-                &schema,
-                with_metadata_columns(&schema),
-                3,
-            )
+        let csv = RecordFormat::Csv { delimiter: b',' };
+        let b = records_of(csv, &[b"1,a", b"2,b"])
+            .decode(&schema, 3)
             .unwrap();
         assert_eq!(b.num_rows(), 2);
         assert_eq!(b.schema().field(2).name(), KEY_COLUMN);
+        let keys = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(keys.value(1), "k1");
         let offsets = b.column(4).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(offsets.values(), &[7, 8]);
         let parts = b.column(3).as_any().downcast_ref::<Int32Array>().unwrap();
         assert_eq!(parts.value(1), 3);
-        let (offset, why) = records_of(&[b"1,a", b"x,b"])
-            .decode(
-                RecordFormat::Csv { delimiter: b',' },
-                &schema,
-                with_metadata_columns(&schema),
-                3,
-            )
+        let e = records_of(csv, &[b"1,a", b"x,b"])
+            .decode(&schema, 3)
             .unwrap_err();
-        assert_eq!(offset, 8, "{why}");
+        assert_eq!(e.offset, 8, "{}", e.why);
 
         let text = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
-        let b = records_of(&[b"hello", b"world"])
-            .decode(RecordFormat::Raw, &text, with_metadata_columns(&text), 0)
-            .unwrap();
+        let mut r = records_of(RecordFormat::Raw, &[b"hello", b"world"]);
+        r.push_parts(None, None, 9, None);
+        r.push_parts(Some(b"!"), None, 10, None);
+        let b = r.decode(&text, 0).unwrap();
         let lines = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(lines.value(1), "world");
-        let (offset, why) = records_of(&[b"ok", &[0xff, 0xfe]])
-            .decode(RecordFormat::Raw, &text, with_metadata_columns(&text), 0)
+        let lines: Vec<Option<&str>> = lines.iter().collect();
+        assert_eq!(lines, [Some("hello"), Some("world"), None, Some("!")]);
+        let e = records_of(RecordFormat::Raw, &[b"ok", &[0xff, 0xfe]])
+            .decode(&text, 0)
             .unwrap_err();
-        assert_eq!(offset, 8, "{why}");
+        assert_eq!(e.offset, 8, "{}", e.why);
+        let bytes = Arc::new(Schema::new(vec![Field::new(
+            "b",
+            DataType::LargeBinary,
+            true,
+        )]));
+        let b = records_of(RecordFormat::Raw, &[b"ok", &[0xff, 0xfe]])
+            .decode(&bytes, 0)
+            .unwrap();
+        let col = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::LargeBinaryArray>();
+        assert_eq!(col.unwrap().value(1), &[0xff, 0xfe]);
     }
 
     #[test]
     fn split_bad_keeps_the_good_records_in_order() {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
-        let r = records_of(&[b"{\"n\": 1}", b"oops", b"{\"n\": 3}"]);
-        let (good, bad) = r.split_bad(RecordFormat::Jsonl, &schema, 0);
+        let r = records_of(
+            RecordFormat::Jsonl,
+            &[b"{\"n\": 1}", b"oops", b"{\"n\": 3}"],
+        );
+        let (good, bad) = r.split_bad(&schema, 0);
         assert_eq!(good.offsets, vec![7, 9]);
+        assert_eq!(good.value(1), Some(b"{\"n\": 3}".as_slice()));
         assert_eq!(bad.records.offsets, vec![8]);
         let dead = bad.into_batch("t", 0);
         assert_eq!(dead.num_rows(), 1);
         assert_eq!(dead.schema(), dead_letter_schema());
+        let value = dead
+            .column(4)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(value.value(0), "oops");
+        assert_eq!(good.decode(&schema, 0).unwrap().num_rows(), 2);
     }
 }
