@@ -364,10 +364,11 @@ impl Engine for Peer {
     fn run(&self, w: &Workload, data: &Dataset, scratch: &Path) -> anyhow::Result<Run> {
         let mut run = self.launch(&self.spec(w, data, scratch, false)?)?;
         if self.kind == PeerKind::Spark {
-            // Spark counts the rows its scan passes on, which a filter pushed into its JSON
-            // reader makes fewer than it read: that every batch ran shows it read them all.
+            // Spark counts the rows its scans pass on: fewer than it read when a filter is
+            // pushed into its JSON reader, more when a query scans `src` twice (q5, q7). That
+            // every batch ran shows it read them all.
             let batches = w.files.div_ceil(FILES_PER_BATCH);
-            if run.batches != batches || run.rows == 0 || run.rows > data.rows {
+            if run.batches != batches || run.rows == 0 {
                 bail!(
                     "spark ran {} of {batches} batches, passing {} of {} rows",
                     run.batches,
