@@ -874,9 +874,31 @@ impl KafkaBroker {
         self.topic_command("delete", name, &[]);
     }
 
-    /// Creates a topic (producing to a missing topic would hang).
+    /// Creates a topic (producing to a missing topic would hang) and waits until the broker's
+    /// metadata lists every partition: a producer that looks earlier refuses the partition as
+    /// unknown.
     pub fn create_topic(&self, name: &str, partitions: u32) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
         self.topic_command("create", name, &["--partitions", &partitions.to_string()]);
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("metadata client");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = client
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| m.topics().first().map(|t| t.partitions().len()));
+            if listed == Some(partitions as usize) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "topic {name}: the broker lists {listed:?} of {partitions} partitions"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs `tansu topic <verb> <name> --broker ... <extra>` and asserts it succeeded.

@@ -243,10 +243,9 @@ CREATE TABLE campaigns (ad_id BIGINT, campaign_id BIGINT)
                 ..BIDS
             },
             Query::Q5 => Spec {
-                update_key: &[],
-                weight_key: "auction",
                 weight_by: "num",
                 sums: &["num"],
+                ..BIDS
             },
             Query::Q7 => Spec {
                 weight_by: "price",
