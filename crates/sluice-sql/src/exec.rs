@@ -3,6 +3,7 @@
 use crate::SqlError;
 use crate::keyed::State;
 use crate::operator::BatchContext;
+use crate::partition::partitions_of;
 use crate::plan::{CompiledJob, FragmentOutput, Statics, TaskInput};
 use crate::state::StateUpdate;
 use arrow::array::{ArrayRef, UInt32Array};
@@ -15,7 +16,6 @@ use datafusion::physical_expr::PhysicalExpr;
 use sluice_connectors::{IpcDecoder, ipc_bytes};
 use sluice_core::{BatchId, StageInput};
 use std::sync::Arc;
-use xxhash_rust::xxh3::xxh3_64;
 
 /// Keys sampled per map task to choose range boundaries.
 const SAMPLE_PER_TASK: usize = 128;
@@ -242,16 +242,9 @@ fn hash_partition(
     }
     for batch in batches.iter().filter(|_| !keys.is_empty()) {
         let arrays = evaluate(batch, keys)?;
-        let converter = RowConverter::new(
-            arrays
-                .iter()
-                .map(|a| SortField::new(a.data_type().clone()))
-                .collect(),
-        )?;
-        let rows = converter.convert_columns(&arrays)?;
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for (i, row) in rows.iter().enumerate() {
-            indices[(xxh3_64(row.as_ref()) % partitions as u64) as usize].push(i as u32);
+        for (i, p) in partitions_of(&arrays, partitions)?.into_iter().enumerate() {
+            indices[p as usize].push(i as u32);
         }
         for (p, idx) in indices.into_iter().enumerate() {
             if !idx.is_empty() {

@@ -9,6 +9,7 @@ mod keyed;
 mod operator;
 mod parse;
 mod partial;
+mod partition;
 mod plan;
 mod slots;
 mod state;
