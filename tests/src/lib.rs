@@ -113,23 +113,65 @@ pub fn terminate(mut child: Child, timeout: Duration) -> ExitStatus {
 
 /// GET `path` from an HTTP endpoint on loopback: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let r = http(addr, "GET", path, &[], "");
+    (r.code, r.body)
+}
+
+/// An HTTP response: its status code, header lines and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub code: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of the first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+    }
+}
+
+/// One HTTP/1.1 request to a loopback endpoint, with extra headers and a form body.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    form: &str,
+) -> HttpResponse {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            form.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(form);
+    s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
-    let code = out
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_string())
+    HttpResponse {
+        code,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
 }
 
 pub struct Cluster {
@@ -1072,4 +1114,126 @@ impl JobsWatch {
             .block_on(self.client.get_batch(request))?
             .into_inner())
     }
+}
+
+/// Headless Chromium, as a person's browser renders a page: Debian's `chromium`, which
+/// `cargo xtask ci` installs (SLUICE_CHROMIUM names another binary). Each call is one browser
+/// process with a fresh profile, bounded in time, killed with the test if it dies.
+pub struct Browser {
+    bin: PathBuf,
+    profile: tempfile::TempDir,
+}
+
+impl Browser {
+    pub fn new() -> Browser {
+        let bin = std::env::var_os("SLUICE_CHROMIUM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+        assert!(
+            bin.exists(),
+            "{} is missing: `cargo xtask ci` installs Debian's chromium (or set SLUICE_CHROMIUM)",
+            bin.display()
+        );
+        Browser {
+            bin,
+            profile: tempfile::tempdir().expect("browser profile"),
+        }
+    }
+
+    fn run(&self, args: &[String]) -> Output {
+        let mut all: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ]
+        .map(String::from)
+        .to_vec();
+        all.push(format!("--user-data-dir={}", self.profile.path().display()));
+        all.extend_from_slice(args);
+        let log = self.profile.path().join("chromium.log");
+        let out = self.profile.path().join("stdout");
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&all)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start chromium");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "chromium {args:?} took over 60 s:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Output {
+            status,
+            stdout: std::fs::read(&out).unwrap_or_default(),
+            stderr: std::fs::read(&log).unwrap_or_default(),
+        }
+    }
+
+    /// The page's DOM once it has loaded and its script has run.
+    pub fn dom(&self, url: &str) -> String {
+        let out = self.run(&["--dump-dom".into(), url.into()]);
+        let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && dom.contains("<html"),
+            "chromium did not render {url}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dom
+    }
+
+    /// A PNG of the page in a `width` x `height` window, written to `path`.
+    pub fn screenshot(&self, url: &str, path: &Path, width: u32, height: u32) {
+        let out = self.run(&[
+            format!("--window-size={width},{height}"),
+            format!("--screenshot={}", path.display()),
+            url.into(),
+        ]);
+        assert!(
+            out.status.success() && path.exists(),
+            "chromium took no screenshot of {url}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A PNG's width and height, from its IHDR chunk; None when it is not a PNG.
+pub fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if bytes.len() < 24 || &bytes[..8] != SIGNATURE || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((be(&bytes[16..20]), be(&bytes[20..24])))
 }

@@ -578,3 +578,44 @@ INSERT INTO o SELECT key, count(*) FROM (SELECT _key AS key FROM a UNION ALL SEL
     }
     assert_eq!(latest_counts(&c), want);
 }
+
+#[test]
+fn the_status_and_the_web_ui_show_each_partitions_lag() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("events", 4);
+    broker.produce("events", &records(0..2000));
+    let ui = format!("127.0.0.1:{}", sluice_cluster_tests::free_port());
+    let mut c = Cluster::new();
+    c.driver_args = vec!["--ui-listen".into(), ui.clone()];
+    let c = Cluster::start_with(c, 1);
+    // One batch of 400 offsets, then nothing for a minute: the lag stays where it was left.
+    let sql = format!(
+        "SET 'trigger' = '60s';
+{}
+CREATE TABLE o (key TEXT, n BIGINT) WITH (connector = 'files', path = 'file://{}', format = 'jsonl');
+INSERT INTO o SELECT _key, count(*) FROM events GROUP BY _key;
+",
+        source(&broker, ", max_offsets_per_trigger = '400'"),
+        c.path("out").display()
+    );
+    let id = c.submit(&sql).unwrap();
+    let s = c.wait_until(&id, LONG, |s| s["batches_committed"].as_u64() >= Some(1));
+    let lag = s["source_lag"].as_array().unwrap();
+    let partitions: Vec<&str> = lag
+        .iter()
+        .map(|l| l["partition"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        partitions,
+        ["events-0", "events-1", "events-2", "events-3"],
+        "{s}"
+    );
+    assert!(lag.iter().all(|l| l["table"] == "events"));
+    let behind: u64 = lag.iter().map(|l| l["records"].as_u64().unwrap()).sum();
+    assert_eq!(behind, 2000 - 400, "{s}");
+    assert_eq!(s["rows_in"], 400);
+    let page = sluice_cluster_tests::http(&ui, "GET", &format!("/jobs/{id}"), &[], "").body;
+    let table = page.split("id=\"lag\"").nth(1).expect("a lag table");
+    let table = table.split("</table>").next().unwrap();
+    assert_eq!(table.matches("<td>events-").count(), 4, "{table}");
+}

@@ -69,6 +69,7 @@ fn builtin_example_runs_to_completion_and_shuts_the_cluster_down() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("batch     0 |"), "{stdout}");
+    assert!(stdout.contains("web UI: http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("rows/s"), "{stdout}");
     assert!(
         stdout.contains("| /checkout |"),

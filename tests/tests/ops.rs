@@ -147,6 +147,17 @@ fn without_a_token_a_driver_or_executor_refuses_a_non_loopback_address() {
             ],
         ),
         (
+            "sluice-driver",
+            vec![
+                "--listen".to_string(),
+                format!("127.0.0.1:{}", free_port()),
+                "--ui-listen".to_string(),
+                format!("0.0.0.0:{}", free_port()),
+                "--state".into(),
+                c.path("state").display().to_string(),
+            ],
+        ),
+        (
             "sluice-executor",
             vec![
                 "--listen".to_string(),

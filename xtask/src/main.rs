@@ -53,6 +53,9 @@ enum Task {
         #[arg(long, value_delimiter = ',')]
         engines: Vec<String>,
     },
+    /// Rewrite README.md's headline (the comparison's table, latency floor and recoveries)
+    /// from bench/results.json, as a full `bench --compare` does after its run
+    Readme,
     /// A long chaos run: a Kafka job under random process kills and storage faults, checked
     /// for exact output; prints a table and writes bench/chaos.json
     Chaos {
@@ -112,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             };
             bench::bench(&root, &bins, &only, &opts)
         }
+        Task::Readme => compare::headline::update_readme(&root),
         Task::Chaos { minutes, seed } => chaos(&root, minutes, seed),
         Task::Image { profile } => image(&root, &profile, &root.join("target")),
     }
@@ -294,6 +298,8 @@ fn ci() -> anyhow::Result<()> {
     let validate = ensure_venv("k8s-venv", K8S_VALIDATE, "kubernetes-validate")?;
     let kubectl = ensure_kubectl()?;
     let tansu = ensure_tansu()?;
+    // The web UI's tests render its pages in a real browser.
+    ensure_debs(&[("chromium", "chromium")])?;
     // SAFETY: single-threaded here; the tests we start inherit them.
     unsafe {
         std::env::set_var("SLUICE_MOTO_SERVER", &moto);

@@ -182,6 +182,19 @@ impl JobCheckpoint {
         Ok(self.read_metadata().await?.map(|m| (0, m)))
     }
 
+    /// The job as it was when a batch committed at `at_ms`: the newest revision submitted at
+    /// or before then, else the original metadata.
+    pub async fn metadata_at(&self, at_ms: u64) -> Result<Option<(u64, JobMetadata)>> {
+        for n in self.batches("revisions").await?.into_iter().rev() {
+            if let Some(meta) = self.read::<JobMetadata>(&format!("revisions/{n}")).await?
+                && meta.submitted_at_ms <= at_ms
+            {
+                return Ok(Some((n, meta)));
+            }
+        }
+        Ok(self.read_metadata().await?.map(|m| (0, m)))
+    }
+
     /// Records a resubmission; created once, so two concurrent resubmissions cannot both win.
     pub async fn write_revision(&self, n: u64, meta: &JobMetadata) -> Result<()> {
         self.create(&format!("revisions/{n}"), meta).await

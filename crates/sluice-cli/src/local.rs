@@ -176,6 +176,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let port = free_port()?;
     let driver = format!("http://127.0.0.1:{port}");
+    let ui_port = free_port()?;
     // The user's own SLUICE_TOKEN (inherited by the children) wins over a generated one.
     let token = match std::env::var_os(sluice_net::TOKEN_ENV) {
         Some(_) => None,
@@ -196,6 +197,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             format!("127.0.0.1:{port}"),
             "--state".into(),
             state.join("state").display().to_string(),
+            "--ui-listen".into(),
+            format!("127.0.0.1:{ui_port}"),
         ]
         .into_iter()
         .chain(token_arg.iter().cloned())
@@ -225,6 +228,13 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         args.executors,
         state.display()
     );
+    match &token {
+        Some(t) => println!(
+            "web UI: http://127.0.0.1:{ui_port}/ (log in with the token in {})",
+            t.display()
+        ),
+        None => println!("web UI: http://127.0.0.1:{ui_port}/ (log in with SLUICE_TOKEN)"),
+    }
     let target = crate::DriverAddr {
         url: driver.clone(),
         security: sluice_net::Security::load(&sluice_net::SecurityConfig {
@@ -309,7 +319,7 @@ async fn drive(
                     b.rows_in,
                     b.rows_out,
                     b.duration_ms,
-                    crate::rows_per_second(b.rows_in, b.duration_ms),
+                    sluice_proto::json::rows_per_second(b.rows_in, b.duration_ms),
                     if b.tasks_retried > 0 {
                         format!(
                             " | {} tasks rerun: {}",

@@ -3,12 +3,14 @@
 mod cluster;
 mod inspect;
 mod local;
+mod replay;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use sluice_net::{AuthChannel, Security, SecurityArgs, SecurityConfig};
 use sluice_proto::jobs_client::JobsClient;
+use sluice_proto::json;
 use sluice_proto::{
     ClusterRequest, GetBatchRequest, GetRequest, JobStatus, ListRequest, StopRequest, SubmitRequest,
 };
@@ -72,6 +74,22 @@ enum Command {
     Stop { job: String },
     /// Run a driver and executors on this machine, submit a job, and show its progress
     Local(local::LocalArgs),
+    /// Rerun one committed batch from its logged input, watermark and the state before it,
+    /// into a scratch directory, and say whether it equals what was committed (a files sink
+    /// byte for byte, state row for row); exits 1 when it does not
+    Replay {
+        job: String,
+        batch: u64,
+        /// Where the rerun writes (default: a new directory under the system's temp dir)
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Read the job's checkpoint here instead of asking the driver where it is: the job's
+        /// own (…/jobs/<id>) or the driver's --state
+        #[arg(long, value_name = "URI")]
+        checkpoint: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Read a checkpoint directly from storage
     Checkpoint {
         #[command(subcommand)]
@@ -187,6 +205,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Checkpoint {
             command: CheckpointCommand::Inspect { uri, json },
         } => inspect::run(&uri, json).await,
+        Command::Replay {
+            job,
+            batch,
+            out,
+            checkpoint,
+            json,
+        } => {
+            let uri = match checkpoint {
+                Some(uri) => uri,
+                None => driver(&config)?.checkpoint_of(&job).await?,
+            };
+            replay::run(&job, &uri, batch, out, json).await
+        }
         Command::Submit { file, resume } => {
             let sql = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read job file {}", file.display()))?;
@@ -211,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner()
                 .jobs;
             if json {
-                let all: Vec<_> = jobs.iter().map(status_json).collect();
+                let all: Vec<_> = jobs.iter().map(json::job_json).collect();
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 println!(
@@ -246,11 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            show(
-                json,
-                || cluster::batch_json(&b),
-                || cluster::print_batch(&b),
-            )
+            show(json, || json::batch_json(&b), || cluster::print_batch(&b))
         }
         Command::Executors { json } => {
             let c = driver(&config)?
@@ -262,7 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             show(
                 json,
-                || cluster::cluster_json(&c),
+                || json::cluster_json(&c),
                 || cluster::print_cluster(&c),
             )
         }
@@ -279,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner();
             if json {
-                println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+                println!("{}", serde_json::to_string_pretty(&json::job_json(&s))?);
             } else {
                 print_status(&s);
             }
@@ -315,6 +342,24 @@ impl DriverAddr {
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the driver at {}: {e}", self.url))?;
         Ok(JobsClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// Where a job's checkpoint is, as its driver says.
+    pub(crate) async fn checkpoint_of(&self, job: &str) -> anyhow::Result<String> {
+        let s = self
+            .connect()
+            .await?
+            .get(GetRequest {
+                job_id: job.to_string(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        anyhow::ensure!(
+            !s.checkpoint_uri.is_empty(),
+            "the driver does not say where job {job}'s checkpoint is; pass --checkpoint"
+        );
+        Ok(s.checkpoint_uri)
     }
 
     pub(crate) async fn submit(&self, request: SubmitRequest) -> anyhow::Result<Vec<String>> {
@@ -403,50 +448,6 @@ pub(crate) fn event_time(ms: Option<i64>) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-pub(crate) fn rows_per_second(rows: u64, ms: u64) -> u64 {
-    (rows * 1000).checked_div(ms).unwrap_or(rows * 1000)
-}
-
-fn status_json(s: &JobStatus) -> serde_json::Value {
-    serde_json::json!({
-        "job_id": s.job_id,
-        "name": s.name,
-        "state": s.job_state().name(),
-        "error": s.error,
-        "executors": s.executors,
-        "excluded_executors": s.excluded_executors,
-        "restarts": s.restarts,
-        "batches_committed": s.batches_committed,
-        "rows_in": s.rows_in,
-        "rows_out": s.rows_out,
-        "submitted_at_ms": s.submitted_at_ms,
-        "running_batch": s.running_batch,
-        "first_batch_started_at_ms": s.first_batch_started_at_ms,
-        "recent_batches": s.recent_batches.iter().map(|b| serde_json::json!({
-            "batch_id": b.batch_id,
-            "rows_in": b.rows_in,
-            "rows_out": b.rows_out,
-            "duration_ms": b.duration_ms,
-            "rows_per_second": rows_per_second(b.rows_in, b.duration_ms),
-            "tasks": b.tasks,
-            "tasks_rerun": b.tasks_retried,
-            "rerun": {
-                "task_failed": b.rerun_task_failed,
-                "executor_lost": b.rerun_executor_lost,
-                "fetch_failed": b.rerun_fetch_failed,
-            },
-            "recovery_ms": b.recovery_ms,
-            "checkpoint_ms": b.checkpoint_ms,
-            "dead_letters": b.dead_letters,
-            "watermark_ms": b.watermark_ms,
-            "max_event_ms": b.max_event_ms.iter().collect::<std::collections::BTreeMap<_, _>>(),
-            "metrics": b.metrics.iter().collect::<std::collections::BTreeMap<_, _>>(),
-            "started_at_ms": b.started_at_ms,
-            "committed_at_ms": b.committed_at_ms,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 fn print_status(s: &JobStatus) {
     println!("job        {}", s.job_id);
     println!("name       {}", s.name);
@@ -465,6 +466,14 @@ fn print_status(s: &JobStatus) {
         "batches    {} committed, {} rows in, {} rows out",
         s.batches_committed, s.rows_in, s.rows_out
     );
+    if !s.source_lag.is_empty() {
+        let lag: Vec<String> = s
+            .source_lag
+            .iter()
+            .map(|l| format!("{} {}: {}", l.table, l.partition, l.records))
+            .collect();
+        println!("lag        {}", lag.join(", "));
+    }
     if s.restarts > 0 {
         println!("restarts   {}", s.restarts);
     }
@@ -495,7 +504,7 @@ fn print_status(s: &JobStatus) {
                 b.rows_in,
                 b.rows_out,
                 b.duration_ms,
-                rows_per_second(b.rows_in, b.duration_ms),
+                json::rows_per_second(b.rows_in, b.duration_ms),
                 b.tasks,
                 b.tasks_retried,
                 watermark(Some(b)),

@@ -31,9 +31,9 @@ pub struct Planned {
     pub splits: Vec<SourceSplit>,
     /// The source will never have more input (a bounded datagen that is used up).
     pub exhausted: bool,
-    /// Records already in the source that this batch leaves for later (Kafka consumer lag
-    /// after the batch), where the source can tell.
-    pub backlog: Option<u64>,
+    /// Records already in the source that this batch leaves for later, per source partition
+    /// (Kafka consumer lag after the batch, by `topic-partition`), where the source can tell.
+    pub backlog: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// What reading one split produced.

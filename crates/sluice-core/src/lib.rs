@@ -15,7 +15,7 @@ pub mod watermark;
 pub use failure::{Failure, FailureKind};
 pub use ids::{ExecutorId, JobId, MapOutputId, StageAttemptId, StatePartition};
 pub use job_state::JobState;
-pub use plan::{ShuffleKind, StageInput, StageOutput, StageSpec};
+pub use plan::{ShuffleKind, StageInput, StageOutput, StageSpec, range_bounds};
 pub use settings::{JobSettings, OutputMode, Trigger};
 pub use split::SourceSplit;
 

@@ -96,3 +96,33 @@ impl StageSpec {
         self.sources().next().is_some()
     }
 }
+
+/// Picks `partitions - 1` boundaries from the sorted samples so that each range gets about the
+/// same number of sampled keys. Keys are arrow-row encoded, so byte order is sort order.
+pub fn range_bounds(mut samples: Vec<Vec<u8>>, partitions: u32) -> Vec<Vec<u8>> {
+    samples.sort();
+    if samples.is_empty() || partitions <= 1 {
+        return Vec::new();
+    }
+    let n = samples.len();
+    let mut bounds: Vec<Vec<u8>> = (1..partitions as usize)
+        .map(|i| samples[(i * n / partitions as usize).min(n - 1)].clone())
+        .collect();
+    bounds.dedup();
+    bounds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_bounds_split_samples_evenly_and_dedup() {
+        let samples: Vec<Vec<u8>> = (0u8..100).rev().map(|i| vec![i]).collect();
+        let b = range_bounds(samples, 4);
+        assert_eq!(b, vec![vec![25], vec![50], vec![75]]);
+        let same: Vec<Vec<u8>> = (0..10).map(|_| vec![7]).collect();
+        assert_eq!(range_bounds(same, 4), vec![vec![7]]);
+        assert!(range_bounds(Vec::new(), 4).is_empty());
+    }
+}

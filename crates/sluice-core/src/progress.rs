@@ -21,6 +21,9 @@ pub const STATE_BYTES: &str = "state_bytes";
 /// A windowed operator's open windows after the batch, one per key and window
 /// (`<operator>.open_windows`); also `<operator>.state_rows` for every stateful operator.
 pub const OPEN_WINDOWS: &str = "open_windows";
+/// The earliest end among a windowed operator's open windows, in ms since the epoch
+/// (`<operator>.next_window_end_ms`, folded by minimum): the window the watermark closes next.
+pub const NEXT_WINDOW_END_MS: &str = "next_window_end_ms";
 /// Rows a stateful operator took in and emitted: `<operator>.rows_in`, `<operator>.rows_out`
 /// (e.g. `agg-1.rows_in`).
 pub fn operator_rows(operator: &str, direction: &str) -> String {
@@ -94,6 +97,22 @@ pub struct Metric {
 }
 
 impl Metric {
+    /// A counter: tasks' values add up.
+    pub fn sum(value: u64) -> Metric {
+        Metric {
+            value: value as i64,
+            fold: Fold::Sum,
+        }
+    }
+
+    /// A bound whose batch value is the smallest over tasks.
+    pub fn min(value: i64) -> Metric {
+        Metric {
+            value,
+            fold: Fold::Min,
+        }
+    }
+
     fn fold(&mut self, other: Metric) {
         self.value = match self.fold {
             Fold::Sum => self.value.saturating_add(other.value),
@@ -117,13 +136,7 @@ pub struct TaskProgress {
 impl TaskProgress {
     /// Adds `value` to counter `name`.
     pub fn count(&mut self, name: &str, value: u64) -> &mut Self {
-        self.record(
-            name,
-            Metric {
-                value: value as i64,
-                fold: Fold::Sum,
-            },
-        )
+        self.record(name, Metric::sum(value))
     }
 
     /// Records `value` of a metric whose batch value is the smallest (`Fold::Min`) or the

@@ -2,7 +2,7 @@
 
 use crate::core::CoreHandle;
 use crate::metrics::DriverMetrics;
-use crate::model::{BatchLog, BatchRecorder};
+use crate::model::{self, BatchLog, BatchRecorder};
 use crate::runner::JobRunner;
 use sluice_checkpoint::{JobCheckpoint, JobMetadata};
 use sluice_connectors::store::Location;
@@ -23,6 +23,8 @@ struct JobEntry {
     stop: watch::Sender<bool>,
     /// Its recent batches in detail (stages, attempts, phases).
     batches: BatchLog,
+    /// Its plan as the web UI shows it; none for a job that ended before this driver started.
+    plan: Option<Arc<sluice_ui::JobPlan>>,
 }
 
 #[derive(Clone)]
@@ -155,9 +157,10 @@ impl Registry {
             name,
             state: sluice_proto::JobState::Running.into(),
             submitted_at_ms,
+            checkpoint_uri: checkpoint.uri().to_string(),
             ..Default::default()
         };
-        self.start(status, &sql, compiled, checkpoint);
+        self.start(status, &sql, compiled, checkpoint, "");
         Ok(job_id)
     }
 
@@ -219,7 +222,7 @@ impl Registry {
         status.set_job_state(JobState::Running);
         status.error.clear();
         tracing::info!(job = %job_id, revision = revision + 1, "job resumed with new SQL");
-        self.start(status, &sql, compiled, checkpoint);
+        self.start(status, &sql, compiled, checkpoint, model::RESUME);
         Ok(job_id.to_string())
     }
 
@@ -231,10 +234,19 @@ impl Registry {
         )
     }
 
-    /// Registers a job's status and, unless it already ended, starts its batch loop.
-    fn start(&self, status: JobStatus, sql: &str, job: CompiledJob, checkpoint: JobCheckpoint) {
+    /// Registers a job's status and starts its batch loop; `started_after` says why it
+    /// starts again, if it does (`model::DRIVER_RESTART`, `model::RESUME`).
+    fn start(
+        &self,
+        status: JobStatus,
+        sql: &str,
+        job: CompiledJob,
+        checkpoint: JobCheckpoint,
+        started_after: &'static str,
+    ) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let job_id = JobId::from(&status.job_id);
+        let plan = Arc::new(crate::ui::job_plan(&job));
         let runner = JobRunner {
             job_id: job_id.clone(),
             started_at_ms: status.submitted_at_ms,
@@ -244,6 +256,7 @@ impl Registry {
             core: self.core.clone(),
             registry: self.clone(),
             stop: stop_rx,
+            started_after,
         };
         {
             // A resumed job keeps the batches this driver already ran for it.
@@ -253,6 +266,7 @@ impl Registry {
                 status,
                 stop: stop_tx,
                 batches,
+                plan: Some(plan),
             };
             jobs.insert(job_id.clone(), entry);
         }
@@ -339,6 +353,7 @@ impl Registry {
             name: meta.name.clone(),
             state: sluice_proto::JobState::Running.into(),
             submitted_at_ms: meta.submitted_at_ms,
+            checkpoint_uri: checkpoint.uri().to_string(),
             ..Default::default()
         };
         for b in checkpoint.batches("commits").await? {
@@ -357,7 +372,7 @@ impl Registry {
         match CompiledJob::compile(&meta.sql, &meta.origin).await {
             Ok(job) => {
                 tracing::info!(job = %job_id, name = %meta.name, "resuming job");
-                self.start(status, &meta.sql, job, checkpoint);
+                self.start(status, &meta.sql, job, checkpoint, model::DRIVER_RESTART);
                 Ok(true)
             }
             Err(e) => {
@@ -378,6 +393,7 @@ impl Registry {
                 status,
                 stop,
                 batches: BatchLog::default(),
+                plan: None,
             },
         );
     }
@@ -425,6 +441,28 @@ impl Registry {
             }
         }
         Ok(detail)
+    }
+
+    /// Every batch the driver keeps of a job, oldest first, as last recorded.
+    pub fn batch_log(&self, job_id: &str) -> Vec<sluice_proto::BatchDetail> {
+        let jobs = self.jobs.lock().unwrap();
+        jobs.get(job_id)
+            .map_or_else(Vec::new, |e| e.batches.iter().cloned().collect())
+    }
+
+    /// The job's plan, when this driver compiled it.
+    pub fn plan(&self, job_id: &str) -> Option<Arc<sluice_ui::JobPlan>> {
+        self.jobs.lock().unwrap().get(job_id)?.plan.clone()
+    }
+
+    /// What a job's checkpoint holds (`sluice checkpoint inspect --json`); `None` for a job the
+    /// driver does not know.
+    pub async fn describe_checkpoint(
+        &self,
+        job_id: &str,
+    ) -> Option<anyhow::Result<serde_json::Value>> {
+        self.get(job_id)?;
+        Some(crate::inspect::describe(&self.checkpoint(job_id)).await)
     }
 
     /// The executors and their drains and losses.

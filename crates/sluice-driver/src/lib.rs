@@ -3,12 +3,14 @@
 
 pub mod core;
 mod housekeeping;
+pub mod inspect;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod runner;
 pub mod services;
+mod ui;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -62,6 +64,11 @@ pub struct DriverArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// Serve the web UI on this address, e.g. 127.0.0.1:8080 (loopback only without a
+    /// cluster token, as gRPC)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ui_listen: Option<String>,
     /// How long SIGTERM waits for running batches to commit before exiting (e.g. '20s'); a
     /// batch still running then is rerun after the restart
     #[arg(long)]
@@ -96,6 +103,7 @@ pub struct DriverConfig {
     pub exclude_for: String,
     pub locality_wait: String,
     pub metrics_listen: Option<String>,
+    pub ui_listen: Option<String>,
     pub shutdown_grace: String,
     pub allowed_paths: Vec<String>,
     pub denied_kafka_properties: Vec<String>,
@@ -113,6 +121,7 @@ impl Default for DriverConfig {
             exclude_for: "30s".into(),
             locality_wait: "3s".into(),
             metrics_listen: None,
+            ui_listen: None,
             shutdown_grace: "20s".into(),
             allowed_paths: Vec::new(),
             denied_kafka_properties: policy::DENIED_KAFKA_PROPERTIES
@@ -200,6 +209,10 @@ pub async fn run(config: DriverConfig) -> anyhow::Result<()> {
         Ok(0) => {}
         Ok(n) => tracing::info!(files = n, "deleted leftover staging files under --state"),
         Err(e) => tracing::warn!("cannot clean leftover staging files under --state: {e}"),
+    }
+    if let Some(addr) = &config.ui_listen {
+        let addr = sluice_ui::serve(addr, registry.clone(), security.clone()).await?;
+        tracing::info!(%addr, "serving the web UI");
     }
     let resumed = registry.recover().await?;
     if resumed > 0 {

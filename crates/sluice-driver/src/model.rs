@@ -64,10 +64,19 @@ impl BatchLog {
         self.batches.iter().rev().find(|b| b.batch_id == batch)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &pb::BatchDetail> {
+        self.batches.iter()
+    }
+
     pub fn oldest(&self) -> Option<BatchId> {
         self.batches.front().map(|b| b.batch_id)
     }
 }
+
+/// Why a job's loop starts again, marked on the first batch it runs (`started_after`).
+pub const DRIVER_RESTART: &str = "driver restart";
+pub const JOB_RESTART: &str = "job restart";
+pub const RESUME: &str = "resume";
 
 /// The driver's phases of a batch, in order.
 pub const PLAN: &str = "plan";

@@ -35,6 +35,9 @@ pub struct JobRunner {
     pub core: CoreHandle,
     pub registry: Registry,
     pub stop: watch::Receiver<bool>,
+    /// Why the loop starts again, if it does (`model::DRIVER_RESTART`, ...), for its first
+    /// batch's record.
+    pub started_after: &'static str,
 }
 
 enum End {
@@ -77,6 +80,7 @@ impl JobRunner {
         let mut restarts = Restarts::new(self.job.settings.restart.clone());
         let outcome = loop {
             let result = self.run_batches().await;
+            self.started_after = model::JOB_RESTART;
             if matches!(result, Err(Failure::Failed(_))) {
                 self.registry.metrics.batch_failed(&self.job_id);
             }
@@ -185,6 +189,9 @@ impl JobRunner {
                     let planned = self.plan_sources(&progress, &ctx).await?;
                     if let Some(lag) = planned.backlog {
                         self.registry.metrics.kafka_lag(&self.job_id, lag);
+                        let by_partition = planned.lag.clone();
+                        self.registry
+                            .update(&self.job_id, |s| s.source_lag = by_partition);
                     }
                     let tick = Instant::now();
                     next_trigger = (next_trigger + interval).max(tick);
@@ -226,6 +233,7 @@ impl JobRunner {
             let batch_id = entry.batch_id;
             last_watermark = entry.watermark.as_ref().and_then(|w| w.watermark_ms);
             let mut record = BatchRecorder::begin(&self.job_id, &entry, &phases);
+            record.detail.started_after = std::mem::take(&mut self.started_after).to_string();
             self.registry.record_batch(&self.job_id, &record, true);
             let _in_flight = self.registry.batch_started();
             self.test_pause("before_tasks", batch_id).await;
@@ -269,6 +277,10 @@ impl JobRunner {
             // The next batch's watermark counts this one's events; it is logged with that batch.
             let policy = self.job.settings.watermark_policy;
             watermarks.committed(&event_times, &self.job.event_times, policy);
+            let read = watermarks.max_event_ms.clone();
+            self.registry.update(&self.job_id, |s| {
+                s.max_event_ms = read.into_iter().collect()
+            });
             self.test_pause("after_commit", batch_id).await;
             let retain = self.job.settings.retain_batches;
             if (batch_id + 1) % retain == 0 {
@@ -306,6 +318,7 @@ impl JobRunner {
             splits: BTreeMap::new(),
             exhausted: true,
             backlog: None,
+            lag: Vec::new(),
         };
         for (table, source) in &self.job.sources {
             let planned = source
@@ -314,7 +327,14 @@ impl JobRunner {
                 .map_err(|e| e.into_failure().context(format!("source table '{table}'")))?;
             plan.exhausted &= planned.exhausted;
             if let Some(lag) = planned.backlog {
-                *plan.backlog.get_or_insert(0) += lag;
+                *plan.backlog.get_or_insert(0) += lag.values().sum::<u64>();
+                plan.lag.extend(lag.into_iter().map(|(partition, records)| {
+                    sluice_proto::SourceLag {
+                        table: table.clone(),
+                        partition,
+                        records,
+                    }
+                }));
             }
             plan.splits.insert(table.clone(), planned.splits);
         }
@@ -675,6 +695,8 @@ struct Plan {
     exhausted: bool,
     /// Records left for later, summed over the sources that can tell.
     backlog: Option<u64>,
+    /// The same per source partition.
+    lag: Vec<sluice_proto::SourceLag>,
 }
 
 /// Resolves once the job is asked to stop.

@@ -2,6 +2,7 @@
 //! task results up; task launches down), runs tasks, and serves its shuffle outputs to peers.
 
 pub mod metrics;
+pub mod replay;
 mod shuffle;
 mod state;
 mod statics;

@@ -360,8 +360,8 @@ impl TaskRunner {
                     &progress::operator_rows(op, progress::STATE_ROWS),
                     state_rows as u64,
                 );
-            for (name, value) in &update.metrics {
-                progress.count(&progress::operator_rows(op, name), *value);
+            for (name, metric) in &update.metrics {
+                progress.record(&progress::operator_rows(op, name), *metric);
             }
             // Written under (batch, partition) like the sink, committed by the driver with it.
             if let (Some(sink), false) = (&job.late_rows, update.late.is_empty()) {

@@ -186,6 +186,13 @@ impl Security {
         self.token.is_some()
     }
 
+    /// Whether `given` is the cluster token (compared in constant time); false without one.
+    pub fn token_is(&self, given: &[u8]) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|t| constant_time_eq(given, t.0.as_bytes()))
+    }
+
     /// The scheme of the URLs this process's gRPC server is reached at.
     pub fn scheme(&self) -> &'static str {
         if self.identity.is_some() {

@@ -3,6 +3,8 @@
 
 tonic::include_proto!("sluice.v1");
 
+pub mod json;
+
 impl From<sluice_core::FailureKind> for FailureKind {
     fn from(k: sluice_core::FailureKind) -> Self {
         use sluice_core::FailureKind as K;

@@ -1,14 +1,12 @@
 //! Executors, running batches, and the single `handle` entry point.
 
-use crate::batch::{
-    BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskRun, TaskState, range_bounds,
-};
+use crate::batch::{BatchReport, BatchRun, BatchSubmission, TaskOutput, TaskRun, TaskState};
 use crate::model::{
     AttemptOutcome, BatchTrace, EXECUTOR_HISTORY, ExecutorChange, ExecutorEvent, ExecutorView,
     LaunchCause,
 };
 use sluice_core::progress::{NONEMPTY_PARTITIONS as NONEMPTY, has_partition};
-use sluice_core::{BatchId, ExecutorId, Failure, JobId, StageOutput, StatePartition};
+use sluice_core::{BatchId, ExecutorId, Failure, JobId, StageOutput, StatePartition, range_bounds};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One attempt of one task. Every launch and every result carries it; a result whose key does

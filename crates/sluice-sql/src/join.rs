@@ -35,6 +35,7 @@ use datafusion::logical_expr::{
     BinaryExpr, Expr, Join, JoinType, LogicalPlan, LogicalPlanBuilder, Operator, col,
 };
 use datafusion::prelude::SessionContext;
+use sluice_core::progress::Metric;
 use sluice_core::watermark::EventTime;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,6 +88,9 @@ pub struct StreamJoin {
     signature: Vec<String>,
     /// Another stateful operator feeds it: late rows are judged by the previous watermark.
     downstream: bool,
+    /// Each side's event-time column its rows expire by (none for `state.ttl`), for
+    /// [`StatefulOperator::eviction`].
+    time_columns: [String; 2],
 }
 
 /// What a join's condition says about time: bounds on `right time - left time`.
@@ -184,6 +188,11 @@ impl StreamJoin {
                 .map(|s| format!("side {:?}: {}", s.expiry, types(&s.schema))),
         );
         let state_schema = state_schema(&sides);
+        let time_columns = match (&window, &bound) {
+            (Some((l, r)), _) => [l.flat_name(), r.flat_name()],
+            (None, Some(b)) => [b.left.flat_name(), b.right.flat_name()],
+            (None, None) => Default::default(),
+        };
         let upper = flat_leaf(JOIN_TABLE, &join.schema).map_err(|e| e.to_string())?;
         Ok((
             StreamJoin {
@@ -196,6 +205,7 @@ impl StreamJoin {
                 state_schema,
                 signature,
                 downstream: how.downstream,
+                time_columns,
             },
             upper,
         ))
@@ -533,6 +543,35 @@ impl StatefulOperator for StreamJoin {
         )
     }
 
+    fn eviction(&self) -> String {
+        let side = |i: usize, name: &str| {
+            let outer = match self.sides[i].outer {
+                true => " (unmatched, it comes out with NULLs then)",
+                false => "",
+            };
+            let column = &self.time_columns[i];
+            match self.sides[i].expiry {
+                Expiry::Time { reach_ms: 0, .. } => format!(
+                    "a {name} row leaves the state once the watermark reaches its {column}{outer}"
+                ),
+                Expiry::Time { reach_ms, .. } => format!(
+                    "a {name} row leaves the state once the watermark reaches its {column} {} {} ms, when no {} row can match it any more{outer}",
+                    if reach_ms < 0 { "-" } else { "+" },
+                    reach_ms.unsigned_abs(),
+                    if i == 0 { "right" } else { "left" }
+                ),
+                Expiry::Ttl { ttl_ms } => format!(
+                    "a {name} row leaves the state once the watermark is {ttl_ms} ms past the one of the batch it arrived in (state.ttl)"
+                ),
+            }
+        };
+        let pairs = match self.window {
+            true => "; the window's pairs are emitted when it closes",
+            false => "; pairs are emitted as soon as both rows have arrived",
+        };
+        format!("{}; {}{pairs}", side(0, "left"), side(1, "right"))
+    }
+
     fn windowed(&self) -> bool {
         true
     }
@@ -559,7 +598,7 @@ impl StatefulOperator for StreamJoin {
             let rows = self.new_rows(s, inputs.next().unwrap_or_default())?;
             let (rows, late) = self.on_time(s, rows, late_watermark)?;
             late_rows += late as u64;
-            metrics.push((format!("{name}.late_rows"), late as u64));
+            metrics.push((format!("{name}.late_rows"), Metric::sum(late as u64)));
             new.push(Held::new(rows));
         }
         let new: [Held; 2] = new
@@ -576,11 +615,9 @@ impl StatefulOperator for StreamJoin {
             false => self.process_interval(ctx, old, new).await?,
         };
         for (h, name) in kept.iter().zip(["left", "right"]) {
-            metrics.push((format!("{name}.state_rows"), h.rows.num_rows() as u64));
-            metrics.push((
-                format!("{name}.state_bytes"),
-                h.rows.get_array_memory_size() as u64,
-            ));
+            let (rows, bytes) = (h.rows.num_rows(), h.rows.get_array_memory_size());
+            metrics.push((format!("{name}.state_rows"), Metric::sum(rows as u64)));
+            metrics.push((format!("{name}.state_bytes"), Metric::sum(bytes as u64)));
         }
         let state = self.state_rows(&kept)?;
         Ok(Processed {

@@ -40,7 +40,7 @@ pub struct Processed {
     pub late_rows: u64,
     /// The operator's own statistics for the progress channel, reported as
     /// `<operator>.<name>` (a join's `left.state_rows`, ...).
-    pub metrics: Vec<(String, u64)>,
+    pub metrics: Vec<(String, sluice_core::progress::Metric)>,
     /// The partition's new state version.
     pub state: State,
     /// What is written to the checkpoint for this version: replaying deltas over a snapshot
@@ -65,6 +65,9 @@ pub trait StatefulOperator: Send + Sync {
 
     /// For `sluice status` and logs: the operator in one line.
     fn describe(&self) -> String;
+
+    /// When its state rows leave the state, in words (the web UI's plan page).
+    fn eviction(&self) -> String;
 
     /// Whether the watermark closes its state (event-time windows): such an operator emits and
     /// drops state as the watermark moves, so a batch without input can still have output.

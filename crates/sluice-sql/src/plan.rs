@@ -340,6 +340,45 @@ impl CompiledJob {
         Ok(rows)
     }
 
+    /// Points every sink the job writes (its sink, dead-letter and late-row tables) at
+    /// `<root>/<table>`, so that `sluice replay` reruns a batch without touching what the job
+    /// committed: a files sink keeps its format there, any other (Kafka, console) becomes a
+    /// jsonl files sink, since producing the rows again would duplicate them.
+    pub fn redirect_sinks(&mut self, root: &str) -> Result<(), SqlError> {
+        let redirect = |spec: &TableSpec| -> Result<Option<Sink>, SqlError> {
+            let mut spec = spec.clone();
+            let path = format!("{}/{}", root.trim_end_matches('/'), spec.name);
+            if spec.connector()? != "files" {
+                spec.options = [
+                    ("connector".to_string(), "files".to_string()),
+                    ("format".to_string(), "jsonl".to_string()),
+                ]
+                .into();
+            }
+            spec.options.insert("path".into(), path);
+            Ok(Some(Sink::from_spec(&spec)?))
+        };
+        if let Some(sink) = redirect(self.spec(&self.sink_table)?)? {
+            self.sink = sink;
+        }
+        let dead: Vec<(String, String)> = self
+            .sources
+            .iter()
+            .filter_map(|(t, s)| Some((t.clone(), s.dead_letter_table()?.to_string())))
+            .collect();
+        for (source, table) in dead {
+            if let Some(sink) = redirect(self.spec(&table)?)? {
+                self.dead_letters.insert(source, sink);
+            }
+        }
+        if let Some(table) = self.settings.late_rows_table.clone()
+            && let Some(sink) = redirect(self.spec(&table)?)?
+        {
+            self.late_rows = Some(sink);
+        }
+        Ok(())
+    }
+
     /// The declaration of `table`.
     pub(crate) fn spec(&self, table: &str) -> Result<&TableSpec, SqlError> {
         self.job

@@ -35,6 +35,7 @@ use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::lit;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
 use datafusion::prelude::SessionContext;
+use sluice_core::progress::Metric;
 use sluice_core::settings::OutputMode;
 use std::sync::Arc;
 
@@ -153,7 +154,7 @@ pub struct StateUpdate {
     /// The late rows themselves, as the operator received them (for `late_rows.table`).
     pub late: Vec<RecordBatch>,
     /// The operator's own statistics, reported as `<operator>.<name>`.
-    pub metrics: Vec<(String, u64)>,
+    pub metrics: Vec<(String, Metric)>,
 }
 
 impl StatefulAgg {
@@ -565,6 +566,27 @@ impl StatefulOperator for StatefulAgg {
         format!("RunningAggregate [{}]", self.signature.join(", "))
     }
 
+    fn eviction(&self) -> String {
+        let Some(w) = &self.window else {
+            return "never: one row per group key, kept for the job's life (group by an event-time window to bound it)".into();
+        };
+        let (window, end) = match w.session {
+            Some(_) => ("a session", "its end (its last row plus the gap)"),
+            None => ("a window", "its end"),
+        };
+        match self.output_mode {
+            OutputMode::Complete => format!(
+                "never: complete mode emits every window each batch, so {window} is kept after the watermark passes {end}"
+            ),
+            OutputMode::Append => format!(
+                "{window} leaves the state once the watermark reaches {end}, and is emitted then, once; a row for a closed window is late and dropped"
+            ),
+            OutputMode::Update => format!(
+                "{window} leaves the state once the watermark reaches {end}; its changed rows are emitted every batch until then; a row for a closed window is late and dropped"
+            ),
+        }
+    }
+
     fn windowed(&self) -> bool {
         self.window.is_some()
     }
@@ -605,12 +627,8 @@ impl StatefulOperator for StatefulAgg {
                     .await?
             }
         };
-        // A windowed aggregation's state rows are its open windows (per key and window).
-        let open_windows = match self.window {
-            Some(_) => vec![(
-                sluice_core::progress::OPEN_WINDOWS.to_string(),
-                update.state.num_rows() as u64,
-            )],
+        let metrics = match &self.window {
+            Some(w) => window_metrics(w, &update.state)?,
             None => Vec::new(),
         };
         Ok(Processed {
@@ -618,7 +636,7 @@ impl StatefulOperator for StatefulAgg {
             late_rows: late.iter().map(|b| b.num_rows() as u64).sum(),
             late,
             state: update.state,
-            metrics: open_windows,
+            metrics,
             delta: update.delta,
         })
     }
@@ -852,6 +870,29 @@ fn without_changed(
 }
 
 /// Which rows of a state batch belong to windows ending at or before the watermark.
+/// A windowed aggregation's open windows (its state rows, one per key and window) and the
+/// earliest end among them: what the watermark must pass for the next output.
+fn window_metrics(w: &WindowKey, state: &State) -> Result<Vec<(String, Metric)>, SqlError> {
+    use sluice_core::progress::{NEXT_WINDOW_END_MS, OPEN_WINDOWS};
+    let as_ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let mut next: Option<i64> = None;
+    for b in state.batches()? {
+        let keys = arrow::compute::cast(b.column(w.close_key), &as_ms)?;
+        if let Some(min) = arrow::compute::min(keys.as_primitive::<TimestampMillisecondType>()) {
+            next = Some(next.map_or(min, |n| n.min(min)));
+        }
+    }
+    let mut metrics = vec![(
+        OPEN_WINDOWS.to_string(),
+        Metric::sum(state.num_rows() as u64),
+    )];
+    if let Some(key) = next {
+        let end = key.saturating_add(w.end_offset_ms);
+        metrics.push((NEXT_WINDOW_END_MS.to_string(), Metric::min(end)));
+    }
+    Ok(metrics)
+}
+
 fn window_closed(b: &RecordBatch, key: usize, watermark_ms: i64) -> Result<BooleanArray, SqlError> {
     let as_ms = DataType::Timestamp(TimeUnit::Millisecond, None);
     let ends = arrow::compute::cast(b.column(key), &as_ms)?;

@@ -82,7 +82,7 @@ impl Run {
                     parts[p] = u.state;
                     self.late += u.late_rows;
                     for (name, v) in u.metrics {
-                        *self.metrics.entry(name).or_default() += v;
+                        *self.metrics.entry(name).or_default() += v.value as u64;
                     }
                     self.deltas.entry((stage, p)).or_default().push(u.delta);
                 }

@@ -4,6 +4,7 @@
 mod checksum;
 mod data;
 mod engines;
+pub mod headline;
 mod peers;
 pub mod procstat;
 mod queries;
@@ -24,6 +25,8 @@ pub use report::recovery_plot;
 
 pub struct Workload {
     pub id: &'static str,
+    /// A few words, for the README's table.
+    pub name: &'static str,
     pub title: &'static str,
     pub query: Query,
     pub input: Input,
@@ -33,8 +36,9 @@ pub struct Workload {
 
 fn workloads(rows: u64) -> Vec<Workload> {
     let files = 40;
-    let w = |id, title, query, input| Workload {
+    let w = |id, name, title, query, input| Workload {
         id,
+        name,
         title,
         query,
         input,
@@ -45,12 +49,14 @@ fn workloads(rows: u64) -> Vec<Workload> {
     vec![
         w(
             "running_count_1k",
+            "running count by key, 1K keys",
             "running count and sum by key, 1K keys, update mode",
             Query::RunningCount,
             events(1_000),
         ),
         w(
             "running_count_100k",
+            "running count by key, 100K keys",
             "running count and sum by key, 100K keys, update mode",
             Query::RunningCount,
             events(100_000),
@@ -59,6 +65,7 @@ fn workloads(rows: u64) -> Vec<Workload> {
             rows: rows.max(10_000_000),
             ..w(
                 "running_count_10m",
+                "running count by key, 10M keys",
                 "running count and sum by key, 10M keys, update mode (each key once)",
                 Query::RunningCount,
                 events(10_000_000),
@@ -66,30 +73,35 @@ fn workloads(rows: u64) -> Vec<Workload> {
         },
         w(
             "batch_count",
+            "count by page per batch",
             "count and sum by page within each batch (20 pages)",
             Query::BatchCount,
             events(1_000),
         ),
         w(
             "nexmark_q0",
+            "Nexmark q0 (pass-through)",
             "Nexmark q0: every bid passed through",
             Query::Q0,
             Input::Bids,
         ),
         w(
             "nexmark_q1",
+            "Nexmark q1 (projection)",
             "Nexmark q1: each bid's price converted to euros",
             Query::Q1,
             Input::Bids,
         ),
         w(
             "nexmark_q2",
+            "Nexmark q2 (filter)",
             "Nexmark q2: the bids of every 123rd auction",
             Query::Q2,
             Input::Bids,
         ),
         w(
             "nexmark_q17",
+            "Nexmark q17 (running aggregation per auction and day)",
             "Nexmark q17: per auction and day, bids by price range and price statistics, update mode",
             Query::Q17,
             Input::Bids,
@@ -99,6 +111,7 @@ fn workloads(rows: u64) -> Vec<Workload> {
             rows: (rows / 4).max(1),
             ..w(
                 "nexmark_q5",
+                "Nexmark q5 (hot items over sliding windows)",
                 "Nexmark q5: the auctions with the most bids in each 10-second window sliding by 2 seconds, append mode",
                 Query::Q5,
                 Input::TimedBids,
@@ -108,6 +121,7 @@ fn workloads(rows: u64) -> Vec<Workload> {
             rows: (rows / 4).max(1),
             ..w(
                 "nexmark_q7",
+                "Nexmark q7 (highest bids per window)",
                 "Nexmark q7: the bids at the highest price of their 10-second window (a stream joined to its own windowed maximum), append mode",
                 Query::Q7,
                 Input::TimedBids,
@@ -115,12 +129,14 @@ fn workloads(rows: u64) -> Vec<Workload> {
         },
         w(
             "windowed",
+            "10-second windows per page, append",
             "ad events counted per page in 10-second tumbling windows, append mode",
             Query::Windowed,
             Input::Ads,
         ),
         w(
             "yahoo",
+            "Yahoo job (static join, windows)",
             "the Yahoo streaming benchmark: views joined to their campaigns (a static table), counted per campaign in 10-second windows, append mode",
             Query::Yahoo,
             Input::Ads,

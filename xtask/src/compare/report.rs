@@ -66,8 +66,9 @@ pub fn write(
     std::fs::write(dir.join("report.md"), &md)?;
     throughput_plot(&dir.join("throughput.png"), outcomes)?;
     latency_plot(&dir.join("latency_cdf.png"), latency)?;
+    super::headline::update_readme(root)?;
     println!(
-        "wrote bench/report.md, bench/results.json, bench/throughput.png, bench/latency_cdf.png"
+        "wrote bench/report.md, bench/results.json, bench/throughput.png, bench/latency_cdf.png and README.md's headline"
     );
     Ok(())
 }
@@ -119,6 +120,7 @@ fn results_json(
                 .collect();
             json!({
                 "id": o.workload.id,
+                "name": o.workload.name,
                 "title": o.workload.title,
                 "rows": o.workload.rows,
                 "input": o.workload.input.describe(),

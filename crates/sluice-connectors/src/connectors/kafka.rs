@@ -445,7 +445,8 @@ impl KafkaSource {
                     "offsets deleted by retention before they were read were skipped (fail_on_data_loss = false)"
                 );
             }
-            let behind = backlog(&marks, positions, &splits);
+            let lag = backlog(&marks, positions, &splits);
+            let behind: u64 = lag.values().sum();
             if let Some(cap) = cap
                 && behind > 0
             {
@@ -456,7 +457,7 @@ impl KafkaSource {
                 );
             }
             Planned {
-                backlog: Some(behind),
+                backlog: Some(lag),
                 splits: splits.into_iter().map(SourceSplit::from).collect(),
                 exhausted: false,
             }
@@ -1143,7 +1144,12 @@ impl Records {
 /// range. `max_offsets` caps the whole batch, shared by backlog.
 /// Records between where the job will be after these splits and each partition's high
 /// watermark: the consumer lag once the batch commits.
-fn backlog(marks: &PartitionMarks, positions: &Positions, splits: &[Range]) -> u64 {
+/// Per partition (`topic-partition`), the records after the planned batch.
+fn backlog(
+    marks: &PartitionMarks,
+    positions: &Positions,
+    splits: &[Range],
+) -> BTreeMap<String, u64> {
     marks
         .iter()
         .map(|((topic, p), (_, high))| {
@@ -1154,9 +1160,9 @@ fn backlog(marks: &PartitionMarks, positions: &Positions, splits: &[Range]) -> u
             let next = planned
                 .or_else(|| positions.get(topic).and_then(|m| m.get(p)).copied())
                 .unwrap_or(*high);
-            (high - next).max(0) as u64
+            (format!("{topic}-{p}"), (high - next).max(0) as u64)
         })
-        .sum()
+        .collect()
 }
 
 pub fn plan_ranges(
@@ -1510,8 +1516,11 @@ mod tests {
         .unwrap();
         let taken: i64 = ranges(&s).iter().map(|(_, f, u)| u - f).sum();
         assert_eq!(taken, 60);
-        assert_eq!(backlog(&m, &at(&[(0, 0), (1, 0)]), &s), 140 - 60);
-        assert_eq!(backlog(&m, &at(&[(0, 100), (1, 40)]), &[]), 0);
+        let lag = backlog(&m, &at(&[(0, 0), (1, 0)]), &s);
+        assert_eq!(lag.values().sum::<u64>(), 140 - 60);
+        assert_eq!(lag.len(), 2, "one entry per partition: {lag:?}");
+        let none = backlog(&m, &at(&[(0, 100), (1, 40)]), &[]);
+        assert!(none.values().all(|n| *n == 0), "{none:?}");
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl SourceConnector for Sequence {
         Ok(Planned {
             splits,
             exhausted: end >= self.end,
-            backlog: Some(self.end - end),
+            backlog: Some([(KIND.to_string(), self.end - end)].into()),
         })
     }
 
