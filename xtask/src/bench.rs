@@ -4,7 +4,7 @@
 
 use anyhow::bail;
 use serde_json::{Value, json};
-use sluice_cluster_tests::{Cluster, JobsWatch, KafkaBroker};
+use sluice_cluster_tests::{Cluster, JobsWatch, KafkaBroker, S3Server};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ pub struct Options {
 const WORKLOADS: &[(&str, Measure)] = &[
     ("throughput", throughput),
     ("small_batches", small_batches),
+    ("small_batches_s3", small_batches_s3),
     ("partial_aggregation", partial_aggregation),
     ("wide_shuffle", wide_shuffle),
     ("scheduling", scheduling),
@@ -147,6 +148,16 @@ const TABLE: &[(&str, &str, &str)] = &[
     (
         "small batches: p99 end to end (ms)",
         "small_batches",
+        "end_to_end_ms.p99",
+    ),
+    (
+        "small batches, checkpoints on the S3 server (moto): p50 end to end (ms)",
+        "small_batches_s3",
+        "end_to_end_ms.p50",
+    ),
+    (
+        "  the same: p99 (ms)",
+        "small_batches_s3",
         "end_to_end_ms.p99",
     ),
     (
@@ -374,10 +385,15 @@ pub struct SmallBatches {
 /// Runs the latency floor's job until `SMALL_BATCHES` batches after the warm-up ones have
 /// committed, reading each batch's times over one long-lived client.
 pub fn small_batch_times(bins: &Path) -> anyhow::Result<SmallBatches> {
+    small_batch_times_on(Cluster::with_bins(bins.to_path_buf()))
+}
+
+/// The same on a cluster set up by the caller (its --state elsewhere).
+fn small_batch_times_on(cluster: Cluster) -> anyhow::Result<SmallBatches> {
     let rate = SMALL_ROWS_PER_BATCH * 1000 / SMALL_TRIGGER_MS;
     let total = rate * (SMALL_WARM_UP + SMALL_BATCHES + 20) * SMALL_TRIGGER_MS / 1000;
     let settings = format!("SET 'trigger' = '{SMALL_TRIGGER_MS}ms';\nSET 'partitions' = '4';");
-    let c = Cluster::start_with(Cluster::with_bins(bins.to_path_buf()), 2);
+    let c = Cluster::start_with(cluster, 2);
     let id = c.submit(&bench_job(&settings, rate, total))?;
     let mut watch = JobsWatch::connect(&c.url())?;
     let mut seen: BTreeMap<u64, (u64, Vec<(String, u64)>)> = BTreeMap::new();
@@ -419,7 +435,31 @@ pub fn small_batch_times(bins: &Path) -> anyhow::Result<SmallBatches> {
 /// (planning its input) to its commit entry, over more than 1,000 batches after 20 warm-up
 /// ones; with where the time goes (the driver's phases and the slowest task's phases, p50).
 fn small_batches(bins: &Path, _: &Options) -> anyhow::Result<Value> {
-    let measured = small_batch_times(bins)?;
+    Ok(small_batches_summary(small_batch_times(bins)?))
+}
+
+/// The latency floor with every checkpoint file (offsets, commits, state) on an S3 server on
+/// loopback (moto, which `cargo xtask ci` installs): each commit is a few PUTs over HTTP.
+fn small_batches_s3(bins: &Path, _: &Options) -> anyhow::Result<Value> {
+    let moto = std::env::var_os("SLUICE_MOTO_SERVER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sluice/moto-venv/bin/moto_server")
+        });
+    if !moto.exists() {
+        let why = format!("{} is missing (cargo xtask ci installs it)", moto.display());
+        eprintln!("    skipped: {why}");
+        return Ok(json!({ "skipped": why }));
+    }
+    let s3 = S3Server::start("sluice-bench");
+    let mut c = Cluster::with_bins(bins.to_path_buf());
+    c.env = s3.env();
+    c.state = Some(s3.uri("state"));
+    Ok(small_batches_summary(small_batch_times_on(c)?))
+}
+
+fn small_batches_summary(measured: SmallBatches) -> Value {
     let mut e2e = measured.end_to_end_ms;
     e2e.sort_unstable();
     let mut by_phase: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -433,7 +473,7 @@ fn small_batches(bins: &Path, _: &Options) -> anyhow::Result<Value> {
             (name, percentile(&ms, 0.5))
         })
         .collect();
-    Ok(json!({
+    json!({
         "trigger_ms": SMALL_TRIGGER_MS,
         "rows_per_batch": SMALL_ROWS_PER_BATCH,
         "warm_up_batches_left_out": SMALL_WARM_UP,
@@ -444,7 +484,7 @@ fn small_batches(bins: &Path, _: &Options) -> anyhow::Result<Value> {
             "max": e2e.last(),
         },
         "phase_p50_ms": phase_p50,
-    }))
+    })
 }
 
 /// A batch's driver phases and, per task phase, its slowest task (`task.<phase>`), plus the
