@@ -99,6 +99,7 @@ fn markdown(r: &BTreeMap<String, Value>) -> String {
         page.push_str(&format!("| {} | {value} |\n", label.trim()));
     }
     page.push_str("\nAn executor SIGKILLed while a batch's map tasks run: each batch's span from its start to its commit, relative to the kill; the batch that lost tasks reran them on the other executors.\n\n![recovery timeline](recovery_timeline.png)\n");
+    crate::compare::cluster_targets(&mut page, r);
     page
 }
 

@@ -22,6 +22,7 @@ use data::Dataset;
 use engines::{Engine, Run, Sluice};
 use queries::{Input, Query};
 pub use report::recovery_plot;
+pub use targets::cluster_markdown as cluster_targets;
 
 pub struct Workload {
     pub id: &'static str,
