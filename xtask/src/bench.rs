@@ -152,6 +152,11 @@ const TABLE: &[(&str, &str, &str)] = &[
         "end_to_end_ms.p99",
     ),
     (
+        "  a batch's start after its trigger was due: max (ms)",
+        "small_batches",
+        "late_start_ms.max",
+    ),
+    (
         "small batches, checkpoints on the S3 server (moto): p50 end to end (ms)",
         "small_batches_s3",
         "end_to_end_ms.p50",
@@ -160,6 +165,11 @@ const TABLE: &[(&str, &str, &str)] = &[
         "  the same: p99 (ms)",
         "small_batches_s3",
         "end_to_end_ms.p99",
+    ),
+    (
+        "  the same: a batch's start after its trigger was due, max (ms)",
+        "small_batches_s3",
+        "late_start_ms.max",
     ),
     (
         "wide shuffle 200 x 200: batch p50 (ms)",
@@ -381,7 +391,14 @@ pub const SMALL_BATCHES: u64 = 1_000;
 pub struct SmallBatches {
     pub end_to_end_ms: Vec<u64>,
     pub phases: Vec<Vec<(String, u64)>>,
+    /// How long each batch started after its trigger was due (the previous batch's start plus
+    /// the interval): time a row waits that no batch's own duration shows, such as a stall
+    /// between batches.
+    pub late_start_ms: Vec<u64>,
 }
+
+/// A measured batch: its start, its time end to end and its phases.
+type Seen = (u64, u64, Vec<(String, u64)>);
 
 /// Runs the latency floor's job until `SMALL_BATCHES` batches after the warm-up ones have
 /// committed, reading each batch's times over one long-lived client.
@@ -392,12 +409,14 @@ pub fn small_batch_times(bins: &Path) -> anyhow::Result<SmallBatches> {
 /// The same on a cluster set up by the caller (its --state elsewhere).
 fn small_batch_times_on(cluster: Cluster) -> anyhow::Result<SmallBatches> {
     let rate = SMALL_ROWS_PER_BATCH * 1000 / SMALL_TRIGGER_MS;
-    let total = rate * (SMALL_WARM_UP + SMALL_BATCHES + 20) * SMALL_TRIGGER_MS / 1000;
+    // Rows for three times the batches: a batch that overruns its trigger takes the rows of the
+    // intervals it missed, so a slow build needs more rows for as many batches.
+    let total = rate * (SMALL_WARM_UP + SMALL_BATCHES) * 3 * SMALL_TRIGGER_MS / 1000;
     let settings = format!("SET 'trigger' = '{SMALL_TRIGGER_MS}ms';\nSET 'partitions' = '4';");
     let c = Cluster::start_with(cluster, 2);
     let id = c.submit(&bench_job(&settings, rate, total))?;
     let mut watch = JobsWatch::connect(&c.url())?;
-    let mut seen: BTreeMap<u64, (u64, Vec<(String, u64)>)> = BTreeMap::new();
+    let mut seen: BTreeMap<u64, Seen> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let status = watch.status(&id)?;
@@ -407,7 +426,8 @@ fn small_batch_times_on(cluster: Cluster) -> anyhow::Result<SmallBatches> {
             }
             let detail = watch.batch(&id, b.batch_id)?;
             let e2e = b.committed_at_ms.saturating_sub(b.started_at_ms);
-            seen.insert(b.batch_id, (e2e, phases(&detail)));
+            let phases = phases(&detail);
+            seen.insert(b.batch_id, (b.started_at_ms, e2e, phases));
         }
         use sluice_proto::JobState;
         let ended = matches!(
@@ -425,10 +445,17 @@ fn small_batch_times_on(cluster: Cluster) -> anyhow::Result<SmallBatches> {
         "only {} batches were seen",
         seen.len()
     );
-    let (end_to_end_ms, phases) = seen.into_values().unzip();
+    let late_start_ms = seen
+        .iter()
+        .zip(seen.iter().skip(1))
+        .filter(|((a, _), (b, _))| *a + 1 == **b)
+        .map(|((_, (prev, ..)), (_, (start, ..)))| start.saturating_sub(prev + SMALL_TRIGGER_MS))
+        .collect();
+    let (end_to_end_ms, phases) = seen.into_values().map(|(_, e2e, p)| (e2e, p)).unzip();
     Ok(SmallBatches {
         end_to_end_ms,
         phases,
+        late_start_ms,
     })
 }
 
@@ -463,6 +490,8 @@ fn small_batches_s3(bins: &Path, _: &Options) -> anyhow::Result<Value> {
 fn small_batches_summary(measured: SmallBatches) -> Value {
     let mut e2e = measured.end_to_end_ms;
     e2e.sort_unstable();
+    let mut late = measured.late_start_ms;
+    late.sort_unstable();
     let mut by_phase: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (name, ms) in measured.phases.iter().flatten() {
         by_phase.entry(name.clone()).or_default().push(*ms);
@@ -485,6 +514,10 @@ fn small_batches_summary(measured: SmallBatches) -> Value {
             "max": e2e.last(),
         },
         "phase_p50_ms": phase_p50,
+        "late_start_ms": {
+            "p99": percentile(&late, 0.99),
+            "max": late.last(),
+        },
     })
 }
 

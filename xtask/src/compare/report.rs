@@ -15,7 +15,7 @@ use crate::bench::percentile;
 /// Why the Kafka jobs (the Yahoo job among them) read files here.
 const KAFKA: &str = "No workload here reads Kafka: the peers' Kafka connectors (Spark's spark-sql-kafka, Flink's flink-connector-kafka) are published only to Maven Central, which this machine cannot reach (its registries: crates.io, PyPI, Debian's packages, npm), so the Yahoo job reads the same events from files on every engine; Sluice's own bench runs it over Kafka (cluster.md).";
 
-const CLUSTER_LINK: &str = "Sluice on its own (`cargo xtask bench`): the latency floor over 1,000 batches with the time of each phase, wide shuffles, one driver with 1,000 executors, recovery from executor and driver kills, Kafka and windowed jobs, and each optimisation measured on and off, in [cluster.md](cluster.md).\n";
+const CLUSTER_LINK: &str = "Sluice on its own (`cargo xtask bench`): the latency floor over 1,000 batches with the time of each phase, wide shuffles, one driver with 1,000 executors, recovery from executor and driver kills, Kafka and windowed jobs, and map-side partial aggregation on and off, in [cluster.md](cluster.md); each optimisation before and after, in [changes.md](changes.md).\n";
 
 /// An engine's medians over its runs of one workload.
 #[derive(Debug, Clone, Copy, PartialEq)]
