@@ -94,6 +94,33 @@ fn the_api_and_pages_show_an_executor_loss_and_its_reruns() {
         .collect();
     assert!(!reruns.is_empty(), "{batch}");
     assert!(reruns.iter().all(|a| a["executor_id"] != killed));
+    // What the commit made durable: the sink's partitions are exactly its part files, and the
+    // running count's state has version 1 in every partition.
+    let outputs = batch["committed"]["outputs"].as_array().unwrap();
+    let sink = outputs.iter().find(|o| o["kind"] == "sink").unwrap();
+    assert_eq!(sink["name"], "o");
+    let mut parts: Vec<u64> = std::fs::read_dir(c.path("out/batch=1"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix("part-")?
+                .strip_suffix(".jsonl")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    parts.sort_unstable();
+    let listed: Vec<u64> = (sink["partitions"].as_array().unwrap().iter())
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert!(!parts.is_empty());
+    assert_eq!(listed, parts, "{batch}");
+    let state = outputs.iter().find(|o| o["kind"] == "state").unwrap();
+    assert_eq!(
+        state["partitions"],
+        serde_json::json!([0, 1, 2, 3]),
+        "{batch}"
+    );
     let executors = get_json(&ui, "/api/executors", &[]);
     let lost: Vec<&Value> = executors["events"]
         .as_array()
@@ -132,6 +159,14 @@ fn the_api_and_pages_show_an_executor_loss_and_its_reruns() {
     );
     let batch_page = get_page(&ui, &format!("/jobs/{id}/batches/1"), &[]);
     assert!(batch_page.contains("cause-executor_lost") || batch_page.contains("cause-output_lost"));
+    assert!(
+        batch_page.contains("<li>sink o: partitions "),
+        "{batch_page}"
+    );
+    assert!(
+        batch_page.contains(": version 1 of partitions 0, 1, 2, 3</li>"),
+        "{batch_page}"
+    );
     let jobs_page = get_page(&ui, "/", &[]);
     assert!(
         jobs_page.contains(&format!("data-job=\"{id}\"")),

@@ -34,6 +34,9 @@ pub fn print_batch(b: &BatchDetail) {
     }
     if let Some(s) = &b.summary {
         println!("committed  {} rows in, {} rows out", s.rows_in, s.rows_out);
+        for line in b.committed_text() {
+            println!("           {line}");
+        }
     }
     for s in &b.stages {
         println!();

@@ -7,9 +7,11 @@
 use sluice_checkpoint::OffsetsEntry;
 use sluice_core::{BatchId, StageInput, StageOutput, now_ms};
 use sluice_proto as pb;
+use sluice_scheduler::BatchReport;
 use sluice_scheduler::model::{
     AttemptOutcome, BatchTrace, ExecutorChange, ExecutorEvent, ExecutorView, LaunchCause,
 };
+use sluice_sql::CompiledJob;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -149,6 +151,48 @@ impl BatchRecorder {
         self.detail.error = error;
         self.detail.ended_at_ms = now_ms();
     }
+}
+
+/// What committing a batch made durable besides its commit entry: the partitions that wrote
+/// the sink and its side tables, and each stateful operator's new state version.
+pub fn committed_outputs(job: &CompiledJob, report: &BatchReport) -> Vec<pb::CommittedOutput> {
+    let output = |kind: &str, name: &str, partitions: Vec<u32>| pb::CommittedOutput {
+        kind: kind.into(),
+        name: name.into(),
+        partitions,
+    };
+    let mut out = vec![output(
+        "sink",
+        &job.sink_table,
+        report.sink_partitions.clone(),
+    )];
+    if !report.dead_letter_partitions.is_empty() {
+        out.extend(job.dead_letters.values().map(|d| {
+            output(
+                "dead letters",
+                &d.table,
+                report.dead_letter_partitions.clone(),
+            )
+        }));
+    }
+    if let Some(late) = job.late_rows.as_ref()
+        && !report.late_row_partitions.is_empty()
+    {
+        out.push(output(
+            "late rows",
+            &late.table,
+            report.late_row_partitions.clone(),
+        ));
+    }
+    for stage in report.trace.stages.iter().filter(|s| s.stateful) {
+        let fragment = job.fragments.get(stage.stage_id as usize);
+        let Some(op) = fragment.and_then(|f| f.operator.as_ref()) else {
+            continue;
+        };
+        let partitions = stage.tasks.iter().map(|t| t.partition).collect();
+        out.push(output("state", op.name(), partitions));
+    }
+    out
 }
 
 /// The stages and task attempts of a batch's trace, on the wire.

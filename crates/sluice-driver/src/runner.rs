@@ -653,6 +653,7 @@ impl JobRunner {
                 .collect(),
         };
         record.detail.summary = Some(summary.clone());
+        record.detail.committed = model::committed_outputs(&self.job, report);
         record.end(BatchOutcome::Committed, String::new());
         self.registry.record_batch(&self.job_id, record, false);
         self.registry.update(&self.job_id, |s| {

@@ -92,6 +92,11 @@ pub fn batch_json(b: &BatchDetail) -> Value {
             "rows_in": s.rows_in,
             "rows_out": s.rows_out,
             "committed_at_ms": s.committed_at_ms,
+            "outputs": b.committed.iter().map(|o| json!({
+                "kind": o.kind,
+                "name": o.name,
+                "partitions": o.partitions,
+            })).collect::<Vec<_>>(),
         })),
     })
 }
@@ -146,6 +151,30 @@ pub fn cluster_json(c: &ClusterStatus) -> Value {
 }
 
 impl BatchDetail {
+    /// Each output its commit made durable, in words: "sink out: partitions 0, 2" or
+    /// "state agg: version 7 of partitions 0, 1".
+    pub fn committed_text(&self) -> Vec<String> {
+        self.committed
+            .iter()
+            .map(|o| {
+                let partitions = match o.partitions.is_empty() {
+                    true => "no partition wrote rows".to_string(),
+                    false => {
+                        let list: Vec<String> = o.partitions.iter().map(u32::to_string).collect();
+                        format!("partitions {}", list.join(", "))
+                    }
+                };
+                match o.kind.as_str() {
+                    "state" => format!(
+                        "state {}: version {} of {partitions}",
+                        o.name, self.batch_id
+                    ),
+                    kind => format!("{kind} {}: {partitions}", o.name),
+                }
+            })
+            .collect()
+    }
+
     pub fn outcome_name(&self) -> &'static str {
         use crate::BatchOutcome as O;
         match self.outcome() {

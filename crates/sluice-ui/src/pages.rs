@@ -358,6 +358,7 @@ struct BatchPage {
     input: Vec<(String, Vec<String>)>,
     stages: Vec<(String, Vec<AttemptRow>)>,
     committed: String,
+    outputs: Vec<String>,
     watermark: String,
     started_after: String,
 }
@@ -427,6 +428,7 @@ fn batch_page(b: &BatchDetail) -> BatchPage {
             .collect(),
         watermark: event_time(b.summary.as_ref().and_then(|s| s.watermark_ms)),
         started_after: b.started_after.clone(),
+        outputs: b.committed_text(),
         committed: b.summary.as_ref().map_or_else(
             || "not committed".into(),
             |s| {
