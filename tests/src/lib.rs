@@ -751,13 +751,18 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    pub fn start(bucket: &str) -> S3Server {
-        let bin = std::env::var_os("SLUICE_MOTO_SERVER")
+    /// Where the `moto_server` binary is looked for (it may not exist).
+    pub fn binary() -> PathBuf {
+        std::env::var_os("SLUICE_MOTO_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
                     .join(".cache/sluice/moto-venv/bin/moto_server")
-            });
+            })
+    }
+
+    pub fn start(bucket: &str) -> S3Server {
+        let bin = S3Server::binary();
         assert!(
             bin.exists(),
             "{} is missing: `cargo xtask ci` installs it (or set SLUICE_MOTO_SERVER)",

@@ -297,7 +297,7 @@ fn print_table(r: &BTreeMap<String, Value>) {
     }
 }
 
-fn figure<'a>(r: &'a BTreeMap<String, Value>, workload: &str, path: &str) -> &'a Value {
+pub fn figure<'a>(r: &'a BTreeMap<String, Value>, workload: &str, path: &str) -> &'a Value {
     path.split('.')
         .fold(r.get(workload).unwrap_or(&Value::Null), |v, k| &v[k])
 }
@@ -469,12 +469,7 @@ fn small_batches(bins: &Path, _: &Options) -> anyhow::Result<Value> {
 /// The latency floor with every checkpoint file (offsets, commits, state) on an S3 server on
 /// loopback (moto, which `cargo xtask ci` installs): each commit is a few PUTs over HTTP.
 fn small_batches_s3(bins: &Path, _: &Options) -> anyhow::Result<Value> {
-    let moto = std::env::var_os("SLUICE_MOTO_SERVER")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/sluice/moto-venv/bin/moto_server")
-        });
+    let moto = S3Server::binary();
     if !moto.exists() {
         let why = format!("{} is missing (cargo xtask ci installs it)", moto.display());
         eprintln!("    skipped: {why}");

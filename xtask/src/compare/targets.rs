@@ -183,19 +183,16 @@ pub fn markdown(
             bound: None,
         },
     ];
-    md.push_str("\n## Targets\n\nThe performance issue's targets on this 2-core machine, against the figures above. The others are Sluice's own and measured by `cargo xtask bench`, with their own table in cluster.md: batches on the S3 server (≤ 50 ms p50), batch time over 10M keys proportional to the keys changed, a batch of 1,000 splits × 1,000 partitions under a second, and one driver scheduling ≥ 20,000 tasks/s for 1,000 executors.\n\n| target | goal | measured | |\n|---|---|---|---|\n");
-    for t in &targets {
-        let _ = writeln!(md, "{}", t.row());
-    }
+    table(
+        md,
+        "The performance issue's targets on this 2-core machine, against the figures above. The others are Sluice's own and measured by `cargo xtask bench`, with their own table in cluster.md: batches on the S3 server (≤ 50 ms p50), batch time over 10M keys proportional to the keys changed, a batch of 1,000 splits × 1,000 partitions under a second, and one driver scheduling ≥ 20,000 tasks/s for 1,000 executors.",
+        &targets,
+    );
 }
 
 /// The targets `cargo xtask bench` measures on Sluice alone (cluster.json), as a table.
 pub fn cluster_markdown(md: &mut String, r: &std::collections::BTreeMap<String, Value>) {
-    let at = |workload: &str, path: &str| {
-        path.split('.')
-            .fold(r.get(workload).unwrap_or(&Value::Null), |v, k| &v[k])
-            .as_f64()
-    };
+    let at = |workload: &str, path: &str| crate::bench::figure(r, workload, path).as_f64();
     // Proportional means the time per changed key stays put when ten times the keys change.
     let per_key_growth = at("state_scaling", "changed_10pct.batch_p50_ms")
         .zip(at("state_scaling", "changed_1pct.batch_p50_ms"))
@@ -238,8 +235,20 @@ pub fn cluster_markdown(md: &mut String, r: &std::collections::BTreeMap<String, 
             bound: None,
         },
     ];
-    md.push_str("\n## Targets\n\nThe performance issue's targets measured here; the ones that need the peers are in report.md.\n\n| target | goal | measured | |\n|---|---|---|---|\n");
-    for t in &targets {
+    table(
+        md,
+        "The performance issue's targets measured here; the ones that need the peers are in report.md.",
+        &targets,
+    );
+}
+
+/// A "Targets" section: its intro, then one row per target.
+fn table(md: &mut String, intro: &str, targets: &[Target]) {
+    let _ = write!(
+        md,
+        "\n## Targets\n\n{intro}\n\n| target | goal | measured | |\n|---|---|---|---|\n"
+    );
+    for t in targets {
         let _ = writeln!(md, "{}", t.row());
     }
 }
